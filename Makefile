@@ -1,0 +1,29 @@
+# The README's two commands: `make run` and `make test`. Both install what they need into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build on this CPU machine.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/tumorsynth demo --out out/demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+bench: install
+	$(PY) benchmarks/submit_and_sample.py
+
+clean:
+	rm -rf out var .pytest_cache

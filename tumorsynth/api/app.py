@@ -1,0 +1,29 @@
+"""``create_app()``: the FastAPI application. The API never imports torch."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..settings import Settings, get_settings
+from . import problems
+from .limits import BodySizeLimit
+from .routes import health, jobs, models, objects
+from .services import Services
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="tumorsynth",
+        version=__version__,
+        summary="Synthetic brain-tumour MRI for data augmentation",
+        description="Generation jobs for mask-conditioned, class-conditioned and contrast-synthesis models. "
+        "Every output is synthetic and labelled so.",
+    )
+    app.state.services = services or Services.from_settings(settings)
+    problems.install(app)
+    for module in (health, models, jobs, objects):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app

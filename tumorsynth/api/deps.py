@@ -1,0 +1,66 @@
+"""Dependencies as ``Annotated`` aliases; tests swap them through ``app.dependency_overrides``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..errors import Unauthorized
+from ..jobs.service import JobService
+from ..jobs.store import JobStore
+from ..models.registry import ModelRegistry
+from ..settings import Settings, is_loopback
+from ..storage.base import ObjectStore
+from .services import Services
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_settings_dep(s: ServicesDep) -> Settings:
+    return s.settings
+
+
+def get_jobs(s: ServicesDep) -> JobStore:
+    return s.jobs
+
+
+def get_store(s: ServicesDep) -> ObjectStore:
+    return s.store
+
+
+def get_registry(s: ServicesDep) -> ModelRegistry:
+    return s.registry
+
+
+def get_submissions(s: ServicesDep) -> JobService:
+    return s.submissions
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+JobsDep = Annotated[JobStore, Depends(get_jobs)]
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+SubmissionsDep = Annotated[JobService, Depends(get_submissions)]
+
+
+def get_tenant(request: Request, settings: SettingsDep) -> str:
+    """Bearer key → tenant. With no keys configured, only loopback clients are served, as tenant 'local'."""
+    if not settings.auth_enabled:
+        client = request.client.host if request.client else "127.0.0.1"
+        if not (is_loopback(client) or client == "testclient"):
+            raise Unauthorized("this service has no API keys configured and serves loopback clients only")
+        return "local"
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    tenant = settings.tenant_for_key(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+    if tenant is None:
+        raise Unauthorized("send 'Authorization: Bearer <api key>' with a key issued to your tenant")
+    return tenant
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]

@@ -1,0 +1,62 @@
+"""Every error as RFC 9457 ``application/problem+json``, with field errors for validation."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import TumorsynthError
+
+log = logging.getLogger(__name__)
+PROBLEM = "application/problem+json"
+
+
+def problem(status: int, title: str, detail: str, *, code: str | None = None, errors: list[dict] | None = None,
+            headers: dict | None = None) -> JSONResponse:
+    body = {"type": f"https://tumorsynth.dev/problems/{code or status}", "title": title, "status": status,
+            "detail": detail}
+    if code:
+        body["code"] = code
+    if errors:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(TumorsynthError)
+    async def _typed(_: Request, exc: TumorsynthError):
+        headers = {"WWW-Authenticate": 'Bearer realm="tumorsynth"'} if exc.status == 401 else None
+        if exc.status == 503:
+            headers = {"Retry-After": "5"}
+        return problem(exc.status, exc.title, exc.message, code=exc.code,
+                       errors=[{"field": e.field, "message": e.message} for e in exc.errors] or None, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        errors = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path", "header")),
+                   "message": e["msg"]} for e in exc.errors()]
+        return problem(422, "Invalid request", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+                       code="invalid_request", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        return problem(exc.status_code, _title(exc.status_code), str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        log.exception("unhandled error")
+        return problem(500, "Internal error", "an unexpected error occurred; it has been logged",
+                       code="internal_error")
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

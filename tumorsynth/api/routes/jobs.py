@@ -1,0 +1,67 @@
+"""``/v1/jobs``: submit, read, list, cancel, download."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from ...errors import NotFound
+from ...schemas import Job, JobList
+from ..deps import JobsDep, SettingsDep, StoreDep, SubmissionsDep, TenantDep
+from ..render import job_view
+from ..uploads import JOB_FORM_SCHEMA, read_job_form
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=202, response_model=Job, openapi_extra=JOB_FORM_SCHEMA,
+             responses={413: {"description": "Request too large"}, 422: {"description": "Invalid request"}})
+async def submit_job(request: Request, response: Response, tenant: TenantDep, submissions: SubmissionsDep,
+                     store: StoreDep, settings: SettingsDep,
+                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> Job:
+    """Multipart: a JSON field ``request`` and one NIfTI file part per model input (``mask``, ``t1``, ...)."""
+    request_json, files = await read_job_form(request, settings)
+    sub = await run_in_threadpool(submissions.submit, tenant, request_json, files, idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{sub.record.id}"
+    if sub.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_view(sub.record, store, settings)
+
+
+@router.get("", response_model=JobList)
+def list_jobs(tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep,
+              status: Literal["queued", "running", "succeeded", "failed", "canceling", "canceled"] | None = None,
+              model: Annotated[str | None, Query(max_length=128)] = None,
+              cursor: Annotated[str | None, Query(max_length=256)] = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
+    records, next_cursor = jobs.list(tenant, status=status, model=model, cursor=cursor, limit=limit)
+    return JobList(jobs=[job_view(r, store, settings) for r in records], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=Job)
+def get_job(job_id: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Job:
+    return job_view(jobs.get_for_tenant(tenant, job_id), store, settings)
+
+
+@router.post("/{job_id}/cancel", response_model=Job, status_code=202)
+def cancel_job(job_id: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Job:
+    """Queued: canceled at once. Running: ``canceling``, stopped at the next sampling step. Finished: unchanged."""
+    return job_view(jobs.cancel(tenant, job_id), store, settings)
+
+
+@router.get("/{job_id}/outputs/{name}", responses={307: {"description": "Redirect to a presigned URL"}})
+def get_output(job_id: str, name: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep):
+    rec = jobs.get_for_tenant(tenant, job_id)
+    out = next((o for o in rec.outputs if o.name == name), None)
+    if out is None:
+        raise NotFound(f"job {job_id} has no output '{name}'")
+    url = store.presigned_get_url(out.key, settings.presign_expiry_seconds)
+    if url is not None and not url.startswith(settings.public_url):
+        return RedirectResponse(url, status_code=307)
+    media = "application/json" if name.endswith(".json") else "application/gzip"
+    return StreamingResponse(store.iter_chunks(out.key), media_type=media,
+                             headers={"Content-Disposition": f'attachment; filename="{name}"',
+                                      "Content-Length": str(out.size)})

@@ -1,0 +1,38 @@
+"""The long-lived clients the API uses, built once per app from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from ..imaging.nifti import VolumeLimits
+from ..jobs.service import JobService
+from ..jobs.store import JobStore
+from ..models.registry import ModelRegistry
+from ..settings import Settings
+from ..storage import make_store
+from ..storage.base import ObjectStore
+from ..workers.celery_app import Dispatcher, create_celery
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    jobs: JobStore
+    store: ObjectStore
+    registry: ModelRegistry
+    dispatcher: Dispatcher
+    submissions: JobService
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Services":
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        jobs = JobStore(client)
+        store = make_store(settings)
+        registry = ModelRegistry(settings.model_dir)
+        dispatcher = Dispatcher(create_celery(settings), settings)
+        submissions = JobService(jobs, store, registry, dispatcher, VolumeLimits.from_settings(settings),
+                                 settings.storage_retries, settings.idempotency_ttl_seconds)
+        return cls(settings, client, jobs, store, registry, dispatcher, submissions)

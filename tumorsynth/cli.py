@@ -1,0 +1,143 @@
+"""``tumorsynth serve | worker | generate | models | demo``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .settings import Settings, get_settings
+
+app = typer.Typer(help="Synthetic brain-tumour MRI for data augmentation.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+models_app = typer.Typer(help="List and create model checkpoints.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+
+Url = Annotated[str, typer.Option("--url", envvar="TUMORSYNTH_URL", help="the service's base URL")]
+ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="TUMORSYNTH_API_KEY", help="bearer key")]
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          worker: Annotated[bool, typer.Option(help="start and supervise a worker process")] = True) -> None:
+    """Run the API; with no TUMORSYNTH_REDIS_URL, also an embedded Redis server and a supervised worker."""
+    from .embedded.serve import serve as run
+
+    _logging()
+    try:
+        run(get_settings(), host, port, with_worker=worker)
+    except ValueError as exc:
+        console.print(f"[red]refusing to start:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def worker(queues: str = "gpu", concurrency: int = 1,
+           pool: Annotated[str, typer.Option(help="prefork (default; can survive a crashing job), solo, threads")]
+           = "prefork", loglevel: str = "INFO") -> None:
+    """Run a Celery worker consuming the given queues (one per GPU is the rule)."""
+    from .workers.tasks import app as celery
+
+    celery.worker_main(["worker", "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
+                        "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
+
+
+@app.command()
+def generate(mask: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="tumour mask NIfTI")],
+             out: Annotated[Path, typer.Option(help="folder for the outputs")] = Path("out"),
+             model: str = "", samples: int = 1, seed: int | None = None, sampler: str | None = None,
+             steps: int | None = None, tumor_class: str | None = None, url: Url = "http://127.0.0.1:8000",
+             api_key: ApiKey = None, timeout: float = 3600.0) -> None:
+    """Submit a mask-conditioned job to a running service, wait, and download the outputs."""
+    from .client import Client
+
+    client = Client(url, api_key)
+    request = {"model": model or _default_model(client, "mask_to_volume"), "num_samples": samples}
+    for key, value in (("seed", seed), ("tumor_class", tumor_class)):
+        if value is not None:
+            request[key] = value
+    if sampler or steps:
+        request["sampler"] = {k: v for k, v in (("name", sampler), ("steps", steps)) if v is not None}
+    job = client.submit(request, {"mask": mask})
+    console.print(f"job {job['id']} queued on {request['model']}")
+    job = _wait(client, job["id"], timeout)
+    if job["status"] != "succeeded":
+        console.print(f"[red]job {job['status']}[/red]: {job.get('error')}")
+        raise typer.Exit(1)
+    for path in client.download(job, out / job["id"]):
+        typer.echo(path)
+
+
+def _default_model(client, task: str) -> str:
+    found = [m for m in client.models() if m["task"] == task]
+    if not found:
+        raise typer.BadParameter(f"the service has no {task} model; install a checkpoint")
+    return sorted(found, key=lambda m: (not m["trained"], m["id"]))[0]["id"]
+
+
+def _wait(client, job_id: str, timeout: float) -> dict:
+    from rich.progress import Progress
+
+    with Progress(console=console) as bar:
+        task = bar.add_task(f"{job_id}", total=None)
+
+        def show(job: dict) -> None:
+            p = job["progress"]
+            bar.update(task, total=p["total_steps"] or None, completed=p["completed_steps"],
+                       description=f"{job_id[:16]}… {job['status']}")
+
+        return client.wait(job_id, timeout=timeout, on_update=show)
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context) -> None:
+    """List the checkpoints under TUMORSYNTH_MODEL_DIR."""
+    if ctx.invoked_subcommand:
+        return
+    from .models.registry import ModelRegistry
+
+    settings = get_settings()
+    table = Table(title=f"models in {settings.model_dir}")
+    for col in ("id", "task", "trained", "classes", "modalities", "sha256"):
+        table.add_column(col)
+    for e in ModelRegistry(settings.model_dir).list():
+        table.add_row(e.id, e.task, "yes" if e.trained else "[red]NO (untrained)[/red]", ",".join(e.classes),
+                      ",".join(e.modalities), e.weights_sha256[:12])
+    Console().print(table)
+
+
+@models_app.command("create-untrained")
+def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None = None, seed: int = 0,
+                     out: Path | None = None) -> None:
+    """Write a randomly initialised checkpoint (plumbing only: its outputs are noise)."""
+    from .models.ldm.configs import create_untrained as make
+
+    if family != "ldm":
+        raise typer.BadParameter("only the ldm family can be created untrained so far")
+    entry = make((out or get_settings().model_dir / "ldm"), preset=preset, name=name, seed=seed)
+    typer.echo(f"{entry.id} at {entry.path} (UNTRAINED)")
+
+
+@app.command()
+def demo(out: Path = Path("out/demo"), port: int = 8765, samples: int = 1) -> None:
+    """The main job on the embedded default: start the service, submit the example mask, write the volumes."""
+    from .demo import run_demo
+
+    _logging("WARNING")
+    paths = run_demo(Settings(), out, port, samples)
+    console.print(f"[green]wrote {len(paths)} files to {out}[/green]")
+    typer.echo(json.dumps([str(p) for p in paths], indent=1))
+
+
+if __name__ == "__main__":
+    app()

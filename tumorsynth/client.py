@@ -1,0 +1,87 @@
+"""A small Python client for the tumorsynth API (used by the CLI)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class ApiError(RuntimeError):
+    def __init__(self, response: httpx.Response):
+        try:
+            body = response.json()
+            detail = body.get("detail", response.text)
+        except ValueError:
+            body, detail = None, response.text
+        super().__init__(f"HTTP {response.status_code}: {detail}")
+        self.status, self.body = response.status_code, body
+
+
+class Client:
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 60.0):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, follow_redirects=True)
+
+    def _check(self, r: httpx.Response) -> httpx.Response:
+        if r.status_code >= 400:
+            raise ApiError(r)
+        return r
+
+    def models(self) -> list[dict]:
+        return self._check(self.http.get("/v1/models")).json()["models"]
+
+    def ready(self) -> bool:
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the service was not ready within {timeout:.0f}s")
+            time.sleep(0.5)
+
+    def submit(self, request: dict, files: dict[str, Path | bytes] | None = None,
+               idempotency_key: str | None = None) -> dict:
+        parts = {"request": (None, json.dumps(request), "application/json")}
+        for name, f in (files or {}).items():
+            data = f if isinstance(f, bytes) else Path(f).read_bytes()
+            parts[name] = (f"{name}.nii.gz", data, "application/octet-stream")
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._check(self.http.post("/v1/jobs", files=parts, headers=headers)).json()
+
+    def job(self, job_id: str) -> dict:
+        return self._check(self.http.get(f"/v1/jobs/{job_id}")).json()
+
+    def cancel(self, job_id: str) -> dict:
+        return self._check(self.http.post(f"/v1/jobs/{job_id}/cancel")).json()
+
+    def wait(self, job_id: str, timeout: float = 3600.0, poll: float = 0.5, on_update=None) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f}s")
+            time.sleep(poll)
+
+    def download(self, job: dict, out_dir: Path) -> list[Path]:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for out in job["outputs"]:
+            r = self._check(self.http.get(f"/v1/jobs/{job['id']}/outputs/{out['name']}"))
+            path = out_dir / Path(out["name"]).name
+            path.write_bytes(r.content)
+            paths.append(path)
+        return paths

@@ -1,0 +1,55 @@
+"""``tumorsynth serve``: the API, and when nothing is configured an embedded Redis and a supervised worker.
+
+The embedded default runs the same code paths as the distributed set-up: a real Redis broker and job store, a
+real Celery worker in its own process, and the object store (a local folder unless an S3 endpoint is set).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+import uvicorn
+
+from ..settings import Settings
+from .redis_server import RedisServer
+from .supervisor import WorkerSupervisor
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def embedded_backends(settings: Settings, with_worker: bool = True):
+    """Start what the settings leave out; yield the settings the API and workers should use."""
+    redis_server = None
+    env = dict(os.environ)
+    if not settings.redis_url:
+        redis_server = RedisServer(settings.storage_dir.parent / "redis").start()
+        env["TUMORSYNTH_REDIS_URL"] = redis_server.url
+        log.info("embedded Redis on %s (append-only file in %s)", redis_server.url, redis_server.data_dir)
+    env["TUMORSYNTH_STORAGE_DIR"] = str(settings.storage_dir)
+    env["TUMORSYNTH_MODEL_DIR"] = str(settings.model_dir)
+    env["TUMORSYNTH_PUBLIC_URL"] = settings.public_url
+    if not settings.url_signing_key:
+        env["TUMORSYNTH_URL_SIGNING_KEY"] = os.urandom(32).hex()  # shared by API and worker for this run
+    effective = Settings(**{**settings.model_dump(), "redis_url": env.get("TUMORSYNTH_REDIS_URL"),
+                            "url_signing_key": env.get("TUMORSYNTH_URL_SIGNING_KEY", settings.url_signing_key)})
+    supervisor = WorkerSupervisor(env).start() if with_worker else None
+    try:
+        yield effective
+    finally:
+        if supervisor:
+            supervisor.stop()
+        if redis_server:
+            redis_server.stop()
+
+
+def serve(settings: Settings, host: str, port: int, with_worker: bool = True) -> None:
+    settings.check_safe_to_serve(host)
+    from ..api.app import create_app
+
+    if settings.public_url == Settings.model_fields["public_url"].default:
+        settings = Settings(**{**settings.model_dump(), "public_url": f"http://{host}:{port}"})
+    with embedded_backends(settings, with_worker) as effective:
+        uvicorn.run(create_app(effective), host=host, port=port, log_level="info")

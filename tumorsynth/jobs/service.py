@@ -1,0 +1,118 @@
+"""Submitting and reading jobs, independent of HTTP: validate everything, store inputs, write the record, queue.
+
+Order matters: nothing is stored before every check passed, and nothing is queued before the record exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidUpload, ServiceUnavailable
+from ..imaging.labels import validate_mask
+from ..imaging.nifti import Volume, VolumeLimits, read_volume
+from ..models.registry import ModelEntry, ModelRegistry
+from ..storage.base import ObjectStore
+from ..storage.keys import input_key
+from ..storage.retry import with_retries
+from ..workers.celery_app import Dispatcher
+from .records import JobRecord, StoredInput, new_id
+from .store import JobStore
+from .validation import check_against_model, check_files, normalised, parse_request, raise_if
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Submission:
+    record: JobRecord
+    replayed: bool  # an Idempotency-Key matched an earlier identical request
+
+
+def read_inputs(files: dict[str, bytes], limits: VolumeLimits) -> dict[str, Volume]:
+    """Every file through the safe reader; co-registered files must share shape and affine."""
+    vols = {name: read_volume(raw, field=name, limits=limits) for name, raw in files.items()}
+    reference = None
+    for name, vol in vols.items():
+        if reference is None:
+            reference = (name, vol)
+            continue
+        ref_name, ref = reference
+        if vol.shape != ref.shape:
+            raise InvalidUpload.for_field(
+                name, f"shape {list(vol.shape)} differs from {ref_name}'s {list(ref.shape)}; upload co-registered "
+                "volumes on the same grid")
+        if not np.allclose(vol.affine, ref.affine, atol=1e-3):
+            raise InvalidUpload.for_field(
+                name, f"affine differs from {ref_name}'s; upload co-registered volumes with the same affine")
+    return vols
+
+
+class JobService:
+    def __init__(self, jobs: JobStore, store: ObjectStore, registry: ModelRegistry, dispatcher: Dispatcher,
+                 limits: VolumeLimits, storage_retries: int = 3, idempotency_ttl: int = 86400):
+        self.jobs, self.store, self.registry, self.dispatcher = jobs, store, registry, dispatcher
+        self.limits, self.retries, self.idem_ttl = limits, storage_retries, idempotency_ttl
+
+    def submit(self, tenant: str, request_json: str | bytes | None, files: dict[str, bytes],
+               idempotency_key: str | None = None, batch_id: str | None = None) -> Submission:
+        req = parse_request(request_json)
+        entry = self.registry.get(req.model)
+        raise_if(check_against_model(req, entry) + check_files(sorted(files), entry))
+        vols = read_inputs(files, self.limits)
+        inputs: list[StoredInput] = []
+        job_id = new_id("job")
+        for name, vol in vols.items():
+            spec = entry.input(name)
+            info = validate_mask(vol, field=name) if spec and spec.kind == "mask" else None
+            suffix = ".nii.gz" if vol.compressed else ".nii"
+            inputs.append(StoredInput(
+                name=name, key=input_key(tenant, job_id, name + suffix), sha256=vol.sha256, size=vol.size,
+                shape=list(vol.shape), spacing=[float(s) for s in vol.spacing], compressed=vol.compressed,
+                label_convention=info.convention if info else None, labels=info.labels if info else None))
+        body_sha = hashlib.sha256(
+            json.dumps({"request": req.model_dump(mode="json"), "files": {i.name: i.sha256 for i in inputs}},
+                       sort_keys=True).encode()).hexdigest()
+        if idempotency_key is not None:
+            existing = self.jobs.reserve_idempotency(tenant, idempotency_key, body_sha, job_id, self.idem_ttl)
+            if existing is not None:
+                rec = self.jobs.get(existing)
+                if rec is not None:
+                    return Submission(rec, replayed=True)
+        rec = JobRecord(id=job_id, tenant=tenant, model=entry.id, family=entry.family,
+                        queue=self.dispatcher.settings.queue_for(entry.family), request=normalised(req, entry),
+                        inputs=inputs, idempotency_key=idempotency_key, body_sha256=body_sha, batch_id=batch_id)
+        try:
+            self._store_inputs(inputs, files)
+            self.jobs.create(rec)
+            self.dispatcher.send(rec.id, rec.family)
+        except Exception as exc:
+            self._undo(tenant, rec, idempotency_key)
+            log.exception("job submission failed after validation")
+            raise ServiceUnavailable(f"could not queue the job ({type(exc).__name__}); nothing was kept, retry") \
+                from exc
+        return Submission(rec, replayed=False)
+
+    def _store_inputs(self, inputs: list[StoredInput], files: dict[str, bytes]) -> None:
+        for item in inputs:
+            with_retries(lambda i=item: self.store.put_bytes(i.key, files[i.name], "application/gzip"
+                                                             if i.compressed else "application/octet-stream"),
+                         attempts=self.retries)
+
+    def _undo(self, tenant: str, rec: JobRecord, idempotency_key: str | None) -> None:
+        for item in rec.inputs:
+            try:
+                self.store.delete(item.key)
+            except Exception:
+                log.warning("could not delete %s", item.key)
+        try:
+            self.jobs.delete(rec)
+            if idempotency_key:
+                self.jobs.release_idempotency(tenant, idempotency_key)
+        except Exception:
+            log.warning("could not undo job record %s", rec.id)
+

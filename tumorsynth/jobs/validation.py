@@ -1,0 +1,88 @@
+"""A job request checked against the model it names: fields the model does not take are refused, naming them."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from pydantic import ValidationError
+
+from ..errors import FieldError, InvalidRequest
+from ..models.registry import ModelEntry
+from ..schemas import JobRequest
+
+
+def parse_request(raw: str | bytes | None) -> JobRequest:
+    if raw is None or raw == "" or raw == b"":
+        raise InvalidRequest.for_field("request", "send the job as a JSON form field named 'request'")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest.for_field("request", f"not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest.for_field("request", "must be a JSON object")
+    try:
+        return JobRequest.model_validate(data)
+    except ValidationError as exc:
+        raise from_pydantic(exc) from exc
+
+
+def from_pydantic(exc: ValidationError, prefix: str = "") -> InvalidRequest:
+    errors = []
+    for e in exc.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "request"
+        msg = "this field is not accepted" if e["type"] == "extra_forbidden" else e["msg"]
+        errors.append(FieldError(prefix + field, msg))
+    return InvalidRequest("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
+
+
+def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
+    errs: list[FieldError] = []
+    if req.tumor_class is not None:
+        if not entry.classes:
+            errs.append(FieldError("tumor_class", f"{entry.id} is not class-conditional; leave tumor_class out"))
+        elif req.tumor_class not in entry.classes:
+            errs.append(FieldError("tumor_class", f"'{req.tumor_class}' is not one of {list(entry.classes)}"))
+    if req.modalities:
+        unknown = [m for m in req.modalities if m not in entry.modalities]
+        if unknown:
+            errs.append(FieldError("modalities", f"{unknown} not made by {entry.id}; it makes {list(entry.modalities)}"))
+    if req.sampler is not None:
+        names = [s.name for s in entry.samplers]
+        if req.sampler.name is not None and req.sampler.name not in names:
+            errs.append(FieldError("sampler.name", f"'{req.sampler.name}' is not one of {names}"))
+        elif req.sampler.steps is not None:
+            spec = entry.sampler(req.sampler.name)
+            if not spec.min_steps <= req.sampler.steps <= spec.max_steps:
+                errs.append(FieldError(
+                    "sampler.steps", f"{spec.name} takes {spec.min_steps} to {spec.max_steps} steps"))
+    return errs
+
+
+def check_files(names: list[str], entry: ModelEntry) -> list[FieldError]:
+    errs = []
+    wanted = [i.name for i in entry.inputs]
+    for name in names:
+        if name not in wanted:
+            takes = ", ".join(wanted) or "no files"
+            errs.append(FieldError(name, f"{entry.id} takes no file part '{name}'; it takes: {takes}"))
+    for spec in entry.inputs:
+        if spec.required and spec.name not in names:
+            errs.append(FieldError(spec.name, f"{entry.id} needs a NIfTI file part named '{spec.name}'"))
+    return errs
+
+
+def normalised(req: JobRequest, entry: ModelEntry) -> dict:
+    """The request as it will run: seed drawn when absent, sampler and steps made explicit."""
+    spec = entry.sampler(req.sampler.name if req.sampler else None)
+    steps = req.sampler.steps if req.sampler and req.sampler.steps else spec.default_steps
+    out = req.model_dump(exclude_none=True)
+    out["seed"] = req.seed if req.seed is not None else secrets.randbelow(2**31)
+    out["sampler"] = {"name": spec.name, "steps": steps}
+    out["modalities"] = req.modalities or list(entry.modalities)
+    return out
+
+
+def raise_if(errors: list[FieldError]) -> None:
+    if errors:
+        raise InvalidRequest("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)

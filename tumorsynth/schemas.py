@@ -1,0 +1,152 @@
+"""The contract's shapes (SPEC.md): what clients send and what the API hands out.
+
+Internal records live in ``jobs/records.py``; the API turns them into these, never handing records out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceling", "canceled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+MetaValue = str | int | float | bool | None
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplerChoice(Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    steps: int | None = Field(None, ge=1, le=1000)
+
+
+class JobRequest(Strict):
+    """The ``request`` part of ``POST /v1/jobs``. Fields a model does not take are refused per model."""
+
+    model: Annotated[str, StringConstraints(min_length=3, max_length=128)]
+    num_samples: int = Field(1, ge=1, le=64)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    tumor_class: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    modalities: list[Annotated[str, StringConstraints(min_length=1, max_length=16)]] | None = Field(None, max_length=8)
+    sampler: SamplerChoice | None = None
+    output_grid: Literal["input", "model"] = "input"
+    webhook: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetaValue] | None = Field(None, max_length=32)
+
+    @field_validator("modalities")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("list each modality once")
+        if v is not None and not v:
+            raise ValueError("ask for at least one modality, or leave the field out for all")
+        return v
+
+    @field_validator("webhook")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.lower().startswith(("http://", "https://")):
+            raise ValueError("webhook must be an http(s) URL")
+        return v
+
+
+class Progress(BaseModel):
+    completed_steps: int = 0
+    total_steps: int = 0
+    fraction: float = 0.0
+
+
+class InputInfo(BaseModel):
+    name: str
+    sha256: str
+    shape: list[int]
+    spacing: list[float]
+    size: int | None = None
+    label_convention: str | None = None
+    labels: list[int] | None = None
+
+
+class OutputInfo(BaseModel):
+    name: str
+    modality: str
+    sample_index: int | None
+    kind: Literal["image", "sidecar", "mask"] = "image"
+    url: str | None = None
+    expires_at: datetime | None = None
+    size: int
+    sha256: str
+    shape: list[int] | None = None
+    spacing: list[float] | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class Job(BaseModel):
+    id: str
+    model: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    progress: Progress
+    request: dict[str, Any]
+    inputs: list[InputInfo]
+    outputs: list[OutputInfo]
+    error: ErrorBody | None = None
+    attempts: int = 0
+    metrics: dict[str, float] = {}
+    batch_id: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    next_cursor: str | None = None
+
+
+class SamplerInfo(BaseModel):
+    name: str
+    default_steps: int
+    min_steps: int
+    max_steps: int
+
+
+class ModelInfo(BaseModel):
+    id: str
+    family: str
+    version: str
+    task: str
+    classes: list[str]
+    modalities: list[str]
+    inputs: list[dict[str, Any]]
+    output: dict[str, Any]
+    samplers: list[SamplerInfo]
+    default_sampler: str
+    checkpoint: dict[str, Any]
+    trained: bool
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str | None = None
+    errors: list[FieldProblem] | None = None

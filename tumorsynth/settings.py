@@ -1,0 +1,116 @@
+"""The one Settings object: every knob is a ``TUMORSYNTH_*`` environment variable."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SECRETS = {"minioadmin", "changeme", "secret", "password"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUMORSYNTH_", env_file=None, extra="ignore")
+
+    # Broker and job store. None: `tumorsynth serve` starts an embedded Redis server and sets it.
+    redis_url: str | None = None
+    # Object storage. No endpoint: a local folder (storage_dir) holds the objects.
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "tumorsynth"
+    s3_region: str = "us-east-1"
+    s3_secure: bool = False
+    storage_dir: Path = Path("var/storage")
+    presign_expiry_seconds: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    # Public base URL of the API, used for download links when objects live in a local folder.
+    public_url: str = "http://127.0.0.1:8000"
+    # Hex or any string; signs local download links. Generated per process when unset (links then die on restart).
+    url_signing_key: str | None = None
+
+    # "tenantA:keyA,tenantB:keyB". Empty: loopback only, tenant "local".
+    api_keys: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    model_dir: Path = REPO_ROOT / "checkpoints"
+    device: str = "auto"
+
+    # Upload limits: refused with a 4xx before anything is stored.
+    max_request_bytes: int = 256 * 1024**2
+    max_file_bytes: int = 128 * 1024**2
+    max_decompressed_bytes: int = 1024 * 1024**2
+    max_dim: int = 1024
+    max_voxels: int = 64 * 1024**2
+
+    # Queueing and reliability. The visibility timeout must exceed the longest job; leases make recovery fast.
+    job_time_limit_seconds: int = 3 * 3600
+    visibility_timeout_seconds: int = 6 * 3600
+    lease_seconds: float = 20.0
+    heartbeat_seconds: float = 3.0
+    reaper_interval_seconds: float = 3.0
+    max_attempts: int = 3
+    family_queues: dict[str, str] = {"ldm": "gpu", "vqgan": "gpu", "tavit": "gpu", "stylegan2": "gpu"}
+    idempotency_ttl_seconds: int = 24 * 3600
+    storage_retries: int = 4
+
+    @field_validator("storage_dir", "model_dir", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def tenants_by_key(self) -> dict[str, str]:
+        """Parsed ``api_keys``: key → tenant."""
+        out: dict[str, str] = {}
+        for item in filter(None, (p.strip() for p in self.api_keys.split(","))):
+            tenant, sep, key = item.partition(":")
+            if not sep or not tenant or not key:
+                raise ValueError("TUMORSYNTH_API_KEYS must look like 'tenantA:keyA,tenantB:keyB'")
+            out[key] = tenant
+        return out
+
+    def tenant_for_key(self, key: str) -> str | None:
+        """Constant-time lookup: every configured key is compared, so timing does not reveal a prefix."""
+        found = None
+        for known, tenant in self.tenants_by_key.items():
+            if hmac.compare_digest(known.encode(), key.encode()):
+                found = tenant
+        return found
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.tenants_by_key)
+
+    def queue_for(self, family: str) -> str:
+        return self.family_queues.get(family, "gpu")
+
+    def check_safe_to_serve(self, host: str) -> None:
+        """Refuse unsafe defaults outside loopback: no API keys, or default object-store secrets."""
+        if is_loopback(host):
+            return
+        if not self.auth_enabled:
+            raise ValueError(
+                f"refusing to listen on {host} without API keys: set TUMORSYNTH_API_KEYS or bind to 127.0.0.1"
+            )
+        if self.s3_secret_key and self.s3_secret_key in DEFAULT_SECRETS:
+            raise ValueError("refusing to serve with a default S3 secret key: set TUMORSYNTH_S3_SECRET_KEY")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,46 @@
+"""What a worker process holds: settings, the job store, the object store and the model registry."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+
+from ..imaging.nifti import VolumeLimits
+from ..jobs.store import JobStore
+from ..models.registry import ModelRegistry
+from ..settings import Settings
+from ..storage import make_store
+from ..storage.base import ObjectStore
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, health_check_interval=30)
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        return JobStore(self.redis)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return make_store(self.settings)
+
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.settings.model_dir)
+
+    @cached_property
+    def limits(self) -> VolumeLimits:
+        return VolumeLimits.from_settings(self.settings)
+
+    @cached_property
+    def worker_id(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"

@@ -1,0 +1,83 @@
+"""Generated volumes → float32 NIfTI + BIDS-style sidecars → object store. The outputs list is written last."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+
+from ..imaging.labels import to_brats2023
+from ..imaging.nifti import Volume, write_nifti, write_sidecar
+from ..jobs.records import JobRecord, StoredOutput
+from ..models.base import GeneratedVolume, GenerationParams
+from ..models.registry import ModelEntry
+from ..storage.base import ObjectStore
+from ..storage.keys import output_key
+from ..storage.retry import with_retries
+
+log = logging.getLogger(__name__)
+
+
+def provenance(rec: JobRecord, entry: ModelEntry, params: GenerationParams) -> dict:
+    return {
+        "GeneratedBy": [{"Name": "tumorsynth", "Model": entry.id, "CheckpointSha256": entry.weights_sha256}],
+        "Model": entry.id,
+        "CheckpointSha256": entry.weights_sha256,
+        "ModelTrained": entry.trained,
+        "TrainedOn": entry.trained_on,
+        "Sampler": params.sampler,
+        "Steps": params.steps,
+        "Seed": params.seed,
+        "JobId": rec.id,
+        "RequestId": rec.id,
+        "TumorClass": params.tumor_class,
+        "OutputGrid": params.output_grid,
+    }
+
+
+def _spacing(affine: np.ndarray) -> list[float]:
+    return [float(round(v, 6)) for v in np.linalg.norm(affine[:3, :3], axis=0)]
+
+
+class OutputWriter:
+    def __init__(self, store: ObjectStore, rec: JobRecord, entry: ModelEntry, params: GenerationParams, retries: int):
+        self.store, self.rec, self.entry, self.params, self.retries = store, rec, entry, params, retries
+        self.written: list[StoredOutput] = []
+
+    def _put(self, name: str, data: bytes, content_type: str, **fields) -> None:
+        key = output_key(self.rec.tenant, self.rec.id, name)
+        with_retries(lambda: self.store.put_bytes(key, data, content_type), attempts=self.retries)
+        self.written.append(
+            StoredOutput(name=name, key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(), **fields)
+        )
+
+    def _volume(self, stem: str, data: np.ndarray, affine: np.ndarray, reference: Volume | None, *, modality: str,
+                sample_index: int | None, kind: str, extra: dict | None = None) -> None:
+        nifti = write_nifti(data.astype(np.float32), affine, reference=reference)
+        geo = {"shape": list(data.shape), "spacing": _spacing(affine)}
+        self._put(f"{stem}.nii.gz", nifti, "application/gzip", modality=modality, sample_index=sample_index,
+                  kind=kind, **geo)
+        side = provenance(self.rec, self.entry, self.params) | {"Modality": modality, "SampleIndex": sample_index}
+        self._put(f"{stem}.json", write_sidecar(side | (extra or {})), "application/json", modality=modality,
+                  sample_index=sample_index, kind="sidecar")
+
+    def write(self, volumes: list[GeneratedVolume], mask: tuple[Volume, str] | None) -> list[StoredOutput]:
+        for v in volumes:
+            self._volume(f"sample-{v.sample_index}_{v.modality}", v.data, v.affine, v.reference,
+                         modality=v.modality, sample_index=v.sample_index, kind="image")
+        if mask is not None:
+            vol, convention = mask
+            labels = to_brats2023(np.asarray(vol.data), convention).astype(np.float32)
+            self._volume("mask", labels, vol.affine, vol, modality="seg", sample_index=None, kind="mask",
+                         extra={"LabelConvention": "brats2023", "SourceLabelConvention": convention,
+                                "Description": "the conditioning mask, relabelled BraTS 2023"})
+        return self.written
+
+    def discard(self) -> None:
+        """Remove what this attempt uploaded (a canceled or failed attempt leaves nothing listed or stored)."""
+        for out in self.written:
+            try:
+                self.store.delete(out.key)
+            except Exception:  # best effort: the outputs were never listed on the job
+                log.warning("could not delete %s", out.key)

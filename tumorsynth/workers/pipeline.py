@@ -1,0 +1,128 @@
+"""The steps of one job: claim → load model → read inputs → sample (progress, cancel) → write outputs → finish."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+
+from ..errors import JobCanceled, LeaseLost, TumorsynthError
+from ..imaging.labels import validate_mask
+from ..imaging.nifti import Volume, read_volume
+from ..jobs.records import JobRecord
+from ..models.base import GenerationParams
+from ..models.loader import load_generator
+from ..models.registry import ModelEntry
+from ..storage.retry import with_retries
+from .context import WorkerContext
+from .outputs import OutputWriter
+
+log = logging.getLogger(__name__)
+
+
+def params_for(rec: JobRecord, entry: ModelEntry) -> GenerationParams:
+    """The job's request, already validated by the API, with the model's defaults filled in."""
+    req = rec.request
+    sampler = entry.sampler((req.get("sampler") or {}).get("name"))
+    return GenerationParams(
+        num_samples=req.get("num_samples", 1),
+        seed=req["seed"],
+        sampler=sampler.name,
+        steps=(req.get("sampler") or {}).get("steps") or sampler.default_steps,
+        modalities=tuple(req.get("modalities") or entry.modalities),
+        tumor_class=req.get("tumor_class"),
+        output_grid=req.get("output_grid", "input"),
+    )
+
+
+@contextmanager
+def heartbeat(ctx: WorkerContext, job_id: str, token: int):
+    """Keep the lease alive while the job runs, even during long steps (model load, decode, upload)."""
+    stop = threading.Event()
+    s = ctx.settings
+
+    def beat() -> None:
+        while not stop.wait(s.heartbeat_seconds):
+            try:
+                ctx.jobs.heartbeat(job_id, token, s.lease_seconds)
+            except LeaseLost:
+                return
+            except Exception:  # a Redis blip: the lease is long enough to survive a few missed beats
+                log.warning("heartbeat for %s failed", job_id, exc_info=True)
+
+    t = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
+def read_inputs(ctx: WorkerContext, rec: JobRecord) -> dict[str, Volume]:
+    """Inputs were validated on upload; they are read through the same checks again (defence in depth)."""
+    out = {}
+    for item in rec.inputs:
+        raw = with_retries(lambda k=item.key: ctx.store.get_bytes(k), attempts=ctx.settings.storage_retries)
+        out[item.name] = read_volume(raw, field=item.name, limits=ctx.limits)
+    return out
+
+
+def run_job(ctx: WorkerContext, job_id: str) -> str:
+    s = ctx.settings
+    claim = ctx.jobs.claim(job_id, ctx.worker_id, s.lease_seconds, s.max_attempts)
+    if claim.record is None:
+        log.info("job %s not run: %s", job_id, claim.reason)
+        return claim.reason
+    rec, token = claim.record, claim.record.attempts
+    writer: OutputWriter | None = None
+    with heartbeat(ctx, job_id, token):
+        try:
+            entry = ctx.registry.get(rec.model)
+            params = params_for(rec, entry)
+            generator = load_generator(entry, s.device)
+            inputs = read_inputs(ctx, rec)
+            total = generator.total_steps(params)
+            ctx.jobs.progress(job_id, token, 0, total, s.lease_seconds)
+
+            def progress(done: int, of: int) -> None:
+                now = ctx.jobs.progress(job_id, token, done, of, s.lease_seconds)
+                if now.status == "canceling":
+                    raise JobCanceled(f"job {job_id} canceled at step {done}/{of}")
+
+            volumes = generator.generate(params, inputs, progress)
+            writer = OutputWriter(ctx.store, rec, entry, params, s.storage_retries)
+            mask = None
+            if "mask" in inputs:
+                mask = (inputs["mask"], validate_mask(inputs["mask"]).convention)
+            outputs = writer.write(volumes, mask)
+            ctx.jobs.finish(job_id, token, "succeeded", outputs=outputs, completed_steps=total, total_steps=total)
+            return "succeeded"
+        except LeaseLost:
+            log.warning("job %s: lease lost, another attempt owns it; dropping this one", job_id)
+            _discard(writer)
+            return "lease_lost"
+        except JobCanceled:
+            _discard(writer)
+            ctx.jobs.finish(job_id, token, "canceled")
+            return "canceled"
+        except TumorsynthError as exc:
+            _discard(writer)
+            return _fail(ctx, job_id, token, exc.code, exc.message)
+        except Exception as exc:  # a bug or a library failure: the job fails with a code, the worker lives on
+            log.exception("job %s failed", job_id)
+            _discard(writer)
+            return _fail(ctx, job_id, token, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _discard(writer: OutputWriter | None) -> None:
+    if writer is not None:
+        writer.discard()
+
+
+def _fail(ctx: WorkerContext, job_id: str, token: int, code: str, message: str) -> str:
+    try:
+        ctx.jobs.finish(job_id, token, "failed", error={"code": code, "message": message})
+    except LeaseLost:
+        return "lease_lost"
+    return "failed"

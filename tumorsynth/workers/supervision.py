@@ -1,0 +1,61 @@
+"""Threads in a worker's main process: presence (workers online) and the reaper of lapsed leases.
+
+Redis redelivers an unacked task only after the visibility timeout (hours); a job whose worker died is instead
+noticed when its lease lapses (seconds) and requeued here, up to the attempt cap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from .celery_app import Dispatcher
+from .context import WorkerContext
+
+log = logging.getLogger(__name__)
+WORKERS = "ts:workers"  # zset: worker id → last heartbeat
+
+
+def worker_key(worker_id: str) -> str:
+    return f"ts:worker:{worker_id}"
+
+
+def announce(ctx: WorkerContext, queues: list[str]) -> None:
+    s = ctx.settings
+    info = {"id": ctx.worker_id, "queues": queues, "device": s.device, "seen_at": time.time()}
+    with ctx.redis.pipeline() as p:
+        p.set(worker_key(ctx.worker_id), json.dumps(info), ex=max(5, int(s.lease_seconds)))
+        p.zadd(WORKERS, {ctx.worker_id: time.time()})
+        p.execute()
+
+
+def reap_once(ctx: WorkerContext, dispatcher: Dispatcher) -> list[str]:
+    requeued = []
+    for job_id in ctx.jobs.lapsed():
+        rec = ctx.jobs.release_lapsed(job_id, ctx.settings.max_attempts)
+        if rec is None:
+            continue
+        log.warning("job %s: lease lapsed (attempt %d) → %s", job_id, rec.attempts, rec.status)
+        if rec.status == "queued":
+            dispatcher.send(rec.id, rec.family)
+            requeued.append(rec.id)
+    return requeued
+
+
+def start_parent_services(ctx: WorkerContext, dispatcher: Dispatcher, queues: list[str]) -> threading.Thread:
+    interval = ctx.settings.reaper_interval_seconds
+
+    def loop() -> None:
+        while True:
+            try:
+                announce(ctx, queues)
+                reap_once(ctx, dispatcher)
+            except Exception:
+                log.warning("worker supervision loop failed; retrying", exc_info=True)
+            time.sleep(interval)
+
+    t = threading.Thread(target=loop, name="tumorsynth-supervision", daemon=True)
+    t.start()
+    return t

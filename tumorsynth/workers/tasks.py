@@ -1,0 +1,39 @@
+"""Celery tasks: thin, they take a job id. Everything else is in pipeline.py."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import signals
+
+from ..settings import get_settings
+from .celery_app import RUN_JOB, Dispatcher, create_celery
+from .context import WorkerContext
+from .supervision import start_parent_services
+
+log = logging.getLogger(__name__)
+settings = get_settings()
+app = create_celery(settings)
+_ctx: WorkerContext | None = None
+
+
+def context() -> WorkerContext:
+    """One per worker process, created after fork (no Redis sockets or CUDA shared with the parent)."""
+    global _ctx
+    if _ctx is None:
+        _ctx = WorkerContext(settings)
+    return _ctx
+
+
+@app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(job_id: str) -> str:
+    from .pipeline import run_job as run  # imports torch-side modules only in the pool process
+
+    return run(context(), job_id)
+
+
+@signals.worker_ready.connect
+def _on_ready(sender=None, **_):
+    """In the worker's main process: presence heartbeat and the lease reaper (no torch here)."""
+    queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) if sender else ["gpu"]
+    start_parent_services(WorkerContext(settings), Dispatcher(app, settings), queues)
