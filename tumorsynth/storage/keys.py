@@ -1,0 +1,52 @@
+"""The one place object keys are built: ``tenants/{tenant}/...``, never from a client's file name."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import InvalidRequest
+
+COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_RULE = "1-128 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit, without '..'"
+
+
+def component(field_name: str, value: str) -> str:
+    """``value`` if it is safe as one path component of a key, else ``InvalidRequest`` naming ``field_name``."""
+    if not isinstance(value, str) or not COMPONENT.fullmatch(value) or ".." in value:
+        raise InvalidRequest.for_field(field_name, f"must be {_RULE}; got {str(value)[:40]!r}")
+    return value
+
+
+def tenant_prefix(tenant: str) -> str:
+    return f"tenants/{component('tenant', tenant)}/"
+
+
+def job_prefix(tenant: str, job_id: str) -> str:
+    return f"{tenant_prefix(tenant)}jobs/{component('job_id', job_id)}/"
+
+
+def input_key(tenant: str, job_id: str, name: str) -> str:
+    return f"{job_prefix(tenant, job_id)}inputs/{component('name', name)}"
+
+
+def output_key(tenant: str, job_id: str, filename: str) -> str:
+    return f"{job_prefix(tenant, job_id)}outputs/{component('filename', filename)}"
+
+
+def mask_bank_key(tenant: str, mask_id: str, name: str) -> str:
+    return f"{tenant_prefix(tenant)}masks/{component('mask_id', mask_id)}/{component('name', name)}"
+
+
+def batch_key(tenant: str, batch_id: str, filename: str) -> str:
+    return f"{tenant_prefix(tenant)}batches/{component('batch_id', batch_id)}/{component('filename', filename)}"
+
+
+def tenant_of(key: str) -> str | None:
+    """The tenant a key belongs to, or None for a key outside ``tenants/`` (which then belongs to no tenant)."""
+    parts = key.split("/")
+    if len(parts) < 3 or parts[0] != "tenants" or not parts[2]:
+        return None
+    tenant = parts[1]
+    if not COMPONENT.fullmatch(tenant) or ".." in tenant:
+        return None
+    return tenant
