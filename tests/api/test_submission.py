@@ -21,7 +21,8 @@ def parked(redis_server, s3_endpoint, model_dir):
     from tumorsynth.storage import make_store
 
     s = make_settings(redis_server, s3_endpoint, model_dir, family_queues={"ldm": "parked"},
-                      max_request_bytes=8 * 1024**2, max_file_bytes=4 * 1024**2)
+                      max_request_bytes=8 * 1024**2, max_file_bytes=4 * 1024**2,
+                      max_decompressed_bytes=32 * 1024**2)
     make_store(s).ensure_bucket()
     app = create_app(s)
     with TestClient(app) as c:

@@ -69,9 +69,10 @@ class OutputWriter:
         if mask is not None:
             vol, convention = mask
             labels = to_brats2023(np.asarray(vol.data), convention).astype(np.float32)
+            out_convention = "binary" if convention == "binary" else "brats2023"
             self._volume("mask", labels, vol.affine, vol, modality="seg", sample_index=None, kind="mask",
-                         extra={"LabelConvention": "brats2023", "SourceLabelConvention": convention,
-                                "Description": "the conditioning mask, relabelled BraTS 2023"})
+                         extra={"LabelConvention": out_convention, "SourceLabelConvention": convention,
+                                "Description": f"the conditioning mask, labels {out_convention}"})
         return self.written
 
     def discard(self) -> None:

@@ -1,0 +1,106 @@
+"""The safe reader and the de-identifying writer."""
+
+from __future__ import annotations
+
+import gzip
+import tracemalloc
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.support.volumes import load, nifti_bytes, oblique_affine
+from tumorsynth.errors import InvalidUpload, PayloadTooLarge
+from tumorsynth.imaging.labels import to_brats2023, to_regions, validate_mask
+from tumorsynth.imaging.nifti import read_volume, write_nifti, write_sidecar
+
+from .malformed import CORPUS_LIMITS, _bomb, corpus, valid_variants
+
+
+def outcome(raw: bytes) -> tuple[int, str]:
+    try:
+        vol = read_volume(raw, field="mask", limits=CORPUS_LIMITS)
+        validate_mask(vol, field="mask")
+    except (InvalidUpload, PayloadTooLarge) as exc:
+        return exc.status, exc.message
+    return 200, ""
+
+
+def test_corpus_is_large_enough_and_named_uniquely():
+    names = [c[0] for c in corpus()]
+    assert len(names) >= 50 and len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("name,raw,status", corpus(), ids=[c[0] for c in corpus()])
+def test_malformed_upload_is_refused_with_a_message_naming_the_field(name, raw, status):
+    got, message = outcome(raw)
+    assert got == status, f"{name}: {got} {message}"
+    assert message.startswith("mask: ") and len(message) > 20
+
+
+@pytest.mark.parametrize("name,raw,convention", valid_variants(), ids=[v[0] for v in valid_variants()])
+def test_valid_variants_are_read(name, raw, convention):
+    vol = read_volume(raw, field="mask", limits=CORPUS_LIMITS)
+    assert vol.shape == (24, 20, 16) and np.isfinite(vol.affine).all()
+    assert validate_mask(vol).convention == convention
+    assert vol.compressed == (raw[:2] == b"\x1f\x8b") and vol.size == len(raw)
+
+
+def test_gzip_bomb_is_refused_in_bounded_memory():
+    bomb = _bomb((8, 8, 8), 200 << 20)  # 200 MB of zeros after a tiny header, ~200 kB on the wire
+    assert len(bomb) < 1 << 20
+    tracemalloc.start()
+    with pytest.raises(InvalidUpload):
+        read_volume(bomb, field="mask", limits=CORPUS_LIMITS)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def test_per_file_size_cap_is_413():
+    with pytest.raises(PayloadTooLarge):
+        read_volume(b"\x00" * (CORPUS_LIMITS.max_file_bytes + 1), field="mask", limits=CORPUS_LIMITS)
+
+
+def test_written_nifti_keeps_geometry_and_drops_patient_fields():
+    aff = oblique_affine()
+    data = np.random.default_rng(0).random((10, 12, 8)).astype(np.float32)
+    src = read_volume(nifti_bytes(np.ones((10, 12, 8), np.uint8), aff, descrip=b"PATIENT^JANE"), field="t1")
+    img = load(write_nifti(data, aff, reference=src))
+    hdr = img.header
+    assert img.get_data_dtype() == np.float32 and img.shape == (10, 12, 8)
+    np.testing.assert_allclose(img.get_sform(), aff, atol=1e-5)
+    np.testing.assert_allclose(img.get_qform(), aff, atol=1e-4)
+    assert int(hdr["sform_code"]) == 1 and int(hdr["qform_code"]) == 1
+    for name in ("descrip", "aux_file", "db_name", "intent_name"):
+        assert bytes(hdr[name]).strip(b"\x00") == b""
+    assert len(hdr.extensions) == 0
+    np.testing.assert_array_equal(np.asanyarray(img.dataobj), data)
+
+
+def test_writer_is_deterministic():
+    data = np.zeros((4, 4, 4), np.float32)
+    assert write_nifti(data, np.eye(4)) == write_nifti(data, np.eye(4))
+    assert gzip.decompress(write_nifti(data, np.eye(4)))[344:348] == b"n+1\x00"
+
+
+def test_sidecar_says_synthetic_first():
+    body = write_sidecar({"Synthetic": False, "Model": "ldm/x@1"})
+    assert body.startswith(b'{\n  "Synthetic": true') and b'"Model": "ldm/x@1"' in body
+
+
+def test_label_conversions():
+    m = np.array([0, 1, 2, 4], np.uint8)
+    assert to_brats2023(m, "brats2019").tolist() == [0, 1, 2, 3]
+    r = to_regions(np.array([0, 1, 2, 3]), "brats2023")
+    assert r.tolist() == [[0, 1, 1, 1], [0, 1, 0, 1], [0, 0, 0, 1]]
+    assert to_regions(np.array([0, 1]), "binary").tolist() == [[0, 1], [0, 0], [0, 0]]
+    assert np.array_equal(to_regions(m, "brats2019"), r)
+
+
+def test_extensions_in_the_upload_never_reach_the_output():
+    img = nib.Nifti1Image(np.ones((4, 4, 4), np.uint8), np.eye(4))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"PATIENT NAME: DOE^JOHN"))
+    src = read_volume(img.to_bytes(), field="t1")
+    out = gzip.decompress(write_nifti(np.ones((4, 4, 4)), np.eye(4), reference=src))
+    assert b"DOE^JOHN" not in out

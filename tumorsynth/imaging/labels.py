@@ -1,0 +1,94 @@
+"""Tumour-mask label conventions: detect, validate, convert.
+
+BraTS 2019: 1 necrotic/non-enhancing core, 2 oedema, 4 enhancing tumour.
+BraTS 2023: 1 necrotic core, 2 oedema, 3 enhancing tumour.
+Binary: 1 whole tumour.
+Regions used for conditioning (nested, as in the BraTS evaluation): WT = all tumour labels, TC = core + enhancing,
+ET = enhancing. A mask holding only {1, 2} means the same in both BraTS conventions; it is reported as brats2023.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidUpload
+
+CONVENTIONS = {
+    "binary": {0, 1},
+    "brats2019": {0, 1, 2, 4},
+    "brats2023": {0, 1, 2, 3},
+}
+ENHANCING = {"brats2019": 4, "brats2023": 3}
+REGIONS = ("WT", "TC", "ET")
+
+
+@dataclass(frozen=True)
+class MaskInfo:
+    convention: str
+    labels: list[int]  # the non-zero labels present
+    tumour_voxels: int
+
+
+def _labels_of(data: np.ndarray, field: str) -> tuple[np.ndarray, np.ndarray]:
+    if data.dtype.kind == "f":
+        if not np.array_equal(data, np.round(data)):
+            raise InvalidUpload.for_field(field, "the mask holds non-integer values; a mask holds integer labels "
+                                                 "(BraTS 2019 {0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1})")
+    lo, hi = float(data.min()), float(data.max())
+    if lo < 0 or hi > 255:
+        raise InvalidUpload.for_field(field, f"the mask holds labels from {lo:g} to {hi:g}; allowed are BraTS 2019 "
+                                             "{0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1}")
+    counts = np.bincount(np.asarray(data, dtype=np.int64).ravel(), minlength=6)
+    return np.flatnonzero(counts), counts
+
+
+def detect_convention(present: set[int]) -> str | None:
+    if present <= CONVENTIONS["binary"]:
+        return "binary"
+    if present <= CONVENTIONS["brats2023"]:
+        return "brats2023"
+    if present <= CONVENTIONS["brats2019"]:
+        return "brats2019"
+    return None
+
+
+def validate_mask(vol, field: str = "mask") -> MaskInfo:
+    """Labels must follow one convention and the mask must hold tumour; the refusal says what to change."""
+    data = np.asarray(vol.data if hasattr(vol, "data") else vol)
+    present, counts = _labels_of(data, field)
+    present_set = {int(v) for v in present}
+    convention = detect_convention(present_set)
+    if convention is None:
+        extra = sorted(present_set - CONVENTIONS["brats2019"] - CONVENTIONS["brats2023"])
+        detail = (f"labels {extra} are not tumour labels" if extra else
+                  "labels 3 and 4 together mix BraTS 2023 and BraTS 2019")
+        if present_set == {0, 255}:
+            detail = "a 0/255 mask; binary masks use 0/1"
+        raise InvalidUpload.for_field(field, f"{detail}; use BraTS 2019 {{0,1,2,4}}, BraTS 2023 {{0,1,2,3}} or "
+                                             "binary {0,1} labels")
+    tumour = int(counts[1:].sum())
+    if tumour == 0:
+        raise InvalidUpload.for_field(field, "the mask is empty (no tumour voxels); upload a mask with a tumour")
+    return MaskInfo(convention=convention, labels=sorted(present_set - {0}), tumour_voxels=tumour)
+
+
+def to_brats2023(data: np.ndarray, convention: str) -> np.ndarray:
+    """BraTS 2019 → 2023 (4 → 3). Binary and BraTS 2023 masks are returned unchanged."""
+    data = np.asarray(data)
+    if convention == "brats2019":
+        return np.where(data == 4, 3, data).astype(np.uint8)
+    return data.astype(np.uint8)
+
+
+def to_regions(data: np.ndarray, convention: str) -> np.ndarray:
+    """(3, *shape) float32 nested regions WT, TC, ET. A binary mask gives WT only (TC and ET are unknown: zero)."""
+    data = np.asarray(data)
+    out = np.zeros((3, *data.shape), np.float32)
+    out[0] = data > 0
+    if convention != "binary":
+        et = ENHANCING[convention]
+        out[1] = (data == 1) | (data == et)
+        out[2] = data == et
+    return out

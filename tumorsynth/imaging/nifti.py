@@ -1,0 +1,288 @@
+"""Reading uploads safely and writing de-identified outputs.
+
+nibabel reads lazily and trusts the header: a file declaring 10⁹ voxels, a gzip bomb, negative dims or NaNs all
+"load". So an upload is checked in this order, each step bounded by what the previous one proved:
+
+1. size of the upload (413);
+2. the first 540 bytes only (gzip: decompressed up to there, no further) — magic, header size, endianness;
+3. every header field that sizes or places the data: dims (3D, positive, under ``max_dim``), voxel count,
+   dtype allowlist, ``vox_offset``, scaling, pixdim — and the declared byte size against ``max_decompressed_bytes``;
+4. the affine (finite, non-singular);
+5. only then the voxels: decompressed up to the declared end and not a byte more, then checked finite.
+
+nibabel parses the header and builds the image; the bounded reads and the checks are ours because nibabel has no
+limits to configure.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import zlib
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import InvalidUpload, PayloadTooLarge
+
+GZIP_MAGIC = b"\x1f\x8b"
+NIFTI1_MAGIC = b"n+1\x00"
+NIFTI1_PAIR_MAGIC = b"ni1\x00"
+NIFTI2_MAGIC = b"n+2\x00\r\n\x1a\n"
+NIFTI2_PAIR_MAGIC = b"ni2\x00\r\n\x1a\n"
+
+# NIfTI datatype codes read as images. Complex, RGB and "binary" codes are refused.
+ALLOWED_DTYPES = {
+    2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64,
+    256: np.int8, 512: np.uint16, 768: np.uint32, 1024: np.int64, 1280: np.uint64,
+}
+DTYPE_NAMES = {1: "binary", 32: "complex64", 128: "RGB24", 1536: "float128", 1792: "complex128",
+               2048: "complex256", 2304: "RGBA32"}
+# Read past the declared end to find the gzip trailer (CRC check); more than this is data the header does not admit.
+TRAILER_SLACK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class VolumeLimits:
+    max_file_bytes: int = 128 * 1024**2
+    max_decompressed_bytes: int = 1024 * 1024**2
+    max_dim: int = 1024
+    max_voxels: int = 64 * 1024**2
+
+    @classmethod
+    def from_settings(cls, settings) -> "VolumeLimits":
+        return cls(settings.max_file_bytes, settings.max_decompressed_bytes, settings.max_dim, settings.max_voxels)
+
+
+@dataclass
+class Volume:
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header = field(repr=False)
+    nifti_version: int
+    compressed: bool
+    sha256: str
+    size: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.data.shape[:3])
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    def describe(self) -> str:
+        sp = "×".join(f"{s:g}" for s in self.spacing)
+        return f"NIfTI-{self.nifti_version} {'×'.join(map(str, self.shape))} voxels of {sp} mm, {self.data.dtype}"
+
+
+def _bad(field_name: str, message: str) -> InvalidUpload:
+    return InvalidUpload.for_field(field_name, message)
+
+
+def _gunzip(raw: bytes, max_out: int) -> tuple[bytes, bool]:
+    """Decompress at most ``max_out`` bytes (never more: bombs stay bounded). Returns (data, reached_end)."""
+    out = bytearray()
+    data = raw
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    while True:
+        want = max_out - len(out)
+        if want <= 0:
+            return bytes(out), False
+        out += d.decompress(data, want)
+        if d.eof:
+            rest = d.unused_data
+            if rest[:2] == GZIP_MAGIC:  # a multi-member gzip file: go on with the next member
+                d, data = zlib.decompressobj(16 + zlib.MAX_WBITS), rest
+                continue
+            return bytes(out), True
+        if d.unconsumed_tail:
+            data = d.unconsumed_tail
+            continue
+        if len(out) >= max_out:
+            return bytes(out), False
+        raise zlib.error("the compressed stream ends early")
+
+
+def _prefix(raw: bytes, n: int, compressed: bool, field_name: str) -> tuple[bytes, bool]:
+    if not compressed:
+        return raw[:n], len(raw) <= n
+    try:
+        return _gunzip(raw, n)
+    except (zlib.error, EOFError) as exc:
+        raise _bad(field_name, f"the gzip stream is truncated or corrupt ({exc}); upload the complete .nii.gz "
+                               "file") from exc
+
+
+def _parse_header(head: bytes, field_name: str) -> tuple[np.ndarray, int, str]:
+    """The header record (numpy structured scalar), the NIfTI version and the byte order."""
+    if len(head) < 348:
+        raise _bad(field_name, f"only {len(head)} bytes: too short for a NIfTI header (348 bytes at least); "
+                               "upload a NIfTI-1 or NIfTI-2 .nii/.nii.gz file")
+    for order in "<>":
+        sizeof = int(np.frombuffer(head[:4], dtype=f"{order}i4")[0])
+        if sizeof in (348, 540):
+            break
+    else:
+        raise _bad(field_name, "not a NIfTI file (the header size field is neither 348 nor 540); upload a "
+                               "NIfTI-1 or NIfTI-2 .nii/.nii.gz volume (DICOM, PNG, Analyze and others are not read)")
+    if sizeof == 540:
+        if len(head) < 540:
+            raise _bad(field_name, "the NIfTI-2 header is truncated; upload the complete file")
+        magic = head[4:12]
+        if magic == NIFTI2_PAIR_MAGIC:
+            raise _bad(field_name, "a NIfTI-2 .hdr/.img pair header; upload a single-file .nii or .nii.gz")
+        if magic != NIFTI2_MAGIC:
+            raise _bad(field_name, "NIfTI-2 header size but not the NIfTI-2 magic; the file is corrupt")
+        hdr = np.frombuffer(head[:540], dtype=nib.nifti2.header_dtype.newbyteorder(order))[0]
+        return hdr, 2, order
+    magic = head[344:348]
+    if magic == NIFTI1_PAIR_MAGIC:
+        raise _bad(field_name, "a NIfTI-1 .hdr/.img pair header; upload a single-file .nii or .nii.gz")
+    if magic != NIFTI1_MAGIC:
+        raise _bad(field_name, "a 348-byte header without the NIfTI-1 magic 'n+1' (Analyze 7.5 or corrupt); "
+                               "convert it to NIfTI (.nii.gz) first")
+    hdr = np.frombuffer(head[:348], dtype=nib.nifti1.header_dtype.newbyteorder(order))[0]
+    return hdr, 1, order
+
+
+def _check_geometry(hdr, field_name: str, limits: VolumeLimits) -> tuple[tuple[int, ...], np.dtype, int]:
+    dim = [int(v) for v in hdr["dim"]]
+    ndim = dim[0]
+    if not 1 <= ndim <= 7:
+        raise _bad(field_name, f"dim[0] is {ndim}, not a valid number of dimensions (1..7); the header is corrupt")
+    dims = dim[1:ndim + 1]
+    if any(n <= 0 for n in dims):
+        raise _bad(field_name, f"dimensions {dims} include zero or negative sizes; the header is corrupt")
+    while len(dims) > 3 and dims[-1] == 1:
+        dims = dims[:-1]
+    if len(dims) != 3:
+        raise _bad(field_name, f"a {len(dims)}D image of shape {dims}; upload a single 3D volume "
+                               "(split 4D series, stack 2D slices)")
+    if max(dims) > limits.max_dim:
+        raise _bad(field_name, f"shape {dims} exceeds the limit of {limits.max_dim} voxels per axis; "
+                               "crop or resample the volume")
+    voxels = int(np.prod(dims, dtype=np.int64))
+    if voxels > limits.max_voxels:
+        raise PayloadTooLarge.for_field(field_name, f"{voxels} voxels exceed the limit of {limits.max_voxels}; "
+                                                    "crop or resample the volume")
+    code = int(hdr["datatype"])
+    if code not in ALLOWED_DTYPES:
+        name = DTYPE_NAMES.get(code, f"code {code}")
+        raise _bad(field_name, f"voxel type {name} is not read; store the volume as integers or float32/float64")
+    dtype = np.dtype(ALLOWED_DTYPES[code])
+    offset = float(hdr["vox_offset"])
+    min_offset = int(hdr["sizeof_hdr"]) + 4
+    if not np.isfinite(offset) or offset < min_offset or offset != int(offset):
+        raise _bad(field_name, f"vox_offset {offset} is invalid (must be a whole number ≥ {min_offset}); "
+                               "the header is corrupt")
+    for name in ("scl_slope", "scl_inter"):
+        v = float(hdr[name])
+        if np.isinf(v):
+            raise _bad(field_name, f"{name} is infinite; fix the intensity scaling in the header")
+    pixdim = [float(v) for v in hdr["pixdim"][1:4]]
+    if not all(np.isfinite(pixdim)):
+        raise _bad(field_name, f"voxel sizes (pixdim) {pixdim} are not finite; the header is corrupt")
+    if int(hdr["sform_code"]) == 0 and min(abs(v) for v in pixdim) == 0:
+        # nibabel would silently read 0 as 1 mm; with no sform the geometry comes from pixdim, so refuse
+        raise _bad(field_name, f"voxel sizes (pixdim) {pixdim} include zero and there is no sform; set the "
+                               "voxel sizes or an sform")
+    return tuple(dims), dtype, int(offset)
+
+
+def _affine(img, field_name: str) -> np.ndarray:
+    try:
+        aff = np.asarray(img.affine if img.affine is not None else img.header.get_best_affine(), dtype=np.float64)
+    except Exception as exc:  # nibabel raises on impossible quaternions
+        raise _bad(field_name, f"the orientation (qform/sform) cannot be read: {exc}") from exc
+    if not np.all(np.isfinite(aff)):
+        raise _bad(field_name, "the affine (sform/qform) holds NaN or infinite values; fix the orientation header")
+    det = np.linalg.det(aff[:3, :3])
+    if not np.isfinite(det) or abs(det) < 1e-6:
+        raise _bad(field_name, "the affine (sform/qform) is singular (a zero voxel size or collapsed axes); fix the "
+                               "orientation header")
+    return aff
+
+
+def read_volume(raw: bytes, field: str = "file", limits: VolumeLimits | None = None) -> Volume:
+    """An upload → a checked 3D ``Volume``, or an ``InvalidUpload``/``PayloadTooLarge`` naming ``field``."""
+    limits = limits or VolumeLimits()
+    if len(raw) > limits.max_file_bytes:
+        raise PayloadTooLarge.for_field(field, f"{len(raw)} bytes exceed the per-file limit of "
+                                               f"{limits.max_file_bytes}; compress (.nii.gz) or crop the volume")
+    if not raw:
+        raise _bad(field, "the file is empty; upload a NIfTI volume")
+    compressed = raw[:2] == GZIP_MAGIC
+    head, _ = _prefix(raw, 540, compressed, field)
+    hdr, version, order = _parse_header(head, field)
+    dims, dtype, offset = _check_geometry(hdr, field, limits)
+    needed = offset + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if needed > limits.max_decompressed_bytes:
+        raise PayloadTooLarge.for_field(field, f"the volume holds {needed} bytes uncompressed, over the limit of "
+                                               f"{limits.max_decompressed_bytes}; crop or resample it")
+    if compressed:
+        body, ended = _prefix(raw, needed + TRAILER_SLACK, True, field)
+        if len(body) > needed and not ended:
+            raise _bad(field, "the gzip stream holds far more data than the header declares; upload the volume "
+                              "alone")
+    else:
+        body = raw
+    if len(body) < needed:
+        raise _bad(field, f"the file is truncated: the header declares {needed} bytes, the file holds {len(body)}; "
+                          "upload the complete file")
+    klass = nib.Nifti2Image if version == 2 else nib.Nifti1Image
+    try:
+        img = klass.from_bytes(body[:needed])
+    except Exception as exc:
+        raise _bad(field, f"nibabel cannot read the file: {exc}") from exc
+    affine = _affine(img, field)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise _bad(field, f"the voxel data cannot be read: {exc}") from exc
+    data = data.reshape(dims)
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise _bad(field, f"{bad} voxels are NaN or infinite; replace them with finite values")
+    return Volume(data=data, affine=affine, header=img.header, nifti_version=version, compressed=compressed,
+                  sha256=hashlib.sha256(raw).hexdigest(), size=len(raw))
+
+
+BLANKED = ("descrip", "aux_file", "db_name", "intent_name")
+
+
+def write_nifti(data: np.ndarray, affine: np.ndarray, reference: Volume | None = None) -> bytes:
+    """float32 NIfTI-1, gzip-compressed, with sform = qform = ``affine`` and no field that can carry patient data.
+
+    From ``reference`` only the geometry codes (qform/sform codes, units) are kept, never free text.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    affine = np.asarray(affine, dtype=np.float64)
+    img = nib.Nifti1Image(data, affine)
+    hdr = img.header
+    qcode = scode = 1
+    if reference is not None:
+        qcode = int(reference.header["qform_code"]) or 1
+        scode = int(reference.header["sform_code"]) or 1
+    img.set_qform(affine, code=qcode)
+    img.set_sform(affine, code=scode)
+    hdr.set_xyzt_units("mm", "sec")
+    for name in BLANKED:
+        if name in hdr:
+            hdr[name] = b""
+    hdr.extensions.clear()
+    hdr.set_slope_inter(1.0, 0.0)
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0) as gz:
+        gz.write(img.to_bytes())
+    return buf.getvalue()
+
+
+def write_sidecar(fields: dict) -> bytes:
+    """A BIDS-style JSON sidecar; ``Synthetic`` is always true and comes first."""
+    body = {"Synthetic": True} | {k: v for k, v in fields.items() if k != "Synthetic"}
+    return (json.dumps(body, indent=2, default=str) + "\n").encode()
