@@ -82,13 +82,19 @@ def to_brats2023(data: np.ndarray, convention: str) -> np.ndarray:
     return data.astype(np.uint8)
 
 
-def to_regions(data: np.ndarray, convention: str) -> np.ndarray:
-    """(3, *shape) float32 nested regions WT, TC, ET. A binary mask gives WT only (TC and ET are unknown: zero)."""
-    data = np.asarray(data)
-    out = np.zeros((3, *data.shape), np.float32)
-    out[0] = data > 0
-    if convention != "binary":
-        et = ENHANCING[convention]
-        out[1] = (data == 1) | (data == et)
-        out[2] = data == et
+def to_regions(data: np.ndarray, convention: str | None = None) -> np.ndarray:
+    """(3, *shape) float32 nested regions WT, TC, ET.
+
+    WT = any label > 0; TC = {1, 3, 4}; ET = {3, 4}: label 4 occurs only in BraTS 2019 masks and 3 only in BraTS 2023
+    ones, so one rule serves both. A binary mask says nothing about the core: WT only (TC and ET zero). With no
+    ``convention`` a mask whose tumour labels are all 1 is taken as binary.
+    """
+    labels = np.rint(np.asarray(data)).astype(np.int16)
+    wt = labels > 0
+    out = np.zeros((3, *labels.shape), np.float32)
+    out[0] = wt
+    binary = convention == "binary" if convention else bool(np.all(labels[wt] == 1))
+    if not binary:
+        out[1] = np.isin(labels, (1, 3, 4))
+        out[2] = np.isin(labels, (3, 4))
     return out

@@ -9,7 +9,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
-from .registry import FORMAT_VERSION, ModelEntry, entry_from_config, sha256_file, verify_weights
+from .registry import (
+    FORMAT_VERSION,
+    ModelEntry,
+    entry_from_config,
+    sha256_file,
+    verify_weights,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 
