@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.helpers import submit, wait_status
-from tests.conftest import ALPHA, make_settings
+from tests.conftest import make_settings
 from tests.support.services import WorkerProcess
 from tests.support.volumes import mask_bytes
 

@@ -15,14 +15,20 @@ import numpy as np
 from ..errors import InvalidUpload, ServiceUnavailable
 from ..imaging.labels import validate_mask
 from ..imaging.nifti import Volume, VolumeLimits, read_volume
-from ..models.registry import ModelEntry, ModelRegistry
+from ..models.registry import ModelRegistry
 from ..storage.base import ObjectStore
 from ..storage.keys import input_key
 from ..storage.retry import with_retries
 from ..workers.celery_app import Dispatcher
 from .records import JobRecord, StoredInput, new_id
 from .store import JobStore
-from .validation import check_against_model, check_files, normalised, parse_request, raise_if
+from .validation import (
+    check_against_model,
+    check_files,
+    normalised,
+    parse_request,
+    raise_if,
+)
 
 log = logging.getLogger(__name__)
 

@@ -45,5 +45,6 @@ class Dispatcher:
     def __init__(self, celery: Celery, settings: Settings):
         self.celery, self.settings = celery, settings
 
-    def send(self, job_id: str, family: str) -> None:
-        self.celery.send_task(RUN_JOB, args=[job_id], queue=self.settings.queue_for(family))
+    def send(self, job_id: str, family: str, queue: str | None = None) -> None:
+        """Queue a job id; ``queue`` (a requeue) is the one recorded on the job, else the family's."""
+        self.celery.send_task(RUN_JOB, args=[job_id], queue=queue or self.settings.queue_for(family))

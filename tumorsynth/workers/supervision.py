@@ -39,7 +39,7 @@ def reap_once(ctx: WorkerContext, dispatcher: Dispatcher) -> list[str]:
             continue
         log.warning("job %s: lease lapsed (attempt %d) → %s", job_id, rec.attempts, rec.status)
         if rec.status == "queued":
-            dispatcher.send(rec.id, rec.family)
+            dispatcher.send(rec.id, rec.family, rec.queue)  # where it was queued first
             requeued.append(rec.id)
     return requeued
 

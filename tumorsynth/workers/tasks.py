@@ -27,7 +27,9 @@ def context() -> WorkerContext:
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(job_id: str) -> str:
-    from .pipeline import run_job as run  # imports torch-side modules only in the pool process
+    from .pipeline import (
+        run_job as run,  # imports torch-side modules only in the pool process
+    )
 
     return run(context(), job_id)
 

@@ -1,0 +1,1 @@
+"""BraTS-folder datasets, the phantom generator, one trainer per family."""
