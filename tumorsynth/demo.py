@@ -45,11 +45,15 @@ def run_demo(settings: Settings, out: Path, port: int, samples: int = 1) -> list
     ensure_model(settings)
     mask = ensure_example_mask()
     env = dict(os.environ, TUMORSYNTH_STORAGE_DIR=str(settings.storage_dir), TUMORSYNTH_MODEL_DIR=str(settings.model_dir))
+    log_path = Path(settings.storage_dir).parent / "demo-serve.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")
     server = subprocess.Popen([sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         client = Client(f"http://127.0.0.1:{port}")
-        console.print(f"starting the service on port {port} (embedded Redis, local storage, one worker)…")
+        console.print(f"starting the service on port {port} (embedded Redis, local storage, one worker; "
+                      f"log: {log_path})…")
         client.wait_ready(timeout=240)
         model = sorted((m for m in client.models() if m["task"] == "mask_to_volume"),
                        key=lambda m: (not m["trained"], m["id"]))[0]
@@ -66,3 +70,4 @@ def run_demo(settings: Settings, out: Path, port: int, samples: int = 1) -> list
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
+        log.close()

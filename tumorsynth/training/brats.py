@@ -111,6 +111,8 @@ def find_subjects(root: str | Path) -> list[Subject]:
 
 def load_subject(subject: Subject, modalities: Sequence[str] = MODALITIES) -> dict:
     """``image`` float32 (C, X, Y, Z) in the order of ``modalities``; ``seg`` uint8 in BraTS 2023 labels or None."""
+    if not modalities:
+        raise ValueError("modalities is empty; name at least one of t1, t1c, t2, flair")
     missing = [m for m in modalities if m not in subject.paths]
     if missing:
         raise ValueError(f"subject {subject.id!r} has no {missing} image; it has {sorted(subject.paths)}")
@@ -127,7 +129,7 @@ def load_subject(subject: Subject, modalities: Sequence[str] = MODALITIES) -> di
         seg = _read_labels(subject, img)
     return {
         "id": subject.id,
-        "image": np.stack(images) if images else np.zeros((0,), np.float32),
+        "image": np.stack(images),
         "seg": seg,
         "affine": np.asarray(affine, dtype=np.float64),
         "class": subject.tumor_class,
