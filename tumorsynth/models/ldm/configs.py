@@ -36,9 +36,9 @@ def _preset(grid: list[int], network: dict) -> dict:
         "samplers": sampler_specs(),
         "default_sampler": "dpm++",
         "schedule": dict(SCHEDULE),
-        # Intensities the autoencoder is trained on and decodes to: per modality, [0, 1] inside the brain
-        # (0.5th–99.5th percentile of brain voxels mapped to 0–1), 0 outside.
-        "intensity": {"range": [0.0, 1.0], "normalisation": "per-modality percentile 0.5-99.5 inside brain"},
+        # Intensities the autoencoder is trained on and decodes to (the paper's preprocessing): per modality,
+        # z-scores over the non-zero (brain) voxels; the background is 0.
+        "intensity": {"normalisation": "z-score over non-zero voxels per modality", "background": 0.0},
         "network": {
             "spatial_dims": 3,
             "image_channels": len(MODALITIES),
@@ -63,6 +63,20 @@ PRESETS: dict[str, dict] = {
             "unet_attention_levels": [False, True],
             "unet_num_head_channels": 16,
             "unet_norm_num_groups": 8,
+        },
+    ),
+    "demo": _preset(
+        [64, 64, 32],
+        {
+            "ae_channels": [16, 32, 64],
+            "ae_num_res_blocks": 1,
+            "ae_attention_levels": [False, False, False],
+            "ae_norm_num_groups": 8,
+            "unet_channels": [64, 128, 128],
+            "unet_num_res_blocks": 1,
+            "unet_attention_levels": [False, True, True],
+            "unet_num_head_channels": 32,
+            "unet_norm_num_groups": 16,
         },
     ),
     "paper": _preset(

@@ -1,9 +1,8 @@
 """Serve an LDM checkpoint: tumour mask in, multi-contrast volumes out.
 
 One job: mask labels → nested region channels → the model grid (a fixed field of view centred on the mask) →
-latent-resolution condition → reverse diffusion in latent space → decoder → intensities clamped to [0, 1] (the
-range the autoencoder is trained on: each modality normalised to [0, 1] inside the brain) → back to the mask's grid, or
-left on the model grid.
+latent-resolution condition → reverse diffusion in latent space → decoder → intensities as z-scores over the brain
+(the paper's normalisation, background 0) → back to the mask's grid, or left on the model grid.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from .configs import build_network
 from .sampler import reverse_process
 from .schedulers import make_scheduler
 
+Z_LIMIT = 10.0  # decoded z-scores beyond ±10 are artefacts of an untrained or diverging model
 DECODE_BATCH = 2  # volumes decoded at once; the decoder at full resolution is the memory peak
 
 
@@ -59,7 +59,7 @@ class LDMGenerator:
     def _sample(
         self, params: GenerationParams, scheduler, grid_labels: np.ndarray, progress: ProgressFn
     ) -> np.ndarray:
-        """Model-grid images (N, C, X, Y, Z) in [0, 1] for labels on the model grid."""
+        """Model-grid images (N, C, X, Y, Z) as z-scores for labels on the model grid."""
         net, n = self.network, params.num_samples
         regions = torch.from_numpy(to_regions(grid_labels))[None].to(self.device)  # (1, 3, X, Y, Z)
         cond = net.condition(regions).expand(n, -1, -1, -1, -1)  # (N, 3, x, y, z)
@@ -70,7 +70,7 @@ class LDMGenerator:
             lambda z, t: net.denoise(z, t, cond, class_labels), scheduler, shape, generators, self.device, progress
         )
         chunks = [net.decode(z) for z in sampled.latents.split(DECODE_BATCH)]  # (b, C, X, Y, Z) each
-        return torch.cat(chunks).clamp_(0.0, 1.0).float().cpu().numpy()
+        return torch.cat(chunks).clamp_(-Z_LIMIT, Z_LIMIT).float().cpu().numpy()
 
     def _output(self, image: np.ndarray, modality: str, index: int, params: GenerationParams,
                 mapping: GridMapping, mask) -> GeneratedVolume:

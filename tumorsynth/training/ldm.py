@@ -1,0 +1,458 @@
+"""Training the mask-conditioned LDM (Truong et al. 2024) on BraTS-format data: the same code for phantoms and BraTS.
+
+Preprocessing (shared with serving through ``imaging.geometry.fit_to_grid`` and ``imaging.labels.to_regions``):
+BraTS files → z-score per modality over non-zero voxels (paper §2.1) → crop to the non-zero box → the model grid
+(a fixed field of view centred on the box; serving centres it on the mask volume, which for BraTS-format masks is
+the same place to within a few millimetres) → mask as nested WT/TC/ET regions.
+
+Stage 1, the autoencoder: L1 + SSIM + KL (weight 1e-6) + a patch adversarial loss after a warm-up, as in the paper
+(perceptual loss only when ``perceptual_weights`` names a local file: no model hub is reachable here).
+Stage 2, the diffusion UNet on frozen latents: ε-prediction MSE with the schedule that serving samples with, the mask
+regions concatenated to the latent, the class dropped to "unknown" with probability ``class_dropout``.
+
+Training state is saved after every epoch in ``work_dir/state.pt``; ``resume=True`` continues from it. Every epoch
+uses RNG streams derived from (seed, stage, epoch), so an interrupted and resumed run ends with the same weights as
+an uninterrupted one (on the same device).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..imaging.geometry import fit_to_grid
+from ..imaging.labels import to_regions
+from ..models.checkpoints import save_checkpoint
+from ..models.ldm.configs import PRESETS, build_network
+from ..models.ldm.schedulers import make_scheduler
+from ..models.registry import ModelEntry
+from .brats import MODALITIES, crop_to_nonzero, find_subjects, load_subject, normalise
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class LDMTrainConfig:
+    preset: str = "tiny"  # network and grid: models.ldm.configs.PRESETS
+    name: str = "ldm"
+    version: str = "1"
+    seed: int = 0
+    val_fraction: float = 0.1
+    batch_size: int = 2
+    grad_accum: int = 1
+    amp: bool = True  # mixed precision where the device supports it (CUDA); CPUs train in float32
+    # stage 1: autoencoder
+    ae_epochs: int = 1
+    ae_lr: float = 1e-4
+    ssim_weight: float = 1.0
+    ssim_range: float = 5.0  # SSIM's data range on z-scored intensities
+    kl_weight: float = 1e-6
+    adv_weight: float = 0.01
+    adv_start_epoch: int = 1  # warm-up epochs before the discriminator joins
+    disc_channels: int = 16
+    disc_layers: int = 2
+    disc_lr: float = 2e-4
+    perceptual_weight: float = 0.0
+    perceptual_weights: str | None = None  # a local MedicalNet/torchvision weights file; none is downloaded
+    # stage 2: diffusion
+    diffusion_epochs: int = 1
+    diffusion_lr: float = 1e-4
+    class_dropout: float = 0.1
+    latent_augment: int = 2  # cached latents per subject: the original and flipped/scaled copies
+    # data augmentation (TorchIO): left-right flips and a random scaling like the paper's "random scaling"
+    flip: bool = True
+    scale_range: float = 0.08
+    max_subjects: int | None = None
+
+    @classmethod
+    def load(cls, spec: str | Path, **overrides) -> "LDMTrainConfig":
+        """A JSON file, or the name of one in ``training/configs`` (``ldm-tiny``, ``ldm-demo``, ``ldm-paper``)."""
+        path = Path(spec)
+        if not path.is_file():
+            path = CONFIG_DIR / f"{spec}.json"
+        if not path.is_file():
+            known = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("ldm-*.json")))
+            raise FileNotFoundError(f"no training config '{spec}'; give a JSON file or one of {known}")
+        raw = json.loads(path.read_text())
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}")
+        return cls(**(raw | {k: v for k, v in overrides.items() if v is not None}))
+
+
+@dataclass
+class Prepared:
+    ids: list[str]
+    images: torch.Tensor  # (N, C, X, Y, Z) float32, z-scored, on the model grid
+    regions: torch.Tensor  # (N, 3, X, Y, Z) float32
+    classes: torch.Tensor  # (N,) long, 0 = unknown, k + 1 = classes[k]
+
+
+@dataclass
+class TrainResult:
+    entry: ModelEntry
+    metrics: list[dict] = field(default_factory=list)
+
+
+def prepare_subject(subject, grid_shape, fov_mm, modalities=MODALITIES) -> tuple[np.ndarray, np.ndarray]:
+    """One BraTS subject → (image (C, *grid) z-scored, labels (*grid) BraTS 2023) on the model grid."""
+    data = load_subject(subject, modalities)
+    image = normalise(data["image"])
+    crop = crop_to_nonzero(image, data["seg"], affine=data["affine"])
+    mapping = fit_to_grid(crop.image.shape[1:], crop.affine, grid_shape, fov_mm)
+    grid_image = mapping.to_grid(crop.image, order=1).astype(np.float32)
+    grid_labels = mapping.to_grid(crop.seg, order=0).astype(np.uint8) if crop.seg is not None else \
+        np.zeros(grid_shape, np.uint8)
+    return grid_image, grid_labels
+
+
+def prepare(data_dir: Path, config: dict, classes: list[str], max_subjects: int | None = None,
+            progress: Callable[[int, int], None] | None = None) -> Prepared:
+    subjects = find_subjects(data_dir)
+    if not subjects:
+        raise FileNotFoundError(f"no BraTS-format subjects under {data_dir} (expected <id>/<id>_t1.nii.gz … or "
+                                "<id>/<id>-t1n.nii.gz …)")
+    subjects = subjects[:max_subjects] if max_subjects else subjects
+    grid, fov = tuple(config["output"]["shape"]), tuple(config["fov_mm"])
+    images, regions, labels = [], [], []
+    for i, s in enumerate(subjects):
+        image, seg = prepare_subject(s, grid, fov, tuple(config["modalities"]))
+        images.append(torch.from_numpy(image))
+        regions.append(torch.from_numpy(to_regions(seg, "brats2023")))
+        labels.append(classes.index(s.tumor_class) + 1 if s.tumor_class in classes else 0)
+        if progress:
+            progress(i + 1, len(subjects))
+    return Prepared([s.id for s in subjects], torch.stack(images), torch.stack(regions), torch.tensor(labels))
+
+
+def augment(images: torch.Tensor, regions: torch.Tensor, cfg: LDMTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """TorchIO flips and scaling of each (image, regions) pair, with torch's global RNG (seeded per epoch)."""
+    import torchio as tio
+
+    transforms = []
+    if cfg.flip:
+        transforms.append(tio.RandomFlip(axes=(0,), flip_probability=0.5))
+    if cfg.scale_range > 0:
+        transforms.append(tio.RandomAffine(scales=cfg.scale_range, degrees=0, translation=0,
+                                           image_interpolation="linear", label_interpolation="nearest"))
+    if not transforms:
+        return images, regions
+    t = tio.Compose(transforms)
+    out_i, out_r = [], []
+    for img, reg in zip(images, regions):
+        subject = t(tio.Subject(image=tio.ScalarImage(tensor=img), regions=tio.LabelMap(tensor=reg)))
+        out_i.append(subject["image"].data.float())
+        out_r.append(subject["regions"].data.float())
+    return torch.stack(out_i), torch.stack(out_r)
+
+
+def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    n_val = min(max(1, int(round(n * val_fraction))), n - 1) if n > 1 and val_fraction > 0 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _epoch_rng(seed: int, stage: int, epoch: int) -> np.random.Generator:
+    torch.manual_seed(int(np.random.default_rng([seed, stage, epoch]).integers(2**62)))
+    return np.random.default_rng([seed, stage, epoch, 1])
+
+
+def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, 1)) summed over latent voxels, averaged over the batch (as MONAI's tutorials)."""
+    kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1)
+    return kl.sum(dim=list(range(1, kl.ndim))).mean()
+
+
+class Trainer:
+    def __init__(self, cfg: LDMTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
+                 on_epoch: Callable[[dict], None] | None = None, progress=None):
+        self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
+        self.device = torch.device(device)
+        self.on_epoch = on_epoch
+        self.progress = progress  # a rich Progress, or None
+        self.model_config = copy.deepcopy(PRESETS[cfg.preset])
+        self.model_config.update(name=cfg.name, version=str(cfg.version))
+        self.classes = list(self.model_config["classes"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.net = build_network(self.model_config).to(self.device)
+        from monai.losses import PatchAdversarialLoss, SSIMLoss
+        from monai.networks.nets import PatchDiscriminator
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            self.disc = PatchDiscriminator(spatial_dims=3, channels=cfg.disc_channels, in_channels=len(MODALITIES),
+                                           num_layers_d=cfg.disc_layers, norm="INSTANCE").to(self.device)
+        self.ssim = SSIMLoss(spatial_dims=3, data_range=cfg.ssim_range, win_size=5)
+        self.adv = PatchAdversarialLoss(criterion="least_squares")
+        self.perceptual = self._perceptual()
+        self.opt_ae = torch.optim.Adam(self.net.autoencoder.parameters(), lr=cfg.ae_lr)
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
+        self.opt_unet = torch.optim.AdamW(self.net.unet.parameters(), lr=cfg.diffusion_lr)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.state = {"stage": 1, "epoch": 0, "metrics": [], "scale_factor": None}
+        self.train_scheduler = make_scheduler("ddpm", 1000, self.model_config["schedule"])
+
+    def _perceptual(self):
+        if not self.cfg.perceptual_weights or self.cfg.perceptual_weight <= 0:
+            return None
+        from monai.losses import PerceptualLoss
+
+        path = Path(self.cfg.perceptual_weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"perceptual_weights {path} does not exist (no weights are downloaded)")
+        return PerceptualLoss(spatial_dims=3, network_type="medicalnet_resnet10_23datasets", is_fake_3d=False,
+                              pretrained=True, pretrained_path=str(path)).to(self.device)
+
+    # ----- state ---------------------------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.work_dir / "state.pt"
+
+    def save_state(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        blob = {"state": self.state, "net": self.net.state_dict(), "disc": self.disc.state_dict(),
+                "opt_ae": self.opt_ae.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "opt_unet": self.opt_unet.state_dict(), "config": asdict(self.cfg)}
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, self.state_path)
+
+    def load_state(self) -> bool:
+        if not self.state_path.is_file():
+            return False
+        blob = torch.load(self.state_path, map_location=self.device, weights_only=False)
+        self.net.load_state_dict(blob["net"])
+        self.disc.load_state_dict(blob["disc"])
+        self.opt_ae.load_state_dict(blob["opt_ae"])
+        self.opt_d.load_state_dict(blob["opt_d"])
+        self.opt_unet.load_state_dict(blob["opt_unet"])
+        self.state = blob["state"]
+        return True
+
+    def _log(self, row: dict) -> None:
+        self.state["metrics"].append(row)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.work_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.on_epoch:
+            self.on_epoch(row)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, i: int, n: int) -> None:
+        self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        if (i + 1) % self.cfg.grad_accum == 0 or i + 1 == n:
+            self.scaler.step(opt)
+            self.scaler.update()
+            opt.zero_grad(set_to_none=True)
+
+    # ----- stage 1 -------------------------------------------------------------------------------------------------
+    def train_autoencoder_epoch(self, data: Prepared, train_idx: np.ndarray, epoch: int) -> dict:
+        cfg, ae = self.cfg, self.net.autoencoder
+        rng = _epoch_rng(cfg.seed, 1, epoch)
+        ae.train()
+        self.disc.train()
+        order = rng.permutation(train_idx)
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        sums = {"l1": 0.0, "ssim": 0.0, "kl": 0.0, "adv_g": 0.0, "disc": 0.0}
+        adversarial = epoch >= cfg.adv_start_epoch and cfg.adv_weight > 0
+        task = self.progress.add_task(f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}", total=len(batches)) \
+            if self.progress else None
+        for i, idx in enumerate(batches):
+            x, _ = augment(data.images[idx], data.regions[idx], cfg)
+            x = x.to(self.device)
+            with self._autocast():
+                recon, z_mu, z_sigma = ae(x)
+                l1 = F.l1_loss(recon.float(), x)
+                ssim = self.ssim(recon.float(), x)
+                kl = kl_loss(z_mu.float(), z_sigma.float())
+                loss = l1 + cfg.ssim_weight * ssim + cfg.kl_weight * kl
+                if self.perceptual is not None:
+                    loss = loss + cfg.perceptual_weight * self.perceptual(recon.float(), x)
+                adv_g = torch.zeros((), device=self.device)
+                if adversarial:
+                    adv_g = self.adv(self.disc(recon.contiguous().float())[-1], target_is_real=True,
+                                     for_discriminator=False)
+                    loss = loss + cfg.adv_weight * adv_g
+            self._step(loss, self.opt_ae, i, len(batches))
+            d_loss = torch.zeros(())
+            if adversarial:
+                with self._autocast():
+                    fake = self.disc(recon.detach().contiguous().float())[-1]
+                    real = self.disc(x.contiguous())[-1]
+                    d_loss = 0.5 * (self.adv(fake, target_is_real=False, for_discriminator=True)
+                                    + self.adv(real, target_is_real=True, for_discriminator=True))
+                self._step(cfg.adv_weight * d_loss, self.opt_d, i, len(batches))
+            for k, v in (("l1", l1), ("ssim", ssim), ("kl", kl), ("adv_g", adv_g), ("disc", d_loss)):
+                sums[k] += float(v)
+            if task is not None:
+                self.progress.advance(task)
+        if task is not None:
+            self.progress.remove_task(task)
+        return {k: v / max(1, len(batches)) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def validate_autoencoder(self, data: Prepared, val_idx: np.ndarray) -> dict:
+        if len(val_idx) == 0:
+            return {}
+        self.net.autoencoder.eval()
+        x = data.images[val_idx].to(self.device)
+        recon = torch.cat([self.net.autoencoder.reconstruct(b) for b in x.split(self.cfg.batch_size)])
+        return {"val_l1": float(F.l1_loss(recon, x))}
+
+    # ----- stage 2 -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def cache_latents(self, data: Prepared, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latent means of ``latent_augment`` augmented copies of each subject, with their region conditions."""
+        self.net.autoencoder.eval()
+        _epoch_rng(self.cfg.seed, 2, -1)
+        zs, conds, labels = [], [], []
+        for copy_i in range(max(1, self.cfg.latent_augment)):
+            for b in np.array_split(idx, max(1, math.ceil(len(idx) / self.cfg.batch_size))):
+                if len(b) == 0:
+                    continue
+                x, r = (data.images[b], data.regions[b]) if copy_i == 0 else augment(data.images[b],
+                                                                                      data.regions[b], self.cfg)
+                z_mu, _ = self.net.autoencoder.encode(x.to(self.device))
+                zs.append(z_mu.float())
+                conds.append(self.net.condition(r.to(self.device)))
+                labels.append(data.classes[b].to(self.device))
+        return torch.cat(zs), torch.cat(conds), torch.cat(labels)
+
+    def train_diffusion_epoch(self, latents, conds, labels, epoch: int) -> dict:
+        cfg, net = self.cfg, self.net
+        rng = _epoch_rng(cfg.seed, 2, epoch)
+        net.unet.train()
+        order = rng.permutation(len(latents))
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        total = 0.0
+        sched = self.train_scheduler
+        task = self.progress.add_task(f"diffusion epoch {epoch + 1}/{cfg.diffusion_epochs}", total=len(batches)) \
+            if self.progress else None
+        for i, idx in enumerate(batches):
+            z0 = latents[idx] * net.scale_factor
+            noise = torch.randn_like(z0)
+            t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), device=self.device)
+            z_t = sched.add_noise(z0, noise, t)
+            y = labels[idx].clone()
+            y[torch.rand(len(idx), device=self.device) < cfg.class_dropout] = 0
+            with self._autocast():
+                pred = net.denoise(z_t, t, conds[idx], y)
+                loss = F.mse_loss(pred.float(), noise)
+            self._step(loss, self.opt_unet, i, len(batches))
+            total += float(loss)
+            if task is not None:
+                self.progress.advance(task)
+        if task is not None:
+            self.progress.remove_task(task)
+        return {"mse": total / max(1, len(batches))}
+
+    # ----- the whole run -------------------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> TrainResult:
+        cfg = self.cfg
+        if resume and self.load_state():
+            log.info("resumed at stage %s epoch %s", self.state["stage"], self.state["epoch"])
+        t0 = time.time()
+        data = prepare(self.data_dir, self.model_config, self.classes, cfg.max_subjects)
+        train_idx, val_idx = split(len(data.ids), cfg.val_fraction, cfg.seed)
+        log.info("%d subjects (%d train, %d validation), prepared in %.1fs", len(data.ids), len(train_idx),
+                 len(val_idx), time.time() - t0)
+        if self.state["stage"] == 1:
+            while self.state["epoch"] < cfg.ae_epochs:
+                e = self.state["epoch"]
+                t = time.time()
+                row = {"stage": "autoencoder", "epoch": e + 1} | self.train_autoencoder_epoch(data, train_idx, e) \
+                    | self.validate_autoencoder(data, val_idx) | {"seconds": round(time.time() - t, 2)}
+                self.state["epoch"] = e + 1
+                self._log(row)
+                self.save_state()
+            self.state.update(stage=2, epoch=0)
+            self.save_state()
+        latents, conds, labels = self.cache_latents(data, train_idx)
+        if self.state["scale_factor"] is None:
+            self.state["scale_factor"] = float(1.0 / latents.std().clamp_min(1e-6))
+        self.net.scale_factor.fill_(self.state["scale_factor"])
+        self.net.autoencoder.requires_grad_(False)
+        while self.state["epoch"] < cfg.diffusion_epochs:
+            e = self.state["epoch"]
+            t = time.time()
+            row = {"stage": "diffusion", "epoch": e + 1} | self.train_diffusion_epoch(latents, conds, labels, e) \
+                | {"seconds": round(time.time() - t, 2)}
+            self.state["epoch"] = e + 1
+            self._log(row)
+            self.save_state()
+        entry = self.write_checkpoint(data, train_idx, val_idx, time.time() - t0)
+        return TrainResult(entry, self.state["metrics"])
+
+    def write_checkpoint(self, data: Prepared, train_idx, val_idx, seconds: float) -> ModelEntry:
+        cfg = self.cfg
+        config = copy.deepcopy(self.model_config)
+        trained_on = describe_data(self.data_dir, data, train_idx)
+        last = {r["stage"]: r for r in self.state["metrics"]}
+        config.update(trained=True, trained_on=trained_on,
+                      training={"config": asdict(cfg), "subjects": {"train": len(train_idx), "val": len(val_idx)},
+                                "validation_ids": [data.ids[i] for i in val_idx],
+                                "final": last, "seconds": round(seconds, 1),
+                                "device": str(self.device), "torch": torch.__version__})
+        card = model_card(config, cfg, last, trained_on)
+        self.net.eval()
+        return save_checkpoint(self.out_dir, config=config, module=self.net, card=card)
+
+
+def describe_data(data_dir: Path, data: Prepared, train_idx) -> str:
+    counts = {}
+    for i in train_idx:
+        c = int(data.classes[i])
+        counts[c] = counts.get(c, 0) + 1
+    names = ["unknown", *PRESETS["tiny"]["classes"]]
+    parts = ", ".join(f"{n} {names[c]}" for c, n in sorted(counts.items()))
+    phantom = (Path(data_dir) / "PHANTOMS.md").is_file() or all(i.startswith("Phantom") for i in data.ids)
+    kind = "phantom subjects generated by `tumorsynth phantoms` from the MNI152/ICBM152 templates (NOT patients)" \
+        if phantom else "BraTS-format subjects"
+    return f"{len(train_idx)} {kind}: {parts} (from {Path(data_dir).name})"
+
+
+def model_card(config: dict, cfg: LDMTrainConfig, last: dict, trained_on: str) -> str:
+    grid = "×".join(map(str, config["output"]["shape"]))
+    spacing = "×".join(f"{s:g}" for s in config["output"]["spacing"])
+    phantom = "phantom" in trained_on
+    warning = ("**Trained on phantoms for demonstration only.** Its anatomy comes from brain templates and its tumours "
+               "are simulated; it shows that the service works end to end. It is not a model of real tumours: do not "
+               "use its volumes to train or evaluate anything clinical. Train on real data with `tumorsynth train "
+               "ldm --data <BraTS folder>`.\n\n") if phantom else ""
+    metrics = "\n".join(f"- {stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                                                  if isinstance(v, float))
+                        for stage, row in last.items())
+    return f"""# ldm/{config['name']}@{config['version']}
+
+{warning}- Method: mask-conditioned 3D latent diffusion (Truong et al., SPIE Medical Imaging 2024): an `AutoencoderKL`
+  (4 contrasts → 8 latent channels, /{2 ** (len(config['network']['ae_channels']) - 1)}) and a `DiffusionModelUNet`
+  with the tumour regions (WT, TC, ET) concatenated to the latent; class (LGG/HGG) through a class embedding.
+- Grid: {grid} voxels of {spacing} mm (field of view {config['fov_mm']} mm), contrasts {', '.join(config['modalities'])}.
+- Intensities: z-scores over brain voxels per contrast (background 0), as the paper's preprocessing.
+- Trained on: {trained_on}.
+- Training: preset `{cfg.preset}`, {cfg.ae_epochs} autoencoder epochs (L1 + SSIM + KL{' + adversarial' if cfg.adv_weight
+   else ''}{' + perceptual' if cfg.perceptual_weights else ''}), {cfg.diffusion_epochs} diffusion epochs, batch
+  {cfg.batch_size}×{cfg.grad_accum}, seed {cfg.seed}.
+- Final epoch metrics:
+{metrics}
+- Samplers: ddpm (1000 steps, the paper's), ddim, dpm++ (default; DPM-Solver++ 2M).
+- Intended use: data augmentation research; every output is marked synthetic. Limits: tumours are placed where the
+  mask says; anatomy outside the tumour is whatever the model learnt from its training data.
+"""
