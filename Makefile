@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench demo-models clean
 
 install: $(STAMP)
 
@@ -23,6 +23,13 @@ run: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+# The demo checkpoint: 40 phantom subjects, then the ldm-demo config, on this CPU (about 25 minutes, 2 cores).
+demo-models: install
+	rm -rf var/phantoms/demo var/train/ldm-demo-phantom@1
+	$(VENV)/bin/tumorsynth phantoms --n 40 --seed 0 --out var/phantoms/demo --workers 2
+	$(VENV)/bin/tumorsynth train ldm --data var/phantoms/demo --config ldm-demo --device cpu --threads 2 \
+		--out checkpoints/ldm/demo-phantom@1 --work var/train/ldm-demo-phantom@1
 
 bench: install
 	$(PY) benchmarks/submit_and_sample.py

@@ -1,4 +1,4 @@
-"""``tumorsynth serve | worker | generate | models | demo``."""
+"""``tumorsynth serve | worker | generate | models | phantoms | train | eval | demo``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ app = typer.Typer(help="Synthetic brain-tumour MRI for data augmentation.", no_a
                   pretty_exceptions_enable=False)
 models_app = typer.Typer(help="List and create model checkpoints.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
+train_app = typer.Typer(help="Train a model family on BraTS-format data.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+eval_app = typer.Typer(help="Evaluate a trained checkpoint on held-out BraTS-format data.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 console = Console(stderr=True)
 
 Url = Annotated[str, typer.Option("--url", envvar="TUMORSYNTH_URL", help="the service's base URL")]
@@ -126,6 +130,73 @@ def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None
         raise typer.BadParameter("only the ldm family can be created untrained so far")
     entry = make((out or get_settings().model_dir / "ldm"), preset=preset, name=name, seed=seed)
     typer.echo(f"{entry.id} at {entry.path} (UNTRAINED)")
+
+
+@app.command()
+def phantoms(n: Annotated[int, typer.Option("--n", min=1, help="subjects")] = 20,
+             out: Annotated[Path, typer.Option(help="folder for the BraTS-format subjects")] = Path("var/phantoms"),
+             seed: int = 0, convention: str = "brats2023", naming: str | None = None,
+             hgg_fraction: float = 0.5, workers: int = 1) -> None:
+    """BraTS-format phantom subjects: real template anatomy, simulated tumours (NOT patients)."""
+    from rich.progress import Progress
+
+    from .training.phantoms import generate_phantoms
+
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"phantoms → {out}", total=n)
+        paths = generate_phantoms(out, n, seed, convention=convention, naming=naming, hgg_fraction=hgg_fraction,
+                                  workers=workers,
+                                  progress=lambda done, total: progress.update(task, completed=done))
+    console.print(f"[green]{len(paths)} subjects in {out}[/green]")
+
+
+@train_app.command("ldm")
+def train_ldm(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
+              config: Annotated[str, typer.Option(help="ldm-tiny | ldm-demo | ldm-paper | a JSON file")] = "ldm-demo",
+              out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/ldm/NAME@VERSION)")]
+              = None,
+              work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+              resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
+              ae_epochs: int | None = None, diffusion_epochs: int | None = None, threads: int | None = None) -> None:
+    """Stage 1 autoencoder, stage 2 conditional diffusion; writes a servable checkpoint with a model card."""
+    import torch
+    from rich.progress import Progress
+
+    from .models.loader import resolve_device
+    from .training.ldm import LDMTrainConfig, Trainer
+
+    _logging("INFO")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = LDMTrainConfig.load(config, name=name, version=version, ae_epochs=ae_epochs,
+                              diffusion_epochs=diffusion_epochs)
+    out = out or get_settings().model_dir / "ldm" / f"{cfg.name}@{cfg.version}"
+    work = work or Path("var/train") / f"ldm-{cfg.name}@{cfg.version}"
+
+    def report(row: dict) -> None:
+        console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+    with Progress(console=console, transient=True) as progress:
+        result = Trainer(cfg, data, out, work, resolve_device(device), on_epoch=report, progress=progress).run(resume)
+    console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
+
+
+@eval_app.command("ldm")
+def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+             subjects: int = 8, samples: int = 2, sampler: str | None = None, steps: int | None = None,
+             out: Path | None = None, device: str = "auto") -> None:
+    """Autoencoder reconstruction (PSNR, SSIM, MAE per contrast) and sample diversity/realism (MS-SSIM, MMD)."""
+    from .models.loader import resolve_device
+    from .models.registry import ModelRegistry
+    from .training.evaluate import evaluate_ldm, format_report
+
+    _logging("WARNING")
+    entry = ModelRegistry(get_settings().model_dir).get(model)
+    report = evaluate_ldm(entry, data, subjects=subjects, samples=samples, sampler=sampler, steps=steps,
+                          device=resolve_device(device))
+    typer.echo(format_report(report))
+    if out:
+        out.write_text(json.dumps(report, indent=2))
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from contextlib import contextmanager
 
 import uvicorn
@@ -51,5 +52,12 @@ def serve(settings: Settings, host: str, port: int, with_worker: bool = True) ->
 
     if settings.public_url == Settings.model_fields["public_url"].default:
         settings = Settings(**{**settings.model_dump(), "public_url": f"http://{host}:{port}"})
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; with the default handler that would end the
+    # process before the worker and Redis are stopped, leaving them orphaned. Exit through ``finally`` instead.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     with embedded_backends(settings, with_worker) as effective:
         uvicorn.run(create_app(effective), host=host, port=port, log_level="info")
+
+
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(128 + signum)

@@ -69,6 +69,7 @@ class LDMTrainConfig:
     # stage 2: diffusion
     diffusion_epochs: int = 1
     diffusion_lr: float = 1e-4
+    diffusion_batch_size: int = 8
     class_dropout: float = 0.1
     latent_augment: int = 2  # cached latents per subject: the original and flipped/scaled copies
     # data augmentation (TorchIO): left-right flips and a random scaling like the paper's "random scaling"
@@ -300,7 +301,7 @@ class Trainer:
                                     + self.adv(real, target_is_real=True, for_discriminator=True))
                 self._step(cfg.adv_weight * d_loss, self.opt_d, i, len(batches))
             for k, v in (("l1", l1), ("ssim", ssim), ("kl", kl), ("adv_g", adv_g), ("disc", d_loss)):
-                sums[k] += float(v)
+                sums[k] += float(v.detach())
             if task is not None:
                 self.progress.advance(task)
         if task is not None:
@@ -321,7 +322,7 @@ class Trainer:
     def cache_latents(self, data: Prepared, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latent means of ``latent_augment`` augmented copies of each subject, with their region conditions."""
         self.net.autoencoder.eval()
-        _epoch_rng(self.cfg.seed, 2, -1)
+        _epoch_rng(self.cfg.seed, 2, 10**6)  # its own stream, apart from every epoch's
         zs, conds, labels = [], [], []
         for copy_i in range(max(1, self.cfg.latent_augment)):
             for b in np.array_split(idx, max(1, math.ceil(len(idx) / self.cfg.batch_size))):
@@ -340,7 +341,8 @@ class Trainer:
         rng = _epoch_rng(cfg.seed, 2, epoch)
         net.unet.train()
         order = rng.permutation(len(latents))
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        bs = cfg.diffusion_batch_size
+        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
         total = 0.0
         sched = self.train_scheduler
         task = self.progress.add_task(f"diffusion epoch {epoch + 1}/{cfg.diffusion_epochs}", total=len(batches)) \
@@ -356,7 +358,7 @@ class Trainer:
                 pred = net.denoise(z_t, t, conds[idx], y)
                 loss = F.mse_loss(pred.float(), noise)
             self._step(loss, self.opt_unet, i, len(batches))
-            total += float(loss)
+            total += float(loss.detach())
             if task is not None:
                 self.progress.advance(task)
         if task is not None:

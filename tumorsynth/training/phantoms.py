@@ -19,8 +19,10 @@ Everything random comes from the ``rng`` passed in, so a subject is a function o
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import gzip
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +110,8 @@ def make_subject(templates: Templates, rng: np.random.Generator, tumor_class: st
 def generate_phantoms(out_dir: str | Path, n: int, seed: int, convention: str = "brats2023",
                       classes: Sequence[str] = CLASSES, hgg_fraction: float = 0.5,
                       shape: Sequence[int] = BRATS_SHAPE, naming: str | None = None,
-                      cache_dir: str | Path | None = None) -> list[Path]:
+                      cache_dir: str | Path | None = None, workers: int = 1,
+                      progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Write ``n`` subjects as a BraTS folder and ``subjects.csv`` (subject_id, class, convention); return the folders.
 
     Subject ``i`` draws everything from ``np.random.default_rng([seed, i])``, so any subset can be remade alone.
@@ -127,21 +130,39 @@ def generate_phantoms(out_dir: str | Path, n: int, seed: int, convention: str = 
     templates = load_templates(tuple(int(s) for s in shape), cache_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    folders, rows = [], []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        # Always one draw, so subject i is the same subject whatever ``classes`` allows.
-        drawn = "HGG" if rng.random() < hgg_fraction else "LGG"
-        tumor_class = drawn if drawn in classes else classes[0]
-        subject_id = f"Phantom_{tumor_class}_{i + 1:04d}"
-        subject = make_subject(templates, rng, tumor_class)
-        folders.append(write_subject(out_dir / subject_id, subject_id, subject, convention, naming))
-        rows.append({"subject_id": subject_id, "class": tumor_class, "convention": convention})
+    jobs = [(i, seed, hgg_fraction, tuple(classes), convention, naming, out_dir) for i in range(n)]
+    results = []
+    if workers > 1 and n > 1:
+        # fork: the children share the templates already loaded here
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for done, r in enumerate(pool.map(_make_and_write, [templates] * n, jobs), 1):
+                results.append(r)
+                if progress:
+                    progress(done, n)
+    else:
+        for done, job in enumerate(jobs, 1):
+            results.append(_make_and_write(templates, job))
+            if progress:
+                progress(done, n)
+    folders = [r[0] for r in results]
+    rows = [r[1] for r in results]
     with (out_dir / "subjects.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["subject_id", "class", "convention"])
         writer.writeheader()
         writer.writerows(rows)
     return folders
+
+
+def _make_and_write(templates: Templates, job: tuple) -> tuple[Path, dict]:
+    i, seed, hgg_fraction, classes, convention, naming, out_dir = job
+    rng = np.random.default_rng([seed, i])
+    # Always one draw, so subject i is the same subject whatever ``classes`` allows.
+    drawn = "HGG" if rng.random() < hgg_fraction else "LGG"
+    tumor_class = drawn if drawn in classes else classes[0]
+    subject_id = f"Phantom_{tumor_class}_{i + 1:04d}"
+    subject = make_subject(templates, rng, tumor_class)
+    folder = write_subject(out_dir / subject_id, subject_id, subject, convention, naming)
+    return folder, {"subject_id": subject_id, "class": tumor_class, "convention": convention}
 
 
 def write_subject(folder: Path, subject_id: str, subject: dict, convention: str, naming: str) -> Path:

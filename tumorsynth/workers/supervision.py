@@ -7,6 +7,8 @@ noticed when its lease lapses (seconds) and requeued here, up to the attempt cap
 from __future__ import annotations
 
 import json
+import os
+import socket
 import logging
 import threading
 import time
@@ -24,7 +26,8 @@ def worker_key(worker_id: str) -> str:
 
 def announce(ctx: WorkerContext, queues: list[str]) -> None:
     s = ctx.settings
-    info = {"id": ctx.worker_id, "queues": queues, "device": s.device, "seen_at": time.time()}
+    info = {"id": ctx.worker_id, "queues": queues, "device": s.device, "pid": os.getpid(), "host": socket.gethostname(),
+            "seen_at": time.time()}
     with ctx.redis.pipeline() as p:
         p.set(worker_key(ctx.worker_id), json.dumps(info), ex=max(5, int(s.lease_seconds)))
         p.zadd(WORKERS, {ctx.worker_id: time.time()})
