@@ -36,8 +36,15 @@ def from_pydantic(exc: ValidationError, prefix: str = "") -> InvalidRequest:
     return InvalidRequest("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
 
 
+# Tasks whose whole point is the class: a job without one is refused rather than given a default.
+CLASS_TASKS = {"class_to_roi", "class_to_slice"}
+
+
 def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
     errs: list[FieldError] = []
+    if req.tumor_class is None and entry.task in CLASS_TASKS:
+        errs.append(FieldError("tumor_class", f"{entry.id} generates a chosen tumour class; set tumor_class to one of "
+                                              f"{list(entry.classes)}"))
     if req.tumor_class is not None:
         if not entry.classes:
             errs.append(FieldError("tumor_class", f"{entry.id} is not class-conditional; leave tumor_class out"))
