@@ -35,10 +35,10 @@ class Interrupt(Exception):
 
 def test_autoencoder_loss_falls(phantom_dir, tmp_path):
     rows = []
-    cfg = config(ae_epochs=6, adv_start_epoch=99, ae_lr=2e-3, diffusion_epochs=1, ssim_weight=0.2)
+    cfg = config(ae_epochs=6, adv_start_epoch=99, ae_lr=1e-3, diffusion_epochs=1, ssim_weight=0.2)
     Trainer(cfg, phantom_dir, tmp_path / "ldm" / "t@1", tmp_path / "work", on_epoch=rows.append).run()
     l1 = [r["l1"] for r in rows if r["stage"] == "autoencoder"]
-    assert len(l1) == 6 and l1[-1] < 0.8 * l1[0], l1
+    assert len(l1) == 6 and np.mean(l1[-2:]) < 0.85 * l1[0], l1
 
 
 def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(phantom_dir, tmp_path):
@@ -87,3 +87,17 @@ def test_checkpoint_round_trips_and_is_served(phantom_dir, tmp_path):
     params = GenerationParams(num_samples=1, seed=0, sampler="dpm++", steps=5, modalities=("flair",))
     out = gen.generate(params, {"mask": Mask}, lambda done, total: None)
     assert len(out) == 1 and out[0].data.shape == (40, 44, 30) and np.isfinite(out[0].data).all()
+
+
+def test_evaluation_reports_the_papers_metrics(phantom_dir, tmp_path):
+    from tumorsynth.training.evaluate import evaluate_ldm, format_report
+
+    cfg = config(ae_epochs=1, diffusion_epochs=1, name="evaluated")
+    entry = Trainer(cfg, phantom_dir, tmp_path / "ldm" / "evaluated@1", tmp_path / "work").run().entry
+    report = evaluate_ldm(entry, phantom_dir, subjects=2, samples=2, steps=5)
+    assert set(report["reconstruction"]) == {"t1", "t1c", "t2", "flair"}
+    for row in report["reconstruction"].values():
+        assert np.isfinite([row["psnr"], row["ssim"], row["mae"]]).all() and row["mae"] > 0
+    assert 0 < report["samples"]["ms_ssim_between_samples"] <= 1
+    assert set(report["samples"]["mmd_vs_real"]) == {"t1", "t1c", "t2", "flair"}
+    assert "PSNR" in format_report(report)
