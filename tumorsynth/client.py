@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -75,13 +76,70 @@ class Client:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f}s")
             time.sleep(poll)
 
+    def fetch(self, path: str) -> bytes:
+        """An output; a 307 to a presigned URL is followed without our bearer key (the URL is its own credential)."""
+        r = self.http.get(path, follow_redirects=False)
+        if r.status_code in (301, 302, 303, 307, 308):
+            r = httpx.get(r.headers["location"], timeout=60.0)
+        return self._check(r).content
+
     def download(self, job: dict, out_dir: Path) -> list[Path]:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for out in job["outputs"]:
-            r = self._check(self.http.get(f"/v1/jobs/{job['id']}/outputs/{out['name']}"))
             path = out_dir / Path(out["name"]).name
-            path.write_bytes(r.content)
+            path.write_bytes(self.fetch(f"/v1/jobs/{job['id']}/outputs/{out['name']}"))
             paths.append(path)
         return paths
+
+    # ----- batches -------------------------------------------------------------------------------------------------
+    def submit_batch(self, request: dict, masks: list[Path | bytes] | None = None) -> dict:
+        if not masks:
+            return self._check(self.http.post("/v1/batches", json=request)).json()
+        parts = [("request", (None, json.dumps(request), "application/json"))]
+        for i, m in enumerate(masks):
+            data = m if isinstance(m, bytes) else Path(m).read_bytes()
+            parts.append(("mask", (f"mask-{i}.nii.gz", data, "application/octet-stream")))
+        return self._check(self.http.post("/v1/batches", files=parts)).json()
+
+    def batch(self, batch_id: str) -> dict:
+        return self._check(self.http.get(f"/v1/batches/{batch_id}")).json()
+
+    def wait_batch(self, batch_id: str, timeout: float = 24 * 3600.0, poll: float = 1.0, on_update=None) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            batch = self.batch(batch_id)
+            if on_update:
+                on_update(batch)
+            if batch["manifest"] is not None or batch["status"] in ("canceled",):
+                return batch
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id} still {batch['status']} after {timeout:.0f}s")
+            time.sleep(poll)
+
+    def download_batch(self, batch: dict, out_dir: Path) -> Path:
+        """Every image and mask as ``out_dir/<subject_id>/<file>``, and ``manifest.csv``/``.json`` with those absolute
+        paths, loadable as they stand by ``monai.data.Dataset`` and ``torchio.SubjectsDataset``."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows = self._check(self.http.get(f"/v1/batches/{batch['id']}/manifest.json")).json()
+        written: dict[str, str] = {}
+        for row in rows:
+            for col in ("image", "mask"):
+                key = row[col]
+                if not key or key in written:
+                    continue
+                job_id = key.split("/jobs/", 1)[1].split("/", 1)[0]
+                name = key.rsplit("/", 1)[-1]
+                folder = out_dir / row["subject_id"]
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(self.fetch(f"/v1/jobs/{job_id}/outputs/{name}"))
+                written[key] = str((folder / name).resolve())
+        local = [row | {"image": written.get(row["image"], ""), "mask": written.get(row["mask"], "")} for row in rows]
+        (out_dir / "manifest.json").write_text(json.dumps(local, indent=1))
+        with open(out_dir / "manifest.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(local[0]) if local else ["subject_id"])
+            w.writeheader()
+            w.writerows({k: ("true" if v is True else v) for k, v in row.items()} for row in local)
+        return out_dir / "manifest.csv"

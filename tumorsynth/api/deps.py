@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ..errors import Unauthorized
+from ..jobs.batches import BatchService
+from ..jobs.maskbank import MaskBank
 from ..jobs.service import JobService
 from ..jobs.store import JobStore
 from ..models.registry import ModelRegistry
@@ -47,6 +49,20 @@ JobsDep = Annotated[JobStore, Depends(get_jobs)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SubmissionsDep = Annotated[JobService, Depends(get_submissions)]
+
+
+def get_batches(s: ServicesDep) -> BatchService:
+    return s.batches
+
+
+BatchesDep = Annotated[BatchService, Depends(get_batches)]
+
+
+def get_bank(s: ServicesDep) -> MaskBank:
+    return s.bank
+
+
+BankDep = Annotated[MaskBank, Depends(get_bank)]
 
 
 def get_tenant(request: Request, settings: SettingsDep) -> str:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import redis
 
 from ..imaging.nifti import VolumeLimits
+from ..jobs.batches import BatchService
+from ..jobs.maskbank import MaskBank
 from ..jobs.service import JobService
 from ..jobs.store import JobStore
 from ..models.registry import ModelRegistry
@@ -25,6 +27,8 @@ class Services:
     registry: ModelRegistry
     dispatcher: Dispatcher
     submissions: JobService
+    batches: BatchService
+    bank: MaskBank
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -35,4 +39,6 @@ class Services:
         dispatcher = Dispatcher(create_celery(settings), settings)
         submissions = JobService(jobs, store, registry, dispatcher, VolumeLimits.from_settings(settings),
                                  settings.storage_retries, settings.idempotency_ttl_seconds)
-        return cls(settings, client, jobs, store, registry, dispatcher, submissions)
+        bank = MaskBank(store, VolumeLimits.from_settings(settings))
+        batches = BatchService(jobs, submissions, store, registry, masks=bank.make)
+        return cls(settings, client, jobs, store, registry, dispatcher, submissions, batches, bank)

@@ -33,24 +33,33 @@ JOB_FORM_SCHEMA = {
 }
 
 
-async def read_job_form(request: Request, settings: Settings) -> tuple[str | None, dict[str, bytes]]:
+MAX_BATCH_MASKS = 64
+
+
+async def read_job_form(request: Request, settings: Settings, multiple: bool = False
+                        ) -> tuple[str | None, dict]:
+    """``request`` JSON and the file parts by name; with ``multiple`` a name may repeat (lists of bytes)."""
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         raise InvalidRequest.for_field(
             "content-type", "send multipart/form-data with a JSON field 'request' and NIfTI file parts")
-    form = await request.form(max_files=MAX_FILE_PARTS, max_fields=MAX_FILE_PARTS, max_part_size=MAX_REQUEST_JSON)
+    max_files = MAX_BATCH_MASKS if multiple else MAX_FILE_PARTS
+    form = await request.form(max_files=max_files, max_fields=MAX_FILE_PARTS, max_part_size=MAX_REQUEST_JSON)
     try:
         request_json: str | None = None
-        files: dict[str, bytes] = {}
+        files: dict = {}
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if name in files:
+                if name in files and not multiple:
                     raise InvalidRequest.for_field(name, "sent twice; send each file part once")
                 data = await value.read(settings.max_file_bytes + 1)
                 if len(data) > settings.max_file_bytes:
                     raise PayloadTooLarge.for_field(
                         name, f"larger than {settings.max_file_bytes} bytes; upload a compressed .nii.gz")
-                files[name] = data
+                if multiple:
+                    files.setdefault(name, []).append(data)
+                else:
+                    files[name] = data
             elif name == "request":
                 if request_json is not None:
                     raise InvalidRequest.for_field("request", "sent twice; send one 'request' field")

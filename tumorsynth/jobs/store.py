@@ -120,7 +120,9 @@ class JobStore:
                     raw = p.get(key)
                     if raw is None:
                         return None
-                    rec = fn(JobRecord.model_validate_json(raw))
+                    before = JobRecord.model_validate_json(raw)
+                    was_terminal = before.terminal
+                    rec = fn(before)
                     if rec is None:
                         p.unwatch()
                         return None
@@ -131,6 +133,9 @@ class JobStore:
                         p.zadd(LEASES, {rec.id: rec.lease.expires_at})
                     else:
                         p.zrem(LEASES, rec.id)
+                    if rec.batch_id and rec.terminal and not was_terminal:
+                        # counted in the same transaction as the transition: exactly once, never lost
+                        p.hincrby(f"{P}batch:{rec.batch_id}:counts", rec.status, 1)
                     p.execute()
                 except redis.WatchError:
                     continue

@@ -1,0 +1,82 @@
+"""``/v1/batches``: balanced augmentation batches and their manifests."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from ...errors import InvalidRequest, NotFound
+from ...jobs.batches import BatchRequest, view
+from ...jobs.validation import from_pydantic
+from ..deps import BankDep, BatchesDep, SettingsDep, StoreDep, TenantDep
+from ..uploads import read_job_form
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+masks_router = APIRouter(prefix="/v1/masks", tags=["masks"])
+
+
+@masks_router.post("", status_code=201)
+async def add_mask(request: Request, tenant: TenantDep, bank: BankDep, settings: SettingsDep) -> dict:
+    """Multipart: ``request`` = {"tumor_class": "LGG"} and a ``mask`` file on the BraTS grid (BraTS labels)."""
+    raw, files = await read_job_form(request, settings)
+    try:
+        body = json.loads(raw or "null")
+    except ValueError as exc:
+        raise InvalidRequest.for_field("request", f"not valid JSON ({exc})") from exc
+    cls = body.get("tumor_class") if isinstance(body, dict) else None
+    if not isinstance(cls, str) or not 0 < len(cls) <= 64:
+        raise InvalidRequest.for_field("tumor_class", 'send {"tumor_class": "<class>"} as the request field')
+    extra = sorted(set(files) - {"mask"})
+    if extra or "mask" not in files:
+        raise InvalidRequest.for_field(extra[0] if extra else "mask", "send exactly one file part named 'mask'")
+    return await run_in_threadpool(bank.add, tenant, cls, files["mask"])
+
+
+@router.post("", status_code=202)
+async def submit_batch(request: Request, response: Response, tenant: TenantDep, batches: BatchesDep,
+                       settings: SettingsDep) -> dict:
+    """JSON body (masks from the bank), or multipart with a ``request`` JSON field and ``mask`` file parts."""
+    uploaded: list[bytes] = []
+    if request.headers.get("content-type", "").startswith("multipart/"):
+        raw, files = await read_job_form(request, settings, multiple=True)
+        uploaded = files.get("mask", [])
+    else:
+        raw = await request.body()
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise InvalidRequest.for_field("request", f"not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest.for_field("request", "send the batch as a JSON object")
+    try:
+        req = BatchRequest.model_validate(data)
+    except ValidationError as exc:
+        raise from_pydantic(exc) from exc
+    rec = await run_in_threadpool(batches.submit, tenant, req, uploaded)
+    response.headers["Location"] = f"/v1/batches/{rec.id}"
+    return view(batches, rec)
+
+
+@router.get("/{batch_id}")
+def get_batch(batch_id: str, tenant: TenantDep, batches: BatchesDep) -> dict:
+    return view(batches, batches.ensure_manifest(batches.get(tenant, batch_id)))
+
+
+@router.post("/{batch_id}/cancel", status_code=202)
+def cancel_batch(batch_id: str, tenant: TenantDep, batches: BatchesDep) -> dict:
+    return view(batches, batches.cancel(tenant, batch_id))
+
+
+@router.get("/{batch_id}/manifest.{fmt}")
+def get_manifest(batch_id: str, fmt: str, tenant: TenantDep, batches: BatchesDep, store: StoreDep):
+    if fmt not in ("csv", "json"):
+        raise NotFound("manifests come as manifest.csv or manifest.json")
+    rec = batches.ensure_manifest(batches.get(tenant, batch_id))
+    if rec.manifest is None:
+        raise NotFound(f"batch {batch_id} is still running; its manifest is written when every job has finished")
+    media = "text/csv" if fmt == "csv" else "application/json"
+    return StreamingResponse(store.iter_chunks(rec.manifest[fmt]), media_type=media)

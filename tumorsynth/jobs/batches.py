@@ -1,0 +1,248 @@
+"""Balanced augmentation batches: plan how many of each class to make, fan out into jobs, count, write a manifest.
+
+No Celery chords (their callback can be lost on Redis): every job carries its ``batch_id`` and the job store counts
+terminal transitions into ``ts:batch:{id}:counts`` in the same transaction that records them. Whoever reads a batch
+whose counts reach the total builds the manifest, once (a Redis lock), from the job records.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Callable
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints, model_validator
+
+from ..errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from ..storage.keys import batch_key
+from ..storage.retry import with_retries
+from .records import new_id, now, rfc3339
+from .store import P, JobStore
+
+log = logging.getLogger(__name__)
+
+ClassName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MAX_BATCH_JOBS = 2000
+MANIFEST_COLUMNS = ("subject_id", "class", "modality", "image", "mask", "model", "checkpoint_sha256", "sampler",
+                    "steps", "seed", "synthetic")
+
+
+class BatchRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    model: Annotated[str, StringConstraints(min_length=3, max_length=128)]
+    class_counts: dict[ClassName, Annotated[int, Field(ge=0, le=10**6)]] = Field(..., min_length=1, max_length=16)
+    target: Literal["balance"] | None = None
+    total_per_class: int | None = Field(None, ge=1, le=MAX_BATCH_JOBS)
+    modalities: list[Annotated[str, StringConstraints(min_length=1, max_length=16)]] | None = None
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    masks: Literal["bank", "upload"] = "bank"
+    sampler: dict | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "BatchRequest":
+        if (self.target is None) == (self.total_per_class is None):
+            raise ValueError('give either "target": "balance" or "total_per_class": N (one of them)')
+        return self
+
+
+def plan(class_counts: dict[str, int], target: str | None, total_per_class: int | None) -> dict[str, int]:
+    """How many synthetic subjects each class needs: up to the largest class, or up to ``total_per_class``."""
+    goal = max(class_counts.values()) if target == "balance" else int(total_per_class or 0)
+    return {c: max(0, goal - n) for c, n in class_counts.items()}
+
+
+def _batch_key(batch_id: str) -> str:
+    return f"{P}batch:{batch_id}"
+
+
+def counts_key(batch_id: str) -> str:
+    return f"{P}batch:{batch_id}:counts"
+
+
+def _tenant_batches(tenant: str) -> str:
+    return f"{P}tenant:{tenant}:batches"
+
+
+class BatchRecord(BaseModel):
+    id: str
+    tenant: str
+    model: str
+    request: dict
+    plan: dict[str, int]
+    subjects: list[dict] = []  # {subject_id, class, job_id, seed}
+    created_at: float
+    cancel_requested: bool = False
+    manifest: dict[str, str] | None = None  # {"csv": key, "json": key}
+    error: dict | None = None
+
+
+MaskProvider = Callable[[str, str, int, int], list[bytes]]  # (tenant, class, n, seed) → NIfTI masks
+
+
+class BatchService:
+    def __init__(self, jobs: JobStore, submissions, store, registry, masks: MaskProvider | None = None):
+        self.jobs, self.submissions, self.store, self.registry, self.masks = jobs, submissions, store, registry, masks
+        self.r = jobs.r
+
+    # ----- records -------------------------------------------------------------------------------------------------
+    def _save(self, rec: BatchRecord) -> None:
+        self.r.set(_batch_key(rec.id), rec.model_dump_json())
+
+    def get(self, tenant: str, batch_id: str) -> BatchRecord:
+        raw = self.r.get(_batch_key(batch_id)) if isinstance(batch_id, str) and len(batch_id) < 80 else None
+        rec = None if raw is None else BatchRecord.model_validate_json(raw)
+        if rec is None or rec.tenant != tenant:
+            raise NotFound(f"no batch '{batch_id}'")
+        return rec
+
+    def counts(self, rec: BatchRecord) -> dict[str, int]:
+        raw = {k.decode(): int(v) for k, v in self.r.hgetall(counts_key(rec.id)).items()}
+        return {"total": len(rec.subjects), "succeeded": raw.get("succeeded", 0), "failed": raw.get("failed", 0),
+                "canceled": raw.get("canceled", 0)}
+
+    @staticmethod
+    def status(rec: BatchRecord, counts: dict[str, int]) -> str:
+        done = counts["succeeded"] + counts["failed"] + counts["canceled"]
+        if done < counts["total"]:
+            return "canceling" if rec.cancel_requested else "running"
+        if rec.cancel_requested:
+            return "canceled"
+        return "succeeded" if counts["succeeded"] == counts["total"] else "completed_with_errors"
+
+    # ----- submission ----------------------------------------------------------------------------------------------
+    def submit(self, tenant: str, req: BatchRequest, uploaded: list[bytes] | None = None) -> BatchRecord:
+        entry = self.registry.get(req.model)
+        unknown = sorted(set(req.class_counts) - set(entry.classes))
+        if unknown:
+            raise InvalidRequest.for_field("class_counts", f"{unknown} are not classes of {entry.id}; it makes "
+                                                           f"{list(entry.classes)}")
+        wanted = plan(req.class_counts, req.target, req.total_per_class)
+        total = sum(wanted.values())
+        if total == 0:
+            raise InvalidRequest.for_field("class_counts", "the classes are already balanced: nothing to make")
+        if total > MAX_BATCH_JOBS:
+            raise InvalidRequest.for_field("class_counts", f"{total} subjects planned, over the limit of "
+                                                           f"{MAX_BATCH_JOBS} per batch; ask for fewer")
+        needs_mask = any(i.kind == "mask" and i.required for i in entry.inputs)
+        if needs_mask and req.masks == "upload" and not uploaded:
+            raise InvalidRequest.for_field("masks", "masks: upload needs file parts named 'mask'")
+        rec = BatchRecord(id=new_id("batch"), tenant=tenant, model=entry.id, request=req.model_dump(),
+                          plan=wanted, created_at=now())
+        self._save(rec)
+        self.r.zadd(_tenant_batches(tenant), {rec.id: round(rec.created_at * 1000)})
+        try:
+            i = 0
+            for cls, n in wanted.items():
+                masks: list[bytes | None] = [None] * n
+                if needs_mask:
+                    masks = self._masks(tenant, cls, n, req, uploaded)
+                for k in range(n):
+                    seed = req.seed * 100003 + i
+                    body = {"model": entry.id, "num_samples": 1, "seed": seed, "tumor_class": cls}
+                    if req.modalities:
+                        body["modalities"] = req.modalities
+                    if req.sampler:
+                        body["sampler"] = req.sampler
+                    files = {"mask": masks[k]} if masks[k] is not None else {}
+                    sub = self.submissions.submit(tenant, json.dumps(body), files, batch_id=rec.id)
+                    rec.subjects.append({"subject_id": f"{rec.id}-{cls}-{k:04d}", "class": cls,
+                                         "job_id": sub.record.id, "seed": seed})
+                    i += 1
+        except Exception:
+            rec.cancel_requested = True
+            rec.error = {"code": "submission_failed", "message": "the batch could not be queued in full"}
+            self._save(rec)
+            self._cancel_jobs(rec)
+            raise
+        self._save(rec)
+        return rec
+
+    def _masks(self, tenant: str, cls: str, n: int, req: BatchRequest, uploaded: list[bytes] | None) -> list[bytes]:
+        if req.masks == "upload":
+            return [uploaded[k % len(uploaded)] for k in range(n)]
+        if self.masks is None:
+            raise ServiceUnavailable("this service has no mask bank configured; upload masks with the batch")
+        return self.masks(tenant, cls, n, req.seed)
+
+    # ----- cancel --------------------------------------------------------------------------------------------------
+    def cancel(self, tenant: str, batch_id: str) -> BatchRecord:
+        rec = self.get(tenant, batch_id)
+        if self.status(rec, self.counts(rec)) in ("succeeded", "completed_with_errors", "canceled"):
+            raise Conflict(f"batch {batch_id} has finished; nothing to cancel")
+        rec.cancel_requested = True
+        self._save(rec)
+        self._cancel_jobs(rec)
+        return rec
+
+    def _cancel_jobs(self, rec: BatchRecord) -> None:
+        for s in rec.subjects:
+            try:
+                self.jobs.cancel(rec.tenant, s["job_id"])
+            except Exception:  # already finished, or a Redis blip: the job finishes on its own and is counted
+                log.debug("could not cancel %s", s["job_id"], exc_info=True)
+
+    # ----- manifest ------------------------------------------------------------------------------------------------
+    def ensure_manifest(self, rec: BatchRecord) -> BatchRecord:
+        """Build the manifest once every job has finished (idempotent; one builder at a time)."""
+        counts = self.counts(rec)
+        if rec.manifest is not None or self.status(rec, counts) in ("running", "canceling"):
+            return rec
+        lock = self.r.lock(f"{_batch_key(rec.id)}:manifest-lock", timeout=120, blocking_timeout=60)
+        if not lock.acquire():
+            raise ServiceUnavailable("the manifest is being written; retry in a moment")
+        try:
+            fresh = self.get(rec.tenant, rec.id)
+            if fresh.manifest is not None:
+                return fresh
+            rows = self.manifest_rows(fresh)
+            keys = {"csv": batch_key(rec.tenant, rec.id, "manifest.csv"),
+                    "json": batch_key(rec.tenant, rec.id, "manifest.json")}
+            with_retries(lambda: self.store.put_bytes(keys["csv"], to_csv(rows), "text/csv"), attempts=4)
+            with_retries(lambda: self.store.put_bytes(keys["json"], json.dumps(rows, indent=1).encode(),
+                                                      "application/json"), attempts=4)
+            fresh.manifest = keys
+            self._save(fresh)
+            return fresh
+        finally:
+            lock.release()
+
+    def manifest_rows(self, rec: BatchRecord) -> list[dict]:
+        entry = self.registry.get(rec.model)
+        rows = []
+        for s in rec.subjects:
+            job = self.jobs.get(s["job_id"])
+            if job is None or job.status != "succeeded":
+                continue
+            mask = next((o.key for o in job.outputs if o.kind == "mask"), "")
+            sampler = job.request.get("sampler") or {}
+            for o in job.outputs:
+                if o.kind != "image":
+                    continue
+                rows.append({"subject_id": s["subject_id"], "class": s["class"], "modality": o.modality,
+                             "image": o.key, "mask": mask, "model": entry.id,
+                             "checkpoint_sha256": entry.weights_sha256, "sampler": sampler.get("name"),
+                             "steps": sampler.get("steps"), "seed": job.request.get("seed"), "synthetic": True})
+        return rows
+
+
+def to_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(MANIFEST_COLUMNS))
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("true" if v is True else v) for k, v in row.items()})
+    return buf.getvalue().encode()
+
+
+def view(service: BatchService, rec: BatchRecord) -> dict:
+    counts = service.counts(rec)
+    out = {"id": rec.id, "model": rec.model, "status": service.status(rec, counts), "request": rec.request,
+           "plan": rec.plan, "request_counts": counts, "created_at": rfc3339(rec.created_at), "error": rec.error,
+           "jobs": [s["job_id"] for s in rec.subjects], "manifest": None}
+    if rec.manifest:
+        out["manifest"] = {"csv": f"/v1/batches/{rec.id}/manifest.csv", "json": f"/v1/batches/{rec.id}/manifest.json"}
+    return out
