@@ -1,4 +1,4 @@
-"""``tumorsynth serve | worker | generate | models | phantoms | train | eval | demo``."""
+"""``tumorsynth serve | worker | generate | batch | models | phantoms | train | eval | demo``."""
 
 from __future__ import annotations
 
@@ -80,6 +80,51 @@ def generate(mask: Annotated[Path, typer.Option(exists=True, dir_okay=False, hel
         raise typer.Exit(1)
     for path in client.download(job, out / job["id"]):
         typer.echo(path)
+
+
+@app.command()
+def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. LGG=76,HGG=259")],
+          out: Annotated[Path, typer.Option(help="folder for the volumes and manifest.csv/json")] = Path("out/batch"),
+          model: str = "", total_per_class: Annotated[int | None, typer.Option(
+              help="bring every class to N (default: balance up to the largest)")] = None,
+          modalities: str | None = None, seed: int = 0,
+          masks: Annotated[list[Path] | None, typer.Option("--mask", exists=True, dir_okay=False,
+                                                           help="masks to use (default: the mask bank)")] = None,
+          sampler: str | None = None, steps: int | None = None, url: Url = "http://127.0.0.1:8000",
+          api_key: ApiKey = None, timeout: float = 24 * 3600.0) -> None:
+    """A balanced augmentation batch: submit, follow progress, download the volumes and the manifest."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .client import Client
+
+    try:
+        class_counts = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in counts.split(",") if p.strip())}
+    except ValueError as exc:
+        raise typer.BadParameter("write counts as CLASS=N,CLASS=N (e.g. LGG=76,HGG=259)") from exc
+    client = Client(url, api_key)
+    request: dict = {"model": model or _default_model(client, "mask_to_volume"), "class_counts": class_counts,
+                     "seed": seed, "masks": "upload" if masks else "bank"}
+    request |= {"total_per_class": total_per_class} if total_per_class else {"target": "balance"}
+    if modalities:
+        request["modalities"] = [m.strip() for m in modalities.split(",")]
+    if sampler or steps:
+        request["sampler"] = {k: v for k, v in (("name", sampler), ("steps", steps)) if v is not None}
+    b = client.submit_batch(request, masks=list(masks or []))
+    console.print(f"batch {b['id']} on {request['model']}: making {b['plan']}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
+        task = bar.add_task("jobs finished", total=b["request_counts"]["total"])
+
+        def update(cur: dict) -> None:
+            c = cur["request_counts"]
+            bar.update(task, completed=c["succeeded"] + c["failed"] + c["canceled"],
+                       description=f"{cur['status']} (failed {c['failed']})")
+
+        b = client.wait_batch(b["id"], timeout=timeout, on_update=update)
+    if b["manifest"] is None:
+        console.print(f"[red]batch {b['status']}[/red]")
+        raise typer.Exit(1)
+    manifest = client.download_batch(b, out)
+    console.print(f"[green]{b['request_counts']['succeeded']} subjects; manifest {manifest}[/green]")
 
 
 def _default_model(client, task: str) -> str:

@@ -37,3 +37,13 @@ def test_tenant_of():
     assert keys.tenant_of(keys.job_prefix("beta", "j1")) == "beta"
     for key in ["tenants/", "tenants/beta", "tenants/beta/", "other/beta/x", "tenants/../x", "tenants/.b/x", ""]:
         assert keys.tenant_of(key) is None, key
+
+
+def test_object_kind_tags_for_lifecycle_rules():
+    from tumorsynth.storage.keys import batch_key, input_key, mask_bank_key, object_kind, output_key
+
+    assert object_kind(input_key("t", "job_1", "mask.nii.gz")) == "input"
+    assert object_kind(output_key("t", "job_1", "sample-0_t1.nii.gz")) == "output"
+    assert object_kind(mask_bank_key("t", "mask_1", "mask.nii.gz")) == "mask"
+    assert object_kind(batch_key("t", "batch_1", "manifest.csv")) == "manifest"
+    assert object_kind("elsewhere/x") is None

@@ -50,3 +50,13 @@ def tenant_of(key: str) -> str | None:
     if not COMPONENT.fullmatch(tenant) or ".." in tenant:
         return None
     return tenant
+
+
+def object_kind(key: str) -> str | None:
+    """``input`` / ``output`` / ``mask`` / ``manifest`` for keys this module builds (S3 lifecycle rules use it)."""
+    parts = key.split("/")
+    if len(parts) >= 5 and parts[0] == "tenants" and parts[2] == "jobs":
+        return {"inputs": "input", "outputs": "output"}.get(parts[4])
+    if len(parts) >= 3 and parts[0] == "tenants":
+        return {"masks": "mask", "batches": "manifest"}.get(parts[2])
+    return None

@@ -13,12 +13,14 @@ from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import Tags
 from minio.datatypes import Object
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from ..errors import InvalidRequest, NotFound, StorageUnavailable
 from .base import DEFAULT_CHUNK, ObjectInfo, normalize_metadata
+from .keys import object_kind
 
 PART_SIZE = 16 * 1024**2
 MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
@@ -82,9 +84,13 @@ class S3Store:
     def _put(self, key: str, data: BinaryIO, length: int, content_type: str,
              metadata: dict[str, str] | None) -> ObjectInfo:
         meta = normalize_metadata(metadata)
+        tags = None
+        if kind := object_kind(key):  # lifecycle rules expire objects by this tag (docker/minio-init.sh)
+            tags = Tags.new_object_tags()
+            tags["kind"] = kind
         with _translate(key):
             result = self.client.put_object(self.bucket, key, data, length, content_type=content_type,
-                                            metadata=meta or None, part_size=PART_SIZE)
+                                            metadata=meta or None, part_size=PART_SIZE, tags=tags)
         return ObjectInfo(key, length, result.etag, content_type, meta)
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
