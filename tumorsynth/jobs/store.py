@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import redis
 
 from ..errors import InvalidRequest, LeaseLost, NotFound
+from . import stats
 from .records import JobRecord, Lease, now
 
 P = "ts:"
@@ -100,6 +101,7 @@ class JobStore:
         with self.r.pipeline() as p:
             p.set(_job_key(rec.id), rec.model_dump_json())
             p.zadd(_tenant_index(rec.tenant), {rec.id: round(rec.created_at * 1000)})
+            stats.record_transition(p, None, rec)
             p.execute()
         self._publish(rec)
 
@@ -108,6 +110,7 @@ class JobStore:
             p.delete(_job_key(rec.id))
             p.zrem(_tenant_index(rec.tenant), rec.id)
             p.zrem(LEASES, rec.id)
+            stats.record_deletion(p, rec)
             p.execute()
 
     def update(self, job_id: str, fn: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
@@ -121,7 +124,7 @@ class JobStore:
                     if raw is None:
                         return None
                     before = JobRecord.model_validate_json(raw)
-                    was_terminal = before.terminal
+                    was_terminal, was_status = before.terminal, before.status
                     rec = fn(before)
                     if rec is None:
                         p.unwatch()
@@ -136,6 +139,7 @@ class JobStore:
                     if rec.batch_id and rec.terminal and not was_terminal:
                         # counted in the same transaction as the transition: exactly once, never lost
                         p.hincrby(f"{P}batch:{rec.batch_id}:counts", rec.status, 1)
+                    stats.record_transition(p, was_status, rec)
                     p.execute()
                 except redis.WatchError:
                     continue

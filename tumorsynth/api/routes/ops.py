@@ -1,0 +1,27 @@
+"""What ops watch: ``/metrics`` (Prometheus text format) and ``GET /v1/queues``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ..deps import ServicesDep, TenantDep
+from ..metrics import online_workers, queues_view, render_metrics
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(services: ServicesDep) -> Response:
+    body = await run_in_threadpool(render_metrics, services.redis, services.settings)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/queues")
+def queues(services: ServicesDep, tenant: TenantDep) -> dict:
+    """Per queue: depth, oldest queued age, running jobs, workers online (the same for every tenant)."""
+    return {"queues": queues_view(services.redis, services.settings),
+            "workers": [{k: w.get(k) for k in ("id", "queues", "device", "host", "seen_at")}
+                        for w in online_workers(services.redis, services.settings)]}
