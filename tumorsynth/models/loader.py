@@ -11,6 +11,8 @@ from .registry import ModelEntry
 
 FAMILIES = {
     "ldm": "tumorsynth.models.ldm.runner:LDMGenerator",
+    "vqgan": "tumorsynth.models.vqgan.runner:VQGANGenerator",
+    "tavit": "tumorsynth.models.tavit.runner:TAViTGenerator",
 }
 
 _cache: dict[tuple[str, str, str], Generator] = {}

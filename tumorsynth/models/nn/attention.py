@@ -22,9 +22,13 @@ import torch
 import torch.nn.functional as F
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Scaled dot-product attention over (B, H, N, D) tensors via SDPA."""
-    return F.scaled_dot_product_attention(q, k, v)  # (B, H, N, D)
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """Scaled dot-product attention over (B, H, N, D) tensors via SDPA.
+
+    ``causal`` lets query i see keys 0..i only (SDPA's ``is_causal``, aligned at the top left, so it is meant for
+    queries and keys of the same sequence; an incremental decoder with a KV cache passes one query and no flag).
+    """
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, N, D)
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,114 @@
+"""VQGAN training on phantoms with the tiny preset: ROIs, losses fall, resume is exact, the checkpoint is servable."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tumorsynth.models.base import GenerationParams
+from tumorsynth.models.checkpoints import load_state_dict
+from tumorsynth.models.loader import load_generator
+from tumorsynth.models.registry import ModelRegistry
+from tumorsynth.models.vqgan.runner import VQGANGenerator
+from tumorsynth.training.brats import find_subjects, load_subject
+from tumorsynth.training.phantoms import generate_phantoms
+from tumorsynth.training.roi import extract_roi, tumour_centre
+from tumorsynth.training.vqgan import Trainer, VQGANTrainConfig
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    generate_phantoms(root, 6, seed=3, shape=(96, 96, 62))
+    return root
+
+
+def config(**kw) -> VQGANTrainConfig:
+    return replace(VQGANTrainConfig.load("vqgan-tiny"), **kw)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_configs_load_and_refuse_unknown_settings(tmp_path):
+    for name in ("vqgan-tiny", "vqgan-demo", "vqgan-paper"):
+        assert VQGANTrainConfig.load(name).preset == name.split("-")[1]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"vq_epochs": 1, "epochs": 3}')
+    with pytest.raises(ValueError, match="epochs"):
+        VQGANTrainConfig.load(bad)
+
+
+def test_roi_is_centred_on_the_tumour_with_a_world_affine(phantom_dir):
+    subject = find_subjects(phantom_dir)[0]
+    data = load_subject(subject, ("flair",))
+    roi, affine = extract_roi(data["image"], data["seg"], data["affine"], (32, 32, 32), (4.0, 4.0, 4.0))
+    assert roi.shape == (1, 32, 32, 32) and roi.dtype == np.float32
+    assert roi.min() >= -1 and roi.max() <= 1 and np.abs(roi).max() > 0.1
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), 4.0)
+    centre_world = data["affine"] @ np.append(tumour_centre(data["seg"], data["image"]), 1.0)
+    np.testing.assert_allclose(affine @ np.array([15.5, 15.5, 15.5, 1.0]), centre_world, atol=1e-6)
+
+
+def test_losses_fall(phantom_dir, tmp_path):
+    rows = []
+    cfg = config(vq_epochs=6, adv_start_epoch=99, vq_lr=2e-3, transformer_epochs=4, transformer_lr=2e-3)
+    Trainer(cfg, phantom_dir, tmp_path / "vqgan" / "t@1", tmp_path / "work", on_epoch=rows.append).run()
+    l1 = [r["l1"] for r in rows if r["stage"] == "vqgan"]
+    ce = [r["mtm_ce"] for r in rows if r["stage"] == "transformer"]
+    ar = [r["ar_ce"] for r in rows if r["stage"] == "transformer"]
+    assert len(l1) == 6 and l1[-1] < 0.8 * l1[0], l1
+    assert len(ce) == 4 and ce[-1] < ce[0] and ar[-1] < ar[0], (ce, ar)
+    lines = (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 10
+
+
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(phantom_dir, tmp_path):
+    cfg = config(vq_epochs=2, transformer_epochs=3)
+    straight = Trainer(cfg, phantom_dir, tmp_path / "a" / "vqgan" / "x@1", tmp_path / "a-work").run()
+
+    def stop_in_stage_two(row):
+        if row["stage"] == "transformer" and row["epoch"] == 2:
+            raise Interrupt
+
+    work = tmp_path / "b-work"
+    with pytest.raises(Interrupt):
+        Trainer(cfg, phantom_dir, tmp_path / "b" / "vqgan" / "x@1", work, on_epoch=stop_in_stage_two).run()
+    resumed_rows = []
+    resumed = Trainer(cfg, phantom_dir, tmp_path / "b" / "vqgan" / "x@1", work,
+                      on_epoch=resumed_rows.append).run(resume=True)
+    # the VQGAN was not retrained; the transformers went on from the last saved epoch
+    assert [(r["stage"], r["epoch"]) for r in resumed_rows] == [("transformer", 2), ("transformer", 3)]
+    a, b = load_state_dict(straight.entry), load_state_dict(resumed.entry)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_checkpoint_round_trips_and_is_served(phantom_dir, tmp_path):
+    cfg = config(vq_epochs=1, transformer_epochs=1, name="served")
+    result = Trainer(cfg, phantom_dir, tmp_path / "models" / "vqgan" / "served@1", tmp_path / "work").run()
+    entry = ModelRegistry(tmp_path / "models").get("vqgan/served@1")
+    info = entry.info()
+    assert info["trained"] is True and "phantom" in info["checkpoint"]["trained_on"]
+    assert info["task"] == "class_to_roi" and info["classes"] == ["LGG", "HGG"] and info["inputs"] == []
+    assert info["modalities"] == ["flair"] and info["output"] == {"shape": [16, 16, 16], "spacing": [8.0] * 3}
+    assert [s["name"] for s in info["samplers"]] == ["maskgit", "ar"] and info["default_sampler"] == "maskgit"
+    assert entry.config["training"]["subjects"]["train"] + entry.config["training"]["subjects"]["val"] == 6
+    assert (entry.path / "MODEL_CARD.md").read_text().count("demonstration only") == 1
+    saved = load_state_dict(entry)
+    assert result.entry.config["network"] == entry.config["network"]
+    gen = load_generator(entry, "cpu")
+    assert isinstance(gen, VQGANGenerator)
+    for k, v in gen.network.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    for sampler, steps in (("maskgit", 4), ("ar", 64)):
+        p = GenerationParams(num_samples=2, seed=0, sampler=sampler, steps=steps, modalities=("flair",),
+                             tumor_class="LGG")
+        out = gen.generate(p, {}, lambda done, total: None)
+        assert len(out) == 2 and out[0].data.shape == (16, 16, 16) and np.isfinite(out[0].data).all()

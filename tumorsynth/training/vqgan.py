@@ -1,0 +1,418 @@
+"""Training the class-conditional tumour-ROI VQGAN (Zhou et al. 2023 and poster) on BraTS-format data or phantoms.
+
+Data: one ROI per subject (``training.roi``: 128 mm around the tumour centroid on the preset's grid, FLAIR by
+default, clipped z-scores in [-1, 1]); left-right flips as augmentation.
+
+Stage 1, the VQGAN: L1 + ``grad_weight`` × the paper's 3D gradient loss + the codebook's commitment (and codebook)
+loss + a least-squares patch adversarial loss (MONAI ``PatchDiscriminator``) after ``adv_start_epoch`` warm-up epochs
+(+ perceptual only when ``perceptual_weights`` names a local MedicalNet file: nothing is downloaded). The importance
+head learns, on detached encoder features, the per-token reconstruction difficulty (``autoencoder.importance_target``).
+
+Stage 2, with the VQGAN frozen and its tokens and importance scores cached (each ROI and its flip): the bidirectional
+transformer learns masked-token modelling under the hybrid masking (``masking.hybrid_mask``, ``topk_ratio``), and
+the causal transformer learns next-token prediction from inputs whose tokens are replaced by random codes with
+probability ``ar_replace_prob`` (the paper's masked token modelling); both in the same batches, with the class
+dropped to "none" with probability ``class_dropout`` for classifier-free guidance.
+
+State is saved after every epoch in ``work_dir/state.pt``; ``resume=True`` continues from it. Each epoch draws from
+RNG streams derived from (seed, stage, epoch), so a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.checkpoints import save_checkpoint
+from ..models.registry import ModelEntry
+from ..models.vqgan.autoencoder import importance_target
+from ..models.vqgan.configs import (
+    PRESETS,
+    build_network,
+    sampler_specs,
+    with_modalities,
+)
+from ..models.vqgan.losses import gradient_loss
+from ..models.vqgan.masking import hybrid_mask, random_replace
+from ..models.vqgan.transformer import masked_token_loss
+from .ldm import split
+from .roi import ROISet, load_rois
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class VQGANTrainConfig:
+    preset: str = "tiny"  # network and grid: models.vqgan.configs.PRESETS
+    name: str = "vqgan"
+    version: str = "1"
+    seed: int = 0
+    modalities: list[str] = field(default_factory=lambda: ["flair"])
+    val_fraction: float = 0.1
+    flip: bool = True
+    max_subjects: int | None = None
+    # stage 1: VQGAN
+    vq_epochs: int = 1
+    batch_size: int = 4
+    vq_lr: float = 3e-4
+    grad_weight: float = 1.0
+    importance_weight: float = 0.1
+    adv_weight: float = 0.1
+    adv_start_epoch: int = 1
+    disc_channels: int = 8
+    disc_layers: int = 2
+    disc_lr: float = 3e-4
+    perceptual_weight: float = 0.0
+    perceptual_weights: str | None = None  # a local MedicalNet weights file; none is downloaded
+    # stage 2: transformers
+    transformer_epochs: int = 1
+    transformer_batch_size: int = 16
+    transformer_lr: float = 5e-4
+    topk_ratio: float = 0.25  # the poster's ablation: 0, 0.25, 0.5
+    replace_prob: float = 0.1  # visible unimportant tokens replaced by random codes
+    ar_replace_prob: float = 0.1
+    class_dropout: float = 0.1
+
+    @classmethod
+    def load(cls, spec: str | Path, **overrides) -> VQGANTrainConfig:
+        """A JSON file, or the name of one in ``training/configs`` (``vqgan-tiny``, ``vqgan-demo``, ``vqgan-paper``)."""
+        path = Path(spec)
+        if not path.is_file():
+            path = CONFIG_DIR / f"{spec}.json"
+        if not path.is_file():
+            known = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("vqgan-*.json")))
+            raise FileNotFoundError(f"no training config '{spec}'; give a JSON file or one of {known}")
+        raw = json.loads(path.read_text())
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}")
+        return cls(**(raw | {k: v for k, v in overrides.items() if v is not None}))
+
+
+@dataclass
+class TrainResult:
+    entry: ModelEntry
+    metrics: list[dict] = field(default_factory=list)
+
+
+def _epoch_rng(seed: int, stage: int, epoch: int) -> np.random.Generator:
+    torch.manual_seed(int(np.random.default_rng([seed, stage, epoch]).integers(2**62)))
+    return np.random.default_rng([seed, stage, epoch, 1])
+
+
+def flip_some(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Left-right (first spatial axis) flips of about half of a batch (B, C, X, Y, Z)."""
+    which = torch.from_numpy(rng.random(x.shape[0]) < 0.5)
+    return torch.where(which.view(-1, *[1] * (x.ndim - 1)).to(x.device), x.flip(2), x)
+
+
+class Trainer:
+    def __init__(self, cfg: VQGANTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
+                 on_epoch: Callable[[dict], None] | None = None, progress=None):
+        if cfg.preset not in PRESETS:
+            raise ValueError(f"unknown preset '{cfg.preset}'; choose one of {', '.join(PRESETS)}")
+        self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
+        self.device = torch.device(device)
+        self.on_epoch = on_epoch
+        self.progress = progress  # a rich Progress, or None
+        self.model_config = with_modalities(PRESETS[cfg.preset], list(cfg.modalities))
+        self.model_config.update(name=cfg.name, version=str(cfg.version))
+        self.classes = list(self.model_config["classes"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.net = build_network(self.model_config).to(self.device)
+        from monai.losses import PatchAdversarialLoss
+        from monai.networks.nets import PatchDiscriminator
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            self.disc = PatchDiscriminator(spatial_dims=3, channels=cfg.disc_channels,
+                                           in_channels=len(cfg.modalities), num_layers_d=cfg.disc_layers,
+                                           norm="INSTANCE").to(self.device)
+        self.adv = PatchAdversarialLoss(criterion="least_squares")
+        self.perceptual = self._perceptual()
+        vq_params = [p for p in self.net.vqgan.parameters() if p.requires_grad]  # EMA codes are not trained by Adam
+        self.opt_vq = torch.optim.Adam(vq_params, lr=cfg.vq_lr, betas=(0.5, 0.9))
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
+        self.opt_tf = torch.optim.AdamW(self._transformer_params(), lr=cfg.transformer_lr, betas=(0.9, 0.95),
+                                        weight_decay=0.01)
+        self.state = {"stage": 1, "epoch": 0, "metrics": []}
+
+    def _transformer_params(self) -> list[torch.nn.Parameter]:
+        params = list(self.net.maskgit.parameters())
+        return params + (list(self.net.ar.parameters()) if self.net.ar is not None else [])
+
+    def _perceptual(self):
+        if not self.cfg.perceptual_weights or self.cfg.perceptual_weight <= 0:
+            return None
+        from monai.losses import PerceptualLoss
+
+        path = Path(self.cfg.perceptual_weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"perceptual_weights {path} does not exist (no weights are downloaded)")
+        return PerceptualLoss(spatial_dims=3, network_type="medicalnet_resnet10_23datasets", is_fake_3d=False,
+                              pretrained=True, pretrained_path=str(path)).to(self.device)
+
+    # ----- state ---------------------------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.work_dir / "state.pt"
+
+    def save_state(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        blob = {"state": self.state, "net": self.net.state_dict(), "disc": self.disc.state_dict(),
+                "opt_vq": self.opt_vq.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "opt_tf": self.opt_tf.state_dict(), "config": asdict(self.cfg)}
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, self.state_path)
+
+    def load_state(self) -> bool:
+        if not self.state_path.is_file():
+            return False
+        blob = torch.load(self.state_path, map_location=self.device, weights_only=False)
+        self.net.load_state_dict(blob["net"])
+        self.disc.load_state_dict(blob["disc"])
+        self.opt_vq.load_state_dict(blob["opt_vq"])
+        self.opt_d.load_state_dict(blob["opt_d"])
+        self.opt_tf.load_state_dict(blob["opt_tf"])
+        self.state = blob["state"]
+        return True
+
+    def _log(self, row: dict) -> None:
+        self.state["metrics"].append(row)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.work_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.on_epoch:
+            self.on_epoch(row)
+
+    def _task(self, label: str, total: int):
+        return self.progress.add_task(label, total=total) if self.progress else None
+
+    def _advance(self, task, done: bool = False) -> None:
+        if task is None:
+            return
+        self.progress.remove_task(task) if done else self.progress.advance(task)
+
+    # ----- stage 1 -------------------------------------------------------------------------------------------------
+    def vq_losses(self, x: torch.Tensor, adversarial: bool) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        cfg, vq = self.cfg, self.net.vqgan
+        out = vq(x)
+        l1 = F.l1_loss(out.recon, x)
+        grad = gradient_loss(out.recon, x)
+        target = importance_target(out.recon, x, out.importance_logits.shape[1:])
+        importance = F.binary_cross_entropy_with_logits(out.importance_logits, target)
+        loss = l1 + cfg.grad_weight * grad + out.quantized.loss + cfg.importance_weight * importance
+        if self.perceptual is not None:
+            loss = loss + cfg.perceptual_weight * self.perceptual(out.recon, x)
+        adv_g = torch.zeros((), device=self.device)
+        if adversarial:
+            adv_g = self.adv(self.disc(out.recon.contiguous())[-1], target_is_real=True, for_discriminator=False)
+            loss = loss + cfg.adv_weight * adv_g
+        parts = {"l1": l1, "grad": grad, "vq": out.quantized.loss, "importance": importance, "adv_g": adv_g,
+                 "perplexity": out.quantized.perplexity}
+        return loss, parts, out.recon
+
+    def train_vq_epoch(self, rois: torch.Tensor, train_idx: np.ndarray, epoch: int) -> dict:
+        cfg = self.cfg
+        rng = _epoch_rng(cfg.seed, 1, epoch)
+        self.net.vqgan.train()
+        self.disc.train()
+        order = rng.permutation(train_idx)
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        adversarial = epoch >= cfg.adv_start_epoch and cfg.adv_weight > 0
+        sums: dict[str, float] = {}
+        task = self._task(f"VQGAN epoch {epoch + 1}/{cfg.vq_epochs}", len(batches))
+        for idx in batches:
+            x = rois[idx].to(self.device)
+            if cfg.flip:
+                x = flip_some(x, rng)
+            loss, parts, recon = self.vq_losses(x, adversarial)
+            self.opt_vq.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_vq.step()
+            parts["disc"] = torch.zeros(())
+            if adversarial:
+                fake = self.disc(recon.detach().contiguous())[-1]
+                real = self.disc(x.contiguous())[-1]
+                d_loss = 0.5 * (self.adv(fake, target_is_real=False, for_discriminator=True)
+                                + self.adv(real, target_is_real=True, for_discriminator=True))
+                self.opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                self.opt_d.step()
+                parts["disc"] = d_loss
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            self._advance(task)
+        self._advance(task, done=True)
+        row = {k: v / max(1, len(batches)) for k, v in sums.items()}
+        row["codes_alive"] = int((self.net.vqgan.quantizer.usage >= self.net.vqgan.quantizer.restart_threshold).sum())
+        return row
+
+    @torch.no_grad()
+    def validate_vq(self, rois: torch.Tensor, val_idx: np.ndarray) -> dict:
+        if len(val_idx) == 0:
+            return {}
+        self.net.vqgan.eval()
+        x = rois[val_idx].to(self.device)
+        recon = torch.cat([self.net.vqgan(b).recon for b in x.split(self.cfg.batch_size)])
+        return {"val_l1": float(F.l1_loss(recon, x))}
+
+    # ----- stage 2 -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def cache_tokens(self, rois: torch.Tensor, classes: torch.Tensor, idx: np.ndarray):
+        """Tokens (M, N), importance scores (M, N) and class labels (M,) of each ROI (and its flip)."""
+        self.net.vqgan.eval()
+        copies = [rois[idx]] + ([rois[idx].flip(2)] if self.cfg.flip else [])
+        tokens, scores = [], []
+        for x in copies:
+            for b in x.split(self.cfg.batch_size):
+                t, s = self.net.tokenize(b.to(self.device))
+                tokens.append(t)
+                scores.append(s)
+        labels = classes[idx].to(self.device).repeat(len(copies))
+        return torch.cat(tokens), torch.cat(scores), labels
+
+    def transformer_losses(self, tokens: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> dict:
+        cfg, net = self.cfg, self.net
+        y = labels.clone()
+        y[torch.rand(len(y), device=self.device) < cfg.class_dropout] = 0
+        m = hybrid_mask(tokens, scores, net.latent_shape, mask_id=net.mask_id, num_codes=net.num_codes,
+                        topk_ratio=cfg.topk_ratio, replace_prob=cfg.replace_prob)
+        logits = net.maskgit(m.inputs, y)  # (B, N, K)
+        where = m.loss_positions
+        out = {"mtm_ce": masked_token_loss(logits, tokens, where)}
+        out["mtm_acc"] = (logits.argmax(-1) == tokens)[where].float().mean() if where.any() else torch.zeros(())
+        if net.ar is not None:
+            ar_logits = net.ar(random_replace(tokens, net.num_codes, cfg.ar_replace_prob), y)  # (B, N, K)
+            out["ar_ce"] = F.cross_entropy(ar_logits.flatten(0, 1).float(), tokens.flatten())
+        return out
+
+    def train_transformer_epoch(self, tokens, scores, labels, epoch: int) -> dict:
+        cfg = self.cfg
+        rng = _epoch_rng(cfg.seed, 2, epoch)
+        self.net.maskgit.train()
+        if self.net.ar is not None:
+            self.net.ar.train()
+        order = rng.permutation(len(tokens))
+        bs = cfg.transformer_batch_size
+        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        sums: dict[str, float] = {}
+        task = self._task(f"transformer epoch {epoch + 1}/{cfg.transformer_epochs}", len(batches))
+        for idx in batches:
+            parts = self.transformer_losses(tokens[idx], scores[idx], labels[idx])
+            loss = parts["mtm_ce"] + parts.get("ar_ce", 0.0)
+            self.opt_tf.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self._transformer_params(), 1.0)
+            self.opt_tf.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            self._advance(task)
+        self._advance(task, done=True)
+        return {k: v / max(1, len(batches)) for k, v in sums.items()}
+
+    # ----- the whole run -------------------------------------------------------------------------------------------
+    def load_data(self) -> ROISet:
+        out = self.model_config["output"]
+        return load_rois(self.data_dir, self.classes, out["shape"], out["spacing"], self.cfg.modalities,
+                         self.model_config["intensity"]["z_clip"], self.cfg.max_subjects)
+
+    def run(self, resume: bool = False) -> TrainResult:
+        cfg = self.cfg
+        if resume and self.load_state():
+            log.info("resumed at stage %s epoch %s", self.state["stage"], self.state["epoch"])
+        t0 = time.time()
+        data = self.load_data()
+        train_idx, val_idx = split(len(data.ids), cfg.val_fraction, cfg.seed)
+        log.info("%d ROIs (%d train, %d validation) in %.1fs", len(data.ids), len(train_idx), len(val_idx),
+                 time.time() - t0)
+        if self.state["stage"] == 1:
+            self._run_stage("vqgan", cfg.vq_epochs, lambda e: self.train_vq_epoch(data.rois, train_idx, e)
+                            | self.validate_vq(data.rois, val_idx))
+            self.state.update(stage=2, epoch=0)
+            self.save_state()
+        self.net.vqgan.requires_grad_(False)
+        tokens, scores, labels = self.cache_tokens(data.rois, data.classes, train_idx)
+        self._run_stage("transformer", cfg.transformer_epochs,
+                        lambda e: self.train_transformer_epoch(tokens, scores, labels, e))
+        entry = self.write_checkpoint(data, train_idx, val_idx, time.time() - t0)
+        return TrainResult(entry, self.state["metrics"])
+
+    def _run_stage(self, stage: str, epochs: int, train_epoch: Callable[[int], dict]) -> None:
+        while self.state["epoch"] < epochs:
+            e = self.state["epoch"]
+            t = time.time()
+            row = {"stage": stage, "epoch": e + 1} | train_epoch(e) | {"seconds": round(time.time() - t, 2)}
+            self.state["epoch"] = e + 1
+            self._log(row)
+            self.save_state()
+
+    def write_checkpoint(self, data: ROISet, train_idx, val_idx, seconds: float) -> ModelEntry:
+        cfg = self.cfg
+        config = copy.deepcopy(self.model_config)
+        config["samplers"] = sampler_specs(self.net.num_tokens, self.net.ar is not None)
+        trained_on = describe_data(self.data_dir, data, train_idx, self.classes)
+        last = {r["stage"]: r for r in self.state["metrics"]}
+        config.update(trained=True, trained_on=trained_on,
+                      training={"config": asdict(cfg), "subjects": {"train": len(train_idx), "val": len(val_idx)},
+                                "validation_ids": [data.ids[i] for i in val_idx], "final": last,
+                                "seconds": round(seconds, 1), "device": str(self.device), "torch": torch.__version__})
+        self.net.eval()
+        return save_checkpoint(self.out_dir, config=config, module=self.net,
+                               card=model_card(config, cfg, last, trained_on))
+
+
+def describe_data(data_dir: Path, data: ROISet, train_idx, classes: list[str]) -> str:
+    names = ["unknown", *classes]
+    counts: dict[int, int] = {}
+    for i in train_idx:
+        counts[int(data.classes[i])] = counts.get(int(data.classes[i]), 0) + 1
+    parts = ", ".join(f"{n} {names[c]}" for c, n in sorted(counts.items()))
+    phantom = (Path(data_dir) / "PHANTOMS.md").is_file() or all(i.startswith("Phantom") for i in data.ids)
+    kind = "phantom subjects generated by `tumorsynth phantoms` from the MNI152/ICBM152 templates (NOT patients)" \
+        if phantom else "BraTS-format subjects"
+    return f"{len(train_idx)} {kind}: {parts} (from {Path(data_dir).name})"
+
+
+def model_card(config: dict, cfg: VQGANTrainConfig, last: dict, trained_on: str) -> str:
+    grid = "×".join(map(str, config["output"]["shape"]))
+    spacing = "×".join(f"{s:g}" for s in config["output"]["spacing"])
+    net = config["network"]
+    warning = ("**Trained on phantoms for demonstration only.** Its tumours are simulated on brain templates; it "
+               "shows that the service works end to end. It is not a model of real tumours: do not use its volumes "
+               "to train or evaluate anything clinical. Train on real data with a BraTS folder.\n\n") \
+        if "phantom" in trained_on else ""
+    metrics = "\n".join(f"- {stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
+                        for stage, row in last.items())
+    samplers = ", ".join(s["name"] for s in config["samplers"])
+    return f"""# vqgan/{config['name']}@{config['version']}
+
+{warning}- Method: class-conditional 3D VQGAN (Zhou et al. 2023) with an importance-guided masked transformer (the
+  poster's hybrid masking, top-k ratio {cfg.topk_ratio:g}); codebook of {net['num_codes']} codes, a
+  {'×'.join(str(n // 2 ** (len(net['channels']) - 1)) for n in net['grid'])} token grid; classes
+  {', '.join(config['classes'])}.
+- Output: a {grid} voxel ROI of {spacing} mm centred on the tumour, contrasts {', '.join(config['modalities'])},
+  intensities in [-1, 1] ({config['intensity']['normalisation']}).
+- Trained on: {trained_on}.
+- Training: preset `{cfg.preset}`, {cfg.vq_epochs} VQGAN epochs (L1 + 3D gradient + commitment{' + adversarial'
+    if cfg.adv_weight else ''}{' + perceptual' if cfg.perceptual_weights else ''}), {cfg.transformer_epochs}
+  transformer epochs, seed {cfg.seed}.
+- Final epoch metrics:
+{metrics}
+- Samplers: {samplers} (maskgit is the default: 4-16 parallel steps; ar: one step per token).
+- Intended use: data augmentation research; every output is marked synthetic. Limits: ROIs only, not whole brains;
+  they look like what the model learnt from its training data.
+"""
