@@ -39,6 +39,9 @@ def model_dir(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("models")
     create_untrained(root / "ldm", preset="tiny", name="tiny", version="1", seed=0)
+    from tumorsynth.models.vqgan.configs import create_untrained as create_vqgan
+
+    create_vqgan(root / "vqgan", preset="tiny", name="tiny", version="1", seed=0)
     return root
 
 

@@ -169,11 +169,12 @@ def models_list(ctx: typer.Context) -> None:
 def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None = None, seed: int = 0,
                      out: Path | None = None) -> None:
     """Write a randomly initialised checkpoint (plumbing only: its outputs are noise)."""
-    from .models.ldm.configs import create_untrained as make
+    import importlib
 
-    if family != "ldm":
-        raise typer.BadParameter("only the ldm family can be created untrained so far")
-    entry = make((out or get_settings().model_dir / "ldm"), preset=preset, name=name, seed=seed)
+    if family not in ("ldm", "vqgan", "tavit"):
+        raise typer.BadParameter("family must be one of ldm, vqgan, tavit")
+    make = importlib.import_module(f".models.{family}.configs", __package__).create_untrained
+    entry = make((out or get_settings().model_dir / family), preset=preset, name=name, seed=seed)
     typer.echo(f"{entry.id} at {entry.path} (UNTRAINED)")
 
 
@@ -224,6 +225,38 @@ def train_ldm(data: Annotated[Path, typer.Option(exists=True, file_okay=False, h
     with Progress(console=console, transient=True) as progress:
         result = Trainer(cfg, data, out, work, resolve_device(device), on_epoch=report, progress=progress).run(resume)
     console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
+
+
+@train_app.command("vqgan")
+def train_vqgan(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
+                config: Annotated[str, typer.Option(help="vqgan-tiny | vqgan-demo | vqgan-paper | a JSON file")]
+                = "vqgan-demo",
+                out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/vqgan/NAME@VER)")]
+                = None,
+                work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+                resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
+                threads: int | None = None) -> None:
+    """Stage 1 VQGAN on tumour ROIs, stage 2 class-conditioned transformers (MaskGIT and AR) on its tokens."""
+    import torch
+    from rich.progress import Progress
+
+    from .models.loader import resolve_device
+    from .training.vqgan import Trainer, VQGANTrainConfig
+
+    _logging("INFO")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = VQGANTrainConfig.load(config, name=name, version=version)
+    out = out or get_settings().model_dir / "vqgan" / f"{cfg.name}@{cfg.version}"
+    work = work or Path("var/train") / f"vqgan-{cfg.name}@{cfg.version}"
+    with Progress(console=console, transient=True) as progress:
+        result = Trainer(cfg, data, out, work, resolve_device(device), on_epoch=_report,
+                         progress=progress).run(resume)
+    console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
+
+
+def _report(row: dict) -> None:
+    console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 
 
 @eval_app.command("ldm")

@@ -40,7 +40,7 @@ def test_serve_embedded_then_sigterm_stops_worker_and_redis(tmp_path, model_dir)
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _ready(base), timeout=180, what="/readyz 200")
         models = httpx.get(f"{base}/v1/models").json()["models"]
-        assert [m["id"] for m in models] == ["ldm/tiny@1"]
+        assert "ldm/tiny@1" in [m["id"] for m in models]
         r = _embedded_redis(tmp_path / "serve.log")
         workers = [json.loads(r.get(f"ts:worker:{w.decode()}")) for w in r.zrange("ts:workers", 0, -1)]
         pids = [w["pid"] for w in workers]
