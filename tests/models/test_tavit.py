@@ -11,7 +11,11 @@ import torch
 from tumorsynth.errors import InvalidRequest, JobCanceled
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.nn.attention import explicit_attention
-from tumorsynth.models.tavit.configs import build_network, create_untrained, model_config
+from tumorsynth.models.tavit.configs import (
+    build_network,
+    create_untrained,
+    model_config,
+)
 from tumorsynth.models.tavit.network import SelfAttention, regions_from_labels
 from tumorsynth.models.tavit.runner import TAViTGenerator
 from tumorsynth.models.tavit.slices import zscore_brain

@@ -1,0 +1,327 @@
+"""Training TA-ViT (arXiv 2409.01622) and its segmentation predictor on BraTS-format data: phantoms and BraTS alike.
+
+Preprocessing is serving's (``models.tavit.slices``): each volume → z-scores over its non-zero voxels → the slice grid
+(in-plane resampling to the model's 240×240 mm field of view; the slices stay the input's) → the slices whose
+non-zero share exceeds ``min_brain_fraction``. Subjects, not slices, are split into training and validation.
+
+Both networks train in one loop, each on its own loss: the segmenter with Dice + cross-entropy on the four BraTS 2023
+labels; TA-ViT with L1 (+ SSIM) on the T1C, conditioned per slice on the true regions with probability
+``teacher_forcing`` and otherwise on the segmenter's (detached) prediction, which is what it meets in serving.
+
+Training state is saved after every epoch in ``work_dir/state.pt``; ``resume=True`` continues from it. Every epoch
+uses RNG streams derived from (seed, epoch), so an interrupted and resumed run ends with the same weights as an
+uninterrupted one (on the same device).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.checkpoints import save_checkpoint
+from ..models.registry import ModelEntry
+from ..models.tavit.configs import build_network, image_inputs, model_config
+from ..models.tavit.network import regions_from_labels, regions_from_probabilities
+from ..models.tavit.slices import brain_slices, slice_mapping, to_slices
+from .brats import find_subjects, load_subject, normalise
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class TAViTTrainConfig:
+    preset: str = "tiny"  # network and slice grid: models.tavit.configs.PRESETS
+    name: str = "tavit"
+    version: str = "1"
+    flair: bool = True  # False: the T1-only network
+    seed: int = 0
+    val_fraction: float = 0.1
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    ssim_weight: float = 0.0
+    ssim_range: float = 8.0  # SSIM's data range on z-scored intensities
+    seg_weight: float = 1.0
+    teacher_forcing: float = 0.5  # share of slices conditioned on the true regions rather than the predicted ones
+    min_brain_fraction: float = 0.02
+    flip: bool = True  # left-right flips (the slices' first axis)
+    max_subjects: int | None = None
+
+    @classmethod
+    def load(cls, spec: str | Path, **overrides) -> TAViTTrainConfig:
+        """A JSON file, or the name of one in ``training/configs`` (``tavit-tiny``, ``tavit-demo``, ``tavit-paper``)."""
+        path = Path(spec)
+        if not path.is_file():
+            path = CONFIG_DIR / f"{spec}.json"
+        if not path.is_file():
+            known = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("tavit-*.json")))
+            raise FileNotFoundError(f"no training config '{spec}'; give a JSON file or one of {known}")
+        raw = json.loads(path.read_text())
+        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}")
+        return cls(**(raw | {k: v for k, v in overrides.items() if v is not None}))
+
+
+@dataclass
+class SliceData:
+    ids: list[str]
+    inputs: torch.Tensor  # (S, C, H, W) float32 z-scores: T1 (+ FLAIR)
+    target: torch.Tensor  # (S, 1, H, W) float32 z-scored T1C
+    labels: torch.Tensor  # (S, H, W) uint8, BraTS 2023 labels
+    subject: torch.Tensor  # (S,) long, index into ids
+
+
+@dataclass
+class TrainResult:
+    entry: ModelEntry
+    metrics: list[dict] = field(default_factory=list)
+
+
+def prepare_subject(subject, config: dict, min_brain_fraction: float = 0.0) -> tuple[np.ndarray, ...]:
+    """One BraTS subject → (inputs (S, C, H, W), t1c (S, 1, H, W), labels (S, H, W)) for its brain slices."""
+    if subject.seg is None:
+        raise ValueError(f"subject {subject.id!r} has no segmentation; the segmenter needs one per subject")
+    names = image_inputs(config)
+    data = load_subject(subject, (*names, "t1c"))
+    image = normalise(data["image"])  # (C + 1, X, Y, Z)
+    mapping = slice_mapping(image.shape[1:], data["affine"], config["output"]["shape"], config["fov_mm"])
+    grid = mapping.to_grid(image, order=1).astype(np.float32)  # (C + 1, H, W, Z)
+    labels = mapping.to_grid(data["seg"], order=0).astype(np.uint8)  # (H, W, Z)
+    keep = brain_slices(grid[0], min_brain_fraction)
+    slices = to_slices(grid)[keep]  # (S, C + 1, H, W)
+    return slices[:, :-1], slices[:, -1:], np.moveaxis(labels, -1, 0)[keep]
+
+
+def prepare(data_dir: Path, config: dict, max_subjects: int | None = None, min_brain_fraction: float = 0.0,
+            progress: Callable[[int, int], None] | None = None) -> SliceData:
+    subjects = find_subjects(data_dir)
+    if not subjects:
+        raise FileNotFoundError(f"no BraTS-format subjects under {data_dir} (expected <id>/<id>_t1.nii.gz … or "
+                                "<id>/<id>-t1n.nii.gz …)")
+    subjects = subjects[:max_subjects] if max_subjects else subjects
+    inputs, targets, labels, owner = [], [], [], []
+    for i, s in enumerate(subjects):
+        x, y, seg = prepare_subject(s, config, min_brain_fraction)
+        inputs.append(torch.from_numpy(x))
+        targets.append(torch.from_numpy(y))
+        labels.append(torch.from_numpy(seg))
+        owner.append(torch.full((len(x),), i, dtype=torch.long))
+        if progress:
+            progress(i + 1, len(subjects))
+    return SliceData([s.id for s in subjects], torch.cat(inputs), torch.cat(targets), torch.cat(labels),
+                     torch.cat(owner))
+
+
+def split_subjects(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    n_val = min(max(1, round(n * val_fraction)), n - 1) if n > 1 and val_fraction > 0 else 0
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    torch.manual_seed(int(np.random.default_rng([seed, epoch]).integers(2**62)))
+    return np.random.default_rng([seed, epoch, 1])
+
+
+def regions_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    return regions_from_probabilities(logits.softmax(dim=1))  # (B, 3, H, W)
+
+
+def dice(pred: torch.Tensor, true: torch.Tensor) -> float:
+    """Dice of two boolean masks; 1 when both are empty."""
+    total = int(pred.sum() + true.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
+
+
+class Trainer:
+    def __init__(self, cfg: TAViTTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
+                 on_epoch: Callable[[dict], None] | None = None, progress=None):
+        from monai.losses import DiceCELoss, SSIMLoss
+
+        self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
+        self.device = torch.device(device)
+        self.on_epoch = on_epoch
+        self.progress = progress  # a rich Progress, or None
+        self.model_config = model_config(cfg.preset, cfg.flair)
+        self.model_config.update(name=cfg.name, version=str(cfg.version))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.net = build_network(self.model_config).to(self.device)
+        self.net.check_grid(self.model_config["output"]["shape"])
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.ssim = SSIMLoss(spatial_dims=2, data_range=cfg.ssim_range, win_size=7) if cfg.ssim_weight > 0 else None
+        self.state = {"epoch": 0, "metrics": []}
+
+    # ----- state ---------------------------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.work_dir / "state.pt"
+
+    def save_state(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        blob = {"state": self.state, "net": self.net.state_dict(), "opt": self.opt.state_dict(),
+                "config": asdict(self.cfg)}
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, self.state_path)
+
+    def load_state(self) -> bool:
+        if not self.state_path.is_file():
+            return False
+        blob = torch.load(self.state_path, map_location=self.device, weights_only=False)
+        self.net.load_state_dict(blob["net"])
+        self.opt.load_state_dict(blob["opt"])
+        self.state = blob["state"]
+        return True
+
+    def _log(self, row: dict) -> None:
+        self.state["metrics"].append(row)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.work_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.on_epoch:
+            self.on_epoch(row)
+
+    # ----- one epoch -----------------------------------------------------------------------------------------------
+    def _batch(self, data: SliceData, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y, labels = data.inputs[idx], data.target[idx], data.labels[idx].long()
+        if self.cfg.flip:
+            flip = (torch.rand(len(idx)) < 0.5).view(-1, 1, 1, 1)
+            x, y = torch.where(flip, x.flip(-2), x), torch.where(flip, y.flip(-2), y)
+            labels = torch.where(flip[:, 0], labels.flip(-2), labels)
+        return x.to(self.device), y.to(self.device), labels.to(self.device)
+
+    def _condition(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per slice, the true regions (probability ``teacher_forcing``) or the detached predicted ones."""
+        true = regions_from_labels(labels)  # (B, 3, H, W)
+        predicted = regions_from_logits(logits.detach())
+        use_true = (torch.rand(len(labels), device=labels.device) < self.cfg.teacher_forcing).view(-1, 1, 1, 1)
+        return torch.where(use_true, true, predicted)
+
+    def train_epoch(self, data: SliceData, train_slices: np.ndarray, epoch: int) -> dict:
+        cfg, net = self.cfg, self.net
+        rng = _epoch_rng(cfg.seed, epoch)
+        net.train()
+        order = rng.permutation(train_slices)
+        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        sums = {"l1": 0.0, "ssim": 0.0, "seg": 0.0}
+        task = self.progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches)) if self.progress \
+            else None
+        for idx in batches:
+            x, y, labels = self._batch(data, idx)
+            logits = net.segment(x)  # (B, 4, H, W)
+            seg = self.seg_loss(logits, labels[:, None])
+            pred = net.synthesise(x, self._condition(logits, labels))  # (B, 1, H, W)
+            l1 = F.l1_loss(pred, y)
+            ssim = self.ssim(pred, y) if self.ssim is not None else torch.zeros((), device=self.device)
+            loss = l1 + cfg.ssim_weight * ssim + cfg.seg_weight * seg
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            for k, v in (("l1", l1), ("ssim", ssim), ("seg", seg)):
+                sums[k] += float(v.detach())
+            if task is not None:
+                self.progress.advance(task)
+        if task is not None:
+            self.progress.remove_task(task)
+        return {k: v / max(1, len(batches)) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def validate(self, data: SliceData, val_slices: np.ndarray) -> dict:
+        """L1 of the T1C from predicted regions, and the whole-tumour Dice of the prediction, over validation slices."""
+        if len(val_slices) == 0:
+            return {}
+        self.net.eval()
+        l1, wt_pred, wt_true = 0.0, [], []
+        for idx in np.array_split(val_slices, -(-len(val_slices) // self.cfg.batch_size)):
+            x, y = data.inputs[idx].to(self.device), data.target[idx].to(self.device)
+            logits = self.net.segment(x)
+            pred = self.net.synthesise(x, regions_from_logits(logits))
+            l1 += float(F.l1_loss(pred, y, reduction="sum"))
+            wt_pred.append(logits.argmax(1).cpu() > 0)
+            wt_true.append(data.labels[idx] > 0)
+        return {"val_l1": l1 / data.target[val_slices].numel(),
+                "val_dice_wt": dice(torch.cat(wt_pred), torch.cat(wt_true))}
+
+    # ----- the whole run -------------------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> TrainResult:
+        cfg = self.cfg
+        if resume and self.load_state():
+            log.info("resumed after epoch %s", self.state["epoch"])
+        t0 = time.time()
+        data = prepare(self.data_dir, self.model_config, cfg.max_subjects, cfg.min_brain_fraction)
+        train_ids, val_ids = split_subjects(len(data.ids), cfg.val_fraction, cfg.seed)
+        train_slices = np.flatnonzero(np.isin(data.subject.numpy(), train_ids))
+        val_slices = np.flatnonzero(np.isin(data.subject.numpy(), val_ids))
+        log.info("%d subjects (%d train, %d validation), %d slices, prepared in %.1fs", len(data.ids),
+                 len(train_ids), len(val_ids), len(data.subject), time.time() - t0)
+        while self.state["epoch"] < cfg.epochs:
+            e = self.state["epoch"]
+            t = time.time()
+            row = {"epoch": e + 1} | self.train_epoch(data, train_slices, e) | self.validate(data, val_slices) \
+                | {"seconds": round(time.time() - t, 2)}
+            self.state["epoch"] = e + 1
+            self._log(row)
+            self.save_state()
+        entry = self.write_checkpoint(data, train_ids, val_ids, len(train_slices), time.time() - t0)
+        return TrainResult(entry, self.state["metrics"])
+
+    def write_checkpoint(self, data: SliceData, train_ids, val_ids, n_slices: int, seconds: float) -> ModelEntry:
+        cfg = self.cfg
+        config = copy.deepcopy(self.model_config)
+        trained_on = describe_data(self.data_dir, data, train_ids, n_slices)
+        last = self.state["metrics"][-1] if self.state["metrics"] else {}
+        config.update(trained=True, trained_on=trained_on,
+                      training={"config": asdict(cfg), "subjects": {"train": len(train_ids), "val": len(val_ids)},
+                                "validation_ids": [data.ids[i] for i in val_ids], "final": last,
+                                "seconds": round(seconds, 1), "device": str(self.device), "torch": torch.__version__})
+        self.net.eval()
+        return save_checkpoint(self.out_dir, config=config, module=self.net, card=model_card(config, cfg, last,
+                                                                                             trained_on))
+
+
+def describe_data(data_dir: Path, data: SliceData, train_ids, n_slices: int) -> str:
+    phantom = (Path(data_dir) / "PHANTOMS.md").is_file() or all(i.startswith("Phantom") for i in data.ids)
+    kind = "phantom subjects generated by `tumorsynth phantoms` from the MNI152/ICBM152 templates (NOT patients)" \
+        if phantom else "BraTS-format subjects"
+    return f"{len(train_ids)} {kind}, {n_slices} slices (from {Path(data_dir).name})"
+
+
+def model_card(config: dict, cfg: TAViTTrainConfig, last: dict, trained_on: str) -> str:
+    grid = "×".join(map(str, config["output"]["shape"]))
+    spacing = "×".join(f"{s:g}" for s in config["output"]["spacing"])
+    inputs = " + ".join(image_inputs(config))
+    warning = ("**Trained on phantoms for demonstration only.** Its anatomy comes from brain templates and its tumours "
+               "and their enhancement are simulated; it shows that the service works end to end. It is not a model of "
+               "real contrast enhancement: do not use its T1C for anything clinical. Train on real data with "
+               "`tumorsynth.training.tavit` on a BraTS folder.\n\n") if "phantom" in trained_on else ""
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float))
+    return f"""# tavit/{config['name']}@{config['version']}
+
+{warning}- Method: tumour-aware ViT (TA-ViT, arXiv 2409.01622): {inputs} → T1C on 2D slices; a residual encoder, a
+  bottleneck of ViT blocks with adaLN-Zero modulation from the feature tokens plus latent segmentation tokens, a
+  transposed-conv residual decoder. Segmentation predictor: MONAI residual UNet (the paper's MPR-ViT is not
+  specified closely enough to rebuild); a user's mask replaces its prediction.
+- Slice grid: {grid} voxels of {spacing} mm in-plane; slices along the input's third voxel axis at its own spacing.
+- Intensities: inputs and output are z-scores over the brain (non-zero voxels); the output is 0 outside the T1's brain.
+- Trained on: {trained_on}.
+- Training: preset `{cfg.preset}`, {cfg.epochs} epochs, batch {cfg.batch_size} slices, lr {cfg.lr:g}, losses L1
+  {'+ ' + format(cfg.ssim_weight, 'g') + '·SSIM ' if cfg.ssim_weight else ''}(T1C) and {cfg.seg_weight:g}·(Dice + CE)
+  (segmentation), teacher forcing {cfg.teacher_forcing:g}, seed {cfg.seed}.
+- Final epoch: {metrics}
+- Deterministic: one input gives one T1C.
+"""
