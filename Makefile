@@ -24,12 +24,16 @@ run: install
 test: install
 	$(VENV)/bin/pytest -q
 
-# The demo checkpoint: 40 phantom subjects, then the ldm-demo config, on this CPU (about 25 minutes, 2 cores).
+# The demo checkpoints: 40 phantom subjects, then each family's *-demo config, on this 2-core CPU.
 demo-models: install
-	rm -rf var/phantoms/demo var/train/ldm-demo-phantom@1
+	rm -rf var/phantoms/demo var/train/*-demo-phantom@1
 	$(VENV)/bin/tumorsynth phantoms --n 40 --seed 0 --out var/phantoms/demo --workers 2
 	$(VENV)/bin/tumorsynth train ldm --data var/phantoms/demo --config ldm-demo --device cpu --threads 2 \
 		--out checkpoints/ldm/demo-phantom@1 --work var/train/ldm-demo-phantom@1
+	$(VENV)/bin/tumorsynth train vqgan --data var/phantoms/demo --config vqgan-demo --device cpu --threads 1 \
+		--out checkpoints/vqgan/demo-phantom@1 --work var/train/vqgan-demo-phantom@1
+	$(VENV)/bin/tumorsynth train tavit --data var/phantoms/demo --config tavit-demo --device cpu --threads 1 \
+		--out checkpoints/tavit/demo-phantom@1 --work var/train/tavit-demo-phantom@1
 
 bench: install
 	$(PY) benchmarks/submit_and_sample.py

@@ -42,6 +42,9 @@ def model_dir(tmp_path_factory) -> Path:
     from tumorsynth.models.vqgan.configs import create_untrained as create_vqgan
 
     create_vqgan(root / "vqgan", preset="tiny", name="tiny", version="1", seed=0)
+    from tumorsynth.models.tavit.configs import create_untrained as create_tavit
+
+    create_tavit(root / "tavit", preset="tiny", name="tiny", version="1", seed=0)
     return root
 
 

@@ -255,6 +255,51 @@ def train_vqgan(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
     console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
 
 
+@train_app.command("tavit")
+def train_tavit(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
+                config: Annotated[str, typer.Option(help="tavit-tiny | tavit-demo | tavit-paper | a JSON file")]
+                = "tavit-demo",
+                out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/tavit/NAME@VER)")]
+                = None,
+                work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+                resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
+                threads: int | None = None) -> None:
+    """The segmentation predictor and TA-ViT (T1 (+FLAIR) → T1C) on axial slices, trained together."""
+    import torch
+    from rich.progress import Progress
+
+    from .models.loader import resolve_device
+    from .training.tavit import TAViTTrainConfig, Trainer
+
+    _logging("INFO")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = TAViTTrainConfig.load(config, name=name, version=version)
+    out = out or get_settings().model_dir / "tavit" / f"{cfg.name}@{cfg.version}"
+    work = work or Path("var/train") / f"tavit-{cfg.name}@{cfg.version}"
+    with Progress(console=console, transient=True) as progress:
+        result = Trainer(cfg, data, out, work, resolve_device(device), on_epoch=_report,
+                         progress=progress).run(resume)
+    console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
+
+
+@eval_app.command("tavit")
+def eval_tavit(model: str, data: Annotated[Path, typer.Option(exists=True, file_okay=False)], subjects: int = 8,
+               true_mask: Annotated[bool, typer.Option(help="condition on the true mask, not the predicted one")]
+               = False, out: Path | None = None, device: str = "auto") -> None:
+    """NMSE, PSNR, NCC and SSIM of the synthesised T1C, for tumour and healthy tissue, mean ± std over subjects."""
+    from .models.loader import resolve_device
+    from .models.registry import ModelRegistry
+    from .training.evaluate_tavit import evaluate_tavit, format_report
+
+    _logging("WARNING")
+    entry = ModelRegistry(get_settings().model_dir).get(model)
+    report = evaluate_tavit(entry, data, subjects=subjects, device=resolve_device(device), use_true_mask=true_mask)
+    typer.echo(format_report(report))
+    if out:
+        out.write_text(json.dumps(report, indent=2, default=float))
+
+
 def _report(row: dict) -> None:
     console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 
