@@ -300,6 +300,30 @@ def eval_tavit(model: str, data: Annotated[Path, typer.Option(exists=True, file_
         out.write_text(json.dumps(report, indent=2, default=float))
 
 
+@eval_app.command("utility")
+def eval_utility(model: str, data: Annotated[Path, typer.Option(exists=True, file_okay=False)],
+                 out: Annotated[Path, typer.Option(help="utility.json and utility.png go here")] = Path("out/utility"),
+                 per_class: Annotated[int, typer.Option(help="synthetic subjects per class")] = 20,
+                 folds: int = 5, epochs: int = 10, seed: int = 0, modality: str = "flair", steps: int | None = None,
+                 max_subjects: int | None = None, device: str = "auto") -> None:
+    """The papers' downstream test: an LGG/HGG classifier on real only vs real + synthetic, k folds, mean ± std."""
+    from rich.progress import Progress
+
+    from .evaluation.protocol import format_utility, utility_protocol
+    from .models.loader import resolve_device
+    from .models.registry import ModelRegistry
+
+    _logging("WARNING")
+    entry = ModelRegistry(get_settings().model_dir).get(model)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("synthesising", total=per_class * len(entry.classes))
+        result = utility_protocol(entry, data, out, per_class, folds, epochs, seed, modality, steps,
+                                  resolve_device(device), max_subjects,
+                                  progress=lambda d, t: bar.update(task, completed=d))
+    typer.echo(format_utility(result))
+    console.print(f"[green]report: {result['report']}[/green]")
+
+
 def _report(row: dict) -> None:
     console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 
