@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ALPHA
@@ -37,3 +38,30 @@ def test_metrics_and_queues_follow_the_jobs(client, worker):
     gpu = next(x for x in q["queues"] if x["name"] == "gpu")
     assert gpu["workers_online"] >= 1 and gpu["oldest_queued_seconds"] >= 0 and q["workers"]
     assert client.get("/v1/queues").status_code == 401
+
+
+def test_events_stream_and_preview(client, worker):
+    job = submit(client, {"model": MODEL, "seed": 2, "sampler": {"name": "ddim", "steps": 20}},
+                 {"mask": mask_bytes((40, 44, 30))}).json()
+    seen = []
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=ALPHA) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                import json
+
+                seen.append(json.loads(line[6:]))
+                if seen[-1]["status"] in ("succeeded", "failed"):
+                    break
+    assert seen[0]["status"] in ("queued", "running") and seen[-1]["status"] == "succeeded"
+    assert any(e["status"] == "running" and e["completed_steps"] > 0 for e in seen)
+    png = client.get(f"/v1/jobs/{job['id']}/preview.png", headers=ALPHA)
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    from io import BytesIO
+
+    from PIL import Image
+
+    img = Image.open(BytesIO(png.content))
+    assert img.size[0] > 300 and img.size[1] > 400  # 3 views × 4 contrasts
+    red = np.asarray(img.convert("RGB"))
+    assert ((red[..., 0] == 255) & (red[..., 1] == 40)).any()  # the mask outline is drawn

@@ -8,9 +8,11 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from ...errors import NotFound
+from ...errors import Conflict, NotFound
+from ...storage.keys import output_key
 from ...schemas import Job, JobList
-from ..deps import JobsDep, SettingsDep, StoreDep, SubmissionsDep, TenantDep
+from ..deps import JobsDep, ServicesDep, SettingsDep, StoreDep, SubmissionsDep, TenantDep
+from ..live import job_events, render_preview
 from ..render import job_view
 from ..uploads import JOB_FORM_SCHEMA, read_job_form
 
@@ -50,6 +52,26 @@ def get_job(job_id: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, sett
 def cancel_job(job_id: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Job:
     """Queued: canceled at once. Running: ``canceling``, stopped at the next sampling step. Finished: unchanged."""
     return job_view(jobs.cancel(tenant, job_id), store, settings)
+
+
+@router.get("/{job_id}/preview.png", responses={200: {"content": {"image/png": {}}}})
+def preview(job_id: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Response:
+    """Axial/coronal/sagittal montage of sample 0's outputs through the tumour, the mask outlined (cached)."""
+    rec = jobs.get_for_tenant(tenant, job_id)
+    if rec.status != "succeeded":
+        raise Conflict(f"job {job_id} is {rec.status}; a preview exists once it has succeeded")
+    key = output_key(rec.tenant, rec.id, "preview.png")
+    if store.stat(key) is None:
+        store.put_bytes(key, render_preview(rec, store, settings), "image/png")
+    return Response(store.get_bytes(key), media_type="image/png")
+
+
+@router.get("/{job_id}/events")
+async def events(job_id: str, request: Request, tenant: TenantDep, jobs: JobsDep, services: ServicesDep):
+    """Server-sent events: the job now, then every status or progress change until it finishes."""
+    rec = jobs.get_for_tenant(tenant, job_id)
+    return StreamingResponse(job_events(services.redis, jobs, rec, request), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/{job_id}/outputs/{name}", responses={307: {"description": "Redirect to a presigned URL"}})
