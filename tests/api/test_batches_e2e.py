@@ -88,3 +88,35 @@ def test_batch_cancel_cancels_its_jobs_and_counts_them(client):
     counts = done["request_counts"]
     assert counts["total"] == 3 and counts["canceled"] + counts["succeeded"] + counts["failed"] == 3
     assert counts["canceled"] >= 2
+
+
+def test_class_conditioned_batch_needs_no_masks(client, worker):
+    c = api(client)
+    batch = c.submit_batch({"model": "vqgan/tiny@1", "class_counts": {"LGG": 1, "HGG": 2}, "total_per_class": 2,
+                            "seed": 3})
+    assert batch["plan"] == {"LGG": 1, "HGG": 0}
+    done = c.wait_batch(batch["id"], timeout=120, poll=0.2)
+    assert done["status"] == "succeeded"
+    rows = client.get(f"/v1/batches/{batch['id']}/manifest.json", headers=ALPHA).json()
+    assert len(rows) == 1 and rows[0]["class"] == "LGG" and rows[0]["mask"] == ""
+
+
+def test_mask_bank_upload_and_bank_masks_in_a_batch(client, worker):
+    from tests.support.volumes import nifti_bytes
+    from tumorsynth.imaging.examples import affine_1mm, example_mask
+
+    bank_mask = nifti_bytes(example_mask(seed=4).astype(np.uint8), affine_1mm())
+    r = client.post("/v1/masks", headers=ALPHA, files={"request": (None, json.dumps({"tumor_class": "LGG"})),
+                                                       "mask": ("m.nii.gz", bank_mask)})
+    assert r.status_code == 201, r.text
+    assert r.json()["class"] == "LGG" and r.json()["label_convention"] == "brats2023"
+    small = client.post("/v1/masks", headers=ALPHA, files={"request": (None, json.dumps({"tumor_class": "LGG"})),
+                                                           "mask": ("m.nii.gz", mask_bytes(SHAPE))})
+    assert small.status_code == 422 and small.json()["errors"][0]["field"] == "mask"
+    c = api(client)
+    batch = c.submit_batch({"model": MODEL, "class_counts": {"LGG": 1, "HGG": 2}, "target": "balance", "seed": 9,
+                            "modalities": ["flair"], "sampler": {"name": "dpm++", "steps": 5}})
+    done = c.wait_batch(batch["id"], timeout=240, poll=0.3)
+    assert done["status"] == "succeeded", done
+    rows = client.get(f"/v1/batches/{batch['id']}/manifest.json", headers=ALPHA).json()
+    assert len(rows) == 1 and rows[0]["mask"].endswith("mask.nii.gz")
