@@ -331,7 +331,9 @@ def _report(row: dict) -> None:
 @eval_app.command("ldm")
 def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_okay=False)],
              subjects: int = 8, samples: int = 2, sampler: str | None = None, steps: int | None = None,
-             out: Path | None = None, device: str = "auto") -> None:
+             out: Path | None = None, device: str = "auto",
+             fidelity_epochs: Annotated[int, typer.Option(help="train the segmenter/feature net for mask fidelity "
+                                                                 "and FID (0: skip)")] = 20) -> None:
     """Autoencoder reconstruction (PSNR, SSIM, MAE per contrast) and sample diversity/realism (MS-SSIM, MMD)."""
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
@@ -340,7 +342,7 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
     _logging("WARNING")
     entry = ModelRegistry(get_settings().model_dir).get(model)
     report = evaluate_ldm(entry, data, subjects=subjects, samples=samples, sampler=sampler, steps=steps,
-                          device=resolve_device(device))
+                          device=resolve_device(device), fidelity_epochs=fidelity_epochs)
     typer.echo(format_report(report))
     if out:
         out.write_text(json.dumps(report, indent=2))

@@ -94,10 +94,11 @@ def test_evaluation_reports_the_papers_metrics(phantom_dir, tmp_path):
 
     cfg = config(ae_epochs=1, diffusion_epochs=1, name="evaluated")
     entry = Trainer(cfg, phantom_dir, tmp_path / "ldm" / "evaluated@1", tmp_path / "work").run().entry
-    report = evaluate_ldm(entry, phantom_dir, subjects=2, samples=2, steps=5)
+    report = evaluate_ldm(entry, phantom_dir, subjects=2, samples=2, steps=5, fidelity_epochs=1)
     assert set(report["reconstruction"]) == {"t1", "t1c", "t2", "flair"}
     for row in report["reconstruction"].values():
         assert np.isfinite([row["psnr"], row["ssim"], row["mae"]]).all() and row["mae"] > 0
     assert 0 < report["samples"]["ms_ssim_between_samples"] <= 1
     assert set(report["samples"]["mmd_vs_real"]) == {"t1", "t1c", "t2", "flair"}
-    assert "PSNR" in format_report(report)
+    assert set(report["mask_fidelity_dice"]["synthetic"]) == {"WT", "TC", "ET"}
+    assert "PSNR" in format_report(report) and "mask fidelity" in format_report(report)

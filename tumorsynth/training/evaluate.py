@@ -46,7 +46,7 @@ def _grid_affine(entry: ModelEntry) -> np.ndarray:
 
 
 def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 2, sampler: str | None = None,
-                 steps: int | None = None, device: str = "cpu", seed: int = 0) -> dict:
+                 steps: int | None = None, device: str = "cpu", seed: int = 0, fidelity_epochs: int = 0) -> dict:
     from monai.metrics import MAEMetric, MMDMetric, MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
 
     gen = LDMGenerator(entry, device)
@@ -90,8 +90,24 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
     pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)  # noqa: E731 — MMD on 2× downsampled volumes
     mmd = {m: float(MMDMetric(y_mapping=pool)(fake[:, c:c + 1], real[:, c:c + 1].cpu()))
            for c, m in enumerate(mods)}
+    fidelity, fid_value = None, None
+    if fidelity_epochs > 0:
+        # Mask fidelity: a segmenter trained on the real held-out volumes segments the synthetic ones; Dice against
+        # the masks they were conditioned on (the real segmenter's own Dice on real data is the ceiling).
+        from ..evaluation.features import extract_features, fid, train_feature_classifier
+        from ..evaluation.fidelity import mask_dice, train_segmenter
+
+        masks = torch.from_numpy(np.stack(labels))
+        segmenter = train_segmenter(real.cpu(), masks, epochs=fidelity_epochs, seed=seed)
+        fidelity = {"synthetic": mask_dice(segmenter, fake, masks), "real": mask_dice(segmenter, real.cpu(), masks)}
+        classes = [entry.classes.index(s.tumor_class) if s.tumor_class in entry.classes else 0 for s in chosen]
+        extractor = train_feature_classifier(real.cpu(), torch.tensor(classes), epochs=fidelity_epochs, seed=seed,
+                                             channels=(4, 8, 8, 8))
+        if len(chosen) > 8:  # the Fréchet distance needs more samples than feature dimensions
+            fid_value = fid(extract_features(extractor, real.cpu()), extract_features(extractor, fake))
     return {
         "model": entry.id, "trained_on": entry.trained_on, "subjects": [s.id for s in chosen],
+        "mask_fidelity_dice": fidelity, "fid": fid_value,
         "reconstruction": recon_table,
         "samples": {"sampler": sampler, "steps": steps, "per_mask": samples,
                     "ms_ssim_between_samples": float(np.mean(diversity)) if diversity else None,
@@ -137,5 +153,11 @@ def format_report(report: dict) -> str:
     div = s["ms_ssim_between_samples"]
     lines += ["", f"samples: {s['sampler']} {s['steps']} steps, {s['per_mask']} per mask; MS-SSIM between samples "
                   f"{'n/a' if div is None else f'{div:.3f}'} (lower = more diverse)"]
+    if report.get("mask_fidelity_dice"):
+        f = report["mask_fidelity_dice"]
+        lines.append("mask fidelity (Dice of a segmenter trained on the real volumes): " + ", ".join(
+            f"{r} synthetic {f['synthetic'][r]:.3f} / real {f['real'][r]:.3f}" for r in f["synthetic"]))
+    if report.get("fid") is not None:
+        lines.append(f"FID (in-house 3D classifier features): {report['fid']:.3f}")
     return "\n".join(lines)
 
