@@ -57,3 +57,5 @@ def test_tavit_refuses_a_class_and_several_samples(client):
     files = {"t1": nifti_bytes(brain(), oblique_affine()), "flair": nifti_bytes(brain(), oblique_affine())}
     r = submit(client, {"model": MODEL, "tumor_class": "HGG"}, files)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "tumor_class"
+    r = submit(client, {"model": MODEL, "num_samples": 3}, files)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "num_samples"

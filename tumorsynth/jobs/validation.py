@@ -38,6 +38,8 @@ def from_pydantic(exc: ValidationError, prefix: str = "") -> InvalidRequest:
 
 # Tasks whose whole point is the class: a job without one is refused rather than given a default.
 CLASS_TASKS = {"class_to_roi", "class_to_slice"}
+# Tasks that map inputs to one output: more samples would be copies.
+DETERMINISTIC_TASKS = {"contrast_synthesis"}
 
 
 def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
@@ -45,6 +47,8 @@ def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
     if req.tumor_class is None and entry.task in CLASS_TASKS:
         errs.append(FieldError("tumor_class", f"{entry.id} generates a chosen tumour class; set tumor_class to one of "
                                               f"{list(entry.classes)}"))
+    if entry.task in DETERMINISTIC_TASKS and req.num_samples != 1:
+        errs.append(FieldError("num_samples", f"{entry.id} is deterministic (one output per input); ask for 1"))
     if req.tumor_class is not None:
         if not entry.classes:
             errs.append(FieldError("tumor_class", f"{entry.id} is not class-conditional; leave tumor_class out"))
