@@ -39,7 +39,7 @@ def masks_and_reals(entry, n: int, workdir: Path):
     from tumorsynth.training.ldm import prepare_subject
     from tumorsynth.training.phantoms import generate_phantoms
 
-    if not find_subjects(workdir):
+    if not Path(workdir).is_dir() or not find_subjects(workdir):
         generate_phantoms(workdir, n, seed=9999, workers=2)
     grid, fov = tuple(entry.output_shape), tuple(entry.config["fov_mm"])
     out = [prepare_subject(s, grid, fov, tuple(entry.modalities)) for s in find_subjects(workdir)[:n]]

@@ -29,7 +29,7 @@ def real_rois(entry, n: int, workdir: Path, tumor_class: str) -> torch.Tensor:
     from tumorsynth.training.phantoms import generate_phantoms
     from tumorsynth.training.roi import load_rois
 
-    if not find_subjects(workdir):
+    if not Path(workdir).is_dir() or not find_subjects(workdir):
         generate_phantoms(workdir, 2 * n, seed=9999, workers=2)
     rois = load_rois(workdir, entry.classes, entry.output_shape, entry.output_spacing, entry.modalities)
     keep = [i for i, c in enumerate(rois.classes.tolist()) if c == entry.classes.index(tumor_class) + 1][:n]
@@ -68,6 +68,7 @@ def main() -> None:
             images = torch.cat([net.decode_tokens(t) for t in tokens]).clamp(-1, 1).float()
         return {"method": name, "s_per_roi": seconds / n, "passes": passes / n, "images": images}
 
+    reals = real_rois(entry, n, args.workdir, args.tumor_class)  # first: it may have to make the phantoms
     rows = []
     for steps in (4, 8, 16):
         rows.append(run(f"maskgit-{steps}", lambda labels, g, s=steps: maskgit_decode(
@@ -77,7 +78,6 @@ def main() -> None:
                                                                              use_cache=False)))
     from monai.metrics import MMDMetric, MultiScaleSSIMMetric
 
-    reals = real_rois(entry, n, args.workdir, args.tumor_class)
     pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)  # noqa: E731
     for r in rows:
         imgs = r["images"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tumorsynth.embedded.redis_server import RedisServer
-from tumorsynth.settings import Settings
+from tumorsynth.settings import REPO_ROOT, Settings
 
 from .support.services import WorkerProcess
 
@@ -33,6 +33,9 @@ def s3_endpoint():
     server.stop()
 
 
+SHIPPED_DEMOS = ("ldm", "vqgan")  # families whose demo-phantom@1 checkpoint is in the repository
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     from tumorsynth.models.ldm.configs import create_untrained
@@ -45,6 +48,11 @@ def model_dir(tmp_path_factory) -> Path:
     from tumorsynth.models.tavit.configs import create_untrained as create_tavit
 
     create_tavit(root / "tavit", preset="tiny", name="tiny", version="1", seed=0)
+    # The shipped demo checkpoints, served next to the tiny ones (the end-to-end tests use both).
+    for family in SHIPPED_DEMOS:
+        demo = REPO_ROOT / "checkpoints" / family / "demo-phantom@1"
+        assert (demo / "config.json").is_file(), f"the repository ships {demo}"
+        (root / family / demo.name).symlink_to(demo, target_is_directory=True)
     return root
 
 

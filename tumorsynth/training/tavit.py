@@ -50,6 +50,7 @@ class TAViTTrainConfig:
     epochs: int = 1
     batch_size: int = 16
     lr: float = 1e-3
+    grad_clip: float = 1.0
     weight_decay: float = 1e-4
     ssim_weight: float = 0.0
     ssim_range: float = 8.0  # SSIM's data range on z-scored intensities
@@ -218,7 +219,7 @@ class Trainer:
         net.train()
         order = rng.permutation(train_slices)
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        sums = {"l1": 0.0, "ssim": 0.0, "seg": 0.0}
+        sums = {"l1": 0.0, "ssim": 0.0, "seg": 0.0, "skipped": 0}
         task = self.progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches)) if self.progress \
             else None
         for idx in batches:
@@ -229,8 +230,17 @@ class Trainer:
             l1 = F.l1_loss(pred, y)
             ssim = self.ssim(pred, y) if self.ssim is not None else torch.zeros((), device=self.device)
             loss = l1 + cfg.ssim_weight * ssim + cfg.seg_weight * seg
+            if not torch.isfinite(loss):  # counted and skipped; a run of them means lower the lr
+                log.warning("epoch %d: non-finite loss (l1 %s, seg %s); step skipped", epoch + 1, float(l1), float(seg))
+                sums["skipped"] += 1
+                continue
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+            if not torch.isfinite(norm):  # a non-finite gradient would turn every weight into NaN: skip the step
+                self.opt.zero_grad(set_to_none=True)
+                sums["skipped"] += 1
+                continue
             self.opt.step()
             for k, v in (("l1", l1), ("ssim", ssim), ("seg", seg)):
                 sums[k] += float(v.detach())
@@ -238,7 +248,8 @@ class Trainer:
                 self.progress.advance(task)
         if task is not None:
             self.progress.remove_task(task)
-        return {k: v / max(1, len(batches)) for k, v in sums.items()}
+        skipped = sums.pop("skipped")
+        return {k: v / max(1, len(batches) - skipped) for k, v in sums.items()} | {"skipped_steps": skipped}
 
     @torch.no_grad()
     def validate(self, data: SliceData, val_slices: np.ndarray) -> dict:

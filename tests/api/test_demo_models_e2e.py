@@ -1,0 +1,29 @@
+"""The shipped demo checkpoints through the API: what `make run` and a first user see."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import ALPHA
+from tests.support.volumes import load
+
+from .helpers import submit, wait_status
+
+
+def fetch(client, job, name) -> "np.ndarray":
+    r = client.get(f"/v1/jobs/{job['id']}/outputs/{name}", headers=ALPHA, follow_redirects=False)
+    img = load(httpx.get(r.headers["location"]).content if r.status_code == 307 else r.content)
+    return img
+
+
+@pytest.mark.parametrize("tumor_class", ["LGG", "HGG"])
+def test_vqgan_demo_makes_rois_of_either_class_and_seeds_differ(client, worker, tumor_class):
+    jobs = [submit(client, {"model": "vqgan/demo-phantom@1", "tumor_class": tumor_class, "seed": s}).json()
+            for s in (1, 2)]
+    done = [wait_status(client, j["id"], {"succeeded", "failed"}, timeout=180) for j in jobs]
+    assert all(d["status"] == "succeeded" for d in done), [d["error"] for d in done]
+    a, b = (fetch(client, d, "sample-0_flair.nii.gz").get_fdata() for d in done)
+    assert a.shape == (32, 32, 32) and not np.allclose(a, b)
+    assert a.std() > 0.05  # a tumour ROI, not a blank volume
