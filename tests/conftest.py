@@ -33,7 +33,7 @@ def s3_endpoint():
     server.stop()
 
 
-SHIPPED_DEMOS = ("ldm", "vqgan")  # families whose demo-phantom@1 checkpoint is in the repository
+SHIPPED_DEMOS = ("ldm", "vqgan", "tavit")  # families whose demo-phantom@1 checkpoint is in the repository
 
 
 @pytest.fixture(scope="session")

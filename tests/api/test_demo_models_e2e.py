@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import ALPHA
 from tests.support.volumes import load
+from tumorsynth.training.brats import find_subjects
 
 from .helpers import submit, wait_status
 
@@ -27,3 +28,20 @@ def test_vqgan_demo_makes_rois_of_either_class_and_seeds_differ(client, worker, 
     a, b = (fetch(client, d, "sample-0_flair.nii.gz").get_fdata() for d in done)
     assert a.shape == (32, 32, 32) and not np.allclose(a, b)
     assert a.std() > 0.05  # a tumour ROI, not a blank volume
+
+
+def test_tavit_demo_returns_t1c_in_the_inputs_geometry(client, worker, tmp_path):
+    from tumorsynth.training.phantoms import generate_phantoms
+
+    generate_phantoms(tmp_path, 1, seed=4242, shape=(96, 96, 62))
+    (subject,) = find_subjects(tmp_path)
+    t1, flair = subject.paths["t1"].read_bytes(), subject.paths["flair"].read_bytes()
+    r = submit(client, {"model": "tavit/demo-phantom@1"}, {"t1": t1, "flair": flair})
+    assert r.status_code == 202, r.text
+    job = wait_status(client, r.json()["id"], {"succeeded", "failed"}, timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    out = fetch(client, job, "sample-0_t1c.nii.gz")
+    src = load(t1)
+    assert out.shape == src.shape
+    np.testing.assert_allclose(out.affine, src.affine, atol=1e-4)
+    assert np.isfinite(out.get_fdata()).all() and out.get_fdata().std() > 0.1
