@@ -70,3 +70,36 @@ def _embedded_redis(log_path) -> redis.Redis:
     found = re.search(r"embedded Redis on (redis://\S+)", log_path.read_text())
     assert found, "serve did not log its embedded Redis address"
     return redis.Redis.from_url(found.group(1), socket_connect_timeout=2)
+
+
+def test_batch_command_against_the_embedded_service(tmp_path, model_dir):
+    from typer.testing import CliRunner
+
+    from tests.support.volumes import mask_bytes
+    from tumorsynth.cli import app
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")}
+    env |= {"TUMORSYNTH_STORAGE_DIR": str(tmp_path / "storage"), "TUMORSYNTH_MODEL_DIR": str(model_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)], env=env,
+                            stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _ready(base), timeout=180, what="/readyz 200")
+        mask = tmp_path / "mask.nii.gz"
+        mask.write_bytes(mask_bytes((40, 44, 30)))
+        out = tmp_path / "aug"
+        r = CliRunner().invoke(app, ["batch", "--counts", "LGG=1,HGG=2", "--model", "ldm/tiny@1", "--mask",
+                                     str(mask), "--modalities", "flair", "--sampler", "dpm++", "--steps", "5",
+                                     "--url", base, "--out", str(out), "--timeout", "300"])
+        assert r.exit_code == 0, r.output
+        rows = json.loads((out / "manifest.json").read_text())
+        assert len(rows) == 1 and rows[0]["class"] == "LGG" and os.path.isfile(rows[0]["image"])
+        assert (out / "manifest.csv").read_text().startswith("subject_id,class,modality,image,mask")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
