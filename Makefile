@@ -24,11 +24,12 @@ run: install
 test: install
 	$(VENV)/bin/pytest -q
 
-# The demo checkpoints: 40 phantom subjects, then each family's *-demo config, on this 2-core CPU.
+# The demo checkpoints: 40 phantom subjects, then each family's *-demo config, on this 2-core CPU (one thread
+# each, as the shipped ones were made: about 5 min of phantoms, then roughly 28 + 8 + 17 minutes on a busy machine).
 demo-models: install
 	rm -rf var/phantoms/demo var/train/*-demo-phantom@1
 	$(VENV)/bin/tumorsynth phantoms --n 40 --seed 0 --out var/phantoms/demo --workers 2
-	$(VENV)/bin/tumorsynth train ldm --data var/phantoms/demo --config ldm-demo --device cpu --threads 2 \
+	$(VENV)/bin/tumorsynth train ldm --data var/phantoms/demo --config ldm-demo --device cpu --threads 1 \
 		--out checkpoints/ldm/demo-phantom@1 --work var/train/ldm-demo-phantom@1
 	$(VENV)/bin/tumorsynth train vqgan --data var/phantoms/demo --config vqgan-demo --device cpu --threads 1 \
 		--out checkpoints/vqgan/demo-phantom@1 --work var/train/vqgan-demo-phantom@1
