@@ -47,7 +47,13 @@ def _grid_affine(entry: ModelEntry) -> np.ndarray:
 
 def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 2, sampler: str | None = None,
                  steps: int | None = None, device: str = "cpu", seed: int = 0, fidelity_epochs: int = 0) -> dict:
-    from monai.metrics import MAEMetric, MMDMetric, MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
+    from monai.metrics import (
+        MAEMetric,
+        MMDMetric,
+        MultiScaleSSIMMetric,
+        PSNRMetric,
+        SSIMMetric,
+    )
 
     gen = LDMGenerator(entry, device)
     net = gen.network
@@ -94,7 +100,11 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
     if fidelity_epochs > 0:
         # Mask fidelity: a segmenter trained on the real held-out volumes segments the synthetic ones; Dice against
         # the masks they were conditioned on (the real segmenter's own Dice on real data is the ceiling).
-        from ..evaluation.features import extract_features, fid, train_feature_classifier
+        from ..evaluation.features import (
+            extract_features,
+            fid,
+            train_feature_classifier,
+        )
         from ..evaluation.fidelity import mask_dice, train_segmenter
 
         masks = torch.from_numpy(np.stack(labels))

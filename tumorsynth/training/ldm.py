@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +38,9 @@ from ..models.ldm.configs import PRESETS, build_network
 from ..models.ldm.schedulers import make_scheduler
 from ..models.registry import ModelEntry
 from .brats import MODALITIES, crop_to_nonzero, find_subjects, load_subject, normalise
+from .configs import load_config
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
@@ -80,18 +80,7 @@ class LDMTrainConfig:
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> "LDMTrainConfig":
         """A JSON file, or the name of one in ``training/configs`` (``ldm-tiny``, ``ldm-demo``, ``ldm-paper``)."""
-        path = Path(spec)
-        if not path.is_file():
-            path = CONFIG_DIR / f"{spec}.json"
-        if not path.is_file():
-            known = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("ldm-*.json")))
-            raise FileNotFoundError(f"no training config '{spec}'; give a JSON file or one of {known}")
-        raw = json.loads(path.read_text())
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {unknown}")
-        return cls(**(raw | {k: v for k, v in overrides.items() if v is not None}))
+        return load_config(cls, "ldm", spec, overrides)
 
 
 @dataclass

@@ -19,8 +19,8 @@ Everything random comes from the ``rng`` passed in, so a subject is a function o
 from __future__ import annotations
 
 import csv
-import multiprocessing
 import gzip
+import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass

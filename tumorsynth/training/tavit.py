@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +34,9 @@ from ..models.tavit.configs import build_network, image_inputs, model_config
 from ..models.tavit.network import regions_from_labels, regions_from_probabilities
 from ..models.tavit.slices import brain_slices, slice_mapping, to_slices
 from .brats import find_subjects, load_subject, normalise
+from .configs import load_config
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
@@ -63,17 +63,7 @@ class TAViTTrainConfig:
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> TAViTTrainConfig:
         """A JSON file, or the name of one in ``training/configs`` (``tavit-tiny``, ``tavit-demo``, ``tavit-paper``)."""
-        path = Path(spec)
-        if not path.is_file():
-            path = CONFIG_DIR / f"{spec}.json"
-        if not path.is_file():
-            known = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("tavit-*.json")))
-            raise FileNotFoundError(f"no training config '{spec}'; give a JSON file or one of {known}")
-        raw = json.loads(path.read_text())
-        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {unknown}")
-        return cls(**(raw | {k: v for k, v in overrides.items() if v is not None}))
+        return load_config(cls, "tavit", spec, overrides)
 
 
 @dataclass

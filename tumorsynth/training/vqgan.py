@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +45,11 @@ from ..models.vqgan.configs import (
 from ..models.vqgan.losses import gradient_loss
 from ..models.vqgan.masking import hybrid_mask, random_replace
 from ..models.vqgan.transformer import masked_token_loss
+from .configs import load_config
 from .ldm import split
 from .roi import ROISet, load_rois
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 @dataclass
@@ -87,17 +87,7 @@ class VQGANTrainConfig:
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> VQGANTrainConfig:
         """A JSON file, or the name of one in ``training/configs`` (``vqgan-tiny``, ``vqgan-demo``, ``vqgan-paper``)."""
-        path = Path(spec)
-        if not path.is_file():
-            path = CONFIG_DIR / f"{spec}.json"
-        if not path.is_file():
-            known = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("vqgan-*.json")))
-            raise FileNotFoundError(f"no training config '{spec}'; give a JSON file or one of {known}")
-        raw = json.loads(path.read_text())
-        unknown = sorted(set(raw) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{path}: unknown settings {unknown}")
-        return cls(**(raw | {k: v for k, v in overrides.items() if v is not None}))
+        return load_config(cls, "vqgan", spec, overrides)
 
 
 @dataclass
