@@ -18,10 +18,8 @@ an uninterrupted one (on the same device).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,6 +36,7 @@ from ..models.ldm.configs import PRESETS, build_network
 from ..models.ldm.schedulers import make_scheduler
 from ..models.registry import ModelEntry
 from .brats import MODALITIES, crop_to_nonzero, find_subjects, load_subject, normalise
+from .common import ResumableTrainer, epoch_rng, perceptual_loss
 from .configs import load_config
 
 log = logging.getLogger(__name__)
@@ -155,18 +154,13 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _epoch_rng(seed: int, stage: int, epoch: int) -> np.random.Generator:
-    torch.manual_seed(int(np.random.default_rng([seed, stage, epoch]).integers(2**62)))
-    return np.random.default_rng([seed, stage, epoch, 1])
-
-
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, σ²) ‖ N(0, 1)) summed over latent voxels, averaged over the batch (as MONAI's tutorials)."""
     kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1)
     return kl.sum(dim=list(range(1, kl.ndim))).mean()
 
 
-class Trainer:
+class Trainer(ResumableTrainer):
     def __init__(self, cfg: LDMTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None, progress=None):
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
@@ -188,7 +182,7 @@ class Trainer:
                                            num_layers_d=cfg.disc_layers, norm="INSTANCE").to(self.device)
         self.ssim = SSIMLoss(spatial_dims=3, data_range=cfg.ssim_range, win_size=5)
         self.adv = PatchAdversarialLoss(criterion="least_squares")
-        self.perceptual = self._perceptual()
+        self.perceptual = perceptual_loss(cfg.perceptual_weights, cfg.perceptual_weight, self.device)
         self.opt_ae = torch.optim.Adam(self.net.autoencoder.parameters(), lr=cfg.ae_lr)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
         self.opt_unet = torch.optim.AdamW(self.net.unet.parameters(), lr=cfg.diffusion_lr)
@@ -197,50 +191,9 @@ class Trainer:
         self.state = {"stage": 1, "epoch": 0, "metrics": [], "scale_factor": None}
         self.train_scheduler = make_scheduler("ddpm", 1000, self.model_config["schedule"])
 
-    def _perceptual(self):
-        if not self.cfg.perceptual_weights or self.cfg.perceptual_weight <= 0:
-            return None
-        from monai.losses import PerceptualLoss
 
-        path = Path(self.cfg.perceptual_weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"perceptual_weights {path} does not exist (no weights are downloaded)")
-        return PerceptualLoss(spatial_dims=3, network_type="medicalnet_resnet10_23datasets", is_fake_3d=False,
-                              pretrained=True, pretrained_path=str(path)).to(self.device)
-
-    # ----- state ---------------------------------------------------------------------------------------------------
-    @property
-    def state_path(self) -> Path:
-        return self.work_dir / "state.pt"
-
-    def save_state(self) -> None:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        blob = {"state": self.state, "net": self.net.state_dict(), "disc": self.disc.state_dict(),
-                "opt_ae": self.opt_ae.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "opt_unet": self.opt_unet.state_dict(), "config": asdict(self.cfg)}
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        os.replace(tmp, self.state_path)
-
-    def load_state(self) -> bool:
-        if not self.state_path.is_file():
-            return False
-        blob = torch.load(self.state_path, map_location=self.device, weights_only=False)
-        self.net.load_state_dict(blob["net"])
-        self.disc.load_state_dict(blob["disc"])
-        self.opt_ae.load_state_dict(blob["opt_ae"])
-        self.opt_d.load_state_dict(blob["opt_d"])
-        self.opt_unet.load_state_dict(blob["opt_unet"])
-        self.state = blob["state"]
-        return True
-
-    def _log(self, row: dict) -> None:
-        self.state["metrics"].append(row)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.work_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.on_epoch:
-            self.on_epoch(row)
+    def _resumable(self) -> dict[str, object]:
+        return {"net": self.net, "disc": self.disc, "opt_ae": self.opt_ae, "opt_d": self.opt_d, "opt_unet": self.opt_unet}
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
@@ -255,7 +208,7 @@ class Trainer:
     # ----- stage 1 -------------------------------------------------------------------------------------------------
     def train_autoencoder_epoch(self, data: Prepared, train_idx: np.ndarray, epoch: int) -> dict:
         cfg, ae = self.cfg, self.net.autoencoder
-        rng = _epoch_rng(cfg.seed, 1, epoch)
+        rng = epoch_rng(cfg.seed, 1, epoch)
         ae.train()
         self.disc.train()
         order = rng.permutation(train_idx)
@@ -311,7 +264,7 @@ class Trainer:
     def cache_latents(self, data: Prepared, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latent means of ``latent_augment`` augmented copies of each subject, with their region conditions."""
         self.net.autoencoder.eval()
-        _epoch_rng(self.cfg.seed, 2, 10**6)  # its own stream, apart from every epoch's
+        epoch_rng(self.cfg.seed, 2, 10**6)  # its own stream, apart from every epoch's
         zs, conds, labels = [], [], []
         for copy_i in range(max(1, self.cfg.latent_augment)):
             for b in np.array_split(idx, max(1, math.ceil(len(idx) / self.cfg.batch_size))):
@@ -327,7 +280,7 @@ class Trainer:
 
     def train_diffusion_epoch(self, latents, conds, labels, epoch: int) -> dict:
         cfg, net = self.cfg, self.net
-        rng = _epoch_rng(cfg.seed, 2, epoch)
+        rng = epoch_rng(cfg.seed, 2, epoch)
         net.unet.train()
         order = rng.permutation(len(latents))
         bs = cfg.diffusion_batch_size

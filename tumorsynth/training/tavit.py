@@ -16,9 +16,7 @@ uninterrupted one (on the same device).
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +32,7 @@ from ..models.tavit.configs import build_network, image_inputs, model_config
 from ..models.tavit.network import regions_from_labels, regions_from_probabilities
 from ..models.tavit.slices import brain_slices, slice_mapping, to_slices
 from .brats import find_subjects, load_subject, normalise
+from .common import ResumableTrainer, epoch_rng
 from .configs import load_config
 
 log = logging.getLogger(__name__)
@@ -122,11 +121,6 @@ def split_subjects(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    torch.manual_seed(int(np.random.default_rng([seed, epoch]).integers(2**62)))
-    return np.random.default_rng([seed, epoch, 1])
-
-
 def regions_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return regions_from_probabilities(logits.softmax(dim=1))  # (B, 3, H, W)
 
@@ -137,7 +131,7 @@ def dice(pred: torch.Tensor, true: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
 
 
-class Trainer:
+class Trainer(ResumableTrainer):
     def __init__(self, cfg: TAViTTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None, progress=None):
         from monai.losses import DiceCELoss, SSIMLoss
@@ -157,35 +151,8 @@ class Trainer:
         self.ssim = SSIMLoss(spatial_dims=2, data_range=cfg.ssim_range, win_size=7) if cfg.ssim_weight > 0 else None
         self.state = {"epoch": 0, "metrics": []}
 
-    # ----- state ---------------------------------------------------------------------------------------------------
-    @property
-    def state_path(self) -> Path:
-        return self.work_dir / "state.pt"
-
-    def save_state(self) -> None:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        blob = {"state": self.state, "net": self.net.state_dict(), "opt": self.opt.state_dict(),
-                "config": asdict(self.cfg)}
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        os.replace(tmp, self.state_path)
-
-    def load_state(self) -> bool:
-        if not self.state_path.is_file():
-            return False
-        blob = torch.load(self.state_path, map_location=self.device, weights_only=False)
-        self.net.load_state_dict(blob["net"])
-        self.opt.load_state_dict(blob["opt"])
-        self.state = blob["state"]
-        return True
-
-    def _log(self, row: dict) -> None:
-        self.state["metrics"].append(row)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.work_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.on_epoch:
-            self.on_epoch(row)
+    def _resumable(self) -> dict[str, object]:
+        return {"net": self.net, "opt": self.opt}
 
     # ----- one epoch -----------------------------------------------------------------------------------------------
     def _batch(self, data: SliceData, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -205,7 +172,7 @@ class Trainer:
 
     def train_epoch(self, data: SliceData, train_slices: np.ndarray, epoch: int) -> dict:
         cfg, net = self.cfg, self.net
-        rng = _epoch_rng(cfg.seed, epoch)
+        rng = epoch_rng(cfg.seed, epoch)
         net.train()
         order = rng.permutation(train_slices)
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]

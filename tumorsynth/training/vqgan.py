@@ -21,9 +21,7 @@ RNG streams derived from (seed, stage, epoch), so a resumed run ends with the sa
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,6 +43,7 @@ from ..models.vqgan.configs import (
 from ..models.vqgan.losses import gradient_loss
 from ..models.vqgan.masking import hybrid_mask, random_replace
 from ..models.vqgan.transformer import masked_token_loss
+from .common import ResumableTrainer, epoch_rng, perceptual_loss
 from .configs import load_config
 from .ldm import split
 from .roi import ROISet, load_rois
@@ -96,18 +95,13 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
 
 
-def _epoch_rng(seed: int, stage: int, epoch: int) -> np.random.Generator:
-    torch.manual_seed(int(np.random.default_rng([seed, stage, epoch]).integers(2**62)))
-    return np.random.default_rng([seed, stage, epoch, 1])
-
-
 def flip_some(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """Left-right (first spatial axis) flips of about half of a batch (B, C, X, Y, Z)."""
     which = torch.from_numpy(rng.random(x.shape[0]) < 0.5)
     return torch.where(which.view(-1, *[1] * (x.ndim - 1)).to(x.device), x.flip(2), x)
 
 
-class Trainer:
+class Trainer(ResumableTrainer):
     def __init__(self, cfg: VQGANTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None, progress=None):
         if cfg.preset not in PRESETS:
@@ -131,7 +125,7 @@ class Trainer:
                                            in_channels=len(cfg.modalities), num_layers_d=cfg.disc_layers,
                                            norm="INSTANCE").to(self.device)
         self.adv = PatchAdversarialLoss(criterion="least_squares")
-        self.perceptual = self._perceptual()
+        self.perceptual = perceptual_loss(cfg.perceptual_weights, cfg.perceptual_weight, self.device)
         vq_params = [p for p in self.net.vqgan.parameters() if p.requires_grad]  # EMA codes are not trained by Adam
         self.opt_vq = torch.optim.Adam(vq_params, lr=cfg.vq_lr, betas=(0.5, 0.9))
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
@@ -143,50 +137,9 @@ class Trainer:
         params = list(self.net.maskgit.parameters())
         return params + (list(self.net.ar.parameters()) if self.net.ar is not None else [])
 
-    def _perceptual(self):
-        if not self.cfg.perceptual_weights or self.cfg.perceptual_weight <= 0:
-            return None
-        from monai.losses import PerceptualLoss
 
-        path = Path(self.cfg.perceptual_weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"perceptual_weights {path} does not exist (no weights are downloaded)")
-        return PerceptualLoss(spatial_dims=3, network_type="medicalnet_resnet10_23datasets", is_fake_3d=False,
-                              pretrained=True, pretrained_path=str(path)).to(self.device)
-
-    # ----- state ---------------------------------------------------------------------------------------------------
-    @property
-    def state_path(self) -> Path:
-        return self.work_dir / "state.pt"
-
-    def save_state(self) -> None:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        blob = {"state": self.state, "net": self.net.state_dict(), "disc": self.disc.state_dict(),
-                "opt_vq": self.opt_vq.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "opt_tf": self.opt_tf.state_dict(), "config": asdict(self.cfg)}
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(blob, tmp)
-        os.replace(tmp, self.state_path)
-
-    def load_state(self) -> bool:
-        if not self.state_path.is_file():
-            return False
-        blob = torch.load(self.state_path, map_location=self.device, weights_only=False)
-        self.net.load_state_dict(blob["net"])
-        self.disc.load_state_dict(blob["disc"])
-        self.opt_vq.load_state_dict(blob["opt_vq"])
-        self.opt_d.load_state_dict(blob["opt_d"])
-        self.opt_tf.load_state_dict(blob["opt_tf"])
-        self.state = blob["state"]
-        return True
-
-    def _log(self, row: dict) -> None:
-        self.state["metrics"].append(row)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.work_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.on_epoch:
-            self.on_epoch(row)
+    def _resumable(self) -> dict[str, object]:
+        return {"net": self.net, "disc": self.disc, "opt_vq": self.opt_vq, "opt_d": self.opt_d, "opt_tf": self.opt_tf}
 
     def _task(self, label: str, total: int):
         return self.progress.add_task(label, total=total) if self.progress else None
@@ -217,7 +170,7 @@ class Trainer:
 
     def train_vq_epoch(self, rois: torch.Tensor, train_idx: np.ndarray, epoch: int) -> dict:
         cfg = self.cfg
-        rng = _epoch_rng(cfg.seed, 1, epoch)
+        rng = epoch_rng(cfg.seed, 1, epoch)
         self.net.vqgan.train()
         self.disc.train()
         order = rng.permutation(train_idx)
@@ -292,7 +245,7 @@ class Trainer:
 
     def train_transformer_epoch(self, tokens, scores, labels, epoch: int) -> dict:
         cfg = self.cfg
-        rng = _epoch_rng(cfg.seed, 2, epoch)
+        rng = epoch_rng(cfg.seed, 2, epoch)
         self.net.maskgit.train()
         if self.net.ar is not None:
             self.net.ar.train()
