@@ -205,26 +205,11 @@ def train_ldm(data: Annotated[Path, typer.Option(exists=True, file_okay=False, h
               resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
               ae_epochs: int | None = None, diffusion_epochs: int | None = None, threads: int | None = None) -> None:
     """Stage 1 autoencoder, stage 2 conditional diffusion; writes a servable checkpoint with a model card."""
-    import torch
-    from rich.progress import Progress
-
-    from .models.loader import resolve_device
     from .training.ldm import LDMTrainConfig, Trainer
 
-    _logging("INFO")
-    if threads:
-        torch.set_num_threads(threads)
     cfg = LDMTrainConfig.load(config, name=name, version=version, ae_epochs=ae_epochs,
                               diffusion_epochs=diffusion_epochs)
-    out = out or get_settings().model_dir / "ldm" / f"{cfg.name}@{cfg.version}"
-    work = work or Path("var/train") / f"ldm-{cfg.name}@{cfg.version}"
-
-    def report(row: dict) -> None:
-        console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-
-    with Progress(console=console, transient=True) as progress:
-        result = Trainer(cfg, data, out, work, resolve_device(device), on_epoch=report, progress=progress).run(resume)
-    console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
+    _train("ldm", Trainer, cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("vqgan")
@@ -237,22 +222,10 @@ def train_vqgan(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
                 resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
                 threads: int | None = None) -> None:
     """Stage 1 VQGAN on tumour ROIs, stage 2 class-conditioned transformers (MaskGIT and AR) on its tokens."""
-    import torch
-    from rich.progress import Progress
-
-    from .models.loader import resolve_device
     from .training.vqgan import Trainer, VQGANTrainConfig
 
-    _logging("INFO")
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = VQGANTrainConfig.load(config, name=name, version=version)
-    out = out or get_settings().model_dir / "vqgan" / f"{cfg.name}@{cfg.version}"
-    work = work or Path("var/train") / f"vqgan-{cfg.name}@{cfg.version}"
-    with Progress(console=console, transient=True) as progress:
-        result = Trainer(cfg, data, out, work, resolve_device(device), on_epoch=_report,
-                         progress=progress).run(resume)
-    console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
+    _train("vqgan", Trainer, VQGANTrainConfig.load(config, name=name, version=version), data, out, work, resume,
+           device, threads)
 
 
 @train_app.command("tavit")
@@ -265,21 +238,27 @@ def train_tavit(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
                 resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
                 threads: int | None = None) -> None:
     """The segmentation predictor and TA-ViT (T1 (+FLAIR) → T1C) on axial slices, trained together."""
+    from .training.tavit import TAViTTrainConfig, Trainer
+
+    _train("tavit", Trainer, TAViTTrainConfig.load(config, name=name, version=version), data, out, work, resume,
+           device, threads)
+
+
+def _train(family: str, trainer, cfg, data: Path, out: Path | None, work: Path | None, resume: bool, device: str,
+           threads: int | None) -> None:
+    """Run a family's trainer with a progress bar and per-epoch lines; report where the checkpoint went."""
     import torch
     from rich.progress import Progress
 
     from .models.loader import resolve_device
-    from .training.tavit import TAViTTrainConfig, Trainer
 
     _logging("INFO")
     if threads:
         torch.set_num_threads(threads)
-    cfg = TAViTTrainConfig.load(config, name=name, version=version)
-    out = out or get_settings().model_dir / "tavit" / f"{cfg.name}@{cfg.version}"
-    work = work or Path("var/train") / f"tavit-{cfg.name}@{cfg.version}"
+    out = out or get_settings().model_dir / family / f"{cfg.name}@{cfg.version}"
+    work = work or Path("var/train") / f"{family}-{cfg.name}@{cfg.version}"
     with Progress(console=console, transient=True) as progress:
-        result = Trainer(cfg, data, out, work, resolve_device(device), on_epoch=_report,
-                         progress=progress).run(resume)
+        result = trainer(cfg, data, out, work, resolve_device(device), on_epoch=_report, progress=progress).run(resume)
     console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
 
 
