@@ -13,6 +13,7 @@ FAMILIES = {
     "ldm": "tumorsynth.models.ldm.runner:LDMGenerator",
     "vqgan": "tumorsynth.models.vqgan.runner:VQGANGenerator",
     "tavit": "tumorsynth.models.tavit.runner:TAViTGenerator",
+    "stylegan2": "tumorsynth.models.stylegan2.runner:StyleGAN2Generator",
 }
 
 _cache: dict[tuple[str, str, str], Generator] = {}

@@ -1,0 +1,114 @@
+"""StyleGAN2's building blocks, written after NVlabs/stylegan2-ada-pytorch ``training/networks.py``.
+
+MONAI has no StyleGAN2 and no modulated convolution, so these are written by hand. They run on plain PyTorch ops
+(no custom CUDA kernels): resampling is a [1, 3, 3, 1] FIR filter applied as a depthwise (transposed) convolution,
+which is what ``upfirdn2d`` computes for a factor of 2.
+
+Equalised learning rate (Karras et al. 2018): every weight is stored as N(0, 1) / ``lr_multiplier`` and scaled at
+run time by ``lr_multiplier / sqrt(fan_in)``, so Adam moves all layers at the same rate whatever their fan-in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LRELU_GAIN = math.sqrt(2.0)
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def bias_act(x: torch.Tensor, bias: torch.Tensor | None, activation: str, gain: float = 1.0,
+             clamp: float | None = None) -> torch.Tensor:
+    """Bias, then leaky ReLU (slope 0.2, gain sqrt 2) or identity, then an optional clamp, as ``bias_act``."""
+    if bias is not None:
+        x = x + bias.reshape(1, -1, *[1] * (x.ndim - 2))
+    if activation == "lrelu":
+        x = F.leaky_relu(x, 0.2) * (LRELU_GAIN * gain)
+    elif activation == "linear":
+        x = x * gain if gain != 1 else x
+    else:
+        raise ValueError(f"activation must be 'lrelu' or 'linear', got {activation!r}")
+    if clamp is not None:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def _fir_kernel(channels: int, gain: float, device, dtype) -> torch.Tensor:
+    f = torch.tensor([1.0, 3.0, 3.0, 1.0], device=device, dtype=dtype)
+    k = torch.outer(f, f)
+    k = k / k.sum() * gain
+    return k.expand(channels, 1, 4, 4)  # (C, 1, 4, 4): one filter per channel
+
+
+def upsample2d(x: torch.Tensor) -> torch.Tensor:
+    """×2 by zero insertion and the [1, 3, 3, 1] FIR filter (gain 4 keeps a constant image constant)."""
+    c = x.shape[1]
+    return F.conv_transpose2d(x, _fir_kernel(c, 4.0, x.device, x.dtype), stride=2, padding=1, groups=c)
+
+
+def downsample2d(x: torch.Tensor) -> torch.Tensor:
+    """÷2 by the [1, 3, 3, 1] FIR filter and subsampling."""
+    c = x.shape[1]
+    return F.conv2d(x, _fir_kernel(c, 1.0, x.device, x.dtype), stride=2, padding=1, groups=c)
+
+
+class FullyConnected(nn.Module):
+    """Equalised-LR linear layer (``FullyConnectedLayer``)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
+                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+        super().__init__()
+        self.activation = activation
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight * self.weight_gain
+        b = self.bias * self.bias_gain if self.bias is not None else None
+        return bias_act(F.linear(x, w), b, self.activation)
+
+
+class Conv2d(nn.Module):
+    """Equalised-LR convolution with optional ×2 down-sampling (``Conv2dLayer``, used by the discriminator)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
+                 activation: str = "linear", down: bool = False, conv_clamp: float | None = None,
+                 gain: float = 1.0):
+        super().__init__()
+        self.activation, self.down, self.conv_clamp, self.gain = activation, down, conv_clamp, gain
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.down:
+            x = downsample2d(x)
+        x = F.conv2d(x, self.weight * self.weight_gain, padding=self.padding)
+        clamp = self.conv_clamp * self.gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, self.activation, gain=self.gain, clamp=clamp)
+
+
+def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
+                     padding: int = 0) -> torch.Tensor:
+    """Per-sample modulated (and demodulated) convolution, as one grouped convolution.
+
+    x (B, I, H, W), weight (O, I, k, k), styles (B, I). Demodulation rescales each output channel's weights to unit
+    L2 norm, so a unit-variance input gives (about) a unit-variance output, replacing AdaIN's instance norm.
+    """
+    b, i, h, w_ = x.shape
+    o = weight.shape[0]
+    w = weight.unsqueeze(0) * styles.reshape(b, 1, i, 1, 1)  # (B, O, I, k, k)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    x = x.reshape(1, b * i, h, w_)
+    out = F.conv2d(x, w.reshape(b * o, i, *weight.shape[2:]), padding=padding, groups=b)
+    return out.reshape(b, o, *out.shape[2:])
