@@ -43,6 +43,8 @@ DTYPE_NAMES = {1: "binary", 32: "complex64", 128: "RGB24", 1536: "float128", 179
                2048: "complex256", 2304: "RGBA32"}
 # Read past the declared end to find the gzip trailer (CRC check); more than this is data the header does not admit.
 TRAILER_SLACK = 64 * 1024
+GZIP_SLICE = 16 * 1024
+MIN_GZIP_MEMBERS = 64
 
 
 @dataclass(frozen=True)
@@ -85,27 +87,38 @@ def _bad(field_name: str, message: str) -> InvalidUpload:
 
 
 def _gunzip(raw: bytes, max_out: int) -> tuple[bytes, bool]:
-    """Decompress at most ``max_out`` bytes (never more: bombs stay bounded). Returns (data, reached_end)."""
+    """Decompress at most ``max_out`` bytes (never more: bombs stay bounded). Returns (data, reached_end).
+
+    Input is fed in small slices so that finding the next member of a multi-member file copies at most one slice:
+    a file of 10⁵ empty members costs linear time, not quadratic. Members must average a few KiB of output
+    (bgzip's blocks hold 64 KiB), which bounds the per-member overhead too.
+    """
+    view = memoryview(raw)
     out = bytearray()
-    data = raw
+    pos, members = 0, 1
+    max_members = MIN_GZIP_MEMBERS + max_out // 4096
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     while True:
         want = max_out - len(out)
         if want <= 0:
             return bytes(out), False
-        out += d.decompress(data, want)
-        if d.eof:
-            rest = d.unused_data
-            if rest[:2] == GZIP_MAGIC:  # a multi-member gzip file: go on with the next member
-                d, data = zlib.decompressobj(16 + zlib.MAX_WBITS), rest
-                continue
-            return bytes(out), True
         if d.unconsumed_tail:
-            data = d.unconsumed_tail
+            chunk = d.unconsumed_tail
+        else:
+            chunk = view[pos:pos + GZIP_SLICE]
+            pos += len(chunk)
+        if not chunk:
+            raise zlib.error("the compressed stream ends early")
+        out += d.decompress(chunk, want)
+        if not d.eof:
             continue
-        if len(out) >= max_out:
-            return bytes(out), False
-        raise zlib.error("the compressed stream ends early")
+        pos -= len(d.unused_data)
+        if raw[pos:pos + 2] != GZIP_MAGIC:  # the last member
+            return bytes(out), True
+        members += 1
+        if members > max_members:
+            raise zlib.error(f"more than {max_members} gzip members for {len(out)} bytes of data")
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
 
 def _prefix(raw: bytes, n: int, compressed: bool, field_name: str) -> tuple[bytes, bool]:
