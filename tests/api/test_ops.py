@@ -65,3 +65,29 @@ def test_events_stream_and_preview(client, worker):
     assert img.size[0] > 300 and img.size[1] > 400  # 3 views × 4 contrasts
     red = np.asarray(img.convert("RGB"))
     assert ((red[..., 0] == 255) & (red[..., 1] == 40)).any()  # the mask outline is drawn
+
+
+def test_gpu_memory_gauge_from_worker_readings(client, worker, settings):
+    import redis
+
+    from tumorsynth.workers import gpu_memory
+
+    r = redis.Redis.from_url(settings.redis_url)
+    job = submit(client, {"model": MODEL, "seed": 3, "sampler": {"name": "dpm++", "steps": 5}},
+                 {"mask": mask_bytes((40, 44, 30))}).json()
+    wait_status(client, job["id"], {"succeeded"})
+    gauge = {k: v for k, v in samples(client).items() if k[0] == "tumorsynth_worker_gpu_memory_bytes"}
+    assert gauge == {}, "a CPU worker publishes no GPU memory"
+    readings = [{"device": "cuda:0", "allocated": 3 * 2**30, "reserved": 4 * 2**30},
+                {"device": "cuda:1", "allocated": 0, "reserved": 2**20}]
+    gpu_memory.publish(r, "gpuhost:4242", 4243, readings, ttl_seconds=2)
+    gpu_memory.publish(r, "gpuhost:4242", 4244, readings[:1], ttl_seconds=2)  # a second pool process
+    m = samples(client)
+    key = lambda dev, kind: ("tumorsynth_worker_gpu_memory_bytes",
+                             (("device", dev), ("kind", kind), ("worker", "gpuhost:4242")))
+    assert m[key("cuda:0", "allocated")] == 6 * 2**30 and m[key("cuda:0", "reserved")] == 8 * 2**30
+    assert m[key("cuda:1", "reserved")] == 2**20
+    import time
+
+    time.sleep(2.5)  # readings expire unless the worker refreshes them
+    assert not any(k[0] == "tumorsynth_worker_gpu_memory_bytes" for k in samples(client))

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..jobs import stats
+from ..workers import gpu_memory
 from ..workers.supervision import WORKERS, worker_key
 
 
@@ -77,13 +78,14 @@ class RedisCollector:
         yield from (qlen, oldest, running, online)
 
         up = GaugeMetricFamily("celery_worker_up", "1 while the worker heart-beats", labels=["hostname"])
-        gpu = GaugeMetricFamily("tumorsynth_worker_gpu_memory_bytes", "GPU memory allocated by the worker's model",
-                                labels=["hostname", "device"])
         for w in online_workers(r, self.settings):
             up.add_metric([w["id"]], 1)
-            if w.get("gpu_memory_bytes") is not None:
-                gpu.add_metric([w["id"], str(w.get("device"))], float(w["gpu_memory_bytes"]))
         yield up
+        gpu = GaugeMetricFamily("tumorsynth_worker_gpu_memory_bytes", "CUDA memory of the worker's pool processes "
+                                "(torch.cuda.memory_allocated / memory_reserved); absent on CPU",
+                                labels=["worker", "device", "kind"])
+        for (worker, device, kind), n in sorted(gpu_memory.read_all(r).items()):
+            gpu.add_metric([worker, device, kind], n)
         yield gpu
 
         for name, help_ in (("queue_seconds", "Time from submission to the first attempt starting"),

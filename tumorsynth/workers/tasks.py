@@ -9,6 +9,7 @@ from celery import signals
 from ..settings import get_settings
 from .celery_app import RUN_JOB, Dispatcher, create_celery
 from .context import WorkerContext
+from .gpu_memory import start_publisher as start_gpu_publisher
 from .supervision import start_parent_services
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,13 @@ def run_job(job_id: str) -> str:
     )
 
     return run(context(), job_id)
+
+
+@signals.worker_process_init.connect
+def _on_pool_process(**_):
+    """In each pool process: publish its CUDA memory with the heartbeat (nothing while no GPU is in use)."""
+    s = context().settings
+    start_gpu_publisher(context().redis, s.heartbeat_seconds, max(3 * s.heartbeat_seconds, s.lease_seconds))
 
 
 @signals.worker_ready.connect
