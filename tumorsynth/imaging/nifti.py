@@ -113,7 +113,9 @@ def _gunzip(raw: bytes, max_out: int) -> tuple[bytes, bool]:
         if not d.eof:
             continue
         pos -= len(d.unused_data)
-        if raw[pos:pos + 2] != GZIP_MAGIC:  # the last member
+        if raw[pos:pos + 2] != GZIP_MAGIC:  # the last member; gzip(1) too skips zero padding, and nothing else
+            if np.frombuffer(view[pos:], np.uint8).any():
+                raise zlib.error(f"{len(raw) - pos} bytes after the end of the gzip stream are not gzip data")
             return bytes(out), True
         members += 1
         if members > max_members:
@@ -247,6 +249,9 @@ def read_volume(raw: bytes, field: str = "file", limits: VolumeLimits | None = N
     if len(body) < needed:
         raise _bad(field, f"the file is truncated: the header declares {needed} bytes, the file holds {len(body)}; "
                           "upload the complete file")
+    if np.frombuffer(memoryview(body)[needed:], np.uint8).any():
+        raise _bad(field, f"{len(body) - needed} bytes follow the end of the volume the header declares (two files "
+                          "joined, or a header that understates the size); upload one complete volume per file")
     klass = nib.Nifti2Image if version == 2 else nib.Nifti1Image
     try:
         img = klass.from_bytes(body[:needed])
