@@ -44,6 +44,9 @@ DTYPE_NAMES = {1: "binary", 32: "complex64", 128: "RGB24", 1536: "float128", 179
 # Read past the declared end to find the gzip trailer (CRC check); more than this is data the header does not admit.
 TRAILER_SLACK = 64 * 1024
 GZIP_SLICE = 16 * 1024
+XFORM_CODES = range(6)  # unknown, scanner, aligned, Talairach, MNI152, template
+SPATIAL_UNITS_REFUSED = {1: "metres", 3: "micrometres"}  # everything downstream is millimetres
+VOXEL_MM = (1e-3, 1e3)
 MIN_GZIP_MEMBERS = 64
 
 
@@ -199,6 +202,7 @@ def _check_geometry(hdr, field_name: str, limits: VolumeLimits) -> tuple[tuple[i
         v = float(hdr[name])
         if np.isinf(v):
             raise _bad(field_name, f"{name} is infinite; fix the intensity scaling in the header")
+    _check_codes(hdr, field_name, code, dtype)
     pixdim = [float(v) for v in hdr["pixdim"][1:4]]
     if not all(np.isfinite(pixdim)):
         raise _bad(field_name, f"voxel sizes (pixdim) {pixdim} are not finite; the header is corrupt")
@@ -209,6 +213,25 @@ def _check_geometry(hdr, field_name: str, limits: VolumeLimits) -> tuple[tuple[i
     return tuple(dims), dtype, int(offset)
 
 
+def _check_codes(hdr, field_name: str, code: int, dtype: np.dtype) -> None:
+    """Fields nibabel would silently "fix" (so the volume would be read differently from what the file says)."""
+    bitpix = int(hdr["bitpix"])
+    if bitpix != dtype.itemsize * 8:
+        raise _bad(field_name, f"bitpix {bitpix} contradicts the voxel type {dtype.name} ({dtype.itemsize * 8} "
+                               "bits); the header is corrupt, rewrite the file with a NIfTI library")
+    for name in ("qform_code", "sform_code"):
+        if int(hdr[name]) not in XFORM_CODES:
+            raise _bad(field_name, f"{name} {int(hdr[name])} is not a NIfTI transform code (0-5); the header is "
+                                   "corrupt")
+    units = int(hdr["xyzt_units"]) & 0x07
+    if units in SPATIAL_UNITS_REFUSED:
+        raise _bad(field_name, f"voxel sizes are in {SPATIAL_UNITS_REFUSED[units]} (xyzt_units); store the volume "
+                               "in millimetres")
+    slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
+    if slope != 0 and np.isfinite(slope) and not np.isfinite(inter):
+        raise _bad(field_name, f"scl_slope is {slope:g} but scl_inter is {inter}; fix the intensity scaling")
+
+
 def _affine(img, field_name: str) -> np.ndarray:
     try:
         aff = np.asarray(img.affine if img.affine is not None else img.header.get_best_affine(), dtype=np.float64)
@@ -216,10 +239,15 @@ def _affine(img, field_name: str) -> np.ndarray:
         raise _bad(field_name, f"the orientation (qform/sform) cannot be read: {exc}") from exc
     if not np.all(np.isfinite(aff)):
         raise _bad(field_name, "the affine (sform/qform) holds NaN or infinite values; fix the orientation header")
-    det = np.linalg.det(aff[:3, :3])
+    with np.errstate(all="ignore"):
+        det = np.linalg.det(aff[:3, :3])
     if not np.isfinite(det) or abs(det) < 1e-6:
         raise _bad(field_name, "the affine (sform/qform) is singular (a zero voxel size or collapsed axes); fix the "
                                "orientation header")
+    sizes = np.linalg.norm(aff[:3, :3], axis=0)
+    if sizes.min() < VOXEL_MM[0] or sizes.max() > VOXEL_MM[1]:
+        raise _bad(field_name, f"voxel sizes {[round(float(v), 6) for v in sizes]} mm are outside "
+                               f"{VOXEL_MM[0]}-{VOXEL_MM[1]} mm; fix the voxel sizes (pixdim) or the sform")
     return aff
 
 
