@@ -44,6 +44,9 @@ DTYPE_NAMES = {1: "binary", 32: "complex64", 128: "RGB24", 1536: "float128", 179
 # Read past the declared end to find the gzip trailer (CRC check); more than this is data the header does not admit.
 TRAILER_SLACK = 64 * 1024
 GZIP_SLICE = 16 * 1024
+OTHER_COMPRESSION = ((GZIP_MAGIC, "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
+                     (b"\x04\x22\x4d\x18", "lz4"), (b"PK\x03\x04", "zip"), (b"7z\xbc\xaf\x27\x1c", "7-zip"),
+                     (b"\x78\x01", "zlib"), (b"\x78\x5e", "zlib"), (b"\x78\x9c", "zlib"), (b"\x78\xda", "zlib"))
 XFORM_CODES = range(6)  # unknown, scanner, aligned, Talairach, MNI152, template
 SPATIAL_UNITS_REFUSED = {1: "metres", 3: "micrometres"}  # everything downstream is millimetres
 VOXEL_MM = (1e-3, 1e3)
@@ -134,6 +137,13 @@ def _prefix(raw: bytes, n: int, compressed: bool, field_name: str) -> tuple[byte
     except (zlib.error, EOFError) as exc:
         raise _bad(field_name, f"the gzip stream is truncated or corrupt ({exc}); upload the complete .nii.gz "
                                "file") from exc
+
+
+def _refuse_other_compression(raw: bytes, field_name: str, where: str) -> None:
+    for magic, name in OTHER_COMPRESSION:
+        if raw.startswith(magic) and (where or magic != GZIP_MAGIC):
+            raise _bad(field_name, f"{where}{name} data; NIfTI is read uncompressed (.nii) or gzip-compressed once "
+                                   "(.nii.gz): decompress it and upload the .nii or .nii.gz")
 
 
 def _parse_header(head: bytes, field_name: str) -> tuple[np.ndarray, int, str]:
@@ -259,8 +269,11 @@ def read_volume(raw: bytes, field: str = "file", limits: VolumeLimits | None = N
                                                f"{limits.max_file_bytes}; compress (.nii.gz) or crop the volume")
     if not raw:
         raise _bad(field, "the file is empty; upload a NIfTI volume")
+    _refuse_other_compression(raw, field, "")
     compressed = raw[:2] == GZIP_MAGIC
     head, _ = _prefix(raw, 540, compressed, field)
+    if compressed:
+        _refuse_other_compression(head, field, "inside the gzip stream: ")
     hdr, version, order = _parse_header(head, field)
     dims, dtype, offset = _check_geometry(hdr, field, limits)
     needed = offset + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
