@@ -59,10 +59,30 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = 24 * 3600
     storage_retries: int = 4
 
+    # Webhooks (Standard Webhooks signatures). Secrets are "whsec_<base64>"; a tenant's own secret wins over the
+    # global one; a job may ask for a webhook only when its tenant has a secret.
+    webhook_secret: str | None = None
+    webhook_tenant_secrets: str = ""  # "tenantA:whsec_...,tenantB:whsec_..."
+    webhook_allow_private_targets: bool = False  # loopback/private/link-local targets (tests, closed networks)
+    webhook_max_attempts: int = Field(12, ge=1, le=50)
+    webhook_backoff_seconds: float = Field(5.0, gt=0)  # doubled after each failed attempt, capped below
+    webhook_backoff_max_seconds: float = Field(3600.0, gt=0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_poll_seconds: float = Field(1.0, gt=0)
+
     @field_validator("storage_dir", "model_dir", mode="after")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("webhook_secret", "webhook_tenant_secrets", mode="after")
+    @classmethod
+    def _webhook_secrets(cls, v: str | None) -> str | None:
+        from .webhooks.signing import parse_secret
+
+        for item in filter(None, (p.strip() for p in (v or "").split(","))):
+            parse_secret(item.rpartition(":")[2] if ":" in item else item)
+        return v
 
     @property
     def tenants_by_key(self) -> dict[str, str]:
@@ -82,6 +102,13 @@ class Settings(BaseSettings):
             if hmac.compare_digest(known.encode(), key.encode()):
                 found = tenant
         return found
+
+    def webhook_secret_for(self, tenant: str) -> str | None:
+        for item in filter(None, (p.strip() for p in self.webhook_tenant_secrets.split(","))):
+            name, _, secret = item.partition(":")
+            if name == tenant and secret:
+                return secret
+        return self.webhook_secret
 
     @property
     def auth_enabled(self) -> bool:
