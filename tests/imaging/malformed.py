@@ -6,7 +6,9 @@ Built with nibabel and raw byte edits, independent of the service's reader. Stat
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import struct
 import zlib
 
@@ -48,8 +50,8 @@ def _patch(raw: bytes, offset: int, fmt: str, *values) -> bytes:
 
 
 # NIfTI-1 field offsets (little endian)
-DIM, DATATYPE, BITPIX, PIXDIM, VOX_OFFSET, SCL_SLOPE, QFORM, SFORM, SROW_X, MAGIC = (
-    40, 70, 72, 76, 108, 112, 252, 254, 280, 344)
+DIM, DATATYPE, BITPIX, PIXDIM, VOX_OFFSET, SCL_SLOPE, XYZT_UNITS, QFORM, SFORM, QUATERN, SROW_X, MAGIC = (
+    40, 70, 72, 76, 108, 112, 123, 252, 254, 256, 280, 344)
 
 
 def _header_only(dims, datatype=2, bitpix=8) -> bytes:
@@ -149,7 +151,71 @@ def corpus() -> list[tuple[str, bytes, int]]:
         ("0/255 binary mask", valid_bytes((_mask() > 0).astype(np.uint8) * 255), 422),
         ("probability map", valid_bytes(np.random.default_rng(0).random(SHAPE).astype(np.float32)), 422),
     ]
-    return cases
+    return cases + _header_lies(ok) + _compression_failures(ok, ok_gz)
+
+
+def _header_lies(ok: bytes) -> list[tuple[str, bytes, int]]:
+    """Fields that disagree with the data or with each other, which nibabel would read or "fix" silently."""
+    no_sform = _patch(ok, SFORM, "h", 0)
+    i16 = valid_bytes(_mask().astype(np.int16))
+    nifti2 = valid_bytes(klass=nib.Nifti2Image)
+    return [
+        ("bitpix contradicts datatype", _patch(ok, BITPIX, "h", 16), 422),
+        ("nifti-1 magic with the nifti-2 header size", _patch(ok, 0, "i", 540), 422),
+        ("nifti-2 magic with the nifti-1 header size", _patch(nifti2, 0, "i", 348), 422),
+        ("nifti-2 pair magic", nifti2[:4] + b"ni2\x00\r\n\x1a\n" + nifti2[12:], 422),
+        ("big-endian header size, little-endian fields", struct.pack(">i", 348) + ok[4:], 422),
+        ("qform_code 99", _patch(ok, QFORM, "h", 99), 422),
+        ("sform_code -1", _patch(ok, SFORM, "h", -1), 422),
+        ("impossible quaternion, no sform", _patch(no_sform, QUATERN, "3f", 2.0, 2.0, 2.0), 422),
+        ("voxel size 1e30 mm, no sform", _patch(no_sform, PIXDIM + 4, "f", 1e30), 422),
+        ("infinite pixdim", _patch(ok, PIXDIM + 4, "f", float("inf")), 422),
+        ("infinite sform row", _patch(ok, SROW_X, "4f", float("inf"), 0.0, 0.0, 0.0), 422),
+        ("sform voxel size 1e-5 mm", _patch(ok, SROW_X, "4f", 1e-5, 0.0, 0.0, 0.0), 422),
+        ("units metres", _patch(ok, XYZT_UNITS, "B", 1), 422),
+        ("units micrometres", _patch(ok, XYZT_UNITS, "B", 3), 422),
+        ("NaN scl_inter", _patch(i16, SCL_SLOPE + 4, "f", float("nan")), 422),
+        ("scl_slope 1e38 on labels", _patch(i16, SCL_SLOPE, "f", 1e38), 422),
+        ("negative scl_slope on labels", _patch(i16, SCL_SLOPE, "f", -1.0), 422),
+        ("vox_offset negative", _patch(ok, VOX_OFFSET, "f", -352.0), 422),
+        ("vox_offset inside the header", _patch(ok, VOX_OFFSET, "f", 100.0), 422),
+        ("float128 datatype", _patch(ok, DATATYPE, "h", 1536), 422),
+        ("dim[0] 4 with dim[4] 0", _patch(_patch(ok, DIM, "h", 4), DIM + 8, "h", 0), 422),
+        ("dim[0] 5 with dim[5] 2", _patch(_patch(ok, DIM, "h", 5), DIM + 10, "h", 2), 422),
+        ("nifti-2 negative dim", _patch(nifti2, 16 + 8, "q", -24), 422),
+        ("nifti-2 dims over the voxel cap", _patch(nifti2, 16 + 8, "3q", 1024, 1024, 1024), 413),
+        ("nifti-2 vox_offset past the end", _patch(nifti2, 168, "q", 10**6), 422),
+        ("declares fewer voxels than it holds", _patch(ok, DIM + 6, "h", 8), 422),
+    ]
+
+
+def _compression_failures(ok: bytes, ok_gz: bytes) -> list[tuple[str, bytes, int]]:
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = deflate.compress(ok) + deflate.flush()
+    fhcrc = b"\x1f\x8b\x08\x02\x00\x00\x00\x00\x00\xff\x00\x00" + body + struct.pack("<II", zlib.crc32(ok), len(ok))
+    empties = gzip.compress(b"", mtime=0) * 100_000
+    return [
+        ("zero-length gzip member then nothing", gzip.compress(b"", mtime=0) * 3, 422),
+        ("100,000 empty gzip members", gzip.compress(ok[:352]) + empties + gzip.compress(ok[352:]), 422),
+        ("two volumes in two gzip members", ok_gz + ok_gz, 422),
+        ("two volumes concatenated, uncompressed", ok + ok, 422),
+        ("second gzip member corrupt", ok_gz + gzip.compress(b"x" * 100)[:-8] + b"\x00" * 8, 422),
+        ("second gzip member truncated", ok_gz + gzip.compress(ok)[:40], 422),
+        ("garbage after the gzip stream", ok_gz + b"garbage!" * 10, 422),
+        ("gzip length (ISIZE) wrong", ok_gz[:-4] + struct.pack("<I", 12345), 422),
+        ("gzip method not deflate", ok_gz[:2] + b"\x07" + ok_gz[3:], 422),
+        ("gzip reserved flag bits", ok_gz[:3] + b"\xe0" + ok_gz[4:], 422),
+        ("gzip header crc wrong", fhcrc, 422),
+        ("gzip header cut", ok_gz[:10], 422),
+        ("gzip inside gzip", gzip.compress(ok_gz), 422),
+        ("zlib stream without a gzip header", zlib.compress(ok), 422),
+        ("raw deflate stream", body, 422),
+        ("bzip2", bz2.compress(ok), 422),
+        ("xz", lzma.compress(ok), 422),
+        ("zstd frame magic", b"\x28\xb5\x2f\xfd" + ok, 422),
+        ("lz4 frame magic", b"\x04\x22\x4d\x18" + ok, 422),
+        ("7-zip archive", b"7z\xbc\xaf\x27\x1c" + ok, 422),
+    ]
 
 
 def api_corpus() -> list[tuple[str, bytes, int]]:
@@ -164,6 +230,7 @@ def valid_variants() -> list[tuple[str, bytes, str]]:
     be_img = nib.Nifti1Image(m.astype(">i2"), be.affine, header=be_hdr)
     scaled = _img(m.astype(np.int16))
     scaled.header.set_slope_inter(1.0, 0.0)
+    ok = valid_bytes()
     return [
         ("nifti-1 .nii", valid_bytes(), "brats2023"),
         ("nifti-1 .nii.gz", gzip.compress(valid_bytes()), "brats2023"),
@@ -174,4 +241,10 @@ def valid_variants() -> list[tuple[str, bytes, str]]:
         ("binary", valid_bytes((m > 0).astype(np.uint8)), "binary"),
         ("trailing singleton 4th dim", valid_bytes(m[..., None]), "brats2023"),
         ("multi-member gzip", gzip.compress(valid_bytes()[:500]) + gzip.compress(valid_bytes()[500:]), "brats2023"),
+        ("bgzip-style 1 KiB members", b"".join(gzip.compress(ok[i:i + 1024]) for i in range(0, len(ok), 1024)),
+         "brats2023"),
+        ("zero padding after the gzip stream", gzip.compress(ok) + b"\x00" * 512, "brats2023"),
+        ("NaN scl_slope (no scaling)", _patch(valid_bytes(m.astype(np.int16)), SCL_SLOPE, "f", float("nan")),
+         "brats2023"),
+        ("spatial units unknown", _patch(ok, XYZT_UNITS, "B", 0), "brats2023"),
     ]
