@@ -15,6 +15,7 @@ from .support.services import WorkerProcess
 KEYS = "alpha:key-alpha,beta:key-beta"
 ALPHA = {"Authorization": "Bearer key-alpha"}
 BETA = {"Authorization": "Bearer key-beta"}
+WEBHOOK_SECRET = "whsec_dGVzdC1vbmx5LXdlYmhvb2stc2lnbmluZy1rZXktMzI="  # base64 of 32 test bytes
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +63,9 @@ def make_settings(redis_server, s3_endpoint, model_dir, **overrides) -> Settings
         s3_bucket=f"ts-{uuid.uuid4().hex[:10]}", model_dir=model_dir, api_keys=KEYS, lease_seconds=3.0,
         heartbeat_seconds=0.5, reaper_interval_seconds=0.5, max_attempts=3, public_url="http://testserver",
         url_signing_key="test-signing-key",
+        # webhooks to loopback receivers, retried quickly
+        webhook_secret=WEBHOOK_SECRET, webhook_allow_private_targets=True, webhook_backoff_seconds=0.4,
+        webhook_poll_seconds=0.1, webhook_timeout_seconds=5,
     )
     return Settings(**(base | overrides))
 

@@ -35,6 +35,9 @@ class JobRequest(Strict):
     sampler: SamplerChoice | None = None
     output_grid: Literal["input", "model"] = "input"
     webhook: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    # Which events are POSTed to ``webhook``; default: the end of the job (succeeded, failed or canceled).
+    webhook_events: list[Literal["job.started", "job.succeeded", "job.failed", "job.canceled"]] | None = Field(
+        None, min_length=1, max_length=4)
     metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetaValue] | None = Field(None, max_length=32)
 
     @field_validator("modalities")

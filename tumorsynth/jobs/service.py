@@ -19,6 +19,7 @@ from ..models.registry import ModelRegistry
 from ..storage.base import ObjectStore
 from ..storage.keys import input_key
 from ..storage.retry import with_retries
+from ..webhooks.targets import check_request as check_webhook
 from ..workers.celery_app import Dispatcher
 from .records import JobRecord, StoredInput, new_id
 from .store import JobStore
@@ -68,7 +69,8 @@ class JobService:
                idempotency_key: str | None = None, batch_id: str | None = None) -> Submission:
         req = parse_request(request_json)
         entry = self.registry.get(req.model)
-        raise_if(check_against_model(req, entry) + check_files(sorted(files), entry))
+        raise_if(check_against_model(req, entry) + check_files(sorted(files), entry)
+                 + check_webhook(req, tenant, self.dispatcher.settings))
         vols = read_inputs(files, self.limits)
         inputs: list[StoredInput] = []
         job_id = new_id("job")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import redis
 
 from ..errors import InvalidRequest, LeaseLost, NotFound
+from ..webhooks import outbox
 from . import stats
 from .records import JobRecord, Lease, now
 
@@ -140,6 +141,7 @@ class JobStore:
                         # counted in the same transaction as the transition: exactly once, never lost
                         p.hincrby(f"{P}batch:{rec.batch_id}:counts", rec.status, 1)
                     stats.record_transition(p, was_status, rec)
+                    outbox.on_transition(p, was_status, rec)  # webhooks: in the transaction, never lost
                     p.execute()
                 except redis.WatchError:
                     continue

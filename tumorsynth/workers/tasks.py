@@ -7,6 +7,7 @@ import logging
 from celery import signals
 
 from ..settings import get_settings
+from ..webhooks.deliver import start_deliverer
 from .celery_app import RUN_JOB, Dispatcher, create_celery
 from .context import WorkerContext
 from .gpu_memory import start_publisher as start_gpu_publisher
@@ -46,4 +47,6 @@ def _on_pool_process(**_):
 def _on_ready(sender=None, **_):
     """In the worker's main process: presence heartbeat and the lease reaper (no torch here)."""
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) if sender else ["gpu"]
-    start_parent_services(WorkerContext(settings), Dispatcher(app, settings), queues)
+    ctx = WorkerContext(settings)
+    start_parent_services(ctx, Dispatcher(app, settings), queues)
+    start_deliverer(ctx.redis, settings)  # webhooks, off the job path
