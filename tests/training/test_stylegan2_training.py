@@ -1,0 +1,133 @@
+"""StyleGAN2 training with the tiny preset: both data layouts, the phantom slice set, finite losses, exact resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tumorsynth.models.base import GenerationParams
+from tumorsynth.models.registry import ModelRegistry
+from tumorsynth.models.stylegan2.runner import StyleGAN2Generator
+from tumorsynth.training.phantom_slices import build_slice_set
+from tumorsynth.training.phantoms import generate_phantoms
+from tumorsynth.training.slices import load_slices, prepare
+from tumorsynth.training.stylegan2 import StyleGAN2TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    generate_phantoms(root, 3, seed=5, shape=(96, 96, 62))
+    return root
+
+
+@pytest.fixture(scope="module")
+def slice_dir(phantom_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("slices")
+    build_slice_set(phantom_dir, out, per_class=6, seed=0)
+    return out
+
+
+def config(**kw) -> StyleGAN2TrainConfig:
+    return replace(StyleGAN2TrainConfig.load("stylegan2-tiny"), **kw)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_configs_load_and_refuse_unknown_settings(tmp_path):
+    for name in ("stylegan2-tiny", "stylegan2-demo", "stylegan2-paper"):
+        cfg = StyleGAN2TrainConfig.load(name)
+        assert cfg.preset == name.split("-")[1] and cfg.betas == (0.0, 0.99)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epochs": 1, "vq_epochs": 3}')
+    with pytest.raises(ValueError, match="vq_epochs"):
+        StyleGAN2TrainConfig.load(bad)
+
+
+def test_slice_folders_of_png_and_nifti(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("pituitary", "glioma"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.fromarray((rng.random((40, 30)) * 200).astype(np.uint8)).save(tmp_path / c / f"{i}.png")
+    nib.save(nib.Nifti1Image(rng.random((24, 24, 1)).astype(np.float32), np.eye(4)), tmp_path / "glioma" / "n.nii.gz")
+    data = load_slices(tmp_path, 16)
+    assert data.layout == "folders" and data.classes == ["glioma", "pituitary"]  # the paper's order
+    assert data.images.shape == (5, 1, 16, 16) and data.labels.tolist() == [0, 0, 0, 1, 1]
+    assert float(data.images.min()) >= 0 and float(data.images.max()) == pytest.approx(1.0)
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 3), np.float32), np.eye(4)), tmp_path / "glioma" / "vol.nii.gz")
+    with pytest.raises(ValueError, match="2D slices"):
+        load_slices(tmp_path, 16)
+
+
+def test_prepare_pads_to_a_square_and_scales_to_the_slice():
+    x = np.zeros((20, 10), np.float32)
+    x[5:15, 2:8] = 50.0
+    out = prepare(x, 8)
+    assert out.shape == (8, 8) and out.max() == pytest.approx(1.0)
+    assert out[:, 0].max() == 0 and out[:, -1].max() == 0  # the padding stays background
+
+
+def test_brats_volumes_are_sliced_through_the_tumour_and_labelled_glioma(phantom_dir):
+    data = load_slices(phantom_dir, 16, per_subject=3)
+    assert data.layout == "brats" and data.classes == ["glioma"]
+    assert len(data.labels) == 9 and all(":z=" in s for s in data.sources)
+    mapped = load_slices(phantom_dir, 16, per_subject=2, class_map={"HGG": "hgg-glioma", "LGG": "lgg-glioma"})
+    assert set(mapped.classes) <= {"hgg-glioma", "lgg-glioma"} and len(mapped.labels) == 6
+
+
+def test_phantom_slice_set_has_three_labelled_classes(slice_dir):
+    note = json.loads((slice_dir / "SLICES.json").read_text())
+    assert note["counts"] == {"meningioma": 6, "glioma": 6, "pituitary": 6}
+    assert note["classes"]["meningioma"].startswith("SIMULATED")
+    data = load_slices(slice_dir, 16)
+    assert data.classes == ["meningioma", "glioma", "pituitary"] and len(data.labels) == 18
+
+
+def test_training_steps_are_finite_and_the_checkpoint_is_servable(slice_dir, tmp_path):
+    rows = []
+    result = Trainer(config(epochs=2), slice_dir, tmp_path / "models" / "stylegan2" / "t@1", tmp_path / "work",
+                     on_epoch=rows.append).run()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        for k in ("loss_g", "loss_d", "r1", "pl_penalty"):
+            assert np.isfinite(r[k]), (k, r)
+    assert rows[-1]["images_seen"] == 2 * 16  # 18 slices, batches of 4, the last partial batch dropped
+    entry = ModelRegistry(tmp_path / "models").get(result.entry.id)
+    assert entry.classes == ("meningioma", "glioma", "pituitary") and entry.trained
+    assert "NOT patients" in entry.trained_on
+    card = (entry.path / "MODEL_CARD.md").read_text()
+    assert "phantoms for demonstration only" in card and "SIMULATED" in card
+    runner = StyleGAN2Generator(entry, "cpu")
+    params = GenerationParams(num_samples=2, seed=1, sampler="direct", steps=1, modalities=(), tumor_class="pituitary")
+    out = runner.generate(params, {}, lambda d, t: None)
+    assert out[0].data.shape == (16, 16, 1) and np.isfinite(out[0].data).all()
+    assert (runner.network.mapping.w_avg.abs().sum(1) > 0).all()  # tracked for every class while training
+
+
+def test_resume_is_exact(slice_dir, tmp_path):
+    straight = Trainer(config(epochs=2), slice_dir, tmp_path / "a", tmp_path / "wa")
+    straight.run()
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Trainer(config(epochs=2), slice_dir, tmp_path / "b", tmp_path / "wb", on_epoch=stop_after_first).run()
+    resumed = Trainer(config(epochs=2), slice_dir, tmp_path / "b", tmp_path / "wb")
+    resumed.run(resume=True)
+    assert resumed.state["epoch"] == 2 and [r["epoch"] for r in resumed.state["metrics"]] == [1, 2]
+    for name in ("G_ema", "D"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
