@@ -1,4 +1,4 @@
-"""``tumorsynth serve | worker | generate | batch | models | phantoms | train | eval | demo``."""
+"""``tumorsynth serve | worker | generate | batch | models | phantoms | phantom-slices | train | eval | demo``."""
 
 from __future__ import annotations
 
@@ -242,6 +242,35 @@ def train_tavit(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
 
     _train("tavit", Trainer, TAViTTrainConfig.load(config, name=name, version=version), data, out, work, resume,
            device, threads)
+
+
+@train_app.command("stylegan2")
+def train_stylegan2(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
+                                                       help="DIR/<class>/*.png|*.nii.gz, or a BraTS-format folder")],
+                    config: Annotated[str, typer.Option(help="stylegan2-tiny | stylegan2-demo | stylegan2-paper | "
+                                                             "a JSON file")] = "stylegan2-demo",
+                    out: Annotated[Path | None, typer.Option(help="checkpoint folder (default "
+                                                                  "MODEL_DIR/stylegan2/NAME@VER)")] = None,
+                    work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+                    resume: bool = False, device: str = "auto", name: str | None = None,
+                    version: str | None = None, epochs: int | None = None, threads: int | None = None) -> None:
+    """Class-conditional StyleGAN2 on 2D slices (class folders, or axial slices of BraTS volumes labelled glioma)."""
+    from .training.stylegan2 import StyleGAN2TrainConfig, Trainer
+
+    _train("stylegan2", Trainer, StyleGAN2TrainConfig.load(config, name=name, version=version, epochs=epochs), data,
+           out, work, resume, device, threads)
+
+
+@app.command("phantom-slices")
+def phantom_slices(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="phantom/BraTS folder")],
+                   out: Annotated[Path, typer.Option(help="writes OUT/<class>/*.png and OUT/SLICES.json")],
+                   per_class: int = 200, seed: int = 0) -> None:
+    """A meningioma/glioma/pituitary slice set for demos: glioma slices are the volumes' own tumours; meningioma and
+    pituitary masses are SIMULATED on tumour-free slices (SLICES.json says how)."""
+    from .training.phantom_slices import build_slice_set
+
+    counts = build_slice_set(data, out, per_class=per_class, seed=seed)
+    console.print(f"[green]{counts} slices in {out}[/green]")
 
 
 def _train(family: str, trainer, cfg, data: Path, out: Path | None, work: Path | None, resume: bool, device: str,
