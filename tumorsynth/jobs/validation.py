@@ -12,13 +12,20 @@ from ..models.registry import ModelEntry
 from ..schemas import JobRequest
 
 
+def load_json(raw: str | bytes, field: str = "request"):
+    """JSON from a client, or ``InvalidRequest`` naming ``field`` (nesting too deep for the parser included)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest.for_field(field, f"not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise InvalidRequest.for_field(field, "JSON nested too deeply; send a flat JSON object") from exc
+
+
 def parse_request(raw: str | bytes | None) -> JobRequest:
     if raw is None or raw == "" or raw == b"":
         raise InvalidRequest.for_field("request", "send the job as a JSON form field named 'request'")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest.for_field("request", f"not valid JSON ({exc})") from exc
+    data = load_json(raw)
     if not isinstance(data, dict):
         raise InvalidRequest.for_field("request", "must be a JSON object")
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
@@ -11,7 +9,7 @@ from pydantic import ValidationError
 
 from ...errors import InvalidRequest, NotFound
 from ...jobs.batches import BatchRequest, view
-from ...jobs.validation import from_pydantic
+from ...jobs.validation import from_pydantic, load_json
 from ..deps import BankDep, BatchesDep, SettingsDep, StoreDep, TenantDep
 from ..uploads import read_job_form
 
@@ -23,10 +21,7 @@ masks_router = APIRouter(prefix="/v1/masks", tags=["masks"])
 async def add_mask(request: Request, tenant: TenantDep, bank: BankDep, settings: SettingsDep) -> dict:
     """Multipart: ``request`` = {"tumor_class": "LGG"} and a ``mask`` file on the BraTS grid (BraTS labels)."""
     raw, files = await read_job_form(request, settings)
-    try:
-        body = json.loads(raw or "null")
-    except ValueError as exc:
-        raise InvalidRequest.for_field("request", f"not valid JSON ({exc})") from exc
+    body = load_json(raw or "null")
     cls = body.get("tumor_class") if isinstance(body, dict) else None
     if not isinstance(cls, str) or not 0 < len(cls) <= 64:
         raise InvalidRequest.for_field("tumor_class", 'send {"tumor_class": "<class>"} as the request field')
@@ -46,10 +41,7 @@ async def submit_batch(request: Request, response: Response, tenant: TenantDep, 
         uploaded = files.get("mask", [])
     else:
         raw = await request.body()
-    try:
-        data = json.loads(raw or b"null")
-    except ValueError as exc:
-        raise InvalidRequest.for_field("request", f"not valid JSON ({exc})") from exc
+    data = load_json(raw or b"null")
     if not isinstance(data, dict):
         raise InvalidRequest.for_field("request", "send the batch as a JSON object")
     try:
