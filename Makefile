@@ -4,7 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench demo-models clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install chromium run test bench demo-models clean
 
 install: $(STAMP)
 
@@ -21,7 +23,11 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/tumorsynth demo --out out/demo
 
-test: install
+# The dashboard test drives a real headless Chromium; Playwright's own browser download is not used.
+chromium:
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+test: install chromium
 	$(VENV)/bin/pytest -q
 
 # The demo checkpoints: 40 phantom subjects, then each family's *-demo config, on this 2-core CPU (one thread
