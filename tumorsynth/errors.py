@@ -50,6 +50,14 @@ class InvalidUpload(InvalidRequest):
     title = "Invalid upload"
 
 
+class MalformedRequest(InvalidRequest):
+    """The request's framing (multipart boundaries, part headers) cannot be parsed."""
+
+    status = 400
+    code = "malformed_request"
+    title = "Malformed request"
+
+
 class PayloadTooLarge(InvalidRequest):
     status = 413
     code = "payload_too_large"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
-from ..errors import InvalidRequest, PayloadTooLarge
+from ..errors import InvalidRequest, MalformedRequest, PayloadTooLarge
 from ..settings import Settings
 
 MAX_FILE_PARTS = 8
@@ -43,8 +44,7 @@ async def read_job_form(request: Request, settings: Settings, multiple: bool = F
     if not ctype.lower().startswith("multipart/form-data"):
         raise InvalidRequest.for_field(
             "content-type", "send multipart/form-data with a JSON field 'request' and NIfTI file parts")
-    max_files = MAX_BATCH_MASKS if multiple else MAX_FILE_PARTS
-    form = await request.form(max_files=max_files, max_fields=MAX_FILE_PARTS, max_part_size=MAX_REQUEST_JSON)
+    form = await _parse_form(request, MAX_BATCH_MASKS if multiple else MAX_FILE_PARTS)
     try:
         request_json: str | None = None
         files: dict = {}
@@ -69,3 +69,43 @@ async def read_job_form(request: Request, settings: Settings, multiple: bool = F
         return request_json, files
     finally:
         await form.close()
+
+
+class _StrictFormParser(MultiPartParser):
+    """Starlette's parser, stricter where it is lenient: a text part must be UTF-8 (Starlette falls back to
+    Latin-1 silently, turning bad bytes into other characters), and the body must reach its closing boundary
+    (python-multipart accepts a body cut short and drops the part that was open)."""
+
+    complete = False
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidRequest.for_field(
+                    part.field_name or "request", f"not UTF-8 (byte 0x{part.data[exc.start]:02x} at offset "
+                    f"{exc.start}); send text fields, JSON included, encoded as UTF-8") from exc
+        super().on_part_end()
+
+    def on_end(self) -> None:
+        self.complete = True
+
+
+async def _parse_form(request: Request, max_files: int):
+    parser = _StrictFormParser(request.headers, request.stream(), max_files=max_files, max_fields=MAX_FILE_PARTS,
+                               max_part_size=MAX_REQUEST_JSON)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Part exceeded maximum size"):
+            raise PayloadTooLarge.for_field(parser._current_part.field_name or "request",
+                                            f"a text field is limited to {MAX_REQUEST_JSON // 1024} KiB") from exc
+        raise MalformedRequest(f"the multipart body cannot be read ({exc.message}); send multipart/form-data with "
+                               "a JSON field 'request' and named NIfTI file parts") from exc
+    if not parser.complete:
+        await form.close()
+        raise MalformedRequest("the multipart body ends before its closing boundary: the upload was cut short or "
+                               "the boundary in Content-Type does not match the body; send it again")
+    return form
