@@ -84,6 +84,11 @@ class Settings(BaseSettings):
             parse_secret(item.rpartition(":")[2] if ":" in item else item)
         return v
 
+    @field_validator("webhook_secret", mode="after")
+    @classmethod
+    def _empty_secret_is_none(cls, v: str | None) -> str | None:
+        return v or None  # compose passes an unset secret as ""
+
     @property
     def tenants_by_key(self) -> dict[str, str]:
         """Parsed ``api_keys``: key → tenant."""
