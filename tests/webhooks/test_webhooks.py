@@ -143,3 +143,35 @@ def test_delivery_rechecks_the_target_and_gives_up_after_the_last_attempt(settin
         assert d["state"] == "failed" and d["attempts"] == 3 and d["last_status"] == 503
         assert len(rx.received) == 1 and verify(WEBHOOK_SECRET, rx.received[0].headers, rx.received[0].body)
     assert r.zscore("ts:webhooks:due", d["id"]) is None
+
+
+def test_cancel_webhook_survives_a_deliverer_that_died_mid_delivery(redis_server, settings):
+    """A queued job canceled through the store makes a job.canceled delivery in the same transaction; a deliverer
+    that claimed it and died leaves it due again after the claim timeout, and the next one delivers it.
+    (Its own Redis database, so the session worker's delivery loop stays out of it.)"""
+    from tumorsynth.jobs.records import JobRecord
+    from tumorsynth.jobs.store import JobStore
+    from tumorsynth.webhooks.deliver import Deliverer
+    from tumorsynth.webhooks.outbox import DUE, Outbox
+
+    r = redis.Redis(port=redis_server.port, db=7)
+    r.flushdb()
+    jobs = JobStore(r)
+    with Receiver() as rx:
+        rec = JobRecord(id=f"job_cancel{time.time_ns()}", tenant="alpha", model=MODEL, family="ldm", queue="gpu",
+                        request={"model": MODEL, "seed": 1, "webhook": rx.url + "/c"})
+        jobs.create(rec)
+        assert r.zcard(DUE) == 0, "no event for a queued job"
+        jobs.cancel("alpha", rec.id)
+        (claimed,) = Outbox(r).claim_due(claim_seconds=0.6)  # this deliverer now dies without sending
+        nxt = Deliverer(r, settings)
+        assert nxt.deliver_due() == [], "a claimed delivery is not sent twice at once"
+        time.sleep(0.7)
+        (d,) = nxt.deliver_due()
+        got = rx.wait(1)
+    assert d["id"] == claimed["id"] and d["state"] == "delivered" and d["attempts"] == 1
+    body = json.loads(got[0].body)
+    assert body["type"] == "job.canceled" and body["data"]["id"] == rec.id and body["data"]["status"] == "canceled"
+    assert got[0].headers["webhook-id"] == claimed["id"] and verify(WEBHOOK_SECRET, got[0].headers, got[0].body)
+    assert r.zcard(DUE) == 0
+    r.flushdb()
