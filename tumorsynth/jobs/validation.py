@@ -29,7 +29,8 @@ def parse_request(raw: str | bytes | None) -> JobRequest:
     if not isinstance(data, dict):
         raise InvalidRequest.for_field("request", "must be a JSON object")
     try:
-        return JobRequest.model_validate(data)
+        # strict: JSON true is not 1 and "2" is not 2 (pydantic's lax mode would take both)
+        return JobRequest.model_validate(data, strict=True)
     except ValidationError as exc:
         raise from_pydantic(exc) from exc
 
@@ -61,6 +62,8 @@ def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
             errs.append(FieldError("tumor_class", f"{entry.id} is not class-conditional; leave tumor_class out"))
         elif req.tumor_class not in entry.classes:
             errs.append(FieldError("tumor_class", f"'{req.tumor_class}' is not one of {list(entry.classes)}"))
+    if req.truncation is not None and "truncation" not in entry.config.get("sampling", {}):
+        errs.append(FieldError("truncation", f"{entry.id} takes no truncation (only StyleGAN2 models do); leave it out"))
     if req.modalities:
         unknown = [m for m in req.modalities if m not in entry.modalities]
         if unknown:

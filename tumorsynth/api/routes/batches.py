@@ -45,7 +45,7 @@ async def submit_batch(request: Request, response: Response, tenant: TenantDep, 
     if not isinstance(data, dict):
         raise InvalidRequest.for_field("request", "send the batch as a JSON object")
     try:
-        req = BatchRequest.model_validate(data)
+        req = BatchRequest.model_validate(data, strict=True)  # as job requests: no true-as-1, no "2"-as-2
     except ValidationError as exc:
         raise from_pydantic(exc) from exc
     rec = await run_in_threadpool(batches.submit, tenant, req, uploaded)
