@@ -109,3 +109,13 @@ async def _parse_form(request: Request, max_files: int):
         raise MalformedRequest("the multipart body ends before its closing boundary: the upload was cut short or "
                                "the boundary in Content-Type does not match the body; send it again")
     return form
+
+
+async def read_json_body(request: Request) -> bytes:
+    """A JSON request body, read no further than ``MAX_REQUEST_JSON`` (the request cap is for uploads, not JSON)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_REQUEST_JSON:
+            raise PayloadTooLarge.for_field("request", f"a JSON body is limited to {MAX_REQUEST_JSON // 1024} KiB")
+    return bytes(body)

@@ -11,7 +11,7 @@ from ...errors import InvalidRequest, NotFound
 from ...jobs.batches import BatchRequest, view
 from ...jobs.validation import from_pydantic, load_json
 from ..deps import BankDep, BatchesDep, SettingsDep, StoreDep, TenantDep
-from ..uploads import read_job_form
+from ..uploads import read_job_form, read_json_body
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 masks_router = APIRouter(prefix="/v1/masks", tags=["masks"])
@@ -40,7 +40,7 @@ async def submit_batch(request: Request, response: Response, tenant: TenantDep, 
         raw, files = await read_job_form(request, settings, multiple=True)
         uploaded = files.get("mask", [])
     else:
-        raw = await request.body()
+        raw = await read_json_body(request)
     data = load_json(raw or b"null")
     if not isinstance(data, dict):
         raise InvalidRequest.for_field("request", "send the batch as a JSON object")
