@@ -35,12 +35,24 @@ def parse_request(raw: str | bytes | None) -> JobRequest:
         raise from_pydantic(exc) from exc
 
 
+# pydantic names each member of a failed union in the error's location ("metadata.a.str", "metadata.a.int", ...)
+UNION_MEMBERS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean"}
+
+
 def from_pydantic(exc: ValidationError, prefix: str = "") -> InvalidRequest:
-    errors = []
+    errors: list[FieldError] = []
+    unions: dict[str, list[str]] = {}
     for e in exc.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "request"
+        loc = list(e["loc"])
+        if len(loc) > 1 and loc[-1] in UNION_MEMBERS:
+            unions.setdefault(prefix + ".".join(str(p) for p in loc[:-1]), []).append(UNION_MEMBERS[loc[-1]])
+            continue
+        field = ".".join(str(p) for p in loc) or "request"
         msg = "this field is not accepted" if e["type"] == "extra_forbidden" else e["msg"]
         errors.append(FieldError(prefix + field, msg))
+    for field, kinds in unions.items():
+        errors.append(FieldError(field, f"must be {', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1
+                                 else f"must be {kinds[0]}"))
     return InvalidRequest("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
 
 
