@@ -175,3 +175,27 @@ def test_cancel_webhook_survives_a_deliverer_that_died_mid_delivery(redis_server
     assert got[0].headers["webhook-id"] == claimed["id"] and verify(WEBHOOK_SECRET, got[0].headers, got[0].body)
     assert r.zcard(DUE) == 0
     r.flushdb()
+
+
+def test_checked_address_is_the_one_connected_to():
+    from tumorsynth.webhooks.targets import TargetRefused, check_target
+
+    public = lambda host, port: ["93.184.215.14"]  # noqa: E731
+    t = check_target("https://hooks.example:8443/in?q=1", False, public)
+    assert t.pinned_url() == "https://93.184.215.14:8443/in?q=1" and t.host_header == "hooks.example:8443"
+    with pytest.raises(TargetRefused, match="10.0.0.1"):  # one private answer among public ones is enough
+        check_target("https://hooks.example/", False, lambda h, p: ["93.184.215.14", "10.0.0.1"])
+
+
+def test_a_name_that_now_resolves_privately_is_refused_at_delivery(settings):
+    """DNS rebinding: the host passed the check at submission but resolves to loopback when the delivery is due."""
+    from tumorsynth.webhooks.deliver import Deliverer
+
+    r = redis.Redis.from_url(settings.redis_url)
+    with Receiver() as rx:
+        port = rx.url.rsplit(":", 1)[1]
+        rebound = Deliverer(r, settings.model_copy(update={"webhook_allow_private_targets": False}),
+                            resolve=lambda host, p: ["127.0.0.1"])
+        d = rebound.attempt(_delivery(f"http://hooks.example:{port}/x"))
+        time.sleep(0.2)
+        assert d["state"] == "refused" and "127.0.0.1" in d["last_error"] and rx.received == []

@@ -76,9 +76,12 @@ class Deliverer:
         target = check_target(d["url"], self.settings.webhook_allow_private_targets, self.resolve)
         body = d["body"].encode()
         headers = signing.headers(secret, d["id"], int(time.time()), body) | {
-            "content-type": "application/json", "user-agent": f"tumorsynth-webhooks/{__version__}",
-            "host": target.host_header}
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+            "content-type": "application/json", "user-agent": f"tumorsynth-webhooks/{__version__}"}
+        extensions = {}
+        if target.address is not None:
+            headers["host"] = target.host_header
+            if target.scheme == "https":
+                extensions["sni_hostname"] = target.host
         # The request goes to the address just checked, not to a fresh DNS answer; TLS still verifies the name.
         with self.client.stream("POST", target.pinned_url(), content=body, headers=headers,
                                 extensions=extensions) as resp:

@@ -26,10 +26,12 @@ class Target:
     scheme: str
     host: str  # as written in the URL (a name, or an address without brackets)
     port: int
-    address: str  # the checked address the request goes to
+    address: str | None  # the checked address the request goes to; None: not checked (private targets allowed)
 
     def pinned_url(self) -> str:
         """The URL with the host replaced by the checked address (IPv6 in brackets)."""
+        if self.address is None:
+            return self.url
         parts = urlsplit(self.url)
         addr = f"[{self.address}]" if ":" in self.address else self.address
         path = parts.path or "/"
@@ -71,6 +73,8 @@ def check_target(url: str, allow_private: bool, resolve: Resolver = system_resol
     if parts.username or parts.password:
         raise TargetRefused("leave credentials out of the URL; verify the webhook-signature header instead")
     port = port or (443 if scheme == "https" else 80)
+    if allow_private:  # nothing to check, so no DNS lookup at submission; the HTTP client resolves at delivery
+        return Target(url=url, scheme=scheme, host=host, port=port, address=None)
     try:
         addresses = [str(ipaddress.ip_address(host))]
     except ValueError:
@@ -80,11 +84,10 @@ def check_target(url: str, allow_private: bool, resolve: Resolver = system_resol
             raise TargetRefused(f"the host '{host}' does not resolve") from exc
         if not addresses:
             raise TargetRefused(f"the host '{host}' does not resolve")
-    if not allow_private:
-        bad = [a for a in addresses if not is_public(a)]
-        if bad:
-            raise TargetRefused(f"'{host}' is (or resolves to) the non-public address {bad[0]}; webhooks go to "
-                                "public addresses only (operators can allow private ones)")
+    bad = [a for a in addresses if not is_public(a)]
+    if bad:
+        raise TargetRefused(f"'{host}' is (or resolves to) the non-public address {bad[0]}; webhooks go to "
+                            "public addresses only (operators can allow private ones)")
     return Target(url=url, scheme=scheme, host=host, port=port, address=addresses[0])
 
 
