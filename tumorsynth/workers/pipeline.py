@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import contextmanager
 
 from ..errors import JobCanceled, LeaseLost, TumorsynthError
@@ -32,6 +33,7 @@ def params_for(rec: JobRecord, entry: ModelEntry) -> GenerationParams:
         modalities=tuple(req.get("modalities") or entry.modalities),
         tumor_class=req.get("tumor_class"),
         output_grid=req.get("output_grid", "input"),
+        options={k: req[k] for k in ("truncation",) if req.get(k) is not None},
     )
 
 
@@ -75,6 +77,19 @@ def run_job(ctx: WorkerContext, job_id: str) -> str:
         log.info("job %s not run: %s", job_id, claim.reason)
         return claim.reason
     rec, token = claim.record, claim.record.attempts
+    # One line at each end of an attempt, with wall-clock times: operators (and the fault tests) can line up
+    # attempts across workers and see that two never overlapped.
+    log.info("job %s attempt %d started on %s at %.6f", job_id, token, ctx.worker_id, time.time())
+    outcome = "crashed"
+    try:
+        outcome = _run_attempt(ctx, rec, token)
+        return outcome
+    finally:
+        log.info("job %s attempt %d ended (%s) on %s at %.6f", job_id, token, outcome, ctx.worker_id, time.time())
+
+
+def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
+    s, job_id = ctx.settings, rec.id
     writer: OutputWriter | None = None
     with heartbeat(ctx, job_id, token):
         try:
