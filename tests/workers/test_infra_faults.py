@@ -47,6 +47,10 @@ def test_redis_restart_loses_no_queued_or_running_job(s3_endpoint, model_dir, tm
                 assert all(len(st.stored(d["id"])) == len(d["outputs"]) == OUTPUTS_PER_JOB for d in done)
                 ran = attempts_in_logs(log)
                 assert all(sum(a.outcome == "succeeded" for a in ran if a.job_id == d["id"]) == 1 for d in done)
+                # The running attempt gave the job up without failing it; the reaper requeued it after the restart.
+                assert [(a.number, a.outcome) for a in sorted(ran, key=lambda a: a.number)
+                        if a.job_id == jobs[0]["id"]] == [(1, "store_unreachable"), (2, "succeeded")]
+                assert [d["attempts"] for d in done] == [2, 1, 1, 1]
             finally:
                 w.stop()
     finally:

@@ -7,6 +7,8 @@ import threading
 import time
 from contextlib import contextmanager
 
+import redis
+
 from ..errors import JobCanceled, LeaseLost, TumorsynthError
 from ..imaging.labels import validate_mask
 from ..imaging.nifti import Volume, read_volume
@@ -124,6 +126,12 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
         except TumorsynthError as exc:
             _discard(writer)
             return _fail(ctx, job_id, token, exc.code, exc.message)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The job store is out of reach, so this attempt cannot know whether it still owns the job: it must not
+            # fail it, nor delete its uploads (a finish may have landed before the connection broke). Its lease
+            # lapses and the reaper requeues the job once Redis answers again.
+            log.warning("job %s: job store unreachable (%s); giving up attempt %d", job_id, exc, token)
+            return "store_unreachable"
         except Exception as exc:  # a bug or a library failure: the job fails with a code, the worker lives on
             log.exception("job %s failed", job_id)
             _discard(writer)
