@@ -17,6 +17,7 @@ import time
 
 log = logging.getLogger(__name__)
 P = "ts:gpu:"
+INDEX = "ts:gpu-readings"  # zset: reading key → when it expires (no keyspace scans at scrape time)
 KINDS = ("allocated", "reserved")
 
 
@@ -41,14 +42,19 @@ def sample() -> list[dict]:
 def publish(r, worker_id: str, pid: int, readings: list[dict], ttl_seconds: float) -> None:
     """Store one process's readings; they expire unless refreshed, so a dead worker's memory disappears."""
     if readings:
-        r.set(gpu_key(worker_id, pid), json.dumps(readings), ex=max(1, int(ttl_seconds)))
+        ttl = max(1, int(ttl_seconds))
+        with r.pipeline() as p:
+            p.set(gpu_key(worker_id, pid), json.dumps(readings), ex=ttl)
+            p.zadd(INDEX, {gpu_key(worker_id, pid): time.time() + ttl})
+            p.execute()
 
 
 def read_all(r) -> dict[tuple[str, str, str], float]:
     """(worker, device, kind) → bytes, summed over a worker's pool processes."""
+    r.zremrangebyscore(INDEX, "-inf", time.time())
+    keys = r.zrange(INDEX, 0, -1)
     out: dict[tuple[str, str, str], float] = {}
-    for key in r.scan_iter(match=f"{P}*", count=100):
-        raw = r.get(key)
+    for key, raw in zip(keys, r.mget(keys) if keys else []):
         if not raw:
             continue
         worker = key.decode()[len(P):].rsplit(":", 1)[0]
