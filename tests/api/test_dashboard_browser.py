@@ -72,6 +72,9 @@ def test_dashboard_shows_queues_jobs_and_preview(live_url, browser, worker):
     expect(page.locator("#status")).to_have_text("enter your API key")
     expect(page.locator("#jobs tbody tr")).to_have_count(0)
 
+    page.fill("#api-key", "not-a-key")
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#status")).to_have_text("that key was not accepted")
     page.fill("#api-key", "key-alpha")
     page.click("#key-form button[type=submit]")
     gpu = page.locator('#queues tr[data-queue="gpu"]')
