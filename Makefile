@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium run test bench demo-models clean
+.PHONY: install chromium run test bench bench-load demo-models clean
 
 install: $(STAMP)
 
@@ -44,6 +44,9 @@ demo-models: install
 
 bench: install
 	$(PY) benchmarks/submit_and_sample.py
+
+bench-load: install  # 1,000 tiny-model jobs against the embedded default; N=... to change
+	$(PY) benchmarks/load.py --n $(or $(N),1000)
 
 clean:
 	rm -rf out var .pytest_cache
