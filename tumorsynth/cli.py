@@ -332,6 +332,31 @@ def eval_utility(model: str, data: Annotated[Path, typer.Option(exists=True, fil
     console.print(f"[green]report: {result['report']}[/green]")
 
 
+@eval_app.command("stylegan2")
+def eval_stylegan2(model: str, data: Annotated[Path, typer.Option(exists=True, file_okay=False,
+                                                                  help="real slices: DIR/<class>/*.png or BraTS")],
+                   samples: Annotated[int, typer.Option(help="held-out real and generated slices scored")] = 300,
+                   truncation: float = 1.0, epochs: Annotated[int, typer.Option(help="classifier epochs")] = 15,
+                   seed: int = 0, out: Annotated[Path | None, typer.Option(help="write the scores as JSON")] = None,
+                   device: str = "auto") -> None:
+    """Inception Score, FID and class agreement of generated vs held-out real slices, with an in-house classifier."""
+    from .evaluation.slice_scores import format_scores, score_slices
+    from .models.loader import resolve_device
+    from .models.registry import ModelRegistry
+    from .training.slices import load_slices
+
+    _logging("WARNING")
+    entry = ModelRegistry(get_settings().model_dir).get(model)
+    real = load_slices(data, int(entry.output_shape[0]), list(entry.classes))
+    scores = score_slices(entry, real.images, real.labels, str(data), samples=samples, truncation=truncation,
+                          epochs=epochs, seed=seed, device=resolve_device(device))
+    typer.echo(format_scores(scores))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
+        console.print(f"[green]scores: {out}[/green]")
+
+
 def _report(row: dict) -> None:
     console.print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 
