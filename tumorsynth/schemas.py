@@ -34,6 +34,8 @@ class JobRequest(Strict):
     modalities: list[Annotated[str, StringConstraints(min_length=1, max_length=16)]] | None = Field(None, max_length=8)
     sampler: SamplerChoice | None = None
     output_grid: Literal["input", "model"] = "input"
+    truncation: float | None = Field(None, ge=0.0, le=1.0, description="StyleGAN2 truncation ψ: 1 = none, 0 = the "
+                                     "class's mean; refused by models that take no truncation")
     webhook: Annotated[str, StringConstraints(max_length=2048)] | None = None
     # Which events are POSTed to ``webhook``; default: the end of the job (succeeded, failed or canceled).
     webhook_events: list[Literal["job.started", "job.succeeded", "job.failed", "job.canceled"]] | None = Field(
@@ -77,7 +79,7 @@ class OutputInfo(BaseModel):
     name: str
     modality: str
     sample_index: int | None
-    kind: Literal["image", "sidecar", "mask"] = "image"
+    kind: Literal["image", "sidecar", "mask", "preview"] = "image"
     url: str | None = None
     expires_at: datetime | None = None
     size: int

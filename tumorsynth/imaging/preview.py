@@ -34,6 +34,21 @@ def _tile(img: np.ndarray, outline: np.ndarray | None, spacing: tuple[float, flo
     return pic.resize((max(1, int(w * scale)), max(1, int(h * aspect * scale))), Image.NEAREST)
 
 
+def slice_png(data: np.ndarray) -> bytes:
+    """An 8-bit PNG of one slice, (X, Y) or (X, Y, 1) in voxel order, shown as the montage shows an axial view.
+
+    Values already in [0, 1] are written as they are (×255); others are windowed to their 1-99th percentiles.
+    """
+    x = np.asarray(data, dtype=np.float32)
+    x = x.reshape(x.shape[:2]) if x.ndim == 3 and x.shape[2] == 1 else x
+    if x.ndim != 2:
+        raise ValueError(f"slice_png takes one 2D slice, got shape {data.shape}")
+    unit = x if x.size and 0.0 <= float(x.min()) and float(x.max()) <= 1.0 else _window(x)
+    buf = io.BytesIO()
+    Image.fromarray(np.rot90((unit * 255).round().astype(np.uint8))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def montage(volumes: list[tuple[str, np.ndarray, tuple[float, ...]]], mask: np.ndarray | None) -> bytes:
     """PNG bytes. ``volumes``: (label, 3D array, spacing); ``mask`` on the same grid (or None)."""
     shape = volumes[0][1].shape
@@ -46,7 +61,8 @@ def montage(volumes: list[tuple[str, np.ndarray, tuple[float, ...]]], mask: np.n
     for _, vol, sp in volumes:
         outlines = _views(edge, centre) if edge is not None else [None] * 3
         spacings = [(sp[0], sp[1]), (sp[0], sp[2]), (sp[1], sp[2])]
-        rows.append([_tile(v, o, s) for v, o, s in zip(_views(vol, centre), outlines, spacings)])
+        views = _views(vol, centre)[:1 if vol.shape[2] == 1 else 3]  # a single slice has only its axial view
+        rows.append([_tile(v, o, s) for v, o, s in zip(views, outlines, spacings)])
     width = sum(t.size[0] for t in rows[0]) + 4 * len(rows[0])
     height = sum(max(t.size[1] for t in r) + 4 for r in rows)
     canvas = Image.new("RGB", (width, height), (0, 0, 0))

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..imaging.labels import to_brats2023
 from ..imaging.nifti import Volume, write_nifti, write_sidecar
+from ..imaging.preview import slice_png
 from ..jobs.records import JobRecord, StoredOutput
 from ..models.base import GeneratedVolume, GenerationParams
 from ..models.registry import ModelEntry
@@ -33,7 +34,12 @@ def provenance(rec: JobRecord, entry: ModelEntry, params: GenerationParams) -> d
         "RequestId": rec.id,
         "TumorClass": params.tumor_class,
         "OutputGrid": params.output_grid,
-    }
+    } | ({"Truncation": params.options["truncation"]} if "truncation" in params.options else {})
+
+
+def is_slice(data: np.ndarray) -> bool:
+    """A 2D image: (X, Y) or a single-slice (X, Y, 1) volume."""
+    return data.ndim == 2 or (data.ndim == 3 and data.shape[2] == 1)
 
 
 def _spacing(affine: np.ndarray) -> list[float]:
@@ -64,8 +70,12 @@ class OutputWriter:
 
     def write(self, volumes: list[GeneratedVolume], mask: tuple[Volume, str] | None) -> list[StoredOutput]:
         for v in volumes:
-            self._volume(f"sample-{v.sample_index}_{v.modality}", v.data, v.affine, v.reference,
-                         modality=v.modality, sample_index=v.sample_index, kind="image")
+            stem = f"sample-{v.sample_index}_{v.modality}"
+            self._volume(stem, v.data, v.affine, v.reference, modality=v.modality, sample_index=v.sample_index,
+                         kind="image")
+            if is_slice(v.data):  # 2D outputs also come as a PNG, for a glance or a 2D pipeline
+                self._put(f"{stem}.png", slice_png(v.data), "image/png", modality=v.modality,
+                          sample_index=v.sample_index, kind="preview", shape=list(v.data.shape[:2]))
         if mask is not None:
             vol, convention = mask
             labels = to_brats2023(np.asarray(vol.data), convention).astype(np.float32)

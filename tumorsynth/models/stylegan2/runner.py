@@ -35,6 +35,12 @@ def to_unit(images: torch.Tensor) -> np.ndarray:
     return ((images[:, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy().astype(np.float32)
 
 
+def to_voxels(image: np.ndarray) -> np.ndarray:
+    """A displayed slice (rows top to bottom, as PNG sets store them) → (X, Y, 1) voxels, the inverse of the
+    ``np.rot90`` with which previews (``imaging.preview``) and the training slices of BraTS volumes are shown."""
+    return np.ascontiguousarray(np.rot90(image, k=-1)[..., None], dtype=np.float32)
+
+
 class StyleGAN2Generator:
     def __init__(self, entry: ModelEntry, device: str | torch.device):
         self.entry = entry
@@ -58,7 +64,7 @@ class StyleGAN2Generator:
             images = sample_slices(self.network, label, seeds, truncation,
                                    self.sampling.get("noise_mode", "random"), progress, self.device)
         slices = to_unit(images)  # (N, H, W)
-        return [GeneratedVolume(modality, i, np.ascontiguousarray(slices[i][..., None]), self.affine.copy(), None)
+        return [GeneratedVolume(modality, i, to_voxels(slices[i]), self.affine.copy(), None)
                 for i in range(params.num_samples)]
 
     def _truncation(self, params: GenerationParams) -> float:
