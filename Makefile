@@ -31,9 +31,10 @@ test: install chromium
 	$(VENV)/bin/pytest -q
 
 # The demo checkpoints: 40 phantom subjects, then each family's *-demo config, on this 2-core CPU (one thread
-# each, as the shipped ones were made: about 5 min of phantoms, then roughly 28 + 8 + 17 minutes on a busy machine).
+# each, as the shipped ones were made: about 5 min of phantoms, then roughly 28 + 8 + 17 minutes on a busy machine,
+# and for StyleGAN2 2 min of slices + about 10 CPU minutes of training).
 demo-models: install
-	rm -rf var/phantoms/demo var/train/*-demo-phantom@1
+	rm -rf var/phantoms/demo var/slices/stylegan2-demo var/train/*-demo-phantom@1
 	$(VENV)/bin/tumorsynth phantoms --n 40 --seed 0 --out var/phantoms/demo --workers 2
 	$(VENV)/bin/tumorsynth train ldm --data var/phantoms/demo --config ldm-demo --device cpu --threads 1 \
 		--out checkpoints/ldm/demo-phantom@1 --work var/train/ldm-demo-phantom@1
@@ -41,6 +42,11 @@ demo-models: install
 		--out checkpoints/vqgan/demo-phantom@1 --work var/train/vqgan-demo-phantom@1
 	$(VENV)/bin/tumorsynth train tavit --data var/phantoms/demo --config tavit-demo --device cpu --threads 1 \
 		--out checkpoints/tavit/demo-phantom@1 --work var/train/tavit-demo-phantom@1
+	# StyleGAN2: a meningioma/glioma/pituitary slice set from the phantoms (glioma: the phantoms' own tumours;
+	# meningioma, pituitary: simulated masses painted on tumour-free slices, as SLICES.json and the card say)
+	$(VENV)/bin/tumorsynth phantom-slices --data var/phantoms/demo --out var/slices/stylegan2-demo --per-class 200
+	$(VENV)/bin/tumorsynth train stylegan2 --data var/slices/stylegan2-demo --config stylegan2-demo --device cpu \
+		--threads 1 --out checkpoints/stylegan2/demo-phantom@1 --work var/train/stylegan2-demo-phantom@1
 
 bench: install
 	$(PY) benchmarks/submit_and_sample.py
