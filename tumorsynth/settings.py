@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SECRETS = {"minioadmin", "changeme", "secret", "password"}
+DEFAULT_SECRETS = {"minioadmin", "minio123", "changeme", "secret", "password", "admin"}
+PLACEHOLDER = re.compile(r"change[-_ ]?me", re.IGNORECASE)  # .env.example's values say "change-me"
+MIN_SECRET_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -22,7 +25,7 @@ class Settings(BaseSettings):
     # Object storage. No endpoint: a local folder (storage_dir) holds the objects.
     s3_endpoint: str | None = None
     s3_access_key: str | None = None
-    s3_secret_key: str | None = None
+    s3_secret_key: str | None = Field(None, repr=False)
     s3_bucket: str = "tumorsynth"
     s3_region: str = "us-east-1"
     s3_secure: bool = False
@@ -31,10 +34,10 @@ class Settings(BaseSettings):
     # Public base URL of the API, used for download links when objects live in a local folder.
     public_url: str = "http://127.0.0.1:8000"
     # Hex or any string; signs local download links. Generated per process when unset (links then die on restart).
-    url_signing_key: str | None = None
+    url_signing_key: str | None = Field(None, repr=False)
 
     # "tenantA:keyA,tenantB:keyB". Empty: loopback only, tenant "local".
-    api_keys: str = ""
+    api_keys: str = Field("", repr=False)
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -61,8 +64,8 @@ class Settings(BaseSettings):
 
     # Webhooks (Standard Webhooks signatures). Secrets are "whsec_<base64>"; a tenant's own secret wins over the
     # global one; a job may ask for a webhook only when its tenant has a secret.
-    webhook_secret: str | None = None
-    webhook_tenant_secrets: str = ""  # "tenantA:whsec_...,tenantB:whsec_..."
+    webhook_secret: str | None = Field(None, repr=False)
+    webhook_tenant_secrets: str = Field("", repr=False)  # "tenantA:whsec_...,tenantB:whsec_..."
     webhook_allow_private_targets: bool = False  # loopback/private/link-local targets (tests, closed networks)
     webhook_max_attempts: int = Field(12, ge=1, le=50)
     webhook_backoff_seconds: float = Field(5.0, gt=0)  # doubled after each failed attempt, capped below
@@ -123,15 +126,35 @@ class Settings(BaseSettings):
         return self.family_queues.get(family, "gpu")
 
     def check_safe_to_serve(self, host: str) -> None:
-        """Refuse unsafe defaults outside loopback: no API keys, or default object-store secrets."""
+        """Refuse unsafe defaults outside loopback: no API keys, or a default, placeholder or short secret.
+
+        Messages name the setting and the tenant, never the secret.
+        """
         if is_loopback(host):
             return
         if not self.auth_enabled:
             raise ValueError(
                 f"refusing to listen on {host} without API keys: set TUMORSYNTH_API_KEYS or bind to 127.0.0.1"
             )
-        if self.s3_secret_key and self.s3_secret_key in DEFAULT_SECRETS:
-            raise ValueError("refusing to serve with a default S3 secret key: set TUMORSYNTH_S3_SECRET_KEY")
+        fix = "use a random one: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        for key, tenant in self.tenants_by_key.items():
+            if why := weak_secret(key):
+                raise ValueError(f"refusing to serve: the API key of tenant {tenant!r} {why}; {fix}")
+        if self.s3_secret_key and (why := weak_secret(self.s3_secret_key)):
+            raise ValueError(f"refusing to serve: TUMORSYNTH_S3_SECRET_KEY {why}; {fix}")
+        if self.url_signing_key and (why := weak_secret(self.url_signing_key)):
+            raise ValueError(f"refusing to serve: TUMORSYNTH_URL_SIGNING_KEY {why}; {fix} (or leave it unset)")
+
+
+def weak_secret(secret: str) -> str | None:
+    """Why ``secret`` must not guard a service reachable from other machines, or None."""
+    if secret.lower() in DEFAULT_SECRETS:
+        return "is a well-known default"
+    if PLACEHOLDER.search(secret):
+        return "is the example's placeholder"
+    if len(secret) < MIN_SECRET_CHARS:
+        return f"is shorter than {MIN_SECRET_CHARS} characters"
+    return None
 
 
 def is_loopback(host: str) -> bool:
