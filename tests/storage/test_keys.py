@@ -10,6 +10,9 @@ def test_layout():
     assert keys.input_key("alpha", "j1", "mask.nii.gz") == "tenants/alpha/jobs/j1/inputs/mask.nii.gz"
     assert keys.output_key("alpha", "j1", "sample-0_t1.nii.gz") == "tenants/alpha/jobs/j1/outputs/sample-0_t1.nii.gz"
     assert keys.job_prefix("alpha", "j1") == "tenants/alpha/jobs/j1/"
+    assert keys.attempt_output_key("alpha", "j1", 2, "mask.json") == "tenants/alpha/jobs/j1/outputs/attempt-2/mask.json"
+    with pytest.raises(ValueError):
+        keys.attempt_outputs_prefix("alpha", "j1", 0)
     assert keys.mask_bank_key("alpha", "m1", "mask.nii.gz") == "tenants/alpha/masks/m1/mask.nii.gz"
     assert keys.batch_key("alpha", "b1", "manifest.csv") == "tenants/alpha/batches/b1/manifest.csv"
 

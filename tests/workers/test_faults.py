@@ -5,13 +5,14 @@ Leases are 3 s and heart-beaten every 0.5 s (``make_settings``), so a dead worke
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 
 from tests.api.helpers import wait_status
 from tests.support.services import WorkerProcess, wait_for
 
-from .faults import OUTPUTS_PER_JOB, attempts_in_logs, request, slow, stack
+from .faults import MODEL, OUTPUTS_PER_JOB, attempts_in_logs, request, slow, stack
 
 
 def test_worker_sigkilled_mid_sampling_job_succeeds_exactly_once(redis_server, s3_endpoint, model_dir, tmp_path):
@@ -120,3 +121,41 @@ def test_two_workers_never_run_one_job_at_once(redis_server, s3_endpoint, model_
         finally:
             for w in workers:
                 w.stop()
+
+
+def test_stalled_worker_coming_back_cannot_touch_the_winners_outputs(redis_server, s3_endpoint, model_dir, tmp_path):
+    """Worker A stalls (SIGSTOP, like a paused VM) while writing outputs; its lease lapses and B runs the job to
+    success. A then wakes, finishes writing and is fenced out: B's listed outputs must stay intact, and alone."""
+    with stack(redis_server, s3_endpoint, model_dir) as st:
+        queue = st.settings.queue_for("ldm")
+        a = WorkerProcess(st.settings, tmp_path / "a.log", queues=queue).start()
+        b = None
+        try:
+            # Four samples in four contrasts: 34 objects to write, a window of seconds after the last step.
+            job = st.submit({"model": MODEL, "num_samples": 4, "seed": 5, "sampler": {"name": "dpm++", "steps": 5}})
+
+            def writing() -> bool:
+                rec = st.services.jobs.get(job["id"])
+                return rec.status == "running" and rec.total_steps > 0 and rec.completed_steps == rec.total_steps
+
+            wait_for(writing, timeout=120, interval=0.01, what="attempt 1 to finish sampling")
+            os.killpg(a.proc.pid, signal.SIGSTOP)
+            assert st.services.jobs.get(job["id"]).status == "running", "attempt 1 ended before it could be paused"
+            b = WorkerProcess(st.settings, tmp_path / "b.log", queues=queue).start()
+            done = wait_status(st.client, job["id"], {"succeeded", "failed"}, timeout=120)
+            assert done["status"] == "succeeded" and done["attempts"] == 2, done["error"]
+            os.killpg(a.proc.pid, signal.SIGCONT)
+            wait_for(lambda: [x.outcome for x in attempts_in_logs(tmp_path / "a.log") if x.number == 1] != [None],
+                     timeout=60, what="the stale attempt to end")
+            assert [x.outcome for x in attempts_in_logs(tmp_path / "a.log")] == ["lease_lost"]
+            rec = st.services.jobs.get(job["id"])
+            assert len(rec.outputs) == 34
+            assert sorted(st.stored(job["id"])) == sorted(o.key for o in rec.outputs)
+            for o in rec.outputs:
+                assert hashlib.sha256(st.services.store.get_bytes(o.key)).hexdigest() == o.sha256, o.name
+        finally:
+            if a.proc.poll() is None:
+                os.killpg(a.proc.pid, signal.SIGCONT)
+            a.stop()
+            if b:
+                b.stop()

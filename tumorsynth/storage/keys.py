@@ -33,6 +33,18 @@ def output_key(tenant: str, job_id: str, filename: str) -> str:
     return f"{job_prefix(tenant, job_id)}outputs/{component('filename', filename)}"
 
 
+def attempt_outputs_prefix(tenant: str, job_id: str, attempt: int) -> str:
+    """Where one attempt of a job writes. Attempts never share a key, so a stale attempt that wakes up late can
+    neither overwrite nor delete the outputs of the attempt that owns the job."""
+    if not isinstance(attempt, int) or attempt < 1:
+        raise ValueError(f"an attempt number is a positive integer, got {attempt!r}")
+    return f"{job_prefix(tenant, job_id)}outputs/attempt-{attempt}/"
+
+
+def attempt_output_key(tenant: str, job_id: str, attempt: int, filename: str) -> str:
+    return f"{attempt_outputs_prefix(tenant, job_id, attempt)}{component('filename', filename)}"
+
+
 def mask_bank_key(tenant: str, mask_id: str, name: str) -> str:
     return f"{tenant_prefix(tenant)}masks/{component('mask_id', mask_id)}/{component('name', name)}"
 

@@ -14,7 +14,7 @@ from ..jobs.records import JobRecord, StoredOutput
 from ..models.base import GeneratedVolume, GenerationParams
 from ..models.registry import ModelEntry
 from ..storage.base import ObjectStore
-from ..storage.keys import output_key
+from ..storage.keys import attempt_output_key, attempt_outputs_prefix, job_prefix
 from ..storage.retry import with_retries
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class OutputWriter:
         self.written: list[StoredOutput] = []
 
     def _put(self, name: str, data: bytes, content_type: str, **fields) -> None:
-        key = output_key(self.rec.tenant, self.rec.id, name)
+        key = attempt_output_key(self.rec.tenant, self.rec.id, self.rec.attempts, name)
         with_retries(lambda: self.store.put_bytes(key, data, content_type), attempts=self.retries)
         self.written.append(
             StoredOutput(name=name, key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(), **fields)
@@ -84,6 +84,17 @@ class OutputWriter:
                          extra={"LabelConvention": out_convention, "SourceLabelConvention": convention,
                                 "Description": f"the conditioning mask, labels {out_convention}"})
         return self.written
+
+    def sweep_other_attempts(self) -> None:
+        """After this attempt owns the finished job: delete what earlier attempts (killed mid-upload) left behind."""
+        own = attempt_outputs_prefix(self.rec.tenant, self.rec.id, self.rec.attempts)
+        attempts = f"{job_prefix(self.rec.tenant, self.rec.id)}outputs/attempt-"
+        try:
+            for info in self.store.list(attempts):
+                if not info.key.startswith(own):
+                    self.store.delete(info.key)
+        except Exception:  # best effort: those objects were never listed on the job
+            log.warning("could not sweep earlier attempts' outputs of %s", self.rec.id, exc_info=True)
 
     def discard(self) -> None:
         """Remove what this attempt uploaded (a canceled or failed attempt leaves nothing listed or stored)."""

@@ -114,6 +114,7 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
                 mask = (inputs["mask"], validate_mask(inputs["mask"]).convention)
             outputs = writer.write(volumes, mask)
             ctx.jobs.finish(job_id, token, "succeeded", outputs=outputs, completed_steps=total, total_steps=total)
+            writer.sweep_other_attempts()
             return "succeeded"
         except LeaseLost:
             log.warning("job %s: lease lost, another attempt owns it; dropping this one", job_id)
