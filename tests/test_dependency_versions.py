@@ -62,7 +62,7 @@ def test_pyproject_floors_keep_fresh_installs_past_them():
     """A fresh install resolves at or above each floor, not only this environment."""
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     reqs = {Requirement(d).name.lower(): Requirement(d) for d in deps}
-    for name in ("python-multipart", "starlette", "torch"):
+    for name in ("python-multipart", "starlette", "torch", "pillow"):
         spec = reqs[name].specifier
         floor = Version(MINIMUMS[name][0])
         lows = [Version(s.version) for s in spec if s.operator in (">=", "==", "~=")]
