@@ -34,7 +34,7 @@ def s3_endpoint():
     server.stop()
 
 
-SHIPPED_DEMOS = ("ldm", "vqgan", "tavit")  # families whose demo-phantom@1 checkpoint is in the repository
+SHIPPED_DEMOS = ("ldm", "vqgan", "tavit", "stylegan2")  # families whose demo-phantom@1 checkpoint is in the repository
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +53,7 @@ def model_dir(tmp_path_factory) -> Path:
     for family in SHIPPED_DEMOS:
         demo = REPO_ROOT / "checkpoints" / family / "demo-phantom@1"
         assert (demo / "config.json").is_file(), f"the repository ships {demo}"
+        (root / family).mkdir(exist_ok=True)
         (root / family / demo.name).symlink_to(demo, target_is_directory=True)
     return root
 
