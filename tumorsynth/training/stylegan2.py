@@ -246,17 +246,19 @@ class Trainer(ResumableTrainer):
             self.state["epoch"] = e + 1
             self._log(row)
             self.save_state()
-        return TrainResult(self.write_checkpoint(time.time() - t0), self.state["metrics"])
+        log.info("this run: %.1fs", time.time() - t0)
+        return TrainResult(self.write_checkpoint(), self.state["metrics"])
 
-    def write_checkpoint(self, seconds: float) -> ModelEntry:
+    def write_checkpoint(self) -> ModelEntry:
         cfg = self.cfg
+        seconds = sum(r["seconds"] for r in self.state["metrics"])  # all epochs, across resumes
         config = copy.deepcopy(self.model_config)
         trained_on = describe_data(self.data_dir, self.data)
         last = self.state["metrics"][-1] if self.state["metrics"] else {}
         config.update(trained=True, trained_on=trained_on,
                       training={"config": asdict(cfg), "slices": len(self.data.labels), "final": last,
-                                "images_seen": self.state["images_seen"], "seconds": round(seconds, 1),
+                                "images_seen": self.state["images_seen"], "epoch_seconds": round(seconds, 1),
                                 "device": str(self.device), "torch": torch.__version__})
         self.G_ema.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.G_ema,
-                               card=model_card(config, cfg, last, trained_on, self.data_dir))
+                               card=model_card(config, cfg, last, trained_on, self.data_dir, self.state["images_seen"]))

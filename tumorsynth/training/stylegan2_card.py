@@ -32,7 +32,11 @@ def describe_data(data_dir: Path, data: SliceSet) -> str:
     return f"{len(data.labels)} {kind}: {parts} (from {Path(data_dir).name})"
 
 
-def model_card(config: dict, cfg, last: dict, trained_on: str, data_dir: Path) -> str:
+# StyleGAN2 is usually trained on millions of images (the paper's generators: about a week on a P100 each)
+UNDERTRAINED_IMAGES = 200_000
+
+
+def model_card(config: dict, cfg, last: dict, trained_on: str, data_dir: Path, images_seen: int) -> str:
     res = config["network"]["resolution"]
     note = _provenance(data_dir)
     phantom = "phantom" in trained_on or note is not None
@@ -48,6 +52,11 @@ def model_card(config: dict, cfg, last: dict, trained_on: str, data_dir: Path) -
         classes = ("\n## Class labels\n\nBraTS-format data holds gliomas only; its subjects were labelled through "
                    f"`class_map` {json.dumps(cfg.class_map)} (LGG and HGG are both gliomas).\n")
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float))
+    if images_seen < UNDERTRAINED_IMAGES:
+        warning += (f"**Known limit: under-trained.** The generator saw {images_seen:,} training images (StyleGAN2 is "
+                    "usually trained on millions): expect blurry, brain-shaped slices with little variety, in which "
+                    "the class's tumour is hardly or not visible. Compare its scores with real slices' "
+                    "(`tumorsynth eval stylegan2`) before any use.\n\n")
     return f"""# stylegan2/{config['name']}@{config['version']}
 
 {warning}- Method: class-conditional StyleGAN2 (Karras et al. 2020; mapping network with a class embedding,
@@ -56,9 +65,9 @@ def model_card(config: dict, cfg, last: dict, trained_on: str, data_dir: Path) -
 - Output: {res}×{res} slices (NIfTI (H, W, 1), nominal {config['output']['spacing'][0]:g} mm pixels), intensities
   in [0, 1] ({config['intensity']['normalisation']}); classes {', '.join(config['classes'])}.
 - Trained on: {trained_on}.
-- Training: preset `{cfg.preset}`, {cfg.epochs} epochs of batch {cfg.batch_size}, non-saturating logistic loss, lazy
-  R1 (γ {cfg.r1_gamma:g} every {cfg.d_reg_interval}), lazy path length (weight {cfg.pl_weight:g} every
-  {cfg.g_reg_interval}), style mixing {cfg.style_mixing_prob:g}, Adam β (0, 0.99), EMA generator; seed {cfg.seed}.
+- Training: preset `{cfg.preset}`, {cfg.epochs} epochs of batch {cfg.batch_size} ({images_seen:,} images),
+  non-saturating logistic loss, lazy R1 (γ {cfg.r1_gamma:g} every {cfg.d_reg_interval}), lazy path length
+  (weight {cfg.pl_weight:g} every {cfg.g_reg_interval}), style mixing {cfg.style_mixing_prob:g}, Adam β (0, 0.99), EMA generator; seed {cfg.seed}.
 - Final epoch: {metrics or 'none'}.
 - Sampling: `direct`; `truncation` ψ in [0, 1] pulls w toward the class's mean w (tracked during training).
 - Intended use: data-augmentation research; every output is marked synthetic. Evaluate with
