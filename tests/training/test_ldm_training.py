@@ -102,3 +102,39 @@ def test_evaluation_reports_the_papers_metrics(phantom_dir, tmp_path):
     assert set(report["samples"]["mmd_vs_real"]) == {"t1", "t1c", "t2", "flair"}
     assert set(report["mask_fidelity_dice"]["synthetic"]) == {"WT", "TC", "ET"}
     assert "PSNR" in format_report(report) and "mask fidelity" in format_report(report)
+
+
+def test_tumour_centred_crops_hold_tumour_and_stay_inside_the_grid():
+    from tumorsynth.training.ldm import random_crops
+
+    images = torch.randn(6, 4, 32, 32, 16)
+    regions = torch.zeros(6, 3, 32, 32, 16)
+    regions[:, 0, 28:31, 1:4, 13:15] = 1  # a tumour in a corner: the window must be clamped, not shifted off-grid
+    x, r = random_crops(images, regions, (16, 16, 8), 1.0, np.random.default_rng(0))
+    assert x.shape == (6, 4, 16, 16, 8) and r.shape == (6, 3, 16, 16, 8)
+    assert all(r[i, 0].sum() == 18 for i in range(6))  # the whole tumour is inside every crop
+    assert torch.equal(x[0], images[0, :, 16:32, 0:16, 8:16])
+    with pytest.raises(ValueError, match="larger than the model grid"):
+        random_crops(images, regions, (40, 16, 8), 1.0, np.random.default_rng(0))
+
+
+def test_region_weights_add_per_region_and_all_zero_is_the_plain_mean():
+    from tumorsynth.training.ldm import region_weights, weighted_mean
+
+    regions = torch.zeros(1, 3, 2, 1, 1)
+    regions[0, :, 0] = torch.tensor([[[1.0]], [[1.0]], [[1.0]]])  # voxel 0 is enhancing (so in WT, TC and ET)
+    w = region_weights(regions, (10, 10, 30))
+    assert w.flatten().tolist() == [51.0, 1.0]
+    values = torch.rand(1, 4, 2, 1, 1)
+    assert torch.allclose(weighted_mean(values, region_weights(regions, (0, 0, 0))), values.mean())
+
+
+def test_autoencoder_trains_on_weighted_tumour_crops(phantom_dir, tmp_path):
+    rows = []
+    cfg = config(ae_epochs=4, adv_start_epoch=99, ae_lr=1e-3, diffusion_epochs=1, ssim_weight=0.2,
+                 ae_crop=(16, 16, 8), ae_region_weights=(10, 10, 30))
+    result = Trainer(cfg, phantom_dir, tmp_path / "ldm" / "c@1", tmp_path / "work", on_epoch=rows.append).run()
+    l1 = [r["l1"] for r in rows if r["stage"] == "autoencoder"]
+    assert np.isfinite(l1).all() and l1[-1] < l1[0], l1
+    card = (result.entry.path / "MODEL_CARD.md").read_text()
+    assert "16×16×8 crops" in card and "10·WT" in card
