@@ -171,8 +171,8 @@ def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None
     """Write a randomly initialised checkpoint (plumbing only: its outputs are noise)."""
     import importlib
 
-    if family not in ("ldm", "vqgan", "tavit"):
-        raise typer.BadParameter("family must be one of ldm, vqgan, tavit")
+    if family not in ("ldm", "vqgan", "tavit", "stylegan2"):
+        raise typer.BadParameter("family must be one of ldm, vqgan, tavit, stylegan2")
     make = importlib.import_module(f".models.{family}.configs", __package__).create_untrained
     entry = make((out or get_settings().model_dir / family), preset=preset, name=name, seed=seed)
     typer.echo(f"{entry.id} at {entry.path} (UNTRAINED)")
