@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tumorsynth.evaluation.slice_scores import inception_score, score_slices, split_real
+from tumorsynth.evaluation.slice_scores import inception_score, score_slices, split_real, train_slice_classifier
 from tumorsynth.models.stylegan2.configs import create_untrained
 
 
@@ -32,6 +32,14 @@ def test_inception_score_bounds():
     assert inception_score(confident) == pytest.approx(3.0)
     assert inception_score(torch.tensor([[1.0, 0, 0]] * 30)) == pytest.approx(1.0)
     assert inception_score(torch.full((30, 3), 1 / 3)) == pytest.approx(1.0)
+
+
+def test_classifier_training_is_seeded():
+    images, labels = synthetic_slices(6)
+    a, b, c = (train_slice_classifier(images, labels, 3, epochs=2, seed=s, batch_size=8) for s in (1, 1, 2))
+    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert not all(torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values()))
 
 
 def test_split_holds_out_each_class():

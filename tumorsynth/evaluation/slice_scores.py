@@ -74,22 +74,24 @@ class SliceScores:
 
 def train_slice_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 15,
                            seed: int = 0, batch_size: int = 32, lr: float = 1e-3) -> SliceClassifier:
-    """A ``SliceClassifier`` trained with cross-entropy on (N, 1, R, R) slices, with left-right flips; seeded."""
+    """A ``SliceClassifier`` trained with cross-entropy on (N, 1, R, R) slices, with left-right flips.
+
+    Initialisation, batch order, flips and dropout all come from ``seed`` (torch's global RNG is left as it was).
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = SliceClassifier(max(num_classes, 2))
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    net.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(images), generator=g).split(batch_size):
-            x = images[batch]
-            flip = torch.rand(len(x), generator=g) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-            loss = F.cross_entropy(net(x), labels[batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+        net.train()
+        for _ in range(epochs):
+            for batch in torch.randperm(len(images)).split(batch_size):
+                x = images[batch]
+                flip = torch.rand(len(x)) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+                loss = F.cross_entropy(net(x), labels[batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     return net.eval()
 
 
