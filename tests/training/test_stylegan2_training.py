@@ -99,6 +99,7 @@ def test_training_steps_are_finite_and_the_checkpoint_is_servable(slice_dir, tmp
                      on_epoch=rows.append).run()
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
+        assert r["cpu_seconds"] > 0
         for k in ("loss_g", "loss_d", "r1", "pl_penalty"):
             assert np.isfinite(r[k]), (k, r)
     assert rows[-1]["images_seen"] == 2 * 16  # 18 slices, batches of 4, the last partial batch dropped
@@ -106,7 +107,7 @@ def test_training_steps_are_finite_and_the_checkpoint_is_servable(slice_dir, tmp
     assert entry.classes == ("meningioma", "glioma", "pituitary") and entry.trained
     assert "NOT patients" in entry.trained_on
     card = (entry.path / "MODEL_CARD.md").read_text()
-    assert "phantoms for demonstration only" in card and "SIMULATED" in card
+    assert "phantoms for demonstration only" in card and "SIMULATED" in card and "under-trained" in card
     runner = StyleGAN2Generator(entry, "cpu")
     params = GenerationParams(num_samples=2, seed=1, sampler="direct", steps=1, modalities=(), tumor_class="pituitary")
     out = runner.generate(params, {}, lambda d, t: None)

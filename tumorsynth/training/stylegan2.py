@@ -238,8 +238,9 @@ class Trainer(ResumableTrainer):
         log.info("%d slices of %s (%s layout)", len(self.data.labels), self.data.classes, self.data.layout)
         while self.state["epoch"] < cfg.epochs:
             e = self.state["epoch"]
-            t = time.time()
-            row = {"epoch": e + 1} | self.train_epoch(e) | {"seconds": round(time.time() - t, 2)}
+            t, cpu = time.time(), time.process_time()
+            row = {"epoch": e + 1} | self.train_epoch(e) | {"seconds": round(time.time() - t, 2),
+                                                             "cpu_seconds": round(time.process_time() - cpu, 2)}
             if not all(np.isfinite(v) for v in row.values() if isinstance(v, float)):
                 raise FloatingPointError(f"epoch {e + 1}: a loss is not finite ({row}); lower lr_g/lr_d or raise "
                                          "r1_gamma")
@@ -251,14 +252,17 @@ class Trainer(ResumableTrainer):
 
     def write_checkpoint(self) -> ModelEntry:
         cfg = self.cfg
-        seconds = sum(r["seconds"] for r in self.state["metrics"])  # all epochs, across resumes
+        rows = self.state["metrics"]  # all epochs, across resumes
+        seconds, cpu = (sum(r.get(k, 0.0) for r in rows) for k in ("seconds", "cpu_seconds"))
         config = copy.deepcopy(self.model_config)
         trained_on = describe_data(self.data_dir, self.data)
         last = self.state["metrics"][-1] if self.state["metrics"] else {}
         config.update(trained=True, trained_on=trained_on,
                       training={"config": asdict(cfg), "slices": len(self.data.labels), "final": last,
                                 "images_seen": self.state["images_seen"], "epoch_seconds": round(seconds, 1),
+                                "epoch_cpu_seconds": round(cpu, 1),
                                 "device": str(self.device), "torch": torch.__version__})
         self.G_ema.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.G_ema,
-                               card=model_card(config, cfg, last, trained_on, self.data_dir, self.state["images_seen"]))
+                               card=model_card(config, cfg, last, trained_on, self.data_dir,
+                                               self.state["images_seen"]))
