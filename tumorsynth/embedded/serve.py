@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 from contextlib import contextmanager
 
@@ -56,7 +57,22 @@ def serve(settings: Settings, host: str, port: int, with_worker: bool = True) ->
     # process before the worker and Redis are stopped, leaving them orphaned. Exit through ``finally`` instead.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with embedded_backends(settings, with_worker) as effective:
-        uvicorn.run(create_app(effective), host=host, port=port, log_level="info")
+        config = uvicorn.Config(create_app(effective), host=host, port=port, log_level="info")
+        logging.getLogger("uvicorn.access").addFilter(RedactLinkSignatures())  # after uvicorn set its logging up
+        uvicorn.Server(config).run()
+
+
+class RedactLinkSignatures(logging.Filter):
+    """A signed download link is a credential until it expires: the access log keeps the path, not the signature."""
+
+    PATTERN = re.compile(r"((?:^|[?&])(?:signature|X-Amz-Signature|X-Amz-Credential)=)[^&\s]*", re.IGNORECASE)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
+            args = list(record.args)
+            args[2] = self.PATTERN.sub(r"\1<redacted>", args[2])
+            record.args = tuple(args)
+        return True
 
 
 def _exit_cleanly(signum, frame) -> None:
