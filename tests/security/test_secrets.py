@@ -92,6 +92,29 @@ def test_keys_are_not_logged_by_a_real_api_process(redis_server, s3_endpoint, mo
     assert "key-alpha" not in worker.log_path.read_text()
 
 
+def test_signed_link_signatures_are_not_logged_by_a_real_api_process(redis_server, model_dir, tmp_path):
+    """A local-store link is a credential until it expires; the access log keeps its path only."""
+    from tumorsynth.storage import make_store
+    from tumorsynth.storage.keys import output_key
+
+    s = make_settings(redis_server, None, model_dir, storage_dir=tmp_path / "objects", api_keys=KEYS,
+                      redis_url=redis_server.url.rsplit("/", 1)[0] + "/12")
+    key = output_key("alpha", "job_logged", "sample-0_t1.nii.gz")
+    store = make_store(s)
+    store.put_bytes(key, b"volume")
+    url = store.presigned_get_url(key, 300)
+    signature = url.rsplit("signature=", 1)[1]
+    api = ApiProcess(settings_env(s), free_port(), tmp_path / "api.log").start()
+    try:
+        r = httpx.get(api.base_url + url.removeprefix(s.public_url))
+    finally:
+        api.stop()
+    assert r.status_code == 200 and r.content == b"volume"
+    log = (tmp_path / "api.log").read_text()
+    assert "GET /v1/objects/tenants/alpha/jobs/job_logged/" in log and "signature=<redacted>" in log
+    assert signature not in log
+
+
 def test_settings_print_no_secret():
     s = Settings(api_keys=KEYS, s3_secret_key="s3-secret-1b9e7c", url_signing_key="signing-key-4d2a8f",
                  webhook_secret=None)
