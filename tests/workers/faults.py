@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from tests.api.helpers import submit
 from tests.conftest import make_settings
+from tests.support.services import wait_for
 from tests.support.volumes import mask_bytes
 from tumorsynth.settings import Settings
 
@@ -52,6 +53,9 @@ def stack(redis_server, s3_endpoint, model_dir, **overrides):
     from tumorsynth.storage import make_store
 
     overrides.setdefault("family_queues", {"ldm": f"faults-{uuid.uuid4().hex[:8]}"})
+    # 5 s, not the suite's 3 s: a fresh pool process loading torch on a busy 2-core machine can miss beats for
+    # seconds, and a spurious lapse would add an attempt that these tests count.
+    overrides.setdefault("lease_seconds", 5.0)
     settings = make_settings(redis_server, s3_endpoint, model_dir, **overrides)
     make_store(settings).ensure_bucket()
     app = create_app(settings)
@@ -85,3 +89,17 @@ def attempts_in_logs(*logs: Path) -> list[Attempt]:
             else:
                 ends[key] = (float(m.group(6)), m.group(4))
     return [Attempt(k[0], k[1], k[2], t, *ends.get(k, (None, None))) for k, t in starts.items()]
+
+
+def settled_attempts(*logs: Path, jobs: list[str], timeout: float = 30.0) -> list[Attempt]:
+    """The logged attempts, once the latest attempt of every job in ``jobs`` has ended: the end line is written
+    after the job record's last change, so a test that has just seen a job finish must wait for it."""
+
+    def ready() -> list[Attempt] | None:
+        ran = attempts_in_logs(*logs)
+        latest = {}
+        for a in sorted(ran, key=lambda a: a.number):
+            latest[a.job_id] = a
+        return ran if all(j in latest and latest[j].outcome for j in jobs) else None
+
+    return wait_for(ready, timeout=timeout, what="the attempts' end lines in the worker logs")

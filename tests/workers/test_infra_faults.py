@@ -22,7 +22,7 @@ from tests.support.services import WorkerProcess, settings_env, wait_for
 from tests.support.volumes import mask_bytes
 from tumorsynth.embedded.redis_server import RedisServer, free_port
 
-from .faults import OUTPUTS_PER_JOB, SHAPE, attempts_in_logs, request, slow, stack
+from .faults import OUTPUTS_PER_JOB, SHAPE, attempts_in_logs, request, settled_attempts, slow, stack
 
 
 def test_redis_restart_loses_no_queued_or_running_job(s3_endpoint, model_dir, tmp_path):
@@ -45,7 +45,7 @@ def test_redis_restart_loses_no_queued_or_running_job(s3_endpoint, model_dir, tm
                         for j in jobs]
                 assert [d["status"] for d in done] == ["succeeded"] * len(jobs), [d["error"] for d in done]
                 assert all(len(st.stored(d["id"])) == len(d["outputs"]) == OUTPUTS_PER_JOB for d in done)
-                ran = attempts_in_logs(log)
+                ran = settled_attempts(log, jobs=[j["id"] for j in jobs])
                 assert all(sum(a.outcome == "succeeded" for a in ran if a.job_id == d["id"]) == 1 for d in done)
                 # The running attempt gave the job up without failing it; the reaper requeued it after the restart.
                 assert [(a.number, a.outcome) for a in sorted(ran, key=lambda a: a.number)
@@ -79,7 +79,8 @@ def test_s3_dark_during_upload_retries_then_fails_with_nothing_listed(redis_serv
                 proxy.heal()
                 nxt = st.submit(request())
                 assert wait_status(st.client, nxt["id"], {"succeeded", "failed"})["status"] == "succeeded"
-                ran = {a.job_id: a.outcome for a in attempts_in_logs(tmp_path / "worker.log")}
+                ran = {a.job_id: a.outcome
+                       for a in settled_attempts(tmp_path / "worker.log", jobs=[job["id"], nxt["id"]])}
                 assert ran == {job["id"]: "failed", nxt["id"]: "succeeded"}
             finally:
                 w.stop()
