@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,10 +102,11 @@ def wait_all(url: str, api_key: str | None, ids: list[str], timeout: float, prog
 
 
 def listed_ids(url: str, api_key: str | None) -> list[str]:
-    client, ids, cursor = Client(url, api_key), [], None
+    """Every job the service lists for the tenant, page by page (a job listed twice would show here)."""
+    http, ids, cursor = Client(url, api_key).http, [], None
     while True:
         params = {"limit": 200} | ({"cursor": cursor} if cursor else {})
-        page = client._check(client.http.get("/v1/jobs", params=params)).json()
+        page = http.get("/v1/jobs", params=params).raise_for_status().json()
         ids += [j["id"] for j in page["jobs"]]
         cursor = page.get("next_cursor")
         if not cursor:
@@ -191,20 +193,27 @@ def main(argv=None) -> int:
     ap.add_argument("--tenant", default="local", help="the API key's tenant (storage counts, embedded only)")
     ap.add_argument("--timeout", type=float, default=3 * 3600, help="seconds to wait for all jobs")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--keep", action="store_true", help="keep the embedded service's folder (logs, storage)")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="ts-load-"))
     request = {"model": args.model, "modalities": args.modalities,
                "sampler": {"name": args.sampler, "steps": args.steps}}
     expected_outputs = 2 * (len(args.modalities) + 1)  # each volume and the mask, each with a sidecar
-    with _service(args, work) as (url, storage):
-        t0 = time.monotonic()
-        submitted = submit_all(url, args.api_key, args.n, args.threads, request, small_mask())
-        print(f"submitted {len(submitted)} jobs in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-        done = wait_all(url, args.api_key, [i for i, _ in submitted], args.timeout, _progress)
-        wall = time.monotonic() - t0
-        listed = listed_ids(url, args.api_key)
-        result = summarise(submitted, done, listed, storage, args.tenant, expected_outputs, wall)
+    try:
+        with _service(args, work) as (url, storage):
+            t0 = time.monotonic()
+            submitted = submit_all(url, args.api_key, args.n, args.threads, request, small_mask())
+            print(f"submitted {len(submitted)} jobs in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+            done = wait_all(url, args.api_key, [i for i, _ in submitted], args.timeout, Progress())
+            wall = time.monotonic() - t0
+            listed = listed_ids(url, args.api_key)
+            result = summarise(submitted, done, listed, storage, args.tenant, expected_outputs, wall)
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     print(table(result, args))
     if args.json:
         args.json.write_text(json.dumps(result | {"passed": passed(result)}, indent=2))
@@ -221,10 +230,16 @@ def _service(args, work: Path):
         yield url, work / "storage"
 
 
-def _progress(done: int, total: int, _last=[0.0]) -> None:
-    if time.monotonic() - _last[0] > 10 or done == total:
-        _last[0] = time.monotonic()
-        print(f"  {done}/{total} finished", file=sys.stderr)
+class Progress:
+    """A line on stderr every 10 s and at the end."""
+
+    def __init__(self):
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        if time.monotonic() - self.last > 10 or done == total:
+            self.last = time.monotonic()
+            print(f"  {done}/{total} finished", file=sys.stderr)
 
 
 if __name__ == "__main__":
