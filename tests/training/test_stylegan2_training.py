@@ -132,3 +132,11 @@ def test_resume_is_exact(slice_dir, tmp_path):
         a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_training_on_brats_volumes_makes_a_glioma_model_and_says_how_it_labelled(phantom_dir, tmp_path):
+    result = Trainer(config(epochs=1, slices_per_subject=3), phantom_dir, tmp_path / "sg" / "g@1", tmp_path / "w").run()
+    assert result.entry.classes == ("glioma",) and result.metrics[0]["images_seen"] == 8
+    assert "axial slices of phantom subjects" in result.entry.trained_on
+    card = (result.entry.path / "MODEL_CARD.md").read_text()
+    assert '"HGG": "glioma"' in card and "LGG and HGG are both gliomas" in card
