@@ -366,7 +366,10 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
              subjects: int = 8, samples: int = 2, sampler: str | None = None, steps: int | None = None,
              out: Path | None = None, device: str = "auto",
              fidelity_epochs: Annotated[int, typer.Option(help="train the segmenter/feature net for mask fidelity "
-                                                                 "and FID (0: skip)")] = 20) -> None:
+                                                                 "and FID (0: skip)")] = 20,
+             feature_weights: Annotated[str | None, typer.Option(help="FID on MedicalNet resnet10 features from this "
+                                                                      "local .pth file instead of the in-house "
+                                                                      "classifier")] = None) -> None:
     """Autoencoder reconstruction (PSNR, SSIM, MAE per contrast) and sample diversity/realism (MS-SSIM, MMD)."""
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
@@ -375,7 +378,8 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
     _logging("WARNING")
     entry = ModelRegistry(get_settings().model_dir).get(model)
     report = evaluate_ldm(entry, data, subjects=subjects, samples=samples, sampler=sampler, steps=steps,
-                          device=resolve_device(device), fidelity_epochs=fidelity_epochs)
+                          device=resolve_device(device), fidelity_epochs=fidelity_epochs,
+                          feature_weights=feature_weights)
     typer.echo(format_report(report))
     if out:
         out.write_text(json.dumps(report, indent=2))

@@ -102,6 +102,26 @@ def test_evaluation_reports_the_papers_metrics(phantom_dir, tmp_path):
     assert set(report["samples"]["mmd_vs_real"]) == {"t1", "t1c", "t2", "flair"}
     assert set(report["mask_fidelity_dice"]["synthetic"]) == {"WT", "TC", "ET"}
     assert "PSNR" in format_report(report) and "mask fidelity" in format_report(report)
+    assert np.isfinite(report["mask_contrast"]["flair_edema_vs_shell"])
+    assert "mask contrast" in format_report(report)
+
+
+def test_evaluation_takes_fid_features_from_local_medicalnet_weights(phantom_dir, tmp_path):
+    from monai.networks.nets import resnet10
+    from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
+
+    from tumorsynth.training.evaluate import evaluate_ldm, format_report
+
+    bias, shortcut = get_medicalnet_pretrained_resnet_args(10)
+    net = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type=shortcut,
+                   bias_downsample=bias)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "resnet_10.pth")
+    cfg = config(ae_epochs=1, diffusion_epochs=1, name="medicalnet")
+    entry = Trainer(cfg, phantom_dir, tmp_path / "ldm" / "medicalnet@1", tmp_path / "work").run().entry
+    report = evaluate_ldm(entry, phantom_dir, subjects=2, samples=1, steps=5,
+                          feature_weights=str(tmp_path / "resnet_10.pth"))
+    assert report["fid_features"].startswith("MedicalNet") and np.isfinite(report["fid"]) and report["fid"] >= 0
+    assert "MedicalNet" in format_report(report)
 
 
 def test_tumour_centred_crops_hold_tumour_and_stay_inside_the_grid():

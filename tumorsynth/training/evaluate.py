@@ -46,7 +46,8 @@ def _grid_affine(entry: ModelEntry) -> np.ndarray:
 
 
 def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 2, sampler: str | None = None,
-                 steps: int | None = None, device: str = "cpu", seed: int = 0, fidelity_epochs: int = 0) -> dict:
+                 steps: int | None = None, device: str = "cpu", seed: int = 0, fidelity_epochs: int = 0,
+                 feature_weights: str | None = None) -> dict:
     from monai.metrics import (
         MAEMetric,
         MMDMetric,
@@ -82,7 +83,7 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
     sampler = sampler or entry.default_sampler
     steps = steps or entry.sampler(sampler).default_steps
     affine = _grid_affine(entry)
-    generated, diversity = [], []
+    generated, diversity, contrast = [], [], []
     for i, lab in enumerate(labels):
         params = GenerationParams(num_samples=samples, seed=seed + 1000 * i, sampler=sampler, steps=steps,
                                   modalities=tuple(mods), output_grid="model")
@@ -90,6 +91,7 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
         vols = torch.stack([torch.from_numpy(np.stack([o.data for o in outs if o.sample_index == k]))
                             for k in range(samples)])  # (samples, C, X, Y, Z)
         generated.append(vols[0])
+        contrast.append(mask_contrast({m: vols[0][c].numpy() for c, m in enumerate(mods)}, lab, affine))
         if samples > 1:
             diversity.append(ms_ssim_pairs(vols, MultiScaleSSIMMetric))
     fake = torch.stack(generated)
@@ -97,6 +99,11 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
     mmd = {m: float(MMDMetric(y_mapping=pool)(fake[:, c:c + 1], real[:, c:c + 1].cpu()))
            for c, m in enumerate(mods)}
     fidelity, fid_value = None, None
+    if feature_weights and len(chosen) > 1:
+        from ..evaluation.features import extract_features, fid, load_medicalnet
+
+        medicalnet = load_medicalnet(feature_weights)
+        fid_value = fid(extract_features(medicalnet, real.cpu()), extract_features(medicalnet, fake))
     if fidelity_epochs > 0:
         # Mask fidelity: a segmenter trained on the real held-out volumes segments the synthetic ones; Dice against
         # the masks they were conditioned on (the real segmenter's own Dice on real data is the ceiling).
@@ -113,11 +120,15 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
         classes = [entry.classes.index(s.tumor_class) if s.tumor_class in entry.classes else 0 for s in chosen]
         extractor = train_feature_classifier(real.cpu(), torch.tensor(classes), epochs=fidelity_epochs, seed=seed,
                                              channels=(4, 8, 8, 8))
-        if len(chosen) > 8:  # the Fréchet distance needs more samples than feature dimensions
+        if len(chosen) > 8 and fid_value is None:  # the Fréchet distance needs more samples than features
             fid_value = fid(extract_features(extractor, real.cpu()), extract_features(extractor, fake))
     return {
         "model": entry.id, "trained_on": entry.trained_on, "subjects": [s.id for s in chosen],
         "mask_fidelity_dice": fidelity, "fid": fid_value,
+        "fid_features": ("MedicalNet resnet10 (local weights)" if feature_weights else "in-house LGG/HGG classifier")
+        if fid_value is not None else None,
+        "mask_contrast": {k: float(np.nanmean([c.get(k, np.nan) for c in contrast]))
+                          for k in ("flair_edema_vs_shell", "t1c_enhancing_vs_necrosis")},
         "reconstruction": recon_table,
         "samples": {"sampler": sampler, "steps": steps, "per_mask": samples,
                     "ms_ssim_between_samples": float(np.mean(diversity)) if diversity else None,
@@ -152,6 +163,18 @@ def follows_mask(images: dict[str, np.ndarray], labels: np.ndarray, affine: np.n
     return out
 
 
+def mask_contrast(images: dict[str, np.ndarray], labels: np.ndarray, affine: np.ndarray) -> dict[str, float]:
+    """The two contrasts a mask-following output must show (z-score differences; the real data's are ~1.5 and ~3.5
+    for the phantoms): FLAIR oedema minus the tissue shell around the tumour, T1C enhancing minus necrotic core."""
+    r = follows_mask(images, labels, affine)
+    out = {}
+    if {"flair_edema", "flair_shell"} <= r.keys():
+        out["flair_edema_vs_shell"] = r["flair_edema"] - r["flair_shell"]
+    if {"t1c_enhancing", "t1c_necrosis"} <= r.keys():
+        out["t1c_enhancing_vs_necrosis"] = r["t1c_enhancing"] - r["t1c_necrosis"]
+    return out
+
+
 def format_report(report: dict) -> str:
     lines = [f"{report['model']}  (trained on: {report['trained_on']})",
              f"held-out subjects: {len(report['subjects'])}", "",
@@ -168,6 +191,8 @@ def format_report(report: dict) -> str:
         lines.append("mask fidelity (Dice of a segmenter trained on the real volumes): " + ", ".join(
             f"{r} synthetic {f['synthetic'][r]:.3f} / real {f['real'][r]:.3f}" for r in f["synthetic"]))
     if report.get("fid") is not None:
-        lines.append(f"FID (in-house 3D classifier features): {report['fid']:.3f}")
+        lines.append(f"FID ({report['fid_features']} features): {report['fid']:.3f}")
+    c = report.get("mask_contrast") or {}
+    lines.append("mask contrast of samples (z): " + ", ".join(f"{k} {v:+.3f}" for k, v in c.items()))
     return "\n".join(lines)
 
