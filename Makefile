@@ -31,7 +31,8 @@ test: install chromium
 	$(VENV)/bin/pytest -q
 
 # The demo checkpoints: 40 phantom subjects, then each family's *-demo config, on this 2-core CPU (one thread
-# each, as the shipped ones were made: about 5 min of phantoms, then roughly 28 + 8 + 17 minutes on a busy machine,
+# each, as the shipped ones were made: about 5 min of phantoms, then roughly 35 (LDM: 21 CPU minutes) + 8 + 17 minutes
+# on a busy machine,
 # and for StyleGAN2 2 min of slices + about 10 CPU minutes of training).
 demo-models: install
 	rm -rf var/phantoms/demo var/slices/stylegan2-demo var/train/*-demo-phantom@1

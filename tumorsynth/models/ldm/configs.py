@@ -3,8 +3,8 @@
 - ``paper``: the grid and sizes of Truong et al. 2024: 4×128×128×64 images, an 8×32×32×16 latent, a UNet of base
   width 352 (their better model). The paper gives neither the autoencoder's widths nor the UNet's deeper ones; ours
   (autoencoder 64/128/128, UNet 352 at every level with attention below the top, 176 M weights) are our choice.
-- ``demo``: a 48×48×32 grid (4×4×5 mm) and 8 MB of weights, trainable on a 2-core CPU in about 20 minutes
-  (``make demo-models``).
+- ``demo``: a 48×48×32 grid (4×4×5 mm) and 8 MB of weights, trainable on a 2-core CPU in about 35 minutes
+  (``make demo-models``: 21 CPU minutes on one thread).
 - ``tiny``: a 32×32×16 grid over the same field of view and a few thousand weights per block, so that a 10-step
   sample of two volumes takes about a second on a CPU. For tests and the demo only.
 """
