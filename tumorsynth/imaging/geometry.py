@@ -36,6 +36,15 @@ class GridMapping:
         return _resample(array, self.grid_shape, self.in_shape, inv_step, -self.offset * inv_step, order, "grid")
 
 
+def centred_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+    """Voxel → world (mm) for an axis-aligned grid of ``shape`` and ``spacing`` whose centre is the origin: the
+    geometry of outputs that have no input to follow (VQGAN ROIs, StyleGAN2 slices, model-grid evaluation)."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = -spacing * (np.asarray(shape, dtype=np.float64) - 1) / 2
+    return affine
+
+
 def fit_to_grid(
     in_shape: Sequence[int], in_affine: np.ndarray, grid_shape: Sequence[int], fov_mm: Sequence[float]
 ) -> GridMapping:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..imaging.geometry import centred_affine
 from ..models.base import GenerationParams
 from ..models.ldm.runner import LDMGenerator
 from ..models.registry import ModelEntry
@@ -37,12 +38,6 @@ def held_out(entry: ModelEntry, data_dir, n: int):
     chosen = [s for s in subjects if s.id in val_ids] or subjects[-n:]
     return chosen[:n]
 
-
-def _grid_affine(entry: ModelEntry) -> np.ndarray:
-    spacing = np.asarray(entry.output_spacing, dtype=np.float64)
-    aff = np.diag([*spacing, 1.0])
-    aff[:3, 3] = -spacing * (np.asarray(entry.output_shape) - 1) / 2
-    return aff
 
 
 def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 2, sampler: str | None = None,
@@ -82,7 +77,7 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
         }
     sampler = sampler or entry.default_sampler
     steps = steps or entry.sampler(sampler).default_steps
-    affine = _grid_affine(entry)
+    affine = centred_affine(entry.output_shape, entry.output_spacing)
     generated, diversity, contrast = [], [], []
     for i, lab in enumerate(labels):
         params = GenerationParams(num_samples=samples, seed=seed + 1000 * i, sampler=sampler, steps=steps,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ...errors import InvalidRequest
+from ...imaging.geometry import centred_affine
 from ..base import GeneratedVolume, GenerationParams, ProgressFn
 from ..checkpoints import load_into
 from ..registry import ModelEntry
@@ -22,12 +23,6 @@ from .sampler import sample_slices
 
 OPTIONS = ("truncation",)
 
-
-def slice_affine(shape, spacing) -> np.ndarray:
-    """Voxel → world for an (H, W, 1) slice with its centre at the origin."""
-    affine = np.diag([*map(float, spacing), 1.0])
-    affine[:3, 3] = -np.asarray(spacing, dtype=np.float64) * (np.asarray(shape, dtype=np.float64) - 1) / 2
-    return affine
 
 
 def to_unit(images: torch.Tensor) -> np.ndarray:
@@ -49,7 +44,7 @@ class StyleGAN2Generator:
         load_into(self.network, entry, self.device)
         self.network.eval().requires_grad_(False)
         self.shape = tuple(int(n) for n in entry.output_shape)
-        self.affine = slice_affine(self.shape, entry.output_spacing)
+        self.affine = centred_affine(self.shape, entry.output_spacing)
         self.sampling = dict(entry.config.get("sampling", {}))
 
     def total_steps(self, params: GenerationParams) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...errors import InvalidRequest
+from ...imaging.geometry import centred_affine
 from ..base import GeneratedVolume, GenerationParams, ProgressFn
 from ..checkpoints import load_into
 from ..registry import ModelEntry
@@ -25,12 +26,6 @@ DECODE_BATCH = 4
 OPTIONS = ("temperature", "choice_temperature", "guidance", "top_k")
 
 
-def roi_affine(shape, spacing) -> np.ndarray:
-    """Voxel → world for a ROI grid with its centre at the origin."""
-    affine = np.diag([*map(float, spacing), 1.0])
-    affine[:3, 3] = -np.asarray(spacing, dtype=np.float64) * (np.asarray(shape, dtype=np.float64) - 1) / 2
-    return affine
-
 
 class VQGANGenerator:
     def __init__(self, entry: ModelEntry, device: str | torch.device):
@@ -40,7 +35,7 @@ class VQGANGenerator:
         load_into(self.network, entry, self.device)
         self.network.eval().requires_grad_(False)
         self.grid_shape = tuple(int(n) for n in entry.output_shape)
-        self.affine = roi_affine(self.grid_shape, entry.output_spacing)
+        self.affine = centred_affine(self.grid_shape, entry.output_spacing)
         self.sampling = dict(entry.config.get("sampling", {}))
 
     def total_steps(self, params: GenerationParams) -> int:
