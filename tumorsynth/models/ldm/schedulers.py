@@ -30,7 +30,7 @@ SCHEDULE = {
 SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec("ddpm", default_steps=1000, min_steps=10, max_steps=1000),
     "ddim": SamplerSpec("ddim", default_steps=50, min_steps=5, max_steps=1000),
-    "dpm++": SamplerSpec("dpm++", default_steps=20, min_steps=5, max_steps=200),
+    "dpm++": SamplerSpec("dpm++", default_steps=15, min_steps=5, max_steps=200),
 }
 
 
