@@ -28,9 +28,7 @@ class LDMGenerator:
     def __init__(self, entry: ModelEntry, device: str | torch.device):
         self.entry = entry
         self.device = torch.device(device)
-        self.network = build_network(entry.config)
-        load_into(self.network, entry, self.device)
-        self.network.eval().requires_grad_(False)
+        self.network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
         self.grid_shape = tuple(int(n) for n in entry.output_shape)
         self.fov_mm = tuple(float(f) for f in entry.config["fov_mm"])
         self.schedule = dict(entry.config.get("schedule", {}))

@@ -40,9 +40,7 @@ class StyleGAN2Generator:
     def __init__(self, entry: ModelEntry, device: str | torch.device):
         self.entry = entry
         self.device = torch.device(device)
-        self.network = build_network(entry.config)
-        load_into(self.network, entry, self.device)
-        self.network.eval().requires_grad_(False)
+        self.network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
         self.shape = tuple(int(n) for n in entry.output_shape)
         self.affine = centred_affine(self.shape, entry.output_spacing)
         self.sampling = dict(entry.config.get("sampling", {}))
