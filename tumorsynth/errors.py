@@ -82,6 +82,13 @@ class Conflict(TumorsynthError):
     title = "Conflict"
 
 
+class IdempotencyInProgress(Conflict):
+    """Another request with the same Idempotency-Key is still being submitted; retry after ``retry_after``."""
+
+    code = "idempotency_in_progress"
+    retry_after = 1
+
+
 class ModelNotFound(InvalidRequest):
     code = "unknown_model"
 

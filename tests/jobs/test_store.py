@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 
@@ -10,7 +11,7 @@ import redis
 
 from tumorsynth.errors import InvalidRequest, LeaseLost, NotFound
 from tumorsynth.jobs.records import JobRecord, new_id
-from tumorsynth.jobs.store import JobStore
+from tumorsynth.jobs.store import IdempotencyBinding, JobStore
 
 
 @pytest.fixture()
@@ -78,10 +79,20 @@ def test_other_tenants_jobs_are_not_found(store):
 def test_idempotency_binds_key_to_body(store):
     key = uuid.uuid4().hex
     assert store.reserve_idempotency("t1", key, "body-a", "job_1", ttl=60) is None
-    assert store.reserve_idempotency("t1", key, "body-a", "job_2", ttl=60) == "job_1"
+    assert store.reserve_idempotency("t1", key, "body-a", "job_2", ttl=60) == IdempotencyBinding("job_1", True)
     assert store.reserve_idempotency("t2", key, "body-a", "job_3", ttl=60) is None  # keys are per tenant
     with pytest.raises(InvalidRequest):
         store.reserve_idempotency("t1", key, "body-b", "job_4", ttl=60)
+    store.confirm_idempotency("t1", key, "body-a", "job_1", ttl=600)
+    assert store.reserve_idempotency("t1", key, "body-a", "job_5", ttl=60) == IdempotencyBinding("job_1", False)
+    assert 60 < store.r.ttl(f"ts:idem:t1:{hashlib.sha256(key.encode()).hexdigest()}") <= 600
+
+
+def test_a_released_idempotency_key_can_be_claimed_again(store):
+    key = uuid.uuid4().hex
+    assert store.reserve_idempotency("t1", key, "body-a", "job_1", ttl=60) is None
+    store.release_idempotency("t1", key)
+    assert store.reserve_idempotency("t1", key, "body-b", "job_2", ttl=60) is None
 
 
 def test_invalid_transitions_are_refused():

@@ -32,6 +32,8 @@ def install(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": 'Bearer realm="tumorsynth"'} if exc.status == 401 else None
         if exc.status == 503:
             headers = {"Retry-After": "5"}
+        if retry_after := getattr(exc, "retry_after", None):
+            headers = {"Retry-After": str(retry_after)}
         return problem(exc.status, exc.title, exc.message, code=exc.code,
                        errors=[{"field": e.field, "message": e.message} for e in exc.errors] or None, headers=headers)
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InvalidUpload, ServiceUnavailable
+from ..errors import IdempotencyInProgress, InvalidUpload, ServiceUnavailable
 from ..imaging.labels import validate_mask
 from ..imaging.nifti import Volume, VolumeLimits, read_volume
 from ..models.registry import ModelRegistry
@@ -32,6 +33,8 @@ from .validation import (
 )
 
 log = logging.getLogger(__name__)
+IDEMPOTENCY_CLAIM_SECONDS = 300  # an unconfirmed claim (its submitter died mid-way) frees the key after this
+IDEMPOTENCY_WAIT_SECONDS = 30  # how long a concurrent request with the same key waits for the first one's job
 
 
 @dataclass
@@ -86,11 +89,9 @@ class JobService:
             json.dumps({"request": req.model_dump(mode="json"), "files": {i.name: i.sha256 for i in inputs}},
                        sort_keys=True).encode()).hexdigest()
         if idempotency_key is not None:
-            existing = self.jobs.reserve_idempotency(tenant, idempotency_key, body_sha, job_id, self.idem_ttl)
-            if existing is not None:
-                rec = self.jobs.get(existing)
-                if rec is not None:
-                    return Submission(rec, replayed=True)
+            earlier = self._claim_key(tenant, idempotency_key, body_sha, job_id)
+            if earlier is not None:
+                return Submission(earlier, replayed=True)
         rec = JobRecord(id=job_id, tenant=tenant, model=entry.id, family=entry.family,
                         queue=self.dispatcher.settings.queue_for(entry.family), request=normalised(req, entry),
                         inputs=inputs, idempotency_key=idempotency_key, body_sha256=body_sha, batch_id=batch_id)
@@ -98,12 +99,33 @@ class JobService:
             self._store_inputs(inputs, files)
             self.jobs.create(rec)
             self.dispatcher.send(rec.id, rec.family)
+            if idempotency_key is not None:
+                self.jobs.confirm_idempotency(tenant, idempotency_key, body_sha, job_id, self.idem_ttl)
         except Exception as exc:
             self._undo(tenant, rec, idempotency_key)
             log.exception("job submission failed after validation")
             raise ServiceUnavailable(f"could not queue the job ({type(exc).__name__}); nothing was kept, retry") \
                 from exc
         return Submission(rec, replayed=False)
+
+    def _claim_key(self, tenant: str, key: str, body_sha: str, job_id: str) -> JobRecord | None:
+        """None once this request owns the key; else the job of the request that does, after waiting for it.
+
+        Concurrent requests with one key all get here; one ``SET NX`` picks the owner. The others wait until its
+        job is created and queued (then replay it) or its submission failed and freed the key (then claim it).
+        """
+        deadline = time.monotonic() + IDEMPOTENCY_WAIT_SECONDS
+        while True:
+            bound = self.jobs.reserve_idempotency(tenant, key, body_sha, job_id, IDEMPOTENCY_CLAIM_SECONDS)
+            if bound is None:
+                return None
+            rec = None if bound.pending else self.jobs.get(bound.job_id)
+            if rec is not None:
+                return rec
+            if time.monotonic() > deadline:
+                raise IdempotencyInProgress(
+                    "a request with this Idempotency-Key is still being processed; retry it in a moment")
+            time.sleep(0.05)
 
     def _store_inputs(self, inputs: list[StoredInput], files: dict[str, bytes]) -> None:
         for item in inputs:

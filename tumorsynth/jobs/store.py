@@ -30,11 +30,21 @@ def _tenant_index(tenant: str) -> str:
     return f"{P}tenant:{tenant}:jobs"
 
 
+def _idem_key(tenant: str, key: str) -> str:
+    return f"{P}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
 LEASES = f"{P}leases"  # zset: job id → lease expiry
 
 
 def events_channel(job_id: str) -> str:
     return f"{P}events:{job_id}"
+
+
+@dataclass(frozen=True)
+class IdempotencyBinding:
+    job_id: str
+    pending: bool  # its submission is still under way: the job may not exist yet
 
 
 @dataclass(frozen=True)
@@ -265,23 +275,37 @@ class JobStore:
 
 
     # ----- idempotency -------------------------------------------------------------------------------------------
-    def reserve_idempotency(self, tenant: str, key: str, body_sha256: str, job_id: str, ttl: int) -> str | None:
-        """Return the job id already bound to this key (same body), or None after binding it to ``job_id``."""
+    def reserve_idempotency(self, tenant: str, key: str, body_sha256: str, job_id: str,
+                            ttl: int) -> IdempotencyBinding | None:
+        """The binding already made for this key (same body), or None after binding the key to ``job_id``.
+
+        The binding is one ``SET NX``, so of many concurrent requests exactly one gets None. It stays ``pending``
+        until ``confirm_idempotency`` (the job is created and queued) and lapses after ``ttl`` until then (keep it
+        short), so a submitter that died frees the key; the others wait for it to be confirmed or released.
+        """
         if not key or len(key) > 255:
             raise InvalidRequest.for_field("Idempotency-Key", "use a key of 1 to 255 characters")
-        rkey = f"{P}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+        rkey = _idem_key(tenant, key)
+        value = json.dumps({"job_id": job_id, "body_sha256": body_sha256, "pending": True})
+        while not self.r.set(rkey, value, nx=True, ex=ttl):
+            raw = self.r.get(rkey)
+            if raw is None:  # released or lapsed between the two calls: claim it again
+                continue
+            bound = json.loads(raw)
+            if bound.get("body_sha256") != body_sha256:
+                raise InvalidRequest.for_field(
+                    "Idempotency-Key", "this key was already used with a different request body; use a new key"
+                )
+            return IdempotencyBinding(bound["job_id"], pending=bool(bound.get("pending")))
+        return None
+
+    def confirm_idempotency(self, tenant: str, key: str, body_sha256: str, job_id: str, ttl: int) -> None:
+        """The job bound to the key exists and is queued: the binding holds for the full ``ttl``."""
         value = json.dumps({"job_id": job_id, "body_sha256": body_sha256})
-        if self.r.set(rkey, value, nx=True, ex=ttl):
-            return None
-        bound = json.loads(self.r.get(rkey) or "{}")
-        if bound.get("body_sha256") != body_sha256:
-            raise InvalidRequest.for_field(
-                "Idempotency-Key", "this key was already used with a different request body; use a new key"
-            )
-        return bound["job_id"]
+        self.r.set(_idem_key(tenant, key), value, ex=ttl)
 
     def release_idempotency(self, tenant: str, key: str) -> None:
-        self.r.delete(f"{P}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}")
+        self.r.delete(_idem_key(tenant, key))
 
     def ping(self) -> None:
         self.r.ping()
