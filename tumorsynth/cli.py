@@ -203,12 +203,19 @@ def train_ldm(data: Annotated[Path, typer.Option(exists=True, file_okay=False, h
               = None,
               work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
               resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
-              ae_epochs: int | None = None, diffusion_epochs: int | None = None, threads: int | None = None) -> None:
+              ae_epochs: int | None = None, diffusion_epochs: int | None = None, threads: int | None = None,
+              init_from: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
+                                                             help="start from this checkpoint's weights")] = None,
+              skip_autoencoder: Annotated[bool, typer.Option(help="with --init-from: keep its autoencoder, train "
+                                                                   "only the diffusion UNet")] = False) -> None:
     """Stage 1 autoencoder, stage 2 conditional diffusion; writes a servable checkpoint with a model card."""
     from .training.ldm import LDMTrainConfig, Trainer
 
+    if skip_autoencoder and not init_from:
+        raise typer.BadParameter("--skip-autoencoder needs --init-from (the autoencoder to keep)")
     cfg = LDMTrainConfig.load(config, name=name, version=version, ae_epochs=ae_epochs,
-                              diffusion_epochs=diffusion_epochs)
+                              diffusion_epochs=diffusion_epochs, init_from=str(init_from) if init_from else None,
+                              init_skip_autoencoder=skip_autoencoder or None)
     _train("ldm", Trainer, cfg, data, out, work, resume, device, threads)
 
 

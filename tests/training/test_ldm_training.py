@@ -158,3 +158,23 @@ def test_autoencoder_trains_on_weighted_tumour_crops(phantom_dir, tmp_path):
     assert np.isfinite(l1).all() and l1[-1] < l1[0], l1
     card = (result.entry.path / "MODEL_CARD.md").read_text()
     assert "16×16×8 crops" in card and "10·WT" in card
+
+
+def test_init_from_a_checkpoint_keeps_its_autoencoder_and_serves_the_ema_unet(phantom_dir, tmp_path):
+    first = Trainer(config(ae_epochs=1, diffusion_epochs=1), phantom_dir, tmp_path / "m" / "ldm" / "a@1",
+                    tmp_path / "wa").run()
+    rows = []
+    cfg = config(diffusion_epochs=2, init_from=str(first.entry.path), init_skip_autoencoder=True, ema_decay=0.9)
+    trainer = Trainer(cfg, phantom_dir, tmp_path / "m" / "ldm" / "b@1", tmp_path / "wb", on_epoch=rows.append)
+    second = trainer.run()
+    assert [r["stage"] for r in rows] == ["diffusion", "diffusion"]  # stage 1 skipped: weights alone were enough
+    a, b = load_state_dict(first.entry), load_state_dict(second.entry)
+    for k in a:
+        if k.startswith("autoencoder."):
+            assert torch.equal(a[k], b[k]), k
+    # the stored UNet is the moving average, not the last optimiser step
+    ema = trainer.ema.module.state_dict()
+    assert all(torch.equal(b[f"unet.{k}"], v) for k, v in ema.items())
+    assert all(torch.equal(b[f"unet.{k}"], v) for k, v in trainer.net.unet.state_dict().items())
+    assert second.entry.config["training"]["autoencoder_from"]["sha256"] == first.entry.weights_sha256
+    assert "taken unchanged" in (second.entry.path / "MODEL_CARD.md").read_text()

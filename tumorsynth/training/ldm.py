@@ -51,7 +51,12 @@ class LDMTrainConfig:
     val_fraction: float = 0.1
     batch_size: int = 2
     grad_accum: int = 1
-    amp: bool = True  # mixed precision where the device supports it (CUDA); CPUs train in float32
+    amp: bool = True  # bf16 autocast where the device supports it (CUDA); CPUs train in float32
+    # Start from the weights of a servable checkpoint (its network must match the preset): "resume from weights
+    # alone", when the optimiser state is gone. ``init_stages`` says which stages then skip training: "autoencoder"
+    # keeps the checkpoint's autoencoder as it is and trains only the diffusion UNet.
+    init_from: str | None = None
+    init_skip_autoencoder: bool = False
     # stage 1: autoencoder
     ae_epochs: int = 1
     ae_lr: float = 1e-4
@@ -78,6 +83,10 @@ class LDMTrainConfig:
     diffusion_epochs: int = 1
     diffusion_lr: float = 1e-4
     diffusion_batch_size: int = 8
+    # Sampling uses an exponential moving average of the UNet's weights (DDPM, LDM, DiT all do; decay per step).
+    # 0 turns it off. The EMA weights are what the checkpoint stores.
+    ema_decay: float = 0.999
+    diffusion_warmup_steps: int = 0  # linear learning-rate warm-up
     class_dropout: float = 0.1
     latent_augment: int = 2  # cached latents per subject: the original and flipped/scaled copies
     # data augmentation (TorchIO): left-right flips and a random scaling like the paper's "random scaling"
@@ -228,17 +237,47 @@ class Trainer(ResumableTrainer):
         self.opt_ae = torch.optim.Adam(self.net.autoencoder.parameters(), lr=cfg.ae_lr)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
         self.opt_unet = torch.optim.AdamW(self.net.unet.parameters(), lr=cfg.diffusion_lr)
-        self.amp = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp = cfg.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=False)
+        self.ema = None
+        if cfg.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.net.unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                                     use_buffers=True)
+        self.warmup = torch.optim.lr_scheduler.LambdaLR(
+            self.opt_unet, lambda step: min(1.0, (step + 1) / max(1, cfg.diffusion_warmup_steps)))
         self.state = {"stage": 1, "epoch": 0, "metrics": [], "scale_factor": None}
+        if cfg.init_from:
+            self.init_weights(Path(cfg.init_from))
         self.train_scheduler = make_scheduler("ddpm", 1000, self.model_config["schedule"])
 
 
     def _resumable(self) -> dict[str, object]:
-        return {"net": self.net, "disc": self.disc, "opt_ae": self.opt_ae, "opt_d": self.opt_d, "opt_unet": self.opt_unet}
+        parts = {"net": self.net, "disc": self.disc, "opt_ae": self.opt_ae, "opt_d": self.opt_d,
+                 "opt_unet": self.opt_unet, "warmup": self.warmup}
+        return parts | ({"ema": self.ema} if self.ema is not None else {})
+
+    def init_weights(self, checkpoint_dir: Path) -> None:
+        """Weights (not optimiser state) from a servable checkpoint whose network matches this preset."""
+        import json
+
+        from ..models.checkpoints import load_into
+        from ..models.registry import entry_from_config
+
+        entry = entry_from_config(checkpoint_dir, json.loads((checkpoint_dir / "config.json").read_text()))
+        if entry.config.get("network") != self.model_config["network"]:
+            raise ValueError(f"init_from {checkpoint_dir}: its network differs from preset '{self.cfg.preset}'")
+        load_into(self.net, entry, self.device)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.net.unet.state_dict())
+        if self.cfg.init_skip_autoencoder:
+            self.state.update(stage=2, epoch=0, init_from=str(checkpoint_dir), init_sha256=entry.weights_sha256)
+        log.info("initialised from %s (%s)", entry.id, entry.weights_sha256[:12])
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+        # bf16 on CUDA: float32's range, so no loss scaling (the scaler stays off)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, i: int, n: int) -> None:
         self.scaler.scale(loss / self.cfg.grad_accum).backward()
@@ -344,6 +383,10 @@ class Trainer(ResumableTrainer):
                 pred = net.denoise(z_t, t, conds[idx], y)
                 loss = F.mse_loss(pred.float(), noise)
             self._step(loss, self.opt_unet, i, len(batches))
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
+                self.warmup.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(net.unet)
             total += float(loss.detach())
             if task is not None:
                 self.progress.advance(task)
@@ -398,6 +441,11 @@ class Trainer(ResumableTrainer):
                                 "validation_ids": [data.ids[i] for i in val_idx],
                                 "final": last, "seconds": round(seconds, 1),
                                 "device": str(self.device), "torch": torch.__version__})
+        if self.state.get("init_from"):
+            config["training"]["autoencoder_from"] = {"checkpoint": self.state["init_from"],
+                                                      "sha256": self.state["init_sha256"]}
+        if self.ema is not None:  # the checkpoint serves the averaged weights
+            self.net.unet.load_state_dict(self.ema.module.state_dict())
         card = model_card(config, cfg, last, trained_on)
         self.net.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.net, card=card)
@@ -429,6 +477,15 @@ def ae_extras(cfg: LDMTrainConfig) -> str:
     return "; " + "; ".join(parts) if parts else ""
 
 
+def init_note(config: dict) -> str:
+    source = config.get("training", {}).get("autoencoder_from")
+    if not source:
+        return ""
+    return (f"\n- Autoencoder: taken unchanged from `{source['checkpoint']}` (weights sha256 "
+            f"{source['sha256'][:12]}…, trained by the same stage 1 on the same kind of data); only the diffusion "
+            "UNet was trained in this run.")
+
+
 def model_card(config: dict, cfg: LDMTrainConfig, last: dict, trained_on: str) -> str:
     grid = "×".join(map(str, config["output"]["shape"]))
     spacing = "×".join(f"{s:g}" for s in config["output"]["spacing"])
@@ -450,7 +507,7 @@ def model_card(config: dict, cfg: LDMTrainConfig, last: dict, trained_on: str) -
 - Trained on: {trained_on}.
 - Training: preset `{cfg.preset}`, {cfg.ae_epochs} autoencoder epochs (L1 + SSIM + KL{' + adversarial' if cfg.adv_weight
    else ''}{' + perceptual' if cfg.perceptual_weights else ''}{ae_extras(cfg)}), {cfg.diffusion_epochs} diffusion
-  epochs, batch {cfg.batch_size}×{cfg.grad_accum}, seed {cfg.seed}.
+  epochs (batch {cfg.diffusion_batch_size}, AdamW lr {cfg.diffusion_lr:g}{f", EMA {cfg.ema_decay:g} of the UNet's weights (served)" if cfg.ema_decay else ""}), autoencoder batch {cfg.batch_size}×{cfg.grad_accum}, seed {cfg.seed}, on {config.get("training", {}).get("device", "?")}.{init_note(config)}
 - Final epoch metrics:
 {metrics}
 - Samplers: ddpm (1000 steps, the paper's), ddim, dpm++ (default; DPM-Solver++ 2M).
