@@ -19,6 +19,7 @@ from ..imaging.geometry import centred_affine
 from ..models.base import GenerationParams
 from ..models.ldm.runner import LDMGenerator
 from ..models.registry import ModelEntry
+from ..evaluation.anatomy import anatomy, mean_pairwise_r, pearson_in, summarise, tissue_region
 from .brats import find_subjects
 from .ldm import prepare_subject
 
@@ -78,18 +79,27 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
     sampler = sampler or entry.default_sampler
     steps = steps or entry.sampler(sampler).default_steps
     affine = centred_affine(entry.output_shape, entry.output_spacing)
-    generated, diversity, contrast = [], [], []
-    for i, lab in enumerate(labels):
-        params = GenerationParams(num_samples=samples, seed=seed + 1000 * i, sampler=sampler, steps=steps,
-                                  modalities=tuple(mods), output_grid="model")
+    generated, diversity, contrast, sample_r = [], [], [], []
+
+    def sample(lab, n, seed_, tumor_class):
+        params = GenerationParams(num_samples=n, seed=seed_, sampler=sampler, steps=steps, modalities=tuple(mods),
+                                  output_grid="model", tumor_class=tumor_class)
         outs = gen.generate(params, {"mask": GridMask(lab, affine)}, lambda done, total: None)
-        vols = torch.stack([torch.from_numpy(np.stack([o.data for o in outs if o.sample_index == k]))
-                            for k in range(samples)])  # (samples, C, X, Y, Z)
+        return torch.stack([torch.from_numpy(np.stack([o.data for o in outs if o.sample_index == k]))
+                            for k in range(n)])  # (n, C, X, Y, Z)
+
+    classes = [s.tumor_class if s.tumor_class in entry.classes else None for s in chosen]
+    for i, lab in enumerate(labels):
+        vols = sample(lab, samples, seed + 1000 * i, classes[i])
         generated.append(vols[0])
         contrast.append(mask_contrast({m: vols[0][c].numpy() for c, m in enumerate(mods)}, lab, affine))
         if samples > 1:
             diversity.append(ms_ssim_pairs(vols, MultiScaleSSIMMetric))
+            v = vols.numpy()
+            sample_r.append(mean_pairwise_r(v, lambda a, b: tissue_region(v[a]) | tissue_region(v[b])))
     fake = torch.stack(generated)
+    anatomy_report = anatomy_and_effects(sample, real.cpu().numpy(), fake.numpy(), labels, classes, entry,
+                                         seed, sample_r)
     pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)  # noqa: E731 — MMD on 2× downsampled volumes
     mmd = {m: float(MMDMetric(y_mapping=pool)(fake[:, c:c + 1], real[:, c:c + 1].cpu()))
            for c, m in enumerate(mods)}
@@ -125,10 +135,79 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
         "mask_contrast": {k: float(np.nanmean([c.get(k, np.nan) for c in contrast]))
                           for k in ("flair_edema_vs_shell", "t1c_enhancing_vs_necrosis")},
         "reconstruction": recon_table,
+        "anatomy": anatomy_report,
         "samples": {"sampler": sampler, "steps": steps, "per_mask": samples,
                     "ms_ssim_between_samples": float(np.mean(diversity)) if diversity else None,
                     "mmd_vs_real": mmd},
     }
+
+
+def anatomy_and_effects(sample, real: np.ndarray, fake: np.ndarray, labels, classes, entry, seed: int,
+                        sample_r: list[float]) -> dict:
+    """``evaluation.anatomy``'s figures for the real subjects and for one sample of each of their masks, plus
+    diversity, mask effect and class effect, each beside its real baseline."""
+    spacing = entry.output_spacing
+    mods = tuple(entry.modalities)
+    real_rows = [anatomy(x, lab, spacing, mods) for x, lab in zip(real, labels)]
+    fake_rows = [anatomy(x, lab, spacing, mods) for x, lab in zip(fake, labels)]
+    real_r = mean_pairwise_r(real, lambda a, b: tissue_region(real[a]) | tissue_region(real[b]))
+    # one seed on two masks: the volumes must differ where the masks differ (and may agree elsewhere)
+    mask_r, mask_r_all = [], []
+    for i in range(len(labels) - 1):
+        a, b = labels[i], labels[i + 1]
+        pair = sample(a, 1, seed, classes[i])[0].numpy(), sample(b, 1, seed, classes[i])[0].numpy()
+        differ = (a > 0) ^ (b > 0)
+        mask_r.append(pearson_in(*pair, differ))
+        mask_r_all.append(pearson_in(*pair))
+    # class effect: one mask and one seed, LGG then HGG; the phantoms' LGG core is brighter on FLAIR than HGG's
+    core_flair = {"LGG": [], "HGG": []}
+    class_r = []
+    f = mods.index("flair") if "flair" in mods else None
+    if {"LGG", "HGG"} <= set(entry.classes) and f is not None:
+        for lab in labels[:4]:
+            core = (lab == 1) | (lab == 3)
+            if not core.any():
+                continue
+            lgg, hgg = (sample(lab, 1, seed + 7, c)[0].numpy() for c in ("LGG", "HGG"))
+            core_flair["LGG"].append(float(lgg[f][lab == 1].mean()) if (lab == 1).any() else np.nan)
+            core_flair["HGG"].append(float(hgg[f][lab == 1].mean()) if (lab == 1).any() else np.nan)
+            class_r.append(pearson_in(lgg, hgg, lab > 0))
+    real_core = {c: [float(x[f][lab == 1].mean()) for x, lab, k in zip(real, labels, classes)
+                     if k == c and (lab == 1).any()] for c in ("LGG", "HGG")} if f is not None else {}
+    nanmean = lambda v: float(np.nanmean(v)) if len(v) and not np.all(np.isnan(v)) else float("nan")  # noqa: E731
+    return {
+        "real": summarise(real_rows), "generated": summarise(fake_rows),
+        "between_samples_r": {"generated_same_mask": nanmean(sample_r), "real_between_subjects": real_r},
+        "mask_effect_r": {"where_masks_differ": nanmean(mask_r), "whole_volume": nanmean(mask_r_all)},
+        "class_effect": {
+            "generated_core_flair_lgg_minus_hgg": nanmean(core_flair["LGG"]) - nanmean(core_flair["HGG"]),
+            "real_core_flair_lgg_minus_hgg": nanmean(real_core.get("LGG", [])) - nanmean(real_core.get("HGG", [])),
+            "generated_lgg_vs_hgg_r_in_tumour": nanmean(class_r),
+        },
+    }
+
+
+ANATOMY_TARGETS = {
+    "tissue_litres": "0.9–2.4", "box_fill": "0.35–0.75", "background_abs_z": "< 0.1", "tumour_inside_tissue": "1",
+    "fluid_minus_brain_t1": "< 0", "fluid_minus_brain_flair": "< 0", "flair_edema_over_shell": "> 1.15",
+    "t1c_enhancing_over_necrosis": "> 1.15", "t1c_enhancing_over_shell": "> 1", "enhancement_z": "≥ 1.0",
+}
+
+
+def format_anatomy(a: dict) -> list[str]:
+    lines = ["", f"{'anatomy (model grid)':30} {'real':>9} {'generated':>10}  target"]
+    for k, target in ANATOMY_TARGETS.items():
+        lines.append(f"{k:30} {a['real'].get(k, float('nan')):9.3f} {a['generated'].get(k, float('nan')):10.3f}"
+                     f"  {target}")
+    d, m, c = a["between_samples_r"], a["mask_effect_r"], a["class_effect"]
+    lines += [f"{'r between samples (in tissue)':30} {d['real_between_subjects']:9.3f} "
+              f"{d['generated_same_mask']:10.3f}  real: two subjects; generated: two seeds, one mask",
+              f"{'r, one seed on two masks':30} {'':9} {m['where_masks_differ']:10.3f}  < 0.9 where the masks "
+              f"differ (whole volume {m['whole_volume']:.3f})",
+              f"{'core FLAIR, LGG − HGG (z)':30} {c['real_core_flair_lgg_minus_hgg']:9.3f} "
+              f"{c['generated_core_flair_lgg_minus_hgg']:10.3f}  same sign and size as real; LGG/HGG r in tumour "
+              f"{c['generated_lgg_vs_hgg_r_in_tumour']:.3f}"]
+    return lines
 
 
 def ms_ssim_pairs(vols: torch.Tensor, metric_cls) -> float:
@@ -189,5 +268,7 @@ def format_report(report: dict) -> str:
         lines.append(f"FID ({report['fid_features']} features): {report['fid']:.3f}")
     c = report.get("mask_contrast") or {}
     lines.append("mask contrast of samples (z): " + ", ".join(f"{k} {v:+.3f}" for k, v in c.items()))
+    if report.get("anatomy"):
+        lines += format_anatomy(report["anatomy"])
     return "\n".join(lines)
 
