@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ..errors import Unauthorized
+from ..errors import NotFound, Unauthorized
 from ..jobs.batches import BatchService
 from ..jobs.maskbank import MaskBank
+from ..jobs.records import is_id
 from ..jobs.service import JobService
 from ..jobs.store import JobStore
 from ..models.registry import ModelRegistry
@@ -80,3 +81,21 @@ def get_tenant(request: Request, settings: SettingsDep) -> str:
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+def job_id_path(job_id: str, _: TenantDep) -> str:
+    """A path id not shaped as a job id is a missing job, before it can reach a Redis key (after auth: a 401 stays
+    a 401)."""
+    if not is_id("job", job_id):
+        raise NotFound("no such job; job ids look like job_ followed by 32 hex digits")
+    return job_id
+
+
+def batch_id_path(batch_id: str, _: TenantDep) -> str:
+    if not is_id("batch", batch_id):
+        raise NotFound("no such batch; batch ids look like batch_ followed by 32 hex digits")
+    return batch_id
+
+
+JobIdDep = Annotated[str, Depends(job_id_path)]
+BatchIdDep = Annotated[str, Depends(batch_id_path)]

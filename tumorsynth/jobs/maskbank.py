@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from ..errors import InvalidUpload
+from ..errors import InvalidRequest, InvalidUpload
 from ..imaging.labels import to_brats2023, validate_mask
 from ..imaging.nifti import VolumeLimits, read_volume, write_nifti
 from ..storage.keys import mask_bank_key, tenant_prefix
@@ -66,6 +66,20 @@ class MaskBank:
         masks = generate_bank_masks(sources, brain, spacing, n, seed)
         affine = brats_grid_affine()
         return [write_nifti(m.astype(np.float32), affine) for m in masks]
+
+
+def check_class(tumor_class: object, declared: set[str]) -> str:
+    """A bank class is one some installed model declares, so a class name is never free text that reaches
+    object metadata, a manifest or a log (control characters, NUL, bidi overrides)."""
+    if not isinstance(tumor_class, str) or not 0 < len(tumor_class) <= 64:
+        raise InvalidRequest.for_field("tumor_class", 'send {"tumor_class": "<class>"} as the request field')
+    if not tumor_class.isprintable() or tumor_class != tumor_class.strip():
+        raise InvalidRequest.for_field("tumor_class", "has control, format or space characters; send a class name "
+                                                      f"as the models list it: {sorted(declared)}")
+    if tumor_class not in declared:
+        raise InvalidRequest.for_field("tumor_class", f"no installed model makes class {tumor_class!r}; use one "
+                                                      f"of {sorted(declared)}")
+    return tumor_class
 
 
 @functools.lru_cache(maxsize=1)

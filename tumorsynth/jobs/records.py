@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from datetime import UTC, datetime
@@ -33,6 +34,11 @@ def rfc3339(ts: float | None) -> str | None:
 def new_id(prefix: str) -> str:
     """Sortable by creation time (ms) with 80 random bits: ``job_01h...``-like, unguessable."""
     return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+
+
+def is_id(prefix: str, value: str) -> bool:
+    """Whether ``value`` has the shape ``new_id(prefix)`` gives; nothing else may reach a Redis key."""
+    return isinstance(value, str) and re.fullmatch(rf"{prefix}_[0-9a-f]{{32}}", value) is not None
 
 
 class Lease(BaseModel):

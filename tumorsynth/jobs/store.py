@@ -17,7 +17,7 @@ import redis
 from ..errors import InvalidRequest, LeaseLost, NotFound
 from ..webhooks import outbox
 from . import stats
-from .records import JobRecord, Lease, now
+from .records import JobRecord, Lease, is_id, now
 
 P = "ts:"
 
@@ -77,11 +77,7 @@ class JobStore:
         max_score: str | float = "+inf"
         after_id = None
         if cursor:
-            try:
-                score_s, after_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
-                max_score = float(score_s)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise InvalidRequest.for_field("cursor", "not a cursor this service issued") from exc
+            max_score, after_id = parse_cursor(cursor)
         out: list[JobRecord] = []
         seen_after = after_id is None
         offset = 0
@@ -309,6 +305,17 @@ class JobStore:
 
     def ping(self) -> None:
         self.r.ping()
+
+
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    """(created ms, job id) from a cursor this service issued; anything else (``nan``, ``inf``, ...) is a 422."""
+    try:
+        score, after_id = base64.urlsafe_b64decode(cursor.encode()).decode().split(":", 1)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest.for_field("cursor", "not a cursor this service issued") from exc
+    if not (score.isascii() and score.isdigit() and len(score) <= 16) or not is_id("job", after_id):
+        raise InvalidRequest.for_field("cursor", "not a cursor this service issued")
+    return float(score), after_id
 
 
 def attempts_exhausted(attempts: int) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import secrets
 
 from pydantic import ValidationError
@@ -12,14 +13,50 @@ from ..models.registry import ModelEntry
 from ..schemas import JobRequest
 
 
+class _NonFinite(float):
+    """Where the JSON had ``NaN``, ``Infinity``, ``-Infinity`` or a number too large for a double."""
+
+    def __new__(cls, text: str):
+        obj = super().__new__(cls, "nan")
+        obj.text = text
+        return obj
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    return value if math.isfinite(value) else _NonFinite(text)
+
+
 def load_json(raw: str | bytes, field: str = "request"):
-    """JSON from a client, or ``InvalidRequest`` naming ``field`` (nesting too deep for the parser included)."""
+    """JSON from a client, or ``InvalidRequest`` naming ``field`` (nesting too deep for the parser included).
+
+    Python's parser takes ``NaN`` and ``Infinity`` (not JSON) and turns ``1e999`` into infinity; those are refused
+    naming the field that holds them, so no non-finite number reaches a record, a model or a webhook.
+    """
     try:
-        return json.loads(raw)
+        data = json.loads(raw, parse_constant=_NonFinite, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest.for_field(field, f"not valid JSON ({exc})") from exc
     except RecursionError as exc:
         raise InvalidRequest.for_field(field, "JSON nested too deeply; send a flat JSON object") from exc
+    if (found := _first_non_finite(data)) is not None:
+        path, text = found
+        raise InvalidRequest.for_field(path or field, f"{text} is not a JSON number; send a finite number")
+    return data
+
+
+def _first_non_finite(value, path: str = "") -> tuple[str, str] | None:
+    """(dotted path, literal) of the first non-finite number in parsed JSON; iterative, so depth costs no stack."""
+    stack = [(path, value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, _NonFinite):
+            return where, v.text
+        if isinstance(v, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), item) for k, item in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((f"{where}.{i}" if where else str(i), item) for i, item in reversed(list(enumerate(v))))
+    return None
 
 
 def parse_request(raw: str | bytes | None) -> JobRequest:

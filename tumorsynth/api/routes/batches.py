@@ -9,8 +9,9 @@ from pydantic import ValidationError
 
 from ...errors import InvalidRequest, NotFound
 from ...jobs.batches import BatchRequest, view
+from ...jobs.maskbank import check_class
 from ...jobs.validation import from_pydantic, load_json
-from ..deps import BankDep, BatchesDep, SettingsDep, StoreDep, TenantDep
+from ..deps import BankDep, BatchIdDep, BatchesDep, RegistryDep, SettingsDep, StoreDep, TenantDep
 from ..uploads import read_job_form, read_json_body
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -33,13 +34,13 @@ BATCH_BODY = {"requestBody": {"required": True, "content": {
 
 
 @masks_router.post("", status_code=201, openapi_extra=MASK_FORM)
-async def add_mask(request: Request, tenant: TenantDep, bank: BankDep, settings: SettingsDep) -> dict:
+async def add_mask(request: Request, tenant: TenantDep, bank: BankDep, settings: SettingsDep,
+                   registry: RegistryDep) -> dict:
     """Multipart: ``request`` = {"tumor_class": "LGG"} and a ``mask`` file on the BraTS grid (BraTS labels)."""
     raw, files = await read_job_form(request, settings)
     body = load_json(raw or "null")
-    cls = body.get("tumor_class") if isinstance(body, dict) else None
-    if not isinstance(cls, str) or not 0 < len(cls) <= 64:
-        raise InvalidRequest.for_field("tumor_class", 'send {"tumor_class": "<class>"} as the request field')
+    declared = {c for entry in registry.list() for c in entry.classes}
+    cls = check_class(body.get("tumor_class") if isinstance(body, dict) else None, declared)
     extra = sorted(set(files) - {"mask"})
     if extra or "mask" not in files:
         raise InvalidRequest.for_field(extra[0] if extra else "mask", "send exactly one file part named 'mask'")
@@ -69,17 +70,17 @@ async def submit_batch(request: Request, response: Response, tenant: TenantDep, 
 
 
 @router.get("/{batch_id}")
-def get_batch(batch_id: str, tenant: TenantDep, batches: BatchesDep) -> dict:
+def get_batch(batch_id: BatchIdDep, tenant: TenantDep, batches: BatchesDep) -> dict:
     return view(batches, batches.ensure_manifest(batches.get(tenant, batch_id)))
 
 
 @router.post("/{batch_id}/cancel", status_code=202)
-def cancel_batch(batch_id: str, tenant: TenantDep, batches: BatchesDep) -> dict:
+def cancel_batch(batch_id: BatchIdDep, tenant: TenantDep, batches: BatchesDep) -> dict:
     return view(batches, batches.cancel(tenant, batch_id))
 
 
 @router.get("/{batch_id}/manifest.{fmt}")
-def get_manifest(batch_id: str, fmt: str, tenant: TenantDep, batches: BatchesDep, store: StoreDep):
+def get_manifest(batch_id: BatchIdDep, fmt: str, tenant: TenantDep, batches: BatchesDep, store: StoreDep):
     if fmt not in ("csv", "json"):
         raise NotFound("manifests come as manifest.csv or manifest.json")
     rec = batches.ensure_manifest(batches.get(tenant, batch_id))

@@ -11,7 +11,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from ...errors import Conflict, NotFound
 from ...storage.keys import output_key
 from ...schemas import Job, JobList
-from ..deps import JobsDep, ServicesDep, SettingsDep, StoreDep, SubmissionsDep, TenantDep
+from ..deps import JobIdDep, JobsDep, ServicesDep, SettingsDep, StoreDep, SubmissionsDep, TenantDep
 from ..live import job_events, render_preview
 from ..render import job_view
 from ..uploads import JOB_FORM_SCHEMA, read_job_form
@@ -44,18 +44,18 @@ def list_jobs(tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: Setti
 
 
 @router.get("/{job_id}", response_model=Job)
-def get_job(job_id: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Job:
+def get_job(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Job:
     return job_view(jobs.get_for_tenant(tenant, job_id), store, settings)
 
 
 @router.post("/{job_id}/cancel", response_model=Job, status_code=202)
-def cancel_job(job_id: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Job:
+def cancel_job(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Job:
     """Queued: canceled at once. Running: ``canceling``, stopped at the next sampling step. Finished: unchanged."""
     return job_view(jobs.cancel(tenant, job_id), store, settings)
 
 
 @router.get("/{job_id}/preview.png", responses={200: {"content": {"image/png": {}}}})
-def preview(job_id: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Response:
+def preview(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Response:
     """Axial/coronal/sagittal montage of sample 0's outputs through the tumour, the mask outlined (cached)."""
     rec = jobs.get_for_tenant(tenant, job_id)
     if rec.status != "succeeded":
@@ -67,7 +67,7 @@ def preview(job_id: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, sett
 
 
 @router.get("/{job_id}/events")
-async def events(job_id: str, request: Request, tenant: TenantDep, jobs: JobsDep, services: ServicesDep):
+async def events(job_id: JobIdDep, request: Request, tenant: TenantDep, jobs: JobsDep, services: ServicesDep):
     """Server-sent events: the job now, then every status or progress change until it finishes."""
     rec = jobs.get_for_tenant(tenant, job_id)
     return StreamingResponse(job_events(services.redis, jobs, rec, request), media_type="text/event-stream",
@@ -75,7 +75,7 @@ async def events(job_id: str, request: Request, tenant: TenantDep, jobs: JobsDep
 
 
 @router.get("/{job_id}/outputs/{name}", responses={307: {"description": "Redirect to a presigned URL"}})
-def get_output(job_id: str, name: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep):
+def get_output(job_id: JobIdDep, name: str, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep):
     rec = jobs.get_for_tenant(tenant, job_id)
     out = next((o for o in rec.outputs if o.name == name), None)
     if out is None:

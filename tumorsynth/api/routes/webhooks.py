@@ -6,13 +6,13 @@ from fastapi import APIRouter
 
 from ...jobs.records import rfc3339
 from ...webhooks.outbox import Outbox
-from ..deps import JobsDep, ServicesDep, TenantDep
+from ..deps import JobIdDep, JobsDep, ServicesDep, TenantDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.get("/{job_id}/webhooks")
-def deliveries(job_id: str, tenant: TenantDep, jobs: JobsDep, services: ServicesDep) -> dict:
+def deliveries(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, services: ServicesDep) -> dict:
     """Each delivery: its ``webhook-id``, event type, state (pending, delivered, failed, refused) and attempts."""
     jobs.get_for_tenant(tenant, job_id)
     return {"deliveries": [
