@@ -49,16 +49,67 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+# IPv6 forms that carry an IPv4 address the network may deliver to (RFC 4291, 6052, 8215, 3056, 4380, 2765).
+MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+COMPATIBLE = ipaddress.IPv6Network("::/96")
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # the operator picks /48, /56, /64 or /96 inside it
+
+
+def _rfc6052(ip: ipaddress.IPv6Address, prefix_len: int) -> ipaddress.IPv4Address:
+    """The IPv4 address a NAT64 address of ``prefix_len`` embeds: bits 64–71 (the u octet) are skipped."""
+    b = ip.packed
+    if prefix_len == 96:
+        return ipaddress.IPv4Address(b[12:16])
+    rest = b[:8] + b[9:]
+    return ipaddress.IPv4Address(rest[prefix_len // 8:prefix_len // 8 + 4])
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 transition form carries: mapped, translated, compatible, NAT64 (well-known and
+    local-use, every RFC 6052 layout), 6to4, and Teredo (server, and the client: the last 32 bits XOR 0xffffffff)."""
+    out: list[ipaddress.IPv4Address] = []
+    if ip in MAPPED or ip in TRANSLATED or ip in NAT64 or ip in COMPATIBLE:
+        out.append(_rfc6052(ip, 96))
+    if ip in LOCAL_NAT64:
+        out.extend(_rfc6052(ip, n) for n in (48, 56, 64, 96))
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip.teredo is not None:
+        out.extend(ip.teredo)
+    return out
+
+
+def _is_public_one(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
                 or ip.is_unspecified or not ip.is_global)
 
 
+def is_public(address: str) -> bool:
+    """Public, and so is every IPv4 address it embeds (``[2002:7f00:1::]`` is 127.0.0.1 by 6to4)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = embedded_ipv4(ip)
+        if ip.ipv4_mapped is not None:
+            return _is_public_one(ip.ipv4_mapped)
+        if not all(_is_public_one(v4) for v4 in embedded):
+            return False
+    return _is_public_one(ip)
+
+
+def check_characters(url: str) -> None:
+    """Printable ASCII only: a control character (CR/LF would split the request line), a space or a non-ASCII
+    character has no place in a URL sent on the wire, and parsers disagree on what they mean."""
+    for i, ch in enumerate(url):
+        if not "\x21" <= ch <= "\x7e":
+            raise TargetRefused(f"the URL has the character U+{ord(ch):04X} at position {i}; percent-encode it "
+                                "(and write an international host name in its xn-- form)")
+
+
 def check_target(url: str, allow_private: bool, resolve: Resolver = system_resolver) -> Target:
     """Parse and resolve ``url``; refuse what is not http(s) or reaches a non-public address (unless allowed)."""
+    check_characters(url)
     try:
         parts = urlsplit(url)
         port = parts.port
