@@ -301,15 +301,24 @@ def _train(family: str, trainer, cfg, data: Path, out: Path | None, work: Path |
 @eval_app.command("tavit")
 def eval_tavit(model: str, data: Annotated[Path, typer.Option(exists=True, file_okay=False)], subjects: int = 8,
                true_mask: Annotated[bool, typer.Option(help="condition on the true mask, not the predicted one")]
-               = False, out: Path | None = None, device: str = "auto") -> None:
-    """NMSE, PSNR, NCC and SSIM of the synthesised T1C, for tumour and healthy tissue, mean ± std over subjects."""
+               = False, out: Path | None = None, device: str = "auto",
+               montage: Annotated[Path | None, typer.Option(help="PNG: axial/coronal/sagittal through the tumour of "
+                                                                 "2 subjects (T1, true T1C, predicted T1C)")] = None,
+               threads: int | None = None) -> None:
+    """NMSE, PSNR, NCC and SSIM of the synthesised T1C and of the T1 copied as the T1C, for tumour and healthy tissue,
+    mean ± std over subjects; and the enhancing rim's T1C − T1, predicted and true."""
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
     from .training.evaluate_tavit import evaluate_tavit, format_report
 
     _logging("WARNING")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     entry = ModelRegistry(get_settings().model_dir).get(model)
-    report = evaluate_tavit(entry, data, subjects=subjects, device=resolve_device(device), use_true_mask=true_mask)
+    report = evaluate_tavit(entry, data, subjects=subjects, device=resolve_device(device), use_true_mask=true_mask,
+                            montage=montage)
     typer.echo(format_report(report))
     if out:
         out.write_text(json.dumps(report, indent=2, default=float))
@@ -376,7 +385,9 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
                                                                  "and FID (0: skip)")] = 20,
              feature_weights: Annotated[str | None, typer.Option(help="FID on MedicalNet resnet10 features from this "
                                                                       "local .pth file instead of the in-house "
-                                                                      "classifier")] = None) -> None:
+                                                                      "classifier")] = None,
+             montage: Annotated[Path | None, typer.Option(help="also write a PNG: real subjects beside samples "
+                                                               "from their masks, three planes")] = None) -> None:
     """Autoencoder reconstruction (PSNR, SSIM, MAE per contrast) and sample diversity/realism (MS-SSIM, MMD)."""
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
@@ -390,6 +401,10 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
     typer.echo(format_report(report))
     if out:
         out.write_text(json.dumps(report, indent=2))
+    if montage:
+        from .evaluation.montages import ldm_montage
+
+        typer.echo(f"montage: {ldm_montage(entry, data, montage, device=resolve_device(device))}")
 
 
 @app.command()

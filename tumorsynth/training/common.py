@@ -45,7 +45,14 @@ class ResumableTrainer:
     def state_path(self) -> Path:
         return self.work_dir / "state.pt"
 
+    def is_main(self) -> bool:
+        """Rank 0 of a torchrun job, or the only process: the one that writes state, metrics and checkpoints."""
+        world = getattr(self, "world", None)
+        return world is None or world.is_main
+
     def save_state(self) -> None:
+        if not self.is_main():
+            return
         self.work_dir.mkdir(parents=True, exist_ok=True)
         blob = {"state": self.state, "config": asdict(self.cfg)}
         blob |= {name: part.state_dict() for name, part in self._resumable().items()}
@@ -64,6 +71,10 @@ class ResumableTrainer:
 
     def _log(self, row: dict) -> None:
         self.state["metrics"].append(row)
+        if not self.is_main():
+            if self.on_epoch:
+                self.on_epoch(row)
+            return
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with open(self.work_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -38,6 +38,7 @@ from ..models.registry import ModelEntry
 from .brats import MODALITIES, crop_to_nonzero, find_subjects, load_subject, normalise
 from .common import ResumableTrainer, epoch_rng, perceptual_loss
 from .configs import load_config
+from .distributed import init_world
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ class Trainer(ResumableTrainer):
     def __init__(self, cfg: LDMTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None, progress=None):
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
-        self.device = torch.device(device)
+        self.world = init_world(device)  # torchrun: one process per GPU, DDP; otherwise one process
+        self.device = torch.device(self.world.device(device))
         self.on_epoch = on_epoch
         self.progress = progress  # a rich Progress, or None
         self.model_config = copy.deepcopy(PRESETS[cfg.preset])
@@ -258,6 +260,15 @@ class Trainer(ResumableTrainer):
                  "opt_unet": self.opt_unet, "warmup": self.warmup}
         return parts | ({"ema": self.ema} if self.ema is not None else {})
 
+    def _wrapped(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` under DistributedDataParallel when running under torchrun (made once, when first trained)."""
+        if not self.world.enabled:
+            return module
+        cache = self.__dict__.setdefault("_ddp", {})
+        if name not in cache:
+            cache[name] = self.world.wrap(module)
+        return cache[name]
+
     def init_weights(self, checkpoint_dir: Path) -> None:
         """Weights (not optimiser state) from a servable checkpoint whose network matches this preset."""
         import json
@@ -293,7 +304,8 @@ class Trainer(ResumableTrainer):
         ae.train()
         self.disc.train()
         order = rng.permutation(train_idx)
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        batches = self.world.shard([order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
+        ae_train, disc_train = self._wrapped("ae", ae), self._wrapped("disc", self.disc)
         sums = {"l1": 0.0, "ssim": 0.0, "kl": 0.0, "adv_g": 0.0, "disc": 0.0}
         adversarial = epoch >= cfg.adv_start_epoch and cfg.adv_weight > 0
         task = self.progress.add_task(f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}", total=len(batches)) \
@@ -304,7 +316,7 @@ class Trainer(ResumableTrainer):
                 x, r = random_crops(x, r, cfg.ae_crop, cfg.ae_crop_tumour_fraction, rng)
             x, r = x.to(self.device), r.to(self.device)
             with self._autocast():
-                recon, z_mu, z_sigma = ae(x)
+                recon, z_mu, z_sigma = ae_train(x)
                 l1 = weighted_mean((recon.float() - x).abs(), region_weights(r, cfg.ae_region_weights))
                 ssim = self.ssim(recon.float(), x)
                 kl = kl_loss(z_mu.float(), z_sigma.float())
@@ -319,9 +331,9 @@ class Trainer(ResumableTrainer):
             self._step(loss, self.opt_ae, i, len(batches))
             d_loss = torch.zeros(())
             if adversarial:
-                with self._autocast():
-                    fake = self.disc(recon.detach().contiguous().float())[-1]
-                    real = self.disc(x.contiguous())[-1]
+                with self._autocast():  # fake and real in one forward: DDP wants one forward per backward
+                    both = disc_train(torch.cat([recon.detach().float(), x]).contiguous())[-1]
+                    fake, real = both[:len(x)], both[len(x):]
                     d_loss = 0.5 * (self.adv(fake, target_is_real=False, for_discriminator=True)
                                     + self.adv(real, target_is_real=True, for_discriminator=True))
                 self._step(cfg.adv_weight * d_loss, self.opt_d, i, len(batches))
@@ -331,7 +343,7 @@ class Trainer(ResumableTrainer):
                 self.progress.advance(task)
         if task is not None:
             self.progress.remove_task(task)
-        return {k: v / max(1, len(batches)) for k, v in sums.items()}
+        return {k: self.world.mean(v / max(1, len(batches))) for k, v in sums.items()}
 
     @torch.no_grad()
     def validate_autoencoder(self, data: Prepared, val_idx: np.ndarray) -> dict:
@@ -367,7 +379,8 @@ class Trainer(ResumableTrainer):
         net.unet.train()
         order = rng.permutation(len(latents))
         bs = cfg.diffusion_batch_size
-        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        batches = self.world.shard([order[i:i + bs] for i in range(0, len(order), bs)])
+        unet_train = self._wrapped("unet", net.unet)
         total = 0.0
         sched = self.train_scheduler
         task = self.progress.add_task(f"diffusion epoch {epoch + 1}/{cfg.diffusion_epochs}", total=len(batches)) \
@@ -380,7 +393,7 @@ class Trainer(ResumableTrainer):
             y = labels[idx].clone()
             y[torch.rand(len(idx), device=self.device) < cfg.class_dropout] = 0
             with self._autocast():
-                pred = net.denoise(z_t, t, conds[idx], y)
+                pred = net.denoise(z_t, t, conds[idx], y, unet=unet_train)
                 loss = F.mse_loss(pred.float(), noise)
             self._step(loss, self.opt_unet, i, len(batches))
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
@@ -392,7 +405,7 @@ class Trainer(ResumableTrainer):
                 self.progress.advance(task)
         if task is not None:
             self.progress.remove_task(task)
-        return {"mse": total / max(1, len(batches))}
+        return {"mse": self.world.mean(total / max(1, len(batches)))}
 
     # ----- the whole run -------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:
@@ -432,6 +445,18 @@ class Trainer(ResumableTrainer):
         return TrainResult(entry, self.state["metrics"])
 
     def write_checkpoint(self, data: Prepared, train_idx, val_idx, seconds: float) -> ModelEntry:
+        if not self.is_main():  # rank 0 writes; the others read what it wrote
+            self.world.barrier()
+            import json
+
+            from ..models.registry import entry_from_config
+
+            return entry_from_config(self.out_dir, json.loads((self.out_dir / "config.json").read_text()))
+        entry = self._write_checkpoint(data, train_idx, val_idx, seconds)
+        self.world.barrier()
+        return entry
+
+    def _write_checkpoint(self, data: Prepared, train_idx, val_idx, seconds: float) -> ModelEntry:
         cfg = self.cfg
         config = copy.deepcopy(self.model_config)
         trained_on = describe_data(self.data_dir, data, train_idx)
@@ -440,7 +465,8 @@ class Trainer(ResumableTrainer):
                       training={"config": asdict(cfg), "subjects": {"train": len(train_idx), "val": len(val_idx)},
                                 "validation_ids": [data.ids[i] for i in val_idx],
                                 "final": last, "seconds": round(seconds, 1),
-                                "device": str(self.device), "torch": torch.__version__})
+                                "device": str(self.device), "processes": self.world.size,
+                                "torch": torch.__version__})
         if self.state.get("init_from"):
             config["training"]["autoencoder_from"] = {"checkpoint": self.state["init_from"],
                                                       "sha256": self.state["init_sha256"]}

@@ -101,8 +101,10 @@ class MaskConditionedLDM(nn.Module):
         return F.interpolate(mask, size=self.latent_shape(mask.shape[2:]), mode="area")
 
     def denoise(
-        self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, class_labels: torch.Tensor
+        self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, class_labels: torch.Tensor,
+        unet: nn.Module | None = None,
     ) -> torch.Tensor:
-        """Predicted noise ε for noisy latents ``z_t`` (B, L, x, y, z) at timesteps ``t`` (B,)."""
+        """Predicted noise ε for noisy latents ``z_t`` (B, L, x, y, z) at timesteps ``t`` (B,); ``unet``: the same
+        UNet under a wrapper (DistributedDataParallel in training)."""
         h = torch.cat([z_t, cond.to(z_t.dtype)], dim=1)  # (B, L + 3, x, y, z)
-        return self.unet(h, timesteps=t, class_labels=class_labels)  # (B, L, x, y, z)
+        return (unet or self.unet)(h, timesteps=t, class_labels=class_labels)  # (B, L, x, y, z)
