@@ -1,6 +1,9 @@
 """The delivery loop: runs in every worker's main process, beside the reaper, so no delivery holds up a job.
 
-Each attempt re-checks the target (DNS may have changed since submission) and sends to the checked address, signs
+Deliveries are independent: the loop hands each due one to a free pool thread and claims more as threads free up,
+never waiting for a batch, and every attempt has a whole-request deadline (``webhook_timeout_seconds``, from
+connect to the response's status line), so a receiver that answers slowly, or trickles its headers, holds one
+thread for at most that long and never delays another tenant's delivery. Each attempt re-checks the target (DNS may have changed since submission) and sends to the checked address, signs
 the fixed body with the tenant's secret and a fresh timestamp, and treats any 2xx as delivered. Anything else
 (an error status, a redirect, a timeout, a refused connection) is retried with exponential backoff until
 ``webhook_max_attempts``; a target that is no longer allowed fails at once as ``refused``.
@@ -11,17 +14,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 
 from .. import __version__
 from . import signing
+from .deadline import DeadlineTransport, deadline
 from .outbox import Outbox
 from .targets import TargetRefused, check_target, system_resolver
 
 log = logging.getLogger(__name__)
-PARALLEL = 4  # deliveries in flight per worker: one slow receiver does not hold up the others
+PARALLEL = 8  # deliveries in flight per worker; each ends by its deadline
 
 
 def backoff(settings, attempts: int) -> float:
@@ -33,7 +37,8 @@ class Deliverer:
     def __init__(self, r, settings, resolve=system_resolver):
         self.settings, self.resolve = settings, resolve
         self.outbox = Outbox(r)
-        self.client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False)
+        self.client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False,
+                                   transport=DeadlineTransport(max_connections=PARALLEL))
 
     @property
     def claim_seconds(self) -> float:
@@ -76,25 +81,40 @@ class Deliverer:
         target = check_target(d["url"], self.settings.webhook_allow_private_targets, self.resolve)
         body = d["body"].encode()
         headers = signing.headers(secret, d["id"], int(time.time()), body) | {
-            "content-type": "application/json", "user-agent": f"tumorsynth-webhooks/{__version__}"}
+            "content-type": "application/json", "user-agent": f"tumorsynth-webhooks/{__version__}",
+            "webhook-tenant": d["tenant"]}  # also inside the signed body, which is what a receiver should trust
         extensions = {}
         if target.address is not None:
             headers["host"] = target.host_header
             if target.scheme == "https":
                 extensions["sni_hostname"] = target.host
         # The request goes to the address just checked, not to a fresh DNS answer; TLS still verifies the name.
-        with self.client.stream("POST", target.pinned_url(), content=body, headers=headers,
-                                extensions=extensions) as resp:
+        with deadline(self.settings.webhook_timeout_seconds), \
+                self.client.stream("POST", target.pinned_url(), content=body, headers=headers,
+                                   extensions=extensions) as resp:
             return resp.status_code
 
-    def run_forever(self) -> None:
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        """Claim due deliveries as pool threads free up; never wait for one delivery before starting another."""
+        stop = stop or threading.Event()
+        in_flight: set[Future] = set()
         with ThreadPoolExecutor(PARALLEL, thread_name_prefix="webhook") as pool:
-            while True:
+            while not stop.is_set():
+                in_flight = {f for f in in_flight if not f.done()}
+                free = PARALLEL - len(in_flight)
                 try:
-                    self.deliver_due(pool)
+                    for d in self.outbox.claim_due(self.claim_seconds, limit=free) if free else []:
+                        in_flight.add(pool.submit(self._attempt_logged, d))
                 except Exception:
                     log.warning("webhook delivery loop failed; retrying", exc_info=True)
-                time.sleep(self.settings.webhook_poll_seconds)
+                stop.wait(self.settings.webhook_poll_seconds)
+
+    def _attempt_logged(self, d: dict) -> None:
+        try:
+            self.attempt(d)
+        except Exception as exc:  # e.g. Redis out of reach while saving: the claim lapses, the delivery is due again
+            log.warning("webhook %s for job %s: attempt not recorded (%s: %s)", d["id"], d["job_id"],
+                        type(exc).__name__, exc)
 
 
 def start_deliverer(r, settings) -> threading.Thread:

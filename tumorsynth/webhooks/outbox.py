@@ -56,7 +56,9 @@ def payload(event: str, rec: JobRecord) -> dict:
         "outputs": [{"name": o.name, "modality": o.modality, "sample_index": o.sample_index, "kind": o.kind,
                      "size": o.size, "sha256": o.sha256} for o in rec.outputs],
     }
-    return {"type": event, "timestamp": rfc3339(time.time()), "data": data}
+    # the tenant is signed with the body: a receiver shared by tenants (or a URL one tenant points at another's
+    # receiver) can tell whose job this is, and the webhook-tenant header cannot be changed without the body
+    return {"type": event, "timestamp": rfc3339(time.time()), "tenant": rec.tenant, "data": data}
 
 
 def on_transition(pipe, before: str | None, rec: JobRecord) -> None:
