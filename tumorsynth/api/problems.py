@@ -6,8 +6,9 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import TumorsynthError
 
@@ -47,6 +48,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
         return problem(exc.status_code, _title(exc.status_code), str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect):
+        # A client that hangs up mid-upload is routine (a timeout, a closed laptop), not a server error: one line,
+        # no traceback. Nothing was stored, since nothing is stored before the whole body has been checked.
+        log.info("upload aborted by the client: %s %s (declared %s bytes); nothing was kept", request.method,
+                 request.url.path, request.headers.get("content-length", "no length"))
+        return Response(status_code=400)  # the connection is gone: nobody reads it
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):
