@@ -100,11 +100,11 @@ def test_the_mask_bank_is_per_tenant(sec_client, app):
 
     bank = app.state.services.bank
     r = sec_client.post("/v1/masks", files={
-        "request": (None, '{"tumor_class": "GBM-private"}', "application/json"),
+        "request": (None, '{"tumor_class": "HGG"}', "application/json"),
         "mask": ("m.nii.gz", mask_bytes(BANK_SHAPE), "application/octet-stream")}, headers=ALPHA)
     assert r.status_code == 201, r.text
-    assert len(bank.sources("alpha", "GBM-private")) >= 1
-    assert bank.sources("beta", "GBM-private") == []
+    assert len(bank.sources("alpha", "HGG")) >= 1
+    assert bank.sources("beta", "HGG") == []
     keys = [o.key for o in app.state.services.store.list("tenants/")]
     assert any(k.startswith(f"tenants/alpha/masks/{r.json()['id']}/") for k in keys)
     assert not any(r.json()["id"] in k for k in keys if not k.startswith("tenants/alpha/"))
