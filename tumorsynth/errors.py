@@ -135,3 +135,10 @@ class ErrorInfo:
     code: str
     message: str
     details: dict = field(default_factory=dict)
+
+
+class JobStoreUnavailable(ServiceUnavailable):
+    """Redis (the job store and broker) did not answer in time or refused the connection."""
+
+    code = "job_store_unavailable"
+    title = "Job store unavailable"

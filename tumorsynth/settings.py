@@ -22,6 +22,8 @@ class Settings(BaseSettings):
 
     # Broker and job store. None: `tumorsynth serve` starts an embedded Redis server and sets it.
     redis_url: str | None = None
+    # How long one Redis command may wait in the API before the request is a 503 (a frozen or unreachable Redis).
+    redis_timeout_seconds: float = Field(2.0, gt=0, le=30)
     # Object storage. No endpoint: a local folder (storage_dir) holds the objects.
     s3_endpoint: str | None = None
     s3_access_key: str | None = None

@@ -7,10 +7,12 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..errors import TumorsynthError
+from ..errors import JobStoreUnavailable, TumorsynthError
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -48,6 +50,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
         return problem(exc.status_code, _title(exc.status_code), str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _store_gone(request: Request, exc: Exception):
+        log.warning("job store unreachable on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__,
+                    exc)
+        return await _typed(request, JobStoreUnavailable(
+            "the job store (Redis) did not answer; nothing was changed, retry after the Retry-After seconds"))
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, _: ClientDisconnect):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ..imaging.nifti import VolumeLimits
 from ..jobs.batches import BatchService
@@ -16,6 +18,16 @@ from ..settings import Settings
 from ..storage import make_store
 from ..storage.base import ObjectStore
 from ..workers.celery_app import Dispatcher, create_celery
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """Short socket timeouts, so a frozen or lost Redis is a prompt 503 rather than a request hanging for 10–20 s.
+
+    A dropped connection (Redis restarted) is retried once on a fresh one; a timeout is not retried.
+    """
+    t = settings.redis_timeout_seconds
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=t, socket_connect_timeout=min(t, 1.0),
+                                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
 
 
 @dataclass
@@ -32,7 +44,7 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        client = redis_client(settings)
         jobs = JobStore(client)
         store = make_store(settings)
         registry = ModelRegistry(settings.model_dir)

@@ -69,7 +69,7 @@ def preview(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreDep,
 @router.get("/{job_id}/events")
 async def events(job_id: JobIdDep, request: Request, tenant: TenantDep, jobs: JobsDep, services: ServicesDep):
     """Server-sent events: the job now, then every status or progress change until it finishes."""
-    rec = jobs.get_for_tenant(tenant, job_id)
+    rec = await run_in_threadpool(jobs.get_for_tenant, tenant, job_id)  # Redis off the event loop
     return StreamingResponse(job_events(services.redis, jobs, rec, request), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
