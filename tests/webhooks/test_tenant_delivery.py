@@ -136,3 +136,16 @@ def test_the_tenant_is_signed_inside_the_body_and_sent_as_a_header(loop):
         assert body["tenant"] == tenant and g.headers["webhook-tenant"] == tenant
         assert verify(WEBHOOK_SECRET, g.headers, g.body)
         assert not verify(WEBHOOK_SECRET, g.headers, g.body.replace(f'"{tenant}"'.encode(), b'"gamma"'))
+
+
+def test_a_pending_delivery_to_a_url_with_cr_lf_is_refused_once_not_retried(settings):
+    """A URL stored before URLs were checked strictly: at delivery it is refused (no request, one warning), where it
+    used to stay pending for ever with a traceback per retry."""
+    from tumorsynth.webhooks.deliver import Deliverer
+
+    from .test_webhooks import _delivery
+
+    r = redis.Redis.from_url(settings.redis_url)
+    d = Deliverer(r, settings).attempt(_delivery("http://127.0.0.1:9/x\r\nX-Injected: 1"))
+    assert d["state"] == "refused" and "U+000D" in d["last_error"] and d["attempts"] == 1
+    assert r.zscore("ts:webhooks:due", d["id"]) is None
