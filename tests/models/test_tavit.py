@@ -18,7 +18,7 @@ from tumorsynth.models.tavit.configs import (
 )
 from tumorsynth.models.tavit.network import SelfAttention, regions_from_labels
 from tumorsynth.models.tavit.runner import TAViTGenerator
-from tumorsynth.models.tavit.slices import zscore_brain
+from tumorsynth.models.tavit.slices import with_context, zscore_brain
 from tumorsynth.training.brats import normalise
 
 SHAPE = (40, 48, 30)
@@ -108,7 +108,7 @@ def test_adaln_zero_blocks_are_the_identity_at_initialisation():
     for block in net.tavit.blocks:
         torch.testing.assert_close(block(x, s), x, rtol=0, atol=0)
     # so at initialisation the T1C does not depend on the tumour regions
-    img = torch.randn(2, 2, 32, 32)
+    img = torch.randn(2, net.in_channels, 32, 32)
     a, b = torch.zeros(2, 3, 32, 32), torch.ones(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(net.synthesise(img, a), net.synthesise(img, b))
@@ -126,7 +126,7 @@ def test_attention_runs_on_sdpa_and_matches_the_explicit_softmax(monkeypatch):
     config = model_config("tiny")
     net = build_network(config).eval()
     with torch.no_grad():
-        net(torch.randn(2, 2, 32, 32))
+        net(torch.randn(2, net.in_channels, 32, 32))
     heads = config["network"]["num_heads"]
     assert calls == [torch.Size([2, heads, 16, 32 // heads])] * config["network"]["depth"]  # 4×4 tokens
 
@@ -139,13 +139,45 @@ def test_attention_runs_on_sdpa_and_matches_the_explicit_softmax(monkeypatch):
 
 def test_shapes_and_grid_check():
     net = build_network(model_config("tiny", flair=False)).eval()
-    x = torch.randn(3, 1, 32, 64)
+    assert net.in_channels == 3  # the T1 of the slice and of its two neighbours
+    x = torch.randn(3, net.in_channels, 32, 64)
     with torch.no_grad():
         assert net.segment(x).shape == (3, 4, 32, 64)
         assert net.predict_regions(x).shape == (3, 3, 32, 64)
         assert net(x).shape == (3, 1, 32, 64)
         with pytest.raises(ValueError, match="divisible by 8"):
-            net(torch.randn(1, 1, 36, 32))
+            net(torch.randn(1, net.in_channels, 36, 32))
+
+
+def test_residual_output_is_the_t1_when_the_last_layer_is_zero():
+    net = build_network(model_config("tiny")).eval()
+    with torch.no_grad():
+        net.tavit.head.conv.weight.zero_()
+        net.tavit.head.conv.bias.zero_()
+        x = torch.randn(2, net.in_channels, 32, 32)
+        torch.testing.assert_close(net(x), x[:, :1])  # channel 0: the centre slice's T1
+        net.tavit.head.conv.bias.fill_(0.5)
+        torch.testing.assert_close(net(x), x[:, :1] + 0.5)
+
+
+def test_slice_context_puts_the_centre_first_and_clamps_at_the_edges():
+    slices = np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((4, 2, 1, 1), np.float32)
+    slices[:, 1] += 10  # channel 1 (FLAIR) = slice index + 10
+    out = with_context(slices, 1)[:, :, 0, 0]  # (Z, 6): centre T1, FLAIR, then slice −1, then slice +1
+    np.testing.assert_array_equal(out[0], [0, 10, 0, 10, 1, 11])
+    np.testing.assert_array_equal(out[2], [2, 12, 1, 11, 3, 13])
+    np.testing.assert_array_equal(out[3], [3, 13, 2, 12, 3, 13])
+    assert with_context(slices, 0) is slices
+
+
+def test_a_residual_runner_keeps_the_t1_at_its_own_resolution(entry, inputs):
+    """With a zero residual the served T1C is the z-scored T1 voxel for voxel, not its resampled copy."""
+    gen = TAViTGenerator(entry, "cpu")
+    with torch.no_grad():
+        gen.network.tavit.head.conv.weight.zero_()
+        gen.network.tavit.head.conv.bias.zero_()
+    out = gen.generate(params(), inputs, nothing)[0].data
+    np.testing.assert_allclose(out, zscore_brain(inputs["t1"].data), atol=1e-4)
 
 
 def test_regions_from_labels_are_nested():

@@ -114,3 +114,37 @@ def test_evaluation_reports_per_region_metrics(phantom_dir, trained):
         assert row["nmse"]["n"] >= 1 and row["nmse"]["mean"] > 0 and np.isfinite(row["psnr"]["mean"])
         assert -1 <= row["ncc"]["mean"] <= 1 and -1 <= row["ssim"]["mean"] <= 1
     assert "PSNR" in format_report(report) and "tumour" in format_report(report)
+    # the baseline beside it: the T1 copied as the T1C, scored the same way
+    for region in ("tumour", "healthy"):
+        assert set(report["baseline"][region]) == {"nmse", "psnr", "ncc", "ssim"}
+        assert report["baseline"][region]["nmse"]["mean"] > 0
+    assert "T1 copy" in format_report(report) and "enhancing rim" in format_report(report)
+    assert "ssim_map" in format_report(report)
+
+
+def test_held_out_subjects_come_from_the_validation_ids_only_in_the_training_folder(phantom_dir, trained, tmp_path):
+    from tumorsynth.training.evaluate_tavit import held_out
+
+    _, result, _ = trained
+    val_ids = result.entry.config["training"]["validation_ids"]
+    assert [s.id for s in held_out(result.entry, phantom_dir, 6)] == val_ids
+    other = tmp_path / "other"  # another folder whose subjects happen to share the names
+    other.mkdir()
+    for s in find_subjects(phantom_dir):
+        (other / s.id).symlink_to(s.paths["t1"].parent)
+    assert [s.id for s in held_out(result.entry, other, 3)] == [s.id for s in find_subjects(other)][:3]
+
+
+def test_tumour_slices_are_all_kept_and_healthy_ones_thinned(phantom_dir):
+    from tumorsynth.models.tavit.configs import model_config
+    from tumorsynth.training.tavit import prepare
+
+    data = prepare(phantom_dir, model_config("tiny"), max_subjects=2, min_brain_fraction=0.15)
+    tumour = (data.labels > 0).flatten(1).any(1).numpy()
+    chosen = data.selection([0, 1], healthy_step=3)
+    assert set(np.flatnonzero(tumour)) <= set(chosen)
+    assert len(set(chosen) - set(np.flatnonzero(tumour))) == sum(1 for i in np.flatnonzero(~tumour) if i % 3 == 0)
+    # each slice sees its neighbours, within its own subject
+    x = data.network_inputs(chosen[:4])
+    assert x.shape[1] == 3 * data.inputs.shape[1] and x.dtype == torch.float32
+    assert (data.subject[data.context] == data.subject[:, None]).all()

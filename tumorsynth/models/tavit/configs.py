@@ -11,6 +11,10 @@ input's third voxel axis (axial for BraTS-format data) at the input's own slice 
   full-resolution levels are kept narrow, 8 channels, because they cost the most).
 - ``tiny``: 32×32 slices (7.5 mm, 4×4 tokens) and 72 k weights, for tests.
 
+``tiny`` and ``demo`` predict the residual T1C − T1 and see one neighbouring slice either side (2.5D); ``paper``
+predicts the residual on single slices. Neither is the paper's (it predicts T1C from single 2D slices): see
+``network`` for why.
+
 ``flair=False`` builds the T1-only variant (the paper found no significant difference between T1 and T1 + FLAIR).
 """
 
@@ -70,20 +74,23 @@ PRESETS: dict[str, dict] = {
     "tiny": _preset(
         [32, 32],
         {"seg_channels": [8, 16], "seg_strides": [2], "seg_num_res_units": 1, "channels": [8, 16, 32],
-         "cond_latent_channels": [4, 8, 16], "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "norm": "batch"},
+         "cond_latent_channels": [4, 8, 16], "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "norm": "batch",
+         "residual": True, "slice_context": 1},
         slice_batches=4,
     ),
     "demo": _preset(
         [96, 96],
         {"seg_channels": [8, 16, 32], "seg_strides": [2, 2], "seg_num_res_units": 1, "channels": [8, 32, 64],
-         "cond_latent_channels": [4, 16, 32], "depth": 4, "num_heads": 4, "mlp_ratio": 2.0, "norm": "batch"},
+         "cond_latent_channels": [4, 16, 32], "depth": 4, "num_heads": 4, "mlp_ratio": 2.0, "norm": "batch",
+         "residual": True, "slice_context": 1},
         slice_batches=8,
     ),
     "paper": _preset(
         [240, 240],
         {"seg_channels": [32, 64, 128, 256], "seg_strides": [2, 2, 2], "seg_num_res_units": 2,
          "channels": [64, 128, 256], "cond_latent_channels": [32, 64, 128], "depth": 6, "num_heads": 8,
-         "mlp_ratio": 4.0, "norm": "batch"},
+         "mlp_ratio": 4.0, "norm": "batch",
+         "residual": True, "slice_context": 0},
         slice_batches=10,
     ),
 }

@@ -14,6 +14,14 @@ One module holds both networks, so that one checkpoint does:
   same way. The decoder adds the encoder's features of the same resolution (additive skips): our choice, the paper
   does not say; it keeps the 8× bottleneck from blurring anatomy that T1C shares with T1.
 
+Two departures from the paper, both ours (``residual`` and ``slice_context``, off by default, on in the presets):
+
+- ``residual``: TA-ViT predicts T1C − T1 and the T1 (the first input channel) is added back, so healthy tissue is
+  right from the first step and the network spends its capacity on enhancement; the runner adds the residual to the
+  T1 at the input's own resolution, so the slice grid's resampling no longer blurs the anatomy.
+- ``slice_context``: each slice comes with ``k`` neighbours either side as extra channels (2.5D, centre first,
+  ``slices.with_context``), so neighbouring outputs agree and a coronal or sagittal view shows no slice streaks.
+
 Constructor arguments are plain JSON values: they are stored as ``config["network"]`` and the network is rebuilt
 with ``TumourAwareSynthesis(**config["network"])``.
 """
@@ -205,16 +213,23 @@ class TumourAwareSynthesis(nn.Module):
         num_heads: int = 8,
         mlp_ratio: float = 4.0,
         norm: str = "batch",
+        residual: bool = False,
+        slice_context: int = 0,
     ) -> None:
         super().__init__()
+        if slice_context < 0:
+            raise ValueError(f"slice_context counts neighbours on each side, so it must be ≥ 0, got {slice_context}")
         if len(seg_strides) != len(seg_channels) - 1:
             raise ValueError(f"seg_strides needs one stride per level below the top: {len(seg_channels) - 1} for "
                              f"seg_channels {list(seg_channels)}, got {list(seg_strides)}")
         self.image_channels = image_channels
-        self.segmenter = UNet(spatial_dims=spatial_dims, in_channels=image_channels, out_channels=NUM_LABELS,
+        self.residual = residual
+        self.slice_context = slice_context
+        self.in_channels = image_channels * (2 * slice_context + 1)  # centre slice's images first, then neighbours
+        self.segmenter = UNet(spatial_dims=spatial_dims, in_channels=self.in_channels, out_channels=NUM_LABELS,
                               channels=tuple(seg_channels), strides=tuple(seg_strides),
                               num_res_units=seg_num_res_units, norm="instance")
-        self.tavit = TAViT(spatial_dims=spatial_dims, in_channels=image_channels, out_channels=1,
+        self.tavit = TAViT(spatial_dims=spatial_dims, in_channels=self.in_channels, out_channels=1,
                            cond_channels=NUM_REGIONS, channels=channels, cond_latent_channels=cond_latent_channels,
                            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, norm=norm)
         self.divisor = math.lcm(self.tavit.downsampling, math.prod(seg_strides))
@@ -233,8 +248,12 @@ class TumourAwareSynthesis(nn.Module):
         return regions_from_probabilities(self.segment(x).softmax(dim=1))
 
     def synthesise(self, x: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-        """Slices (B, C, H, W) and regions (B, 3, H, W) → T1C (B, 1, H, W) as z-scores over the brain."""
-        return self.tavit(x, regions)
+        """Slices (B, C, H, W) and regions (B, 3, H, W) → T1C (B, 1, H, W) as z-scores over the brain.
+
+        With ``residual`` the network's output is T1C − T1, added here to the centre slice's T1 (channel 0).
+        """
+        out = self.tavit(x, regions)  # (B, 1, H, W)
+        return x[:, :1] + out if self.residual else out
 
     def forward(self, x: torch.Tensor, regions: torch.Tensor | None = None) -> torch.Tensor:
         self.check_grid(x.shape[2:])

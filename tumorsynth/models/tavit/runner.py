@@ -3,7 +3,10 @@
 One job: each input volume → z-scores over its non-zero voxels (``slices.zscore_brain``) → the slice grid (in-plane
 resampling only, ``slices.slice_mapping``) → the slices holding brain, in ``slice_batches`` batches (one progress step
 each, so a cancel lands between batches) → tumour regions, predicted by the segmenter or taken from the user's mask →
-TA-ViT → T1C slices → back to the T1's shape and affine, 0 where the T1 is 0.
+TA-ViT → T1C slices → back to the T1's shape and affine, 0 where the T1 is 0. A ``slice_context`` network gets each
+slice with its neighbours as extra channels (``slices.with_context``). For a ``residual`` network only its residual,
+T1C − T1, goes back through the in-plane resampling and is added to the z-scored T1 at the input's own resolution:
+healthy anatomy keeps the T1's detail instead of the slice grid's.
 
 The T1C is returned as z-scores over the brain (the training targets' normalisation): about −3 to 3 in healthy
 tissue and higher in enhancing tumour, with the background 0. The network is deterministic: one input, one output.
@@ -20,7 +23,7 @@ from ..base import GeneratedVolume, GenerationParams, ProgressFn
 from ..checkpoints import load_into
 from ..registry import ModelEntry
 from .configs import build_network, image_inputs
-from .slices import brain_slices, from_slices, slice_mapping, to_slices, zscore_brain
+from .slices import brain_slices, from_slices, slice_mapping, to_slices, with_context, zscore_brain
 
 Z_LIMIT = 10.0  # z-scores beyond ±10 are artefacts of an untrained or diverging model
 
@@ -36,6 +39,8 @@ class TAViTGenerator:
         inference = entry.config.get("inference", {})
         self.slice_batches = int(inference.get("slice_batches", 8))
         self.max_batch_slices = int(inference.get("max_batch_slices", 16))
+        self.residual = bool(entry.config["network"].get("residual", False))
+        self.slice_context = int(entry.config["network"].get("slice_context", 0))
 
     def total_steps(self, params: GenerationParams) -> int:
         return self.slice_batches
@@ -51,11 +56,15 @@ class TAViTGenerator:
         if inputs.get("mask") is not None:
             labels = np.rint(_volume_3d(inputs, "mask", self.entry.id, like=volumes["t1"].shape)).astype(np.int16)
             regions = to_slices(to_regions(mapping.to_grid(labels, order=0)))  # (Z, 3, H, W)
-        t1c = self._synthesise(to_slices(grid_images), regions, brain_slices(grid_images[0]), progress)  # (Z, H, W)
+        slices = with_context(to_slices(grid_images), self.slice_context)  # (Z, C·(2k + 1), H, W)
+        t1c = self._synthesise(slices, regions, brain_slices(grid_images[0]), progress)  # (Z, H, W)
         grid_t1c = from_slices(t1c) * (grid_images[0] != 0)  # (H, W, Z)
         if params.output_grid == "model":
             return [GeneratedVolume("t1c", 0, grid_t1c.astype(np.float32), mapping.grid_affine.copy(), None)]
-        data = mapping.from_grid(grid_t1c, order=1)
+        if self.residual:  # T1C − T1 back to the input grid, added to the T1 at its own resolution
+            data = images[0] + mapping.from_grid(grid_t1c - grid_images[0], order=1)
+        else:
+            data = mapping.from_grid(grid_t1c, order=1)
         data[volumes["t1"] == 0] = 0.0
         return [GeneratedVolume("t1c", 0, data.astype(np.float32), np.array(t1.affine, dtype=np.float64), t1)]
 

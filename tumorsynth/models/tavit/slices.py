@@ -52,3 +52,19 @@ def brain_slices(t1_grid: np.ndarray, min_fraction: float = 0.0) -> np.ndarray:
     """Indices of the slices of an (H, W, Z) grid volume whose non-zero share exceeds ``min_fraction``."""
     share = (t1_grid != 0).mean(axis=(0, 1))
     return np.flatnonzero(share > min_fraction)
+
+
+def with_context(slices: np.ndarray, k: int) -> np.ndarray:
+    """(Z, C, H, W) slices → (Z, C·(2k + 1), H, W): each slice's channels, then those of its neighbours at offsets
+    −k … −1, 1 … k (the volume's edge slices stand in for neighbours beyond it)."""
+    if k == 0:
+        return slices
+    return np.concatenate([slices[context_index(np.arange(len(slices)), len(slices), k)[:, j]]
+                           for j in range(2 * k + 1)], axis=1)
+
+
+def context_index(z: np.ndarray, n: int, k: int) -> np.ndarray:
+    """For slice indices ``z`` of a stack of ``n``, the indices (len(z), 2k + 1) of each slice, then its neighbours
+    at offsets −k … −1, 1 … k, clamped to the stack."""
+    offsets = np.array([0, *range(-k, 0), *range(1, k + 1)])
+    return np.clip(np.asarray(z)[:, None] + offsets[None], 0, n - 1)
