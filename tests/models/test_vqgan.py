@@ -60,7 +60,7 @@ def test_straight_through_codebook_gets_gradients_and_so_does_the_encoder():
 
 def test_ema_codebook_moves_towards_its_inputs_without_gradients():
     torch.manual_seed(0)
-    q = VectorQuantizer(8, 4, ema=True, decay=0.5, restart_threshold=0.0).train()
+    q = VectorQuantizer(8, 4, ema=True, decay=0.5, restart_threshold=0.0, normalise=False, data_init=False).train()
     z = torch.full((1, 4, 2, 2, 2), 3.0, requires_grad=True)
     code = int(q(z).indices.flatten()[0])
     before = (q.codebook.weight[code] - 3.0).abs().max()
@@ -74,7 +74,8 @@ def test_ema_codebook_moves_towards_its_inputs_without_gradients():
 
 def test_dead_codes_are_restarted_on_encoder_outputs():
     torch.manual_seed(0)
-    q = VectorQuantizer(16, 4, ema=True, usage_decay=0.5, restart_threshold=0.05).train()
+    q = VectorQuantizer(16, 4, ema=True, usage_decay=0.5, restart_threshold=0.05, normalise=False,
+                        data_init=False).train()
     kept = q.codebook.weight.clone()
     flat = torch.randn(10, 4) + 5.0
     q.usage[4:] = 0.0
@@ -83,11 +84,41 @@ def test_dead_codes_are_restarted_on_encoder_outputs():
     for row in q.codebook.weight[4:]:
         assert (flat - row).abs().sum(1).min() < 1e-6  # every restarted code is one of the inputs
     # in training, codes left unused long enough are restarted automatically
-    q2 = VectorQuantizer(16, 4, ema=True, usage_decay=0.5, restart_threshold=0.05).train()
+    q2 = VectorQuantizer(16, 4, ema=True, usage_decay=0.5, restart_threshold=0.05, normalise=False,
+                         data_init=False).train()
     z = torch.full((1, 4, 2, 2, 2), 7.0)
     for _ in range(8):
         q2(z)
     assert (q2.codebook.weight - 7.0).abs().amax(1).lt(1e-4).sum() >= 15
+
+
+def test_codes_start_on_the_encoder_outputs_and_are_compared_by_direction():
+    """Issue 13: codes drawn in ±1/K sat far from encoder outputs of any other scale, so one code was nearest to all
+    of them. Initialised from the first training batch and compared on the unit sphere, they cover the data."""
+    torch.manual_seed(0)
+    centres = torch.randn(32, 6) * 10.0  # encoder outputs of a scale nothing in the init knows about
+    z = (centres[torch.randint(0, 32, (512,))] + 0.1 * torch.randn(512, 6)).T.reshape(1, 6, 8, 8, 8)
+    q = VectorQuantizer(64, 6, code_dim=4).train()
+    assert not bool(q.initialised)
+    out = q(z)
+    assert bool(q.initialised) and float(out.perplexity) > 16
+    torch.testing.assert_close(q.codes().norm(dim=1), torch.ones(64))
+    torch.testing.assert_close(q.project(z * 100.0).norm(dim=1), torch.ones(512))  # whatever the encoder's scale
+    torch.testing.assert_close(q.lookup(out.indices), out.z_q)  # forward value: the projected code
+
+
+def test_restarts_are_relative_to_the_uniform_share_and_go_where_the_error_is():
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 2, normalise=False, data_init=False, restart_threshold=0.1).train()
+    with torch.no_grad():
+        q.codebook.weight.copy_(torch.tensor([[float(i), 0.0] for i in range(8)]))
+    q.usage.copy_(torch.tensor([100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 5.0, 0.5]))  # uniform share 63.2
+    assert q.alive().tolist() == [True] * 6 + [False, False]  # an absolute 0.03 would have kept both alive
+    far = torch.tensor([[3.0, 50.0], [3.0, 60.0]])
+    flat = torch.cat([torch.tensor([[float(i), 0.0] for i in range(6)]), far])
+    assert q.restart_dead_codes(flat) == 2
+    restarted = q.codebook.weight[6:]
+    assert all((far - row).abs().sum(1).min() < 1e-6 for row in restarted)  # the worst-represented inputs
 
 
 # ----- losses ---------------------------------------------------------------------------------------------------------

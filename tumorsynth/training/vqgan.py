@@ -5,8 +5,11 @@ default, clipped z-scores in [-1, 1]); left-right flips as augmentation.
 
 Stage 1, the VQGAN: L1 + ``grad_weight`` × the paper's 3D gradient loss + the codebook's commitment (and codebook)
 loss + a least-squares patch adversarial loss (MONAI ``PatchDiscriminator``) after ``adv_start_epoch`` warm-up epochs
-(+ perceptual only when ``perceptual_weights`` names a local MedicalNet file: nothing is downloaded). The importance
-head learns, on detached encoder features, the per-token reconstruction difficulty (``autoencoder.importance_target``).
+(+ perceptual only when ``perceptual_weights`` names a local MedicalNet file: nothing is downloaded). The adversarial
+term is balanced against the reconstruction as in taming-transformers (Esser et al. 2021, eq. 7): its weight is
+``adv_weight`` × ‖∇L_rec‖ / ‖∇L_adv‖ at the decoder's last layer, so that the discriminator can sharpen the
+reconstruction but not outweigh it, whatever the scale of either loss. The importance head learns, on detached
+encoder features, the per-token reconstruction difficulty (``autoencoder.importance_target``).
 
 Stage 2, with the VQGAN frozen and its tokens and importance scores cached (each ROI and its flip): the bidirectional
 transformer learns masked-token modelling under the hybrid masking (``masking.hybrid_mask``, ``topk_ratio``), and
@@ -161,12 +164,21 @@ class Trainer(ResumableTrainer):
         if self.perceptual is not None:
             loss = loss + cfg.perceptual_weight * self.perceptual(out.recon, x)
         adv_g = torch.zeros((), device=self.device)
+        adv_scale = torch.zeros((), device=self.device)
         if adversarial:
             adv_g = self.adv(self.disc(out.recon.contiguous())[-1], target_is_real=True, for_discriminator=False)
-            loss = loss + cfg.adv_weight * adv_g
+            adv_scale = cfg.adv_weight * self.adaptive_weight(l1 + cfg.grad_weight * grad, adv_g)
+            loss = loss + adv_scale * adv_g
         parts = {"l1": l1, "grad": grad, "vq": out.quantized.loss, "importance": importance, "adv_g": adv_g,
-                 "perplexity": out.quantized.perplexity}
+                 "adv_scale": adv_scale, "perplexity": out.quantized.perplexity}
         return loss, parts, out.recon
+
+    def adaptive_weight(self, rec: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+        """‖∇_w rec‖ / ‖∇_w adv‖ at the decoder's last layer w, clamped to [0, 10⁴] and detached (taming)."""
+        last = self.net.vqgan.decoder.last_layer
+        g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(adv, last, retain_graph=True)[0]
+        return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
     def train_vq_epoch(self, rois: torch.Tensor, train_idx: np.ndarray, epoch: int) -> dict:
         cfg = self.cfg
@@ -201,7 +213,7 @@ class Trainer(ResumableTrainer):
             self._advance(task)
         self._advance(task, done=True)
         row = {k: v / max(1, len(batches)) for k, v in sums.items()}
-        row["codes_alive"] = int((self.net.vqgan.quantizer.usage >= self.net.vqgan.quantizer.restart_threshold).sum())
+        row["codes_alive"] = int(self.net.vqgan.quantizer.alive().sum())
         return row
 
     @torch.no_grad()

@@ -2,9 +2,11 @@
 
 Encoder: a stem convolution, then one MONAI ``ResidualUnit`` of stride 2 per level after the first (each level
 halves every side: 128³ → 8³ takes five levels), a residual unit at the bottom and a 1×1 projection to the code
-dimension. Decoder: the mirror image with transposed convolutions, except that the full-resolution level has no
-residual units (its 3D convolutions would be most of the compute, on a CPU by far: the backward pass of a stride-1
-``conv3d`` at 32³ costs seconds there). GroupNorm and SiLU throughout.
+dimension. Decoder: the mirror image, upsampling by nearest-neighbour interpolation followed by a 3×3 convolution
+(taming-transformers' ``Upsample``; a stride-2 transposed convolution of kernel 3 covers alternate output voxels
+with different numbers of kernel taps and paints a checkerboard, Odena et al. 2016), except that the
+full-resolution level has no residual units (its 3D convolutions would be most of the compute, on a CPU by far: the
+backward pass of a stride-1 ``conv3d`` at 32³ costs seconds there). GroupNorm and SiLU throughout.
 
 The importance head (the poster's "importance score map") reads the encoder output, detached so that it never
 shapes the codes, and scores each latent token in (0, 1). The poster does not give its training target; ours is
@@ -62,12 +64,17 @@ class Decoder(nn.Module):
         layers: list[nn.Module] = [Convolution(spatial_dims, embed_dim, channels[-1], kernel_size=3, conv_only=True)]
         layers += _res_units(spatial_dims, channels[-1], 1, norm_num_groups)
         for level, (c_in, c_out) in enumerate(zip(channels[:0:-1], channels[-2::-1]), start=1):
-            layers.append(Convolution(spatial_dims, c_in, c_out, strides=2, kernel_size=3, is_transposed=True,
-                                      act=ACT, norm=_norm(norm_num_groups)))
+            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            layers.append(Convolution(spatial_dims, c_in, c_out, kernel_size=3, act=ACT, norm=_norm(norm_num_groups)))
             if level < len(channels) - 1:  # none at full resolution, where 3D convolutions cost the most
                 layers += _res_units(spatial_dims, c_out, num_res_units, norm_num_groups)
         layers.append(Convolution(spatial_dims, channels[0], out_channels, kernel_size=3, conv_only=True))
         self.net = nn.Sequential(*layers)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight of the output convolution (taming-transformers' adaptive adversarial weight reads its grads)."""
+        return self.net[-1].conv.weight
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)  # (B, C, X, Y, Z)
@@ -92,10 +99,12 @@ class VQAutoencoder(nn.Module):
         norm_num_groups: int = 8,
         embed_dim: int = 64,
         num_codes: int = 1024,
+        code_dim: int | None = 8,
+        normalise_codes: bool = True,
         commitment: float = 0.25,
         ema: bool = True,
         ema_decay: float = 0.99,
-        restart_threshold: float = 0.03,
+        restart_threshold: float = 0.1,
     ) -> None:
         super().__init__()
         if len(channels) < 2:
@@ -106,7 +115,8 @@ class VQAutoencoder(nn.Module):
         self.spatial_dims = spatial_dims
         self.downsampling = 2 ** (len(channels) - 1)
         self.encoder = Encoder(spatial_dims, in_channels, channels, embed_dim, num_res_units, norm_num_groups)
-        self.quantizer = VectorQuantizer(num_codes, embed_dim, commitment=commitment, ema=ema, decay=ema_decay,
+        self.quantizer = VectorQuantizer(num_codes, embed_dim, code_dim=code_dim, normalise=normalise_codes,
+                                         commitment=commitment, ema=ema, decay=ema_decay,
                                          restart_threshold=restart_threshold)
         self.decoder = Decoder(spatial_dims, in_channels, channels, embed_dim, num_res_units, norm_num_groups)
         self.importance_head = nn.Sequential(
@@ -129,8 +139,7 @@ class VQAutoencoder(nn.Module):
     def tokenize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, X, Y, Z) → code indices (B, x, y, z) and importance scores in (0, 1) (B, x, y, z)."""
         z_e = self.encoder(x)
-        return self.quantizer.nearest(z_e.movedim(1, -1).reshape(-1, z_e.shape[1])).view(
-            z_e.shape[0], *z_e.shape[2:]), torch.sigmoid(self.importance_head(z_e)[:, 0])
+        return self.quantizer.encode(z_e), torch.sigmoid(self.importance_head(z_e)[:, 0])
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices (B, x, y, z) → images (B, C, X, Y, Z)."""

@@ -74,15 +74,18 @@ def with_modalities(config: dict, modalities: list[str]) -> dict:
 PRESETS: dict[str, dict] = {
     "tiny": _preset(16, {
         "channels": [8, 16, 16], "num_res_units": 1, "norm_num_groups": 4, "embed_dim": 8, "num_codes": 64,
+        "code_dim": 4,
         "transformer_dim": 64, "transformer_depth": 2, "transformer_heads": 4, "ar_depth": 2,
     }),
     "demo": _preset(32, {
         "channels": [8, 32, 48], "num_res_units": 1, "norm_num_groups": 8, "embed_dim": 32, "num_codes": 256,
+        "code_dim": 8,
         "transformer_dim": 128, "transformer_depth": 4, "transformer_heads": 4, "mlp_ratio": 3.0, "ar_depth": 4,
     }),
     "paper": _preset(128, {
         "channels": [32, 64, 128, 128, 256], "num_res_units": 1, "norm_num_groups": 16, "embed_dim": 64,
-        "num_codes": 1024, "transformer_dim": 512, "transformer_depth": 8, "transformer_heads": 8, "ar_depth": 8,
+        "num_codes": 1024, "code_dim": 8, "transformer_dim": 512, "transformer_depth": 8, "transformer_heads": 8,
+        "ar_depth": 8,
     }),
 }
 

@@ -2,7 +2,8 @@
 
 One module, one checkpoint, three parts:
 
-- ``vqgan``: encoder, codebook (EMA or straight-through, dead-code restarts), decoder and the importance head
+- ``vqgan``: encoder, codebook (EMA or straight-through; factorised l2-normalised codes, initialised from data,
+  dead-code restarts: ``quantizer.py``), decoder and the importance head
   (``autoencoder.py``), trained in stage 1 with a MONAI ``PatchDiscriminator`` that is not part of the checkpoint;
 - ``maskgit``: the bidirectional ``TokenTransformer`` trained by importance-guided hybrid masking (``masking.py``),
   served by the ``maskgit`` sampler (the default);
@@ -39,10 +40,12 @@ class ClassConditionalVQGAN(nn.Module):
         norm_num_groups: int = 8,
         embed_dim: int = 64,
         num_codes: int = 1024,
+        code_dim: int | None = 8,
+        normalise_codes: bool = True,
         commitment: float = 0.25,
         ema: bool = True,
         ema_decay: float = 0.99,
-        restart_threshold: float = 0.03,
+        restart_threshold: float = 0.1,
         num_classes: int = 2,
         transformer_dim: int = 512,
         transformer_depth: int = 8,
@@ -56,7 +59,8 @@ class ClassConditionalVQGAN(nn.Module):
         self.num_codes, self.num_classes = num_codes, num_classes
         self.vqgan = VQAutoencoder(
             spatial_dims=spatial_dims, in_channels=in_channels, channels=channels, num_res_units=num_res_units,
-            norm_num_groups=norm_num_groups, embed_dim=embed_dim, num_codes=num_codes, commitment=commitment,
+            norm_num_groups=norm_num_groups, embed_dim=embed_dim, num_codes=num_codes, code_dim=code_dim,
+            normalise_codes=normalise_codes, commitment=commitment,
             ema=ema, ema_decay=ema_decay, restart_threshold=restart_threshold,
         )
         self.latent_shape = self.vqgan.latent_shape(self.grid)
