@@ -104,3 +104,16 @@ def test_extensions_in_the_upload_never_reach_the_output():
     src = read_volume(img.to_bytes(), field="t1")
     out = gzip.decompress(write_nifti(np.ones((4, 4, 4)), np.eye(4), reference=src))
     assert b"DOE^JOHN" not in out
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("hi", [1, 4, 15, 40])
+def test_label_counts_match_a_plain_bincount_in_any_order_and_dtype(dtype, order, hi):
+    from tumorsynth.imaging.labels import label_counts
+
+    data = np.random.default_rng(hi).integers(0, hi + 1, size=(9, 7, 5)).astype(dtype, order=order)
+    present, counts = label_counts(data, int(data.max()))
+    expected = np.bincount(np.asarray(data, dtype=np.int64).ravel(), minlength=6)
+    assert np.array_equal(present, np.flatnonzero(expected))
+    assert np.array_equal(counts, expected)

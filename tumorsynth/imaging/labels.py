@@ -40,7 +40,30 @@ def _labels_of(data: np.ndarray, field: str) -> tuple[np.ndarray, np.ndarray]:
     if lo < 0 or hi > 255:
         raise InvalidUpload.for_field(field, f"the mask holds labels from {lo:g} to {hi:g}; allowed are BraTS 2019 "
                                              "{0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1}")
-    counts = np.bincount(np.asarray(data, dtype=np.int64).ravel(), minlength=6)
+    return label_counts(data, int(hi))
+
+
+SMALL_LABEL_MAX = 15  # up to this label, count by comparison; beyond, one bincount
+
+
+def label_counts(data: np.ndarray, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels present, count per label 0…max(hi, 5)) of integer-valued ``data`` within 0…255.
+
+    Counted on the data as stored, in its memory order: NIfTI arrays are Fortran-ordered, so a C-order ``ravel`` copies
+    them, and ``bincount`` converts to int64 (8 bytes a voxel). A mask's few labels are counted by comparison instead
+    (one byte-wide pass each); only a mask with labels above ``SMALL_LABEL_MAX`` (already refused by the conventions,
+    but its message names them) pays for a bincount.
+    """
+    flat = data.ravel(order="K")
+    if hi > SMALL_LABEL_MAX:
+        counts = np.bincount(flat.astype(np.intp, copy=False), minlength=6)
+        return np.flatnonzero(counts), counts
+    counts = np.zeros(max(hi, 5) + 1, np.int64)
+    rest = flat.size
+    for label in range(1, hi + 1):
+        counts[label] = np.count_nonzero(flat == label)
+        rest -= counts[label]
+    counts[0] = rest
     return np.flatnonzero(counts), counts
 
 
