@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import JobStoreUnavailable, TumorsynthError
 
@@ -68,10 +69,47 @@ def install(app: FastAPI) -> None:
         return Response(status_code=400)  # the connection is gone: nobody reads it
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
+    async def _unexpected(_: Request, exc: Exception):  # reached only from outside UnhandledErrors
         log.exception("unhandled error")
-        return problem(500, "Internal error", "an unexpected error occurred; it has been logged",
-                       code="internal_error")
+        return _internal_error()
+
+    app.add_middleware(UnhandledErrors)
+
+
+def _internal_error() -> JSONResponse:
+    return problem(500, "Internal error", "an unexpected error occurred; it has been logged", code="internal_error")
+
+
+class UnhandledErrors:
+    """A bug's exception becomes one logged traceback and a 500 problem+json, and goes no further.
+
+    Starlette's outermost error middleware answers too, but then re-raises, and uvicorn logs the traceback a second
+    time and closes the connection, so a client's next request on it is reset. Typed errors are left to their
+    handlers.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except TumorsynthError:
+            raise
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:  # half an answer has gone out: only closing the connection can end it
+                raise
+            await _internal_error()(scope, receive, send)
 
 
 def _title(status: int) -> str:
