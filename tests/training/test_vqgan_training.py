@@ -146,3 +146,31 @@ def test_a_short_run_reconstructs_held_out_rois_rather_than_one_blob(held_out_sp
     assert float(spread) >= 0.25 * float(real_spread), (float(spread), float(real_spread))  # issue 13: 0.02
     assert float(out.quantized.perplexity) >= 16 and row["codes_alive"] >= 32, (out.quantized.perplexity, row)
 
+
+
+def test_eval_reports_reconstruction_codebook_and_diversity_and_draws_a_montage(phantom_dir, tmp_path):
+    from rich.console import Console
+
+    from tumorsynth.evaluation.vqgan_eval import evaluate_vqgan, mean_pairwise_r, table
+    from tumorsynth.models.vqgan.configs import create_untrained
+
+    entry = create_untrained(tmp_path / "vqgan", preset="tiny", seed=0)
+    report = evaluate_vqgan(entry, phantom_dir, samples=3, steps=4, device="cpu", max_subjects=4,
+                            montage_path=tmp_path / "m.png", montage_per_class=2)
+    assert report["subjects"] == 4
+    assert np.isfinite(report["reconstruction"]["psnr"]) and -1 <= report["reconstruction"]["r"] <= 1
+    cb = report["codebook"]
+    assert cb["tokens"] == 4 * 64 and 1 <= cb["codes_used"] <= 64 and 1 <= cb["perplexity"] <= cb["codes_used"] + 1e-6
+    assert [(row["class"], row["source"].split()[0]) for row in report["diversity"]] == [
+        ("LGG", "real"), ("LGG", "generated"), ("HGG", "real"), ("HGG", "generated")]
+    assert all(row["n"] == 3 for row in report["diversity"] if row["source"] != "real")
+    assert set(report["pass"]) == {"recon_r", "perplexity", "diversity"}
+    x = torch.randn(1, 1, 4, 4, 4)
+    assert mean_pairwise_r(torch.cat([x, x, x])) == pytest.approx(1.0, abs=1e-6)
+    assert mean_pairwise_r(torch.cat([x, -x])) == pytest.approx(-1.0, abs=1e-6)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "m.png").size[0] > 100
+    console = Console(record=True, width=160)
+    console.print(table(report))
+    assert "pairwise r, real" in console.export_text()
