@@ -89,6 +89,15 @@ class IdempotencyInProgress(Conflict):
     retry_after = 1
 
 
+class TooManyEventStreams(TumorsynthError):
+    """A tenant already holds as many open event streams as allowed."""
+
+    status = 429
+    code = "too_many_event_streams"
+    title = "Too many event streams"
+    retry_after = 5
+
+
 class ModelNotFound(InvalidRequest):
     code = "unknown_model"
 

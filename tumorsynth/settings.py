@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     # How long one Redis command may wait in the API before the request is a 503 (a frozen or unreachable Redis).
     redis_timeout_seconds: float = Field(2.0, gt=0, le=30)
+    # Open GET /v1/jobs/{id}/events streams per tenant in one API process; one more is a 429.
+    max_event_streams_per_tenant: int = Field(20, ge=1, le=10_000)
     # Object storage. No endpoint: a local folder (storage_dir) holds the objects.
     s3_endpoint: str | None = None
     s3_access_key: str | None = None

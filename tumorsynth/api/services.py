@@ -18,6 +18,7 @@ from ..settings import Settings
 from ..storage import make_store
 from ..storage.base import ObjectStore
 from ..workers.celery_app import Dispatcher, create_celery
+from .events import StreamSlots
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -41,6 +42,7 @@ class Services:
     submissions: JobService
     batches: BatchService
     bank: MaskBank
+    stream_slots: StreamSlots
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Services":
@@ -53,4 +55,5 @@ class Services:
                                  settings.storage_retries, settings.idempotency_ttl_seconds)
         bank = MaskBank(store, VolumeLimits.from_settings(settings))
         batches = BatchService(jobs, submissions, store, registry, masks=bank.make)
-        return cls(settings, client, jobs, store, registry, dispatcher, submissions, batches, bank)
+        return cls(settings, client, jobs, store, registry, dispatcher, submissions, batches, bank,
+                   StreamSlots(settings.max_event_streams_per_tenant))

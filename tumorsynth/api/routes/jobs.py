@@ -12,7 +12,8 @@ from ...errors import Conflict, NotFound
 from ...storage.keys import output_key
 from ...schemas import Job, JobList
 from ..deps import JobIdDep, JobsDep, ServicesDep, SettingsDep, StoreDep, SubmissionsDep, TenantDep
-from ..live import job_events, render_preview
+from ..events import EventStream, job_events
+from ..live import render_preview
 from ..render import job_view
 from ..uploads import JOB_FORM_SCHEMA, read_job_form
 
@@ -66,12 +67,19 @@ def preview(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreDep,
     return Response(store.get_bytes(key), media_type="image/png")
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", responses={429: {"description": "Too many open event streams for the tenant"}})
 async def events(job_id: JobIdDep, request: Request, tenant: TenantDep, jobs: JobsDep, services: ServicesDep):
     """Server-sent events: the job now, then every status or progress change until it finishes."""
     rec = await run_in_threadpool(jobs.get_for_tenant, tenant, job_id)  # Redis off the event loop
-    return StreamingResponse(job_events(services.redis, jobs, rec, request), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    slots = services.stream_slots
+    slots.take(tenant)
+    try:
+        return EventStream(job_events(services.settings, jobs, rec, request), lambda: slots.give_back(tenant),
+                           media_type="text/event-stream", headers={"Cache-Control": "no-cache",
+                                                                    "X-Accel-Buffering": "no"})
+    except Exception:
+        slots.give_back(tenant)
+        raise
 
 
 @router.get("/{job_id}/outputs/{name}", responses={307: {"description": "Redirect to a presigned URL"}})
