@@ -205,3 +205,16 @@ def test_torchrun_two_cpu_processes_train_one_checkpoint_with_ddp(phantom_dir, t
     entry = ModelRegistry(tmp_path / "models").get("ldm/ddp@1")
     assert entry.config["training"]["processes"] == 2
     LDMGenerator(entry, "cpu")  # servable
+
+
+def test_v_prediction_is_trained_stored_in_the_schedule_and_sampled(phantom_dir, tmp_path):
+    cfg = config(ae_epochs=1, diffusion_epochs=1, name="v", prediction_type="v_prediction")
+    result = Trainer(cfg, phantom_dir, tmp_path / "models" / "ldm" / "v@1", tmp_path / "work").run()
+    entry = ModelRegistry(tmp_path / "models").get("ldm/v@1")
+    assert entry.config["schedule"]["prediction_type"] == "v_prediction"
+    gen = LDMGenerator(entry, "cpu")
+    assert gen._scheduler(GenerationParams(num_samples=1, seed=0, sampler="dpm++", steps=5, modalities=())) \
+        .config.prediction_type == "v_prediction"
+    assert result.metrics[-1]["mse"] > 0
+    with pytest.raises(ValueError, match="prediction_type"):
+        Trainer(config(prediction_type="x0"), phantom_dir, tmp_path / "x", tmp_path / "wx")
