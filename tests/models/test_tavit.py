@@ -97,7 +97,9 @@ def nothing(done: int, total: int) -> None:
 
 # ----- network -----------------------------------------------------------------------------------------------------
 def test_adaln_zero_blocks_are_the_identity_at_initialisation():
-    net = build_network(model_config("tiny")).eval()
+    config = model_config("tiny")
+    config["network"]["regions_in_input"] = False  # the paper's: regions only through the latent condition
+    net = build_network(config).eval()
     x, s = torch.randn(2, 16, 32), torch.randn(2, 16, 32)
     for block in net.tavit.blocks:
         assert not block.modulation[-1].weight.any() and not block.modulation[-1].bias.any()
@@ -178,6 +180,15 @@ def test_a_residual_runner_keeps_the_t1_at_its_own_resolution(entry, inputs):
         gen.network.tavit.head.conv.bias.zero_()
     out = gen.generate(params(), inputs, nothing)[0].data
     np.testing.assert_allclose(out, zscore_brain(inputs["t1"].data), atol=1e-4)
+
+
+def test_regions_in_the_input_reach_the_output_at_initialisation():
+    """Through the input channels the regions change the T1C before any adaLN-Zero gate opens."""
+    net = build_network(model_config("tiny")).eval()
+    img = torch.randn(2, net.in_channels, 32, 32)
+    a, b = torch.zeros(2, 3, 32, 32), torch.ones(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (net.synthesise(img, a) - net.synthesise(img, b)).abs().max() > 1e-3
 
 
 def test_regions_from_labels_are_nested():

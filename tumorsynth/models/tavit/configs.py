@@ -12,8 +12,9 @@ input's third voxel axis (axial for BraTS-format data) at the input's own slice 
 - ``tiny``: 32×32 slices (7.5 mm, 4×4 tokens) and 72 k weights, for tests.
 
 ``tiny`` and ``demo`` predict the residual T1C − T1 and see one neighbouring slice either side (2.5D); ``paper``
-predicts the residual on single slices. Neither is the paper's (it predicts T1C from single 2D slices): see
-``network`` for why.
+predicts the residual on single slices. All three also take the tumour regions as full-resolution input channels.
+None of this is the paper's (it predicts T1C from single 2D slices, conditioned only through the latent
+segmentation): see ``network`` for why.
 
 ``flair=False`` builds the T1-only variant (the paper found no significant difference between T1 and T1 + FLAIR).
 """
@@ -75,14 +76,14 @@ PRESETS: dict[str, dict] = {
         [32, 32],
         {"seg_channels": [8, 16], "seg_strides": [2], "seg_num_res_units": 1, "channels": [8, 16, 32],
          "cond_latent_channels": [4, 8, 16], "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "norm": "batch",
-         "residual": True, "slice_context": 1},
+         "residual": True, "slice_context": 1, "regions_in_input": True},
         slice_batches=4,
     ),
     "demo": _preset(
         [96, 96],
         {"seg_channels": [8, 16, 32], "seg_strides": [2, 2], "seg_num_res_units": 1, "channels": [8, 32, 64],
          "cond_latent_channels": [4, 16, 32], "depth": 4, "num_heads": 4, "mlp_ratio": 2.0, "norm": "batch",
-         "residual": True, "slice_context": 1},
+         "residual": True, "slice_context": 1, "regions_in_input": True},
         slice_batches=8,
     ),
     "paper": _preset(
@@ -90,7 +91,7 @@ PRESETS: dict[str, dict] = {
         {"seg_channels": [32, 64, 128, 256], "seg_strides": [2, 2, 2], "seg_num_res_units": 2,
          "channels": [64, 128, 256], "cond_latent_channels": [32, 64, 128], "depth": 6, "num_heads": 8,
          "mlp_ratio": 4.0, "norm": "batch",
-         "residual": True, "slice_context": 0},
+         "residual": True, "slice_context": 0, "regions_in_input": True},
         slice_batches=10,
     ),
 }
