@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(2.0, gt=0, le=30)
     # Open GET /v1/jobs/{id}/events streams per tenant in one API process; one more is a 429.
     max_event_streams_per_tenant: int = Field(20, ge=1, le=10_000)
+    # Slow clients: a request's headers must arrive within header_timeout_seconds; its body may pause at most
+    # body_idle_timeout_seconds and must be complete within body_timeout_seconds (408 otherwise). Connections beyond
+    # max_connections are answered 503.
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    body_idle_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    body_timeout_seconds: float = Field(900.0, gt=0, le=24 * 3600)
+    max_connections: int = Field(1000, ge=1)
     # Object storage. No endpoint: a local folder (storage_dir) holds the objects.
     s3_endpoint: str | None = None
     s3_access_key: str | None = None

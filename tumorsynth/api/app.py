@@ -8,7 +8,7 @@ from .. import __version__
 from ..settings import Settings, get_settings
 from . import problems
 from .framing import ConflictingFraming
-from .limits import BodySizeLimit
+from .limits import BodySizeLimit, BodyTimeout
 from .routes import batches, dashboard, health, jobs, models, objects, ops, webhooks
 from .services import Services
 
@@ -28,5 +28,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         app.include_router(module.router)
     app.include_router(batches.masks_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyTimeout, idle=settings.body_idle_timeout_seconds, total=settings.body_timeout_seconds)
     app.add_middleware(ConflictingFraming)  # outermost: refused before any body is read
     return app

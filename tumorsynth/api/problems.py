@@ -38,6 +38,8 @@ def install(app: FastAPI) -> None:
             headers = {"Retry-After": "5"}
         if retry_after := getattr(exc, "retry_after", None):
             headers = {"Retry-After": str(retry_after)}
+        if exc.status == 408:  # the rest of the body may still arrive; the connection cannot carry another request
+            headers = {"Connection": "close"}
         return problem(exc.status, exc.title, exc.message, code=exc.code,
                        errors=[{"field": e.field, "message": e.message} for e in exc.errors] or None, headers=headers)
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from ..settings import Settings
+from .http import guarded_h11
 from .redis_server import RedisServer
 from .supervisor import WorkerSupervisor
 
@@ -57,7 +58,9 @@ def serve(settings: Settings, host: str, port: int, with_worker: bool = True) ->
     # process before the worker and Redis are stopped, leaving them orphaned. Exit through ``finally`` instead.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with embedded_backends(settings, with_worker) as effective:
-        config = uvicorn.Config(create_app(effective), host=host, port=port, log_level="info")
+        config = uvicorn.Config(create_app(effective), host=host, port=port, log_level="info",
+                                http=guarded_h11(effective.header_timeout_seconds),
+                                limit_concurrency=effective.max_connections)
         logging.getLogger("uvicorn.access").addFilter(RedactLinkSignatures())  # after uvicorn set its logging up
         uvicorn.Server(config).run()
 
