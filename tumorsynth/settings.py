@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     body_idle_timeout_seconds: float = Field(30.0, gt=0, le=3600)
     body_timeout_seconds: float = Field(900.0, gt=0, le=24 * 3600)
     max_connections: int = Field(1000, ge=1)
+    # The embedded Redis's data folder (when no redis_url is set). None: "<storage_dir>-redis", beside storage_dir.
+    redis_data_dir: Path | None = None
     # Object storage. No endpoint: a local folder (storage_dir) holds the objects.
     s3_endpoint: str | None = None
     s3_access_key: str | None = None
@@ -84,10 +86,10 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(10.0, gt=0)
     webhook_poll_seconds: float = Field(1.0, gt=0)
 
-    @field_validator("storage_dir", "model_dir", mode="after")
+    @field_validator("storage_dir", "model_dir", "redis_data_dir", mode="after")
     @classmethod
-    def _absolute(cls, v: Path) -> Path:
-        return v.expanduser().resolve()
+    def _absolute(cls, v: Path | None) -> Path | None:
+        return None if v is None else v.expanduser().resolve()
 
     @field_validator("webhook_secret", "webhook_tenant_secrets", mode="after")
     @classmethod

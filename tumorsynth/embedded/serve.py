@@ -11,6 +11,7 @@ import os
 import re
 import signal
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 
@@ -22,13 +23,26 @@ from .supervisor import WorkerSupervisor
 log = logging.getLogger(__name__)
 
 
+def redis_data_dir(settings: Settings) -> Path:
+    """The embedded Redis's folder: the setting, else beside the storage folder and named after it, so two services
+    with different storage folders under one parent never share a Redis (it used to be ``<parent>/redis``)."""
+    if settings.redis_data_dir is not None:
+        return settings.redis_data_dir
+    folder = settings.storage_dir.with_name(settings.storage_dir.name + "-redis")
+    legacy = settings.storage_dir.parent / "redis"
+    if not folder.exists() and (legacy / "appendonlydir").exists():
+        log.warning("the embedded Redis now keeps its data in %s; the shared folder %s used before is left as it "
+                    "was: move it to %s (with no service running) to keep its jobs", folder, legacy, folder)
+    return folder
+
+
 @contextmanager
 def embedded_backends(settings: Settings, with_worker: bool = True):
     """Start what the settings leave out; yield the settings the API and workers should use."""
     redis_server = None
     env = dict(os.environ)
     if not settings.redis_url:
-        redis_server = RedisServer(settings.storage_dir.parent / "redis").start()
+        redis_server = RedisServer(redis_data_dir(settings)).start().supervise()
         env["TUMORSYNTH_REDIS_URL"] = redis_server.url
         log.info("embedded Redis on %s (append-only file in %s)", redis_server.url, redis_server.data_dir)
     env["TUMORSYNTH_STORAGE_DIR"] = str(settings.storage_dir)

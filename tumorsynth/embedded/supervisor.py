@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+from .redis_server import die_with_parent
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,8 @@ class WorkerSupervisor:
 
     def _spawn(self) -> None:
         # Its own process group, so stopping it takes its pool children too.
-        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True,
+                                     preexec_fn=die_with_parent(os.getpid()))
         log.info("worker started (pid %d)", self.proc.pid)
 
     def start(self) -> "WorkerSupervisor":
