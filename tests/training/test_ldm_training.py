@@ -218,3 +218,14 @@ def test_v_prediction_is_trained_stored_in_the_schedule_and_sampled(phantom_dir,
     assert result.metrics[-1]["mse"] > 0
     with pytest.raises(ValueError, match="prediction_type"):
         Trainer(config(prediction_type="x0"), phantom_dir, tmp_path / "x", tmp_path / "wx")
+
+
+def test_ema_warmup_follows_the_weights_early_and_settles_to_the_decay():
+    from tumorsynth.training.ldm import ema_with_warmup
+
+    avg = ema_with_warmup(0.999)
+    a, cur = torch.zeros(1), torch.ones(1)
+    for n in range(1, 101):
+        a = avg(a, cur, torch.tensor(n))
+    assert float(a) > 0.99  # a plain 0.999 average would still be at 1 − 0.999^100 ≈ 0.095
+    assert avg(torch.zeros(1), torch.ones(1), torch.tensor(10**7)).item() == pytest.approx(0.001, rel=1e-3)

@@ -87,6 +87,9 @@ class LDMTrainConfig:
     # Sampling uses an exponential moving average of the UNet's weights (DDPM, LDM, DiT all do; decay per step).
     # 0 turns it off. The EMA weights are what the checkpoint stores.
     ema_decay: float = 0.999
+    # Warm the average up as diffusers' EMAModel does (decay min(d, (1 + n) / (10 + n)) at update n): a plain 0.999
+    # average still holds 0.999^n of the starting weights after n steps (58 % after 540), which a short run serves.
+    ema_warmup: bool = True
     # What the UNet predicts: "epsilon" (the paper's) or "v_prediction" (Salimans & Ho 2022). With the paper's linear
     # schedule ᾱ_T ≈ 4e-5, so an ε-model's estimate of z_0 at high noise multiplies its error by 1/√ᾱ ≈ 160: the
     # first sampling steps then start from texture (measured on the demo: z_0 estimate r = 0.13 at t = 999). v is
@@ -211,6 +214,16 @@ def random_crops(images: torch.Tensor, regions: torch.Tensor, size, tumour_fract
     return torch.stack(xs), torch.stack(rs)
 
 
+def ema_with_warmup(decay: float):
+    """``AveragedModel``'s ``avg_fn``: an exponential average whose decay grows to ``decay`` with the update count."""
+    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return averaged * d + current * (1 - d)
+
+    return avg
+
+
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, σ²) ‖ N(0, 1)) summed over latent voxels, averaged over the batch (as MONAI's tutorials)."""
     kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1)
@@ -253,8 +266,11 @@ class Trainer(ResumableTrainer):
         if cfg.ema_decay > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self.ema = AveragedModel(self.net.unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
-                                     use_buffers=True)
+            if cfg.ema_warmup:
+                self.ema = AveragedModel(self.net.unet, avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
+            else:
+                self.ema = AveragedModel(self.net.unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                                         use_buffers=True)
         self.warmup = torch.optim.lr_scheduler.LambdaLR(
             self.opt_unet, lambda step: min(1.0, (step + 1) / max(1, cfg.diffusion_warmup_steps)))
         self.state = {"stage": 1, "epoch": 0, "metrics": [], "scale_factor": None}
