@@ -2,7 +2,8 @@
 queued, and many open streams of tenant alpha while tenant beta uses the API.
 
 The attack: 60 open streams of one tenant took another tenant's ``GET /v1/jobs`` from 161 ms to 3.9 s, because each
-stream held a thread-pool thread while it polled. Here 200 streams must leave the other tenant's p90 under 100 ms (p99 printed).
+stream held a thread-pool thread while it polled. Here 200 streams must leave the other tenant's p90 under 100 ms
+(p99 printed).
 """
 
 from __future__ import annotations

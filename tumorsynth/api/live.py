@@ -1,8 +1,42 @@
-"""The preview montage of a job's outputs (event streams are in ``events.py``)."""
+"""The preview montage of a job's outputs (event streams are in ``events.py``).
+
+A preview is drawn once per job and stored beside its outputs. Drawing reads every image of sample 0 into memory,
+so one API process draws one preview at a time (its memory is bounded by one job's outputs, not by the number of
+requests), and a Redis lock per job makes concurrent first requests, in any API process, wait for the one drawing
+it and then read what it stored.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+
 import numpy as np
+
+from ..errors import ServiceUnavailable
+from ..storage.keys import output_key
+
+log = logging.getLogger(__name__)
+_drawing = threading.Lock()  # one preview drawn at a time in this process
+WAIT_SECONDS = 60
+
+
+def cached_preview(rec, store, settings, r) -> bytes:
+    """The stored preview of a succeeded job, drawn first if nobody has yet."""
+    key = output_key(rec.tenant, rec.id, "preview.png")
+    if store.stat(key) is None:
+        lock = r.lock(f"ts:preview-lock:{rec.id}", timeout=5 * WAIT_SECONDS, blocking_timeout=WAIT_SECONDS)
+        if not lock.acquire():
+            raise ServiceUnavailable(f"the preview of job {rec.id} is still being drawn; retry in a moment")
+        try:
+            if store.stat(key) is None:
+                with _drawing:
+                    png = render_preview(rec, store, settings)
+                store.put_bytes(key, png, "image/png")
+                log.info("preview of job %s drawn (%d bytes)", rec.id, len(png))
+        finally:
+            lock.release()
+    return store.get_bytes(key)
 
 
 def render_preview(rec, store, settings) -> bytes:

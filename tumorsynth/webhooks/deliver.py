@@ -3,7 +3,9 @@
 Deliveries are independent: the loop hands each due one to a free pool thread and claims more as threads free up,
 never waiting for a batch, and every attempt has a whole-request deadline (``webhook_timeout_seconds``, from
 connect to the response's status line), so a receiver that answers slowly, or trickles its headers, holds one
-thread for at most that long and never delays another tenant's delivery. Each attempt re-checks the target (DNS may have changed since submission) and sends to the checked address, signs
+thread for at most that long and never delays another tenant's delivery.
+
+Each attempt re-checks the target (DNS may have changed since submission) and sends to the checked address, signs
 the fixed body with the tenant's secret and a fresh timestamp, and treats any 2xx as delivered. Anything else
 (an error status, a redirect, a timeout, a refused connection) is retried with exponential backoff until
 ``webhook_max_attempts``; a target that is no longer allowed fails at once as ``refused``.

@@ -9,11 +9,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, StreamingResponse
 
 from ...errors import Conflict, NotFound
-from ...storage.keys import output_key
 from ...schemas import Job, JobList
 from ..deps import JobIdDep, JobsDep, ServicesDep, SettingsDep, StoreDep, SubmissionsDep, TenantDep
 from ..events import EventStream, job_events
-from ..live import render_preview
+from ..live import cached_preview
 from ..render import job_view
 from ..uploads import JOB_FORM_SCHEMA, read_job_form
 
@@ -56,15 +55,13 @@ def cancel_job(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreD
 
 
 @router.get("/{job_id}/preview.png", responses={200: {"content": {"image/png": {}}}})
-def preview(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Response:
-    """Axial/coronal/sagittal montage of sample 0's outputs through the tumour, the mask outlined (cached)."""
+def preview(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep,
+            services: ServicesDep) -> Response:
+    """Axial/coronal/sagittal montage of sample 0's outputs through the tumour, the mask outlined (drawn once)."""
     rec = jobs.get_for_tenant(tenant, job_id)
     if rec.status != "succeeded":
         raise Conflict(f"job {job_id} is {rec.status}; a preview exists once it has succeeded")
-    key = output_key(rec.tenant, rec.id, "preview.png")
-    if store.stat(key) is None:
-        store.put_bytes(key, render_preview(rec, store, settings), "image/png")
-    return Response(store.get_bytes(key), media_type="image/png")
+    return Response(cached_preview(rec, store, settings, services.redis), media_type="image/png")
 
 
 @router.get("/{job_id}/events", responses={429: {"description": "Too many open event streams for the tenant"}})
