@@ -324,7 +324,10 @@ class Trainer(ResumableTrainer):
         config.update(trained=True, trained_on=trained_on,
                       training={"config": asdict(cfg), "subjects": {"train": len(train_idx), "val": len(val_idx)},
                                 "validation_ids": [data.ids[i] for i in val_idx], "final": last,
-                                "seconds": round(seconds, 1), "device": str(self.device), "torch": torch.__version__})
+                                "seconds": round(seconds, 1), "device": str(self.device),
+                                "threads": torch.get_num_threads(),
+                                "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in self.state["metrics"]), 1),
+                                "torch": torch.__version__})
         self.net.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.net,
                                card=model_card(config, cfg, last, trained_on))
@@ -353,6 +356,14 @@ def model_card(config: dict, cfg: VQGANTrainConfig, last: dict, trained_on: str)
     metrics = "\n".join(f"- {stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
                         for stage, row in last.items())
     samplers = ", ".join(s["name"] for s in config["samplers"])
+    training = config.get("training", {})
+    adv = (f" + adversarial (adaptive weight × {cfg.adv_weight:g}, epochs {cfg.adv_start_epoch + 1}-{cfg.vq_epochs})"
+           if cfg.adv_weight and cfg.adv_start_epoch < cfg.vq_epochs else "")
+    codes = f"{net.get('code_dim') or net['embed_dim']}-dimensional" + \
+        (", l2-normalised" if net.get("normalise_codes", True) else "")
+    hardware = (f"on `{training.get('device', '?')}` with {training.get('threads', '?')} thread(s), "
+                f"{training.get('epoch_seconds', training.get('seconds', 0)) / 60:.0f} min of epochs "
+                f"(torch {training.get('torch', '?')})") if training else "untrained"
     return f"""# vqgan/{config['name']}@{config['version']}
 
 {warning}- Method: class-conditional 3D VQGAN (Zhou et al. 2023) with an importance-guided masked transformer (the
@@ -362,9 +373,21 @@ def model_card(config: dict, cfg: VQGANTrainConfig, last: dict, trained_on: str)
 - Output: a {grid} voxel ROI of {spacing} mm centred on the tumour, contrasts {', '.join(config['modalities'])},
   intensities in [-1, 1] ({config['intensity']['normalisation']}).
 - Trained on: {trained_on}.
-- Training: preset `{cfg.preset}`, {cfg.vq_epochs} VQGAN epochs (L1 + 3D gradient + commitment{' + adversarial'
-    if cfg.adv_weight else ''}{' + perceptual' if cfg.perceptual_weights else ''}), {cfg.transformer_epochs}
-  transformer epochs, seed {cfg.seed}.
+- Training: preset `{cfg.preset}`, {cfg.vq_epochs} VQGAN epochs (batch {cfg.batch_size}, Adam lr {cfg.vq_lr:g}; L1 +
+  3D gradient + commitment{adv}{' + perceptual' if cfg.perceptual_weights else ''}), {cfg.transformer_epochs}
+  transformer epochs, seed {cfg.seed}, {hardware}.
+- Changed from the paper, and why:
+  - Codebook ({codes} codes, initialised from encoder outputs, dead codes restarted below
+    {net.get('restart_threshold', 0.1):g} × their uniform share on the worst-represented encoder outputs): ViT-VQGAN's factorised normalised codes and Jukebox's initialisation and
+    restarts. The paper does not say how it kept its codebook alive; the first demo checkpoint, without these,
+    collapsed (issue 13: 27 of 256 codes on held-out ROIs, the same blob for every ROI and every sample).
+  - Decoder upsampling by nearest neighbour + 3×3 convolution (taming-transformers) instead of stride-2 transposed
+    convolutions, which are prone to checkerboard artefacts (Odena et al. 2016), as the collapsed checkpoint showed.
+  - The adversarial weight is taming-transformers' adaptive one (‖∇L_rec‖ / ‖∇L_adv‖ at the last decoder layer), so
+    the discriminator cannot outweigh the reconstruction.
+  - Demo scale for a CPU: {grid} at {spacing} mm instead of 128³ at 1 mm, {len(net['channels']) - 1} downsamplings,
+    {net['num_codes']} codes, {net['transformer_depth']}-layer transformers of width {net['transformer_dim']}; no
+    perceptual loss (no weights are downloaded).
 - Final epoch metrics:
 {metrics}
 - Samplers: {samplers} (maskgit is the default: 4-16 parallel steps; ar: one step per token).

@@ -6,8 +6,9 @@ preset covers the papers' 128 mm cube around the tumour centre; only the voxel s
 - ``paper``: Zhou et al. 2023 and the poster: 128³ at 1 mm, FLAIR, an 8³ token grid (five levels, /16), a codebook
   of 1024, an 8-layer transformer of width 512 (our reading of "GPT-2-like"; the papers give no widths for the
   encoder, ours are 32/64/128/128/256).
-- ``demo``: 32³ at 4 mm and the same 8³ = 512 tokens, a codebook of 256, 4-layer transformers of width 128; both
-  stages train on a 2-core CPU in about ten minutes (``training/configs/vqgan-demo.json``).
+- ``demo``: 32³ at 4 mm and the same 8³ = 512 tokens, a codebook of 256 (8-dimensional), 4-layer transformers of
+  width 128; both stages took 41 min of epochs on one thread of a busy 2-core CPU (``training/configs/vqgan-demo.json``,
+  120 phantoms).
 - ``tiny``: 16³ at 8 mm, 4³ = 64 tokens, a codebook of 64, 2-layer transformers of width 64. For tests only.
 """
 
