@@ -97,5 +97,12 @@ def batch_id_path(batch_id: str, _: TenantDep) -> str:
     return batch_id
 
 
+def mask_id_path(mask_id: str, _: TenantDep) -> str:
+    if not is_id("mask", mask_id):
+        raise NotFound("no such bank mask; mask ids look like mask_ followed by 32 hex digits")
+    return mask_id
+
+
 JobIdDep = Annotated[str, Depends(job_id_path)]
+MaskIdDep = Annotated[str, Depends(mask_id_path)]
 BatchIdDep = Annotated[str, Depends(batch_id_path)]

@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from ..errors import InvalidRequest, InvalidUpload
+from ..errors import InvalidRequest, InvalidUpload, NotFound
 from ..imaging.labels import to_brats2023, validate_mask
 from ..imaging.nifti import VolumeLimits, read_volume, write_nifti
 from ..storage.keys import mask_bank_key, tenant_prefix
@@ -46,6 +46,23 @@ class MaskBank:
                                                   "application/gzip", {"class": tumor_class}), attempts=4)
         return {"id": mask_id, "class": tumor_class, "label_convention": info.convention,
                 "tumour_voxels": info.tumour_voxels}
+
+    def list(self, tenant: str) -> list[dict]:
+        """The tenant's bank masks: id, class and size (one stat per mask: S3 listings carry no metadata)."""
+        out = []
+        for obj in self.store.list(f"{tenant_prefix(tenant)}masks/"):
+            mask_id = obj.key.split("/")[-2]
+            info = self.store.stat(obj.key)
+            out.append({"id": mask_id, "class": (info.metadata or {}).get("class") if info else None,
+                        "size": obj.size})
+        return out
+
+    def delete(self, tenant: str, mask_id: str) -> None:
+        """Remove one of the tenant's masks; another tenant's, or a missing one, is ``NotFound``."""
+        key = mask_bank_key(tenant, mask_id, "mask.nii.gz")
+        if self.store.stat(key) is None:
+            raise NotFound(f"no bank mask '{mask_id}'")
+        with_retries(lambda: self.store.delete(key), attempts=4)
 
     def sources(self, tenant: str, tumor_class: str) -> list[np.ndarray]:
         out = []

@@ -11,7 +11,7 @@ from ...errors import InvalidRequest, NotFound
 from ...jobs.batches import BatchRequest, view
 from ...jobs.maskbank import check_class
 from ...jobs.validation import from_pydantic, load_json
-from ..deps import BankDep, BatchIdDep, BatchesDep, RegistryDep, SettingsDep, StoreDep, TenantDep
+from ..deps import BankDep, BatchIdDep, BatchesDep, MaskIdDep, RegistryDep, SettingsDep, StoreDep, TenantDep
 from ..uploads import read_job_form, read_json_body
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -45,6 +45,18 @@ async def add_mask(request: Request, tenant: TenantDep, bank: BankDep, settings:
     if extra or "mask" not in files:
         raise InvalidRequest.for_field(extra[0] if extra else "mask", "send exactly one file part named 'mask'")
     return await run_in_threadpool(bank.add, tenant, cls, files["mask"])
+
+
+@masks_router.get("")
+def list_masks(tenant: TenantDep, bank: BankDep) -> dict:
+    """The tenant's bank masks: ``{"masks": [{"id", "class", "size"}]}``."""
+    return {"masks": bank.list(tenant)}
+
+
+@masks_router.delete("/{mask_id}", status_code=204)
+def delete_mask(mask_id: MaskIdDep, tenant: TenantDep, bank: BankDep) -> Response:
+    bank.delete(tenant, mask_id)
+    return Response(status_code=204)
 
 
 @router.post("", status_code=202, openapi_extra=BATCH_BODY)
