@@ -130,6 +130,9 @@ class BatchService:
         needs_mask = any(i.kind == "mask" and i.required for i in entry.inputs)
         if needs_mask and req.masks == "upload" and not uploaded:
             raise InvalidRequest.for_field("masks", "masks: upload needs file parts named 'mask'")
+        # every mask first: a class whose masks cannot be made is a 422 before anything is stored or queued
+        masks_by_class = {cls: self._masks(tenant, cls, n, req, uploaded) if needs_mask else [None] * n
+                          for cls, n in wanted.items()}
         rec = BatchRecord(id=new_id("batch"), tenant=tenant, model=entry.id, request=req.model_dump(),
                           plan=wanted, created_at=now())
         self._save(rec)
@@ -137,9 +140,7 @@ class BatchService:
         try:
             i = 0
             for cls, n in wanted.items():
-                masks: list[bytes | None] = [None] * n
-                if needs_mask:
-                    masks = self._masks(tenant, cls, n, req, uploaded)
+                masks = masks_by_class[cls]
                 for k in range(n):
                     seed = req.seed * 100003 + i
                     body = {"model": entry.id, "num_samples": 1, "seed": seed, "tumor_class": cls}
@@ -166,7 +167,12 @@ class BatchService:
             return [uploaded[k % len(uploaded)] for k in range(n)]
         if self.masks is None:
             raise ServiceUnavailable("this service has no mask bank configured; upload masks with the batch")
-        return self.masks(tenant, cls, n, req.seed)
+        try:
+            return self.masks(tenant, cls, n, req.seed)
+        except ValueError as exc:  # the bank's masks of this class cannot be placed in the template brain
+            raise InvalidRequest.for_field(
+                "masks", f"class {cls}: no bank mask of this class could be placed ({exc}); list the bank with "
+                "GET /v1/masks and delete the masks that are too large, or upload masks with the batch") from exc
 
     # ----- cancel --------------------------------------------------------------------------------------------------
     def cancel(self, tenant: str, batch_id: str) -> BatchRecord:
