@@ -195,3 +195,42 @@ def test_runner_refuses_what_it_cannot_do_naming_the_field(entry, kw, field):
     with pytest.raises(InvalidRequest) as err:
         runner.generate(params(**kw), {}, lambda d, t: None)
     assert err.value.errors[0].field == field
+
+
+# ----- DiffAugment ----------------------------------------------------------------------------------------------------
+def test_diff_augment_translation_shifts_content_and_brings_in_background():
+    from tumorsynth.models.stylegan2.augment import translation
+
+    x = torch.full((64, 1, 16, 16), -1.0)
+    x[:, :, 6:10, 6:10] = 1.0  # a bright square in the middle
+    out = translation(x, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.equal((out == 1).sum(dim=[1, 2, 3]), torch.full((64,), 16))  # moved by ≤ 2 px, never cut
+    moved = [not torch.equal(o, x[0]) for o in out]
+    assert any(moved) and not all(moved)  # each image its own draw, (0, 0) among them
+    assert set(out.unique().tolist()) == {-1.0, 1.0}  # integer shifts; what comes in at the edge is background
+
+
+def test_diff_augment_cutout_blanks_a_quarter_and_color_keeps_flat_images_flat():
+    from tumorsynth.models.stylegan2.augment import color, cutout
+
+    x = torch.ones(32, 1, 16, 16)
+    out = cutout(x, generator=torch.Generator().manual_seed(0))
+    blank = (out == -1).sum(dim=[1, 2, 3])
+    assert int(blank.max()) == 64 and int(blank.min()) > 0  # an 8×8 square, clipped at the border at worst
+    flat = color(torch.zeros(8, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(flat.std(dim=[1, 2, 3]), torch.zeros(8), atol=1e-6)  # contrast about the image's mean
+    assert flat[:, 0, 0, 0].std() > 0  # brightness drawn per image
+
+
+def test_diff_augment_is_differentiable_seeded_and_refuses_unknown_policies():
+    from tumorsynth.models.stylegan2.augment import diff_augment
+
+    x = torch.rand(4, 1, 16, 16, requires_grad=True)
+    a = diff_augment(x, generator=torch.Generator().manual_seed(1))
+    b = diff_augment(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # G's loss reaches G through the augmentation
+    with pytest.raises(ValueError, match="rotation"):
+        diff_augment(x, ["translation", "rotation"])

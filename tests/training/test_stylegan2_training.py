@@ -51,6 +51,9 @@ def test_configs_load_and_refuse_unknown_settings(tmp_path):
     bad.write_text('{"epochs": 1, "vq_epochs": 3}')
     with pytest.raises(ValueError, match="vq_epochs"):
         StyleGAN2TrainConfig.load(bad)
+    bad.write_text('{"augment": ["translation", "flip"]}')
+    with pytest.raises(ValueError, match="flip"):
+        StyleGAN2TrainConfig.load(bad)
 
 
 def test_slice_folders_of_png_and_nifti(tmp_path):
@@ -140,3 +143,36 @@ def test_training_on_brats_volumes_makes_a_glioma_model_and_says_how_it_labelled
     assert "axial slices of phantom subjects" in result.entry.trained_on
     card = (result.entry.path / "MODEL_CARD.md").read_text()
     assert '"HGG": "glioma"' in card and "LGG and HGG are both gliomas" in card
+
+
+def test_augment_puts_every_image_d_sees_through_diff_augment(slice_dir, tmp_path, monkeypatch):
+    import tumorsynth.training.stylegan2 as sg
+
+    seen = []
+
+    def spy(img, policy):
+        seen.append((len(img), tuple(policy)))
+        return img
+
+    monkeypatch.setattr(sg, "diff_augment", spy)
+    trainer = Trainer(config(epochs=1, augment=["color", "translation"], d_reg_interval=1), slice_dir,
+                      tmp_path / "o", tmp_path / "w")
+    trainer.state["step"] = 0
+    real = trainer.data.images[:4] * 2 - 1
+    trainer.g_step()
+    trainer.d_step(real, trainer.data.labels[:4])
+    assert seen == [(4, ("color", "translation"))] * 4  # G's fakes; D's reals and fakes; the R1 reals
+    seen.clear()
+    Trainer(config(epochs=1), slice_dir, tmp_path / "o2", tmp_path / "w2").d_step(real, trainer.data.labels[:4])
+    assert seen == []  # off by default
+
+
+def test_the_checkpoint_keeps_the_ema_generator_not_the_trained_one(slice_dir, tmp_path):
+    trainer = Trainer(config(epochs=2, ema_kimg=1.0, ema_rampup=None), slice_dir, tmp_path / "stylegan2" / "e@1",
+                      tmp_path / "w")
+    result = trainer.run()
+    ema, raw = trainer.G_ema.state_dict(), trainer.G.state_dict()
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # an average over the run, not the last weights
+    saved = StyleGAN2Generator(ModelRegistry(tmp_path).get(result.entry.id), "cpu").network.state_dict()
+    for k in ema:
+        assert torch.equal(saved[k], ema[k]), k

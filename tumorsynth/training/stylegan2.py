@@ -7,7 +7,9 @@ regularisation every ``g_reg_interval`` steps on a ``pl_batch_shrink``-times sma
 with β = (0, 0.99) whose learning rate and betas are corrected for the lazy intervals (lr·c, β^c with c =
 interval / (interval + 1)); an EMA generator with a half-life of ``ema_kimg`` thousand images (ramped up over the first
 ``ema_rampup`` of the images seen), which is the one the checkpoint keeps. Real slices are mirrored left-right with
-probability 1/2 (``xflip``). Classes are drawn for fakes as they occur in the data.
+probability 1/2 (``xflip``). Classes are drawn for fakes as they occur in the data. With ``augment`` (DiffAugment
+policies, ``models.stylegan2.augment``) the discriminator sees only augmented images, real and generated, in its
+loss, in R1 and in the generator's loss, as data-efficient-gans' StyleGAN2 port does for a few hundred images.
 
 State is saved after every epoch in ``work_dir/state.pt``; ``resume=True`` continues from it. Each epoch draws from
 RNG streams derived from (seed, epoch), so a resumed run ends with the same weights as an uninterrupted one.
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 
 from ..models.checkpoints import save_checkpoint
 from ..models.registry import ModelEntry
+from ..models.stylegan2.augment import POLICIES, diff_augment
 from ..models.stylegan2.configs import PRESETS, build_network, model_config
 from ..models.stylegan2.discriminator import Discriminator
 from .common import ResumableTrainer, epoch_rng
@@ -64,12 +67,16 @@ class StyleGAN2TrainConfig:
     ema_kimg: float | None = None  # default batch_size * 10 / 32, as stylegan2-ada-pytorch's auto config
     ema_rampup: float | None = 0.05
     xflip: bool = True
+    augment: list[str] = field(default_factory=list)  # DiffAugment policies for D's inputs: color, translation, cutout
 
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> StyleGAN2TrainConfig:
         """A JSON file, or one in ``training/configs`` (``stylegan2-tiny``, ``stylegan2-demo``, ``stylegan2-paper``)."""
         cfg = load_config(cls, "stylegan2", spec, overrides)
         cfg.betas = tuple(cfg.betas)
+        unknown = sorted(set(cfg.augment) - set(POLICIES))
+        if unknown:
+            raise ValueError(f"augment: unknown DiffAugment policies {unknown}; choose from {', '.join(POLICIES)}")
         return cfg
 
 
@@ -116,6 +123,12 @@ class Trainer(ResumableTrainer):
     def _resumable(self) -> dict[str, object]:
         return {"G": self.G, "G_ema": self.G_ema, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d}
 
+    def _D(self, img: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """D's logits for ``img``, through DiffAugment when the config asks for it (reals and fakes alike)."""
+        if self.cfg.augment:
+            img = diff_augment(img, self.cfg.augment)
+        return self.D(img, labels)
+
     # ----- losses -----------------------------------------------------------------------------------------------------
     def _fake_labels(self, n: int) -> torch.Tensor:
         return torch.multinomial(self.class_probs, n, replacement=True)
@@ -139,7 +152,7 @@ class Trainer(ResumableTrainer):
         self.D.requires_grad_(False)
         labels = self._fake_labels(n)
         fake, _ = self._generate(n, labels, update_w_avg=True)
-        loss = F.softplus(-self.D(fake, labels)).mean()
+        loss = F.softplus(-self._D(fake, labels)).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()
@@ -171,7 +184,7 @@ class Trainer(ResumableTrainer):
         fake_labels = self._fake_labels(len(real))
         with torch.no_grad():
             fake, _ = self._generate(len(real), fake_labels)
-        real_logits, fake_logits = self.D(real, labels), self.D(fake, fake_labels)
+        real_logits, fake_logits = self._D(real, labels), self._D(fake, fake_labels)
         loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
@@ -180,7 +193,7 @@ class Trainer(ResumableTrainer):
                "d_fake": float(fake_logits.detach().mean())}
         if cfg.r1_gamma > 0 and self.state["step"] % cfg.d_reg_interval == 0:
             real = real.detach().requires_grad_(True)
-            (grads,) = torch.autograd.grad(self.D(real, labels).sum(), real, create_graph=True)
+            (grads,) = torch.autograd.grad(self._D(real, labels).sum(), real, create_graph=True)
             r1 = grads.square().sum(dim=[1, 2, 3]).mean()
             self.opt_d.zero_grad(set_to_none=True)
             (r1 * (cfg.r1_gamma / 2) * cfg.d_reg_interval).backward()

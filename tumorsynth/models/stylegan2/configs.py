@@ -6,8 +6,9 @@ classes (the paper trained one generator per class; a checkpoint lists the class
 
 - ``paper``: 256×256, the paper's resolution, with the stylegan2-ada-pytorch ``paper256`` sizes (z, w 512; 8 mapping
   layers; channels ``min(16384 / r, 512)``).
-- ``demo``: 64×64, z and w of 64, 4 mapping layers, channels ``min(1024 / r, 64)`` (64 → 16 at 64 px); trains on a
-  2-core CPU in about ten minutes (``training/configs/stylegan2-demo.json``).
+- ``demo``: 64×64, z and w of 64, 2 mapping layers (stylegan2-ada-pytorch's small-data ``cifar`` config; 8 layers
+  at lr × 0.01 learn too slowly for a CPU budget of tens of thousands of images), channels ``min(1024 / r, 64)``
+  (64 → 16 at 64 px); trains on a 2-core CPU in about 45 minutes (``training/configs/stylegan2-demo.json``).
 - ``tiny``: 16×16 and a few thousand weights per layer, for tests.
 
 Outputs are written as single-slice NIfTI volumes of shape (H, W, 1) (every NIfTI reader, and the service's own, opens
@@ -57,7 +58,7 @@ def _preset(resolution: int, generator: dict, discriminator: dict) -> dict:
 PRESETS: dict[str, dict] = {
     "tiny": _preset(16, {"z_dim": 32, "w_dim": 32, "mapping_layers": 2, "channel_base": 256, "channel_max": 32},
                     {"channel_base": 256, "channel_max": 32}),
-    "demo": _preset(64, {"z_dim": 64, "w_dim": 64, "mapping_layers": 4, "channel_base": 1024, "channel_max": 64},
+    "demo": _preset(64, {"z_dim": 64, "w_dim": 64, "mapping_layers": 2, "channel_base": 1024, "channel_max": 64},
                     {"channel_base": 1024, "channel_max": 64}),
     "paper": _preset(256, {"z_dim": 512, "w_dim": 512, "mapping_layers": 8, "channel_base": 16384,
                            "channel_max": 512}, {"channel_base": 16384, "channel_max": 512}),
