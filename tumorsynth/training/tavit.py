@@ -351,8 +351,11 @@ def model_card(config: dict, cfg: TAViTTrainConfig, last: dict, trained_on: str)
                           f"conditioning, which is kept): whole-tumour voxels weigh {1 + cfg.tumour_weight:g}× a "
                           "healthy voxel.")
     if cfg.healthy_slice_step > 1 or cfg.tumour_slice_step > 1:
-        departures.append(f"- Slices: every {cfg.tumour_slice_step}th slice holding tumour and every "
-                          f"{cfg.healthy_slice_step}th of the others (a CPU budget).")
+        def every(n: int) -> str:
+            return "every" if n <= 1 else f"every {n}{'nd' if n == 2 else 'rd' if n == 3 else 'th'}"
+
+        departures.append(f"- Slices: {every(cfg.tumour_slice_step)} slice holding tumour and "
+                          f"{every(cfg.healthy_slice_step)} of the others (a CPU budget).")
     if config["output"]["shape"] != [240, 240]:
         departures.append(f"- Slice grid {grid} at {spacing} mm, coarser than the paper's 240×240 at 1 mm, and a "
                           f"{sum(1 for _ in network.get('channels', []))}-level encoder narrower than the paper's "
