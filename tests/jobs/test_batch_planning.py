@@ -1,9 +1,11 @@
-"""A batch whose bank masks cannot be placed is a 422 naming ``masks`` and the class, and nothing is stored or
-queued (it was a 500 after ~25 s, with a batch record and canceled jobs left behind)."""
+"""Bank masks that cannot be placed: refused when uploaded (a tumour larger than can fit in the template brain), and
+one banked before that check makes a batch a 422 naming ``masks`` and the class, at once, with nothing stored or
+queued (it was a 500 after ~25 s of placement tries, with a batch record and canceled jobs left behind)."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -39,16 +41,28 @@ def head_filling_mask() -> bytes:
     return nifti_bytes(m, brats_grid_affine())
 
 
-def test_a_bank_mask_that_cannot_be_placed_is_422_and_leaves_nothing(own_bank):
+def test_a_head_filling_mask_is_refused_when_uploaded(own_bank):
     client, services = own_bank
     r = client.post("/v1/masks", headers=ALPHA, files={
         "request": (None, json.dumps({"tumor_class": "LGG"}), "application/json"),
         "mask": ("m.nii.gz", head_filling_mask(), "application/octet-stream")})
-    assert r.status_code == 201, r.text
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "mask", r.text[:300]
+    assert "ml" in r.json()["errors"][0]["message"] and services.store.list("") == []
+
+
+def test_a_banked_mask_that_cannot_be_placed_makes_the_batch_422_and_leaves_nothing(own_bank):
+    from tumorsynth.storage.keys import mask_bank_key
+
+    client, services = own_bank
+    # banked before uploads were checked: written straight to the store, as the bank stores masks
+    services.store.put_bytes(mask_bank_key("alpha", "mask_0190000000000000000000000000abcd", "mask.nii.gz"),
+                             head_filling_mask(), "application/gzip", {"class": "LGG"})
     before = sorted(o.key for o in services.store.list(""))
     batch = {"model": "ldm/tiny@1", "class_counts": {"LGG": 1, "HGG": 2}, "target": "balance", "seed": 1}
+    started = time.monotonic()
     r = client.post("/v1/batches", json=batch, headers=ALPHA)
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text[:300]
+    assert time.monotonic() - started < 20
     (err,) = r.json()["errors"]
     assert err["field"] == "masks" and "LGG" in err["message"]
     assert sorted(o.key for o in services.store.list("")) == before

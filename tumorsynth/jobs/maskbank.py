@@ -23,6 +23,9 @@ from ..storage.retry import with_retries
 from .records import new_id
 
 BANK_SHAPE = (240, 240, 155)
+# A whole tumour larger than this cannot be placed inside the template brain (about 1,900 ml) with room to move;
+# no real glioma comes close (the largest are a few hundred ml). Bank masks are on a 1 mm grid: voxels are mm³.
+MAX_TUMOUR_ML = 500.0
 _lock = threading.Lock()
 
 
@@ -39,6 +42,10 @@ class MaskBank:
         if info.convention == "binary":
             raise InvalidUpload.for_field("mask", "bank masks need tumour sub-regions (BraTS 2019 or 2023 labels), "
                                                   "not a binary mask")
+        if (ml := info.tumour_voxels / 1000) > MAX_TUMOUR_ML:
+            raise InvalidUpload.for_field("mask", f"the tumour is {ml:.0f} ml, more than the {MAX_TUMOUR_ML:.0f} ml "
+                                                  "that can be placed inside the template brain; upload a real "
+                                                  "tumour mask, not a brain or head mask")
         mask_id = new_id("mask")
         key = mask_bank_key(tenant, mask_id, "mask.nii.gz")
         labels = to_brats2023(np.asarray(vol.data), info.convention)
@@ -79,6 +86,11 @@ class MaskBank:
         from ..imaging.templates import brats_grid_affine
 
         sources = self.sources(tenant, tumor_class) or builtin_sources(tumor_class)
+        placeable = [m for m in sources if np.count_nonzero(m) / 1000 <= MAX_TUMOUR_ML]
+        if not placeable:  # masks banked before the size check: refuse at once rather than after every try
+            raise ValueError(f"every bank mask of class {tumor_class} has a tumour over {MAX_TUMOUR_ML:.0f} ml, "
+                             "too large to place inside the template brain")
+        sources = placeable
         brain, spacing = template_brain()
         masks = generate_bank_masks(sources, brain, spacing, n, seed)
         affine = brats_grid_affine()
