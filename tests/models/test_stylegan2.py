@@ -184,9 +184,9 @@ def test_runner_makes_single_slice_volumes_in_unit_range(entry):
 @pytest.mark.parametrize("kw,field", [
     ({"tumor_class": "HGG"}, "tumor_class"),
     ({"tumor_class": None}, "tumor_class"),
-    ({"options": {"truncation": 1.5}}, "truncation"),
-    ({"options": {"truncation": "x"}}, "truncation"),
-    ({"options": {"temperature": 1.0}}, "options"),
+    ({"options": {"truncation": 1.5}}, "options.truncation"),
+    ({"options": {"truncation": "x"}}, "options.truncation"),
+    ({"options": {"temperature": 1.0}}, "options.temperature"),
     ({"sampler": "maskgit"}, "sampler"),
     ({"modalities": ("flair",)}, "modalities"),
 ])

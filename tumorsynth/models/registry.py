@@ -2,7 +2,7 @@
 
 Layout: ``{model_dir}/{family}/{name}@{version}/config.json`` beside ``model.safetensors`` and ``MODEL_CARD.md``.
 ``config.json`` carries the constructor arguments (``network``), the serving contract (task, classes, modalities,
-inputs, output grid, samplers) and the weights' sha256 that workers verify before loading.
+inputs, output grid, samplers, request options) and the weights' sha256 that workers verify before loading.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CheckpointError, ModelNotFound
+from .options import OptionSpec, checkpoint_options
 
 FORMAT_VERSION = 1
 MODEL_ID = re.compile(r"^(?P<family>[a-z0-9]+)/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)@(?P<version>[A-Za-z0-9_.-]+)$")
@@ -53,6 +54,7 @@ class ModelEntry:
     trained_on: str
     trained: bool
     path: Path
+    options: tuple[OptionSpec, ...] = ()  # request options, defaults from the checkpoint (models/options.py)
     config: dict = field(repr=False, compare=False, hash=False, default_factory=dict)
 
     @property
@@ -85,6 +87,7 @@ class ModelEntry:
                 for s in self.samplers
             ],
             "default_sampler": self.default_sampler,
+            "options": [o.as_config() for o in self.options],
             "checkpoint": {"sha256": self.weights_sha256, "format": self.weights_format, "trained_on": self.trained_on},
             "trained": self.trained,
         }
@@ -120,9 +123,10 @@ def entry_from_config(path: Path, config: dict) -> ModelEntry:
             trained_on=config.get("trained_on", "unknown"),
             trained=bool(config.get("trained", False)),
             path=path,
+            options=checkpoint_options(config),
             config=config,
         )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}/config.json is missing or has a malformed field: {exc}") from exc
 
 

@@ -17,12 +17,10 @@ from ...errors import InvalidRequest
 from ...imaging.geometry import centred_affine
 from ..base import GeneratedVolume, GenerationParams, ProgressFn
 from ..checkpoints import load_into
+from ..options import check_options
 from ..registry import ModelEntry
 from .configs import build_network
 from .sampler import sample_slices
-
-OPTIONS = ("truncation",)
-
 
 
 def to_unit(images: torch.Tensor) -> np.ndarray:
@@ -61,17 +59,8 @@ class StyleGAN2Generator:
                 for i in range(params.num_samples)]
 
     def _truncation(self, params: GenerationParams) -> float:
-        unknown = sorted(set(params.options) - set(OPTIONS))
-        if unknown:
-            raise InvalidRequest.for_field("options", f"unknown options {unknown}; this model takes {list(OPTIONS)}")
-        value = params.options.get("truncation", self.sampling.get("truncation", 1.0))
-        try:
-            psi = float(value)
-        except (TypeError, ValueError):
-            raise InvalidRequest.for_field("truncation", f"must be a number in [0, 1], got {value!r}") from None
-        if not 0.0 <= psi <= 1.0:
-            raise InvalidRequest.for_field("truncation", f"must be within [0, 1] (1 = no truncation), got {psi}")
-        return psi
+        """ψ from the request's options (the API's check, models/options.py), default the checkpoint's."""
+        return float(check_options(self.entry.options, params.options, self.entry.id)["truncation"])
 
     def _class_index(self, tumor_class: str | None) -> int:
         classes = self.entry.classes
