@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceling", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
 MetaValue = str | int | float | bool | None
+# A model's request options (``GET /v1/models`` declares each model's): names to numbers, null where allowed.
+OptionName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Options = dict[OptionName, int | float | None]
 
 
 class Strict(BaseModel):
@@ -34,8 +37,10 @@ class JobRequest(Strict):
     modalities: list[Annotated[str, StringConstraints(min_length=1, max_length=16)]] | None = Field(None, max_length=8)
     sampler: SamplerChoice | None = None
     output_grid: Literal["input", "model"] = "input"
-    truncation: float | None = Field(None, ge=0.0, le=1.0, description="StyleGAN2 truncation ψ: 1 = none, 0 = the "
-                                     "class's mean; refused by models that take no truncation")
+    options: Options | None = Field(None, max_length=16, description="the model's sampling options, as "
+                                    "GET /v1/models declares them (name, type, default, bounds); refused per name")
+    truncation: float | None = Field(None, ge=0.0, le=1.0, description="deprecated: options.truncation (StyleGAN2 "
+                                     "truncation ψ: 1 = none, 0 = the class's mean)")
     webhook: Annotated[str, StringConstraints(max_length=2048)] | None = None
     # Which events are POSTed to ``webhook``; default: the end of the job (succeeded, failed or canceled).
     webhook_events: list[Literal["job.started", "job.succeeded", "job.failed", "job.canceled"]] | None = Field(
@@ -122,6 +127,16 @@ class SamplerInfo(BaseModel):
     max_steps: int
 
 
+class OptionInfo(BaseModel):
+    name: str
+    type: Literal["float", "int"]
+    default: int | float | None
+    min: int | float | None = None
+    max: int | float | None = None
+    nullable: bool = False
+    description: str = ""
+
+
 class ModelInfo(BaseModel):
     id: str
     family: str
@@ -133,6 +148,7 @@ class ModelInfo(BaseModel):
     output: dict[str, Any]
     samplers: list[SamplerInfo]
     default_sampler: str
+    options: list[OptionInfo] = []
     checkpoint: dict[str, Any]
     trained: bool
 

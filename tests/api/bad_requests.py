@@ -19,6 +19,8 @@ from tests.support.volumes import mask_bytes, nifti_bytes, oblique_affine
 BOUNDARY = "tsboundary7MA4YWxkTrZu0gW"
 MODEL = "ldm/tiny@1"
 TAVIT = "tavit/tiny@1"
+VQGAN = "vqgan/tiny@1"
+STYLEGAN2 = "stylegan2/demo-phantom@1"
 SHAPE = (24, 28, 20)
 
 
@@ -92,6 +94,7 @@ def job_requests(v: dict[str, bytes]) -> list[BadRequest]:
     """``POST /v1/jobs``: the JSON part, its types and sizes, and the model's inputs."""
     m = file("mask", v["mask"])
     ok = {"model": MODEL}
+    vq = {"model": VQGAN, "tumor_class": "LGG"}
     huge = "x" * 300_000
     cases = [
         ("request not JSON", _job("{not json", m), 422, "request"),
@@ -148,6 +151,26 @@ def job_requests(v: dict[str, bytes]) -> list[BadRequest]:
                                              file("mask", v["mask_other_grid"])), 422, "mask"),
         ("tavit: flair without t1", _job({"model": TAVIT}, file("flair", v["flair"])), 422, "t1"),
         ("tavit: t1 given as the mask", _job({"model": TAVIT}, file("mask", v["t1"])), 422, "t1"),
+        # options: checked against the model's declared options (GET /v1/models) before anything is stored
+        ("options: a model without options", _job(ok | {"options": {"temperature": 0.5}}, m), 422,
+         "options.temperature"),
+        ("options: unknown name", _job(vq | {"options": {"temprature": 0.5}}), 422, "options.temprature"),
+        ("options: a list", _job(vq | {"options": [0.5]}), 422, "options"),
+        ("options: a string value", _job(vq | {"options": {"temperature": "hot"}}), 422, "options.temperature"),
+        ("options: true as a number", _job(vq | {"options": {"guidance": True}}), 422, "options.guidance"),
+        ("options: NaN", _job('{"model": "%s", "tumor_class": "LGG", "options": {"temperature": NaN}}' % VQGAN), 422,
+         "options.temperature"),
+        ("options: over the maximum", _job(vq | {"options": {"temperature": 1e6}}), 422, "options.temperature"),
+        ("options: below the minimum", _job(vq | {"options": {"guidance": -1}}), 422, "options.guidance"),
+        ("options: an int option fractional", _job(vq | {"options": {"top_k": 8.5}}), 422, "options.top_k"),
+        ("options: null where not nullable", _job(vq | {"options": {"temperature": None}}), 422,
+         "options.temperature"),
+        ("options: truncation on a model without it", _job(vq | {"truncation": 0.5}), 422, "truncation"),
+        ("options: truncation twice, differing", _job({"model": STYLEGAN2, "tumor_class": "glioma", "truncation": 0.5,
+                                                       "options": {"truncation": 0.7}}), 422, "truncation"),
+        ("options: truncation out of bounds", _job({"model": STYLEGAN2, "tumor_class": "glioma",
+                                                                      "options": {"truncation": 1.5}}), 422,
+         "options.truncation"),
     ]
     return [BadRequest(name, status, fld, body) for name, body, status, fld in cases]
 
@@ -213,6 +236,11 @@ def other_requests(v: dict[str, bytes]) -> list[BadRequest]:
                    body(batch | {"total_per_class": 3}), j, "/v1/batches"),
         BadRequest("batch: JSON body over 256 KiB", 413, "request",
                    body(batch | {"sampler": {"x": "y" * 300_000}}), j, "/v1/batches"),
+        BadRequest("batch: unknown option", 422, "options.temperature",
+                   body(batch | {"options": {"temperature": 0.5}}), j, "/v1/batches"),
+        BadRequest("batch: option out of bounds", 422, "options.top_k",
+                   body({"model": "vqgan/tiny@1", "class_counts": {"LGG": 1, "HGG": 2}, "target": "balance",
+                         "options": {"top_k": 0}}), j, "/v1/batches"),
         BadRequest("batch: nested 100,000 deep", 422, "request", b"[" * 100_000 + b"]" * 100_000, j, "/v1/batches"),
         BadRequest("mask bank: no mask", 422, "mask", multipart(req({"tumor_class": "LGG"})), path="/v1/masks"),
         BadRequest("mask bank: class a list", 422, "tumor_class",

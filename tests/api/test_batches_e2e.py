@@ -120,3 +120,14 @@ def test_mask_bank_upload_and_bank_masks_in_a_batch(client, worker):
     assert done["status"] == "succeeded", done
     rows = client.get(f"/v1/batches/{batch['id']}/manifest.json", headers=ALPHA).json()
     assert len(rows) == 1 and rows[0]["mask"].endswith("mask.nii.gz")
+
+
+def test_a_batch_passes_its_options_to_every_job(client):
+    batch = client.post("/v1/batches", json={"model": "vqgan/tiny@1", "class_counts": {"LGG": 0, "HGG": 0},
+                                             "total_per_class": 1, "seed": 5,
+                                             "options": {"temperature": 0.5, "top_k": 8}}, headers=ALPHA)
+    assert batch.status_code == 202, batch.text
+    jobs = [client.get(f"/v1/jobs/{j}", headers=ALPHA).json() for j in batch.json()["jobs"]]
+    assert len(jobs) == 2 and all(j["request"]["options"] == {"temperature": 0.5, "choice_temperature": 4.5,
+                                                              "guidance": 0.0, "top_k": 8} for j in jobs)
+    client.post(f"/v1/batches/{batch.json()['id']}/cancel", headers=ALPHA)

@@ -268,7 +268,7 @@ def test_the_runner_refuses_a_missing_or_unknown_class_and_bad_requests(generato
     for bad, field in [({"tumor_class": None}, "tumor_class"), ({"tumor_class": "meningioma"}, "tumor_class"),
                        ({"modalities": ("t1",)}, "modalities"), ({"sampler": "ddim"}, "sampler"),
                        ({"steps": 3}, "steps"), ({"steps": 17}, "steps"), ({"sampler": "ar", "steps": 8}, "steps"),
-                       ({"options": {"cfg": 2}}, "options")]:
+                       ({"options": {"cfg": 2}}, "options.cfg")]:
         with pytest.raises(InvalidRequest) as exc:
             generator.generate(params(**bad), {}, nothing)
         assert exc.value.errors[0].field == field

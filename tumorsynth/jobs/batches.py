@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from ..models.options import check_options
+from ..schemas import Options
 from ..storage.keys import batch_key
 from ..storage.retry import with_retries
 from .records import new_id, now, rfc3339
@@ -41,6 +43,7 @@ class BatchRequest(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     masks: Literal["bank", "upload"] = "bank"
     sampler: dict | None = None
+    options: Options | None = Field(None, max_length=16)  # every job's options, as in a job request
 
     @model_validator(mode="after")
     def _one_target(self) -> "BatchRequest":
@@ -127,6 +130,7 @@ class BatchService:
         if total > MAX_BATCH_JOBS:
             raise InvalidRequest.for_field("class_counts", f"{total} subjects planned, over the limit of "
                                                            f"{MAX_BATCH_JOBS} per batch; ask for fewer")
+        check_options(entry.options, req.options, entry.id)  # a 422 before anything is stored, as for a job
         needs_mask = any(i.kind == "mask" and i.required for i in entry.inputs)
         if needs_mask and req.masks == "upload" and not uploaded:
             raise InvalidRequest.for_field("masks", "masks: upload needs file parts named 'mask'")
@@ -148,6 +152,8 @@ class BatchService:
                         body["modalities"] = req.modalities
                     if req.sampler:
                         body["sampler"] = req.sampler
+                    if req.options:
+                        body["options"] = req.options
                     files = {"mask": masks[k]} if masks[k] is not None else {}
                     sub = self.submissions.submit(tenant, json.dumps(body), files, batch_id=rec.id)
                     rec.subjects.append({"subject_id": f"{rec.id}-{cls}-{k:04d}", "class": cls,

@@ -9,6 +9,7 @@ import secrets
 from pydantic import ValidationError
 
 from ..errors import FieldError, InvalidRequest
+from ..models.options import check_options, resolve_options
 from ..models.registry import ModelEntry
 from ..schemas import JobRequest
 
@@ -111,8 +112,7 @@ def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
             errs.append(FieldError("tumor_class", f"{entry.id} is not class-conditional; leave tumor_class out"))
         elif req.tumor_class not in entry.classes:
             errs.append(FieldError("tumor_class", f"'{req.tumor_class}' is not one of {list(entry.classes)}"))
-    if req.truncation is not None and "truncation" not in entry.config.get("sampling", {}):
-        errs.append(FieldError("truncation", f"{entry.id} takes no truncation (only StyleGAN2 models do); leave it out"))
+    errs += option_errors(req, entry)
     if req.modalities:
         unknown = [m for m in req.modalities if m not in entry.modalities]
         if unknown:
@@ -129,6 +129,29 @@ def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
     return errs
 
 
+def requested_options(req: JobRequest) -> dict:
+    """``options`` with the deprecated top-level ``truncation`` merged in (``option_errors`` refuses a clash)."""
+    given = dict(req.options or {})
+    if req.truncation is not None:
+        given.setdefault("truncation", req.truncation)
+    return given
+
+
+def option_errors(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
+    """The model's check of ``options``; a problem with the top-level ``truncation`` names ``truncation``."""
+    names = {o.name for o in entry.options}
+    if req.truncation is not None:
+        if "truncation" not in names:
+            return [FieldError("truncation", f"{entry.id} takes no truncation (only StyleGAN2 models do); leave it "
+                                             "out")]
+        if req.options and "truncation" in req.options and req.options["truncation"] != req.truncation:
+            return [FieldError("truncation", f"differs from options.truncation ({req.options['truncation']}); send "
+                                             "options.truncation only (top-level truncation is deprecated)")]
+    _, errs = resolve_options(entry.options, requested_options(req), entry.id)
+    aliased = req.truncation is not None and "truncation" not in (req.options or {})
+    return [FieldError("truncation", e.message) if aliased and e.field == "options.truncation" else e for e in errs]
+
+
 def check_files(names: list[str], entry: ModelEntry) -> list[FieldError]:
     errs = []
     wanted = [i.name for i in entry.inputs]
@@ -143,13 +166,14 @@ def check_files(names: list[str], entry: ModelEntry) -> list[FieldError]:
 
 
 def normalised(req: JobRequest, entry: ModelEntry) -> dict:
-    """The request as it will run: seed drawn when absent, sampler and steps made explicit."""
+    """The request as it will run: seed drawn when absent, sampler, steps and every option made explicit."""
     spec = entry.sampler(req.sampler.name if req.sampler else None)
     steps = req.sampler.steps if req.sampler and req.sampler.steps else spec.default_steps
     out = req.model_dump(exclude_none=True)
     out["seed"] = req.seed if req.seed is not None else secrets.randbelow(2**31)
     out["sampler"] = {"name": spec.name, "steps": steps}
     out["modalities"] = req.modalities or list(entry.modalities)
+    out["options"] = check_options(entry.options, requested_options(req), entry.id)
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -82,7 +83,8 @@ def _type_error(spec: OptionSpec, value: object) -> str | None:
         return f"must be {kind}, not {type(value).__name__} {value!r}"
     if spec.type == "int" and not isinstance(value, int):
         return f"must be an integer, not {value!r}"
-    if not math.isfinite(value):
+    if not math.isfinite(value if isinstance(value, float) else 0.0) or (
+            spec.type == "float" and isinstance(value, int) and abs(value) > sys.float_info.max):
         return f"must be a finite number, not {value!r}"
     return None
 

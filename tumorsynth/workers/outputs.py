@@ -34,6 +34,7 @@ def provenance(rec: JobRecord, entry: ModelEntry, params: GenerationParams) -> d
         "RequestId": rec.id,
         "TumorClass": params.tumor_class,
         "OutputGrid": params.output_grid,
+        "SamplingOptions": dict(params.options),
     } | ({"Truncation": params.options["truncation"]} if "truncation" in params.options else {})
 
 

@@ -35,8 +35,17 @@ def params_for(rec: JobRecord, entry: ModelEntry) -> GenerationParams:
         modalities=tuple(req.get("modalities") or entry.modalities),
         tumor_class=req.get("tumor_class"),
         output_grid=req.get("output_grid", "input"),
-        options={k: req[k] for k in ("truncation",) if req.get(k) is not None},
+        options=request_options(req),
     )
+
+
+def request_options(req: dict) -> dict:
+    """The job's ``options`` (resolved by the API); records queued before ``options`` existed carry only a
+    top-level ``truncation``. The runner checks them again against the model."""
+    options = dict(req.get("options") or {})
+    if req.get("truncation") is not None:
+        options.setdefault("truncation", req["truncation"])
+    return options
 
 
 @contextmanager

@@ -19,6 +19,7 @@ import torch
 from ..checkpoints import save_checkpoint
 from ..registry import ModelEntry
 from .network import MaskConditionedLDM
+from .options import OPTIONS
 from .schedulers import SCHEDULE, sampler_specs
 
 FOV_MM = [192.0, 192.0, 160.0]
@@ -37,6 +38,7 @@ def _preset(grid: list[int], network: dict) -> dict:
         "fov_mm": list(FOV_MM),
         "samplers": sampler_specs(),
         "default_sampler": "dpm++",
+        "options": [o.as_config() for o in OPTIONS],
         "schedule": dict(SCHEDULE),
         # Intensities the autoencoder is trained on and decodes to (the paper's preprocessing): per modality,
         # z-scores over the non-zero (brain) voxels; the background is 0.

@@ -15,6 +15,7 @@ from ...imaging.geometry import GridMapping, fit_to_grid
 from ...imaging.labels import to_regions
 from ..base import GeneratedVolume, GenerationParams, ProgressFn
 from ..checkpoints import load_into
+from ..options import check_options
 from ..registry import ModelEntry
 from .configs import build_network
 from .sampler import reverse_process
@@ -101,6 +102,7 @@ class LDMGenerator:
             raise InvalidRequest.for_field("output_grid", f"'{params.output_grid}' is neither 'input' nor 'model'")
         if params.num_samples < 1:
             raise InvalidRequest.for_field("num_samples", f"at least 1 sample is needed, got {params.num_samples}")
+        check_options(self.entry.options, params.options, self.entry.id)  # none declared: refuses any given
         return wanted
 
     def _scheduler(self, params: GenerationParams):

@@ -50,6 +50,7 @@ def _preset(grid: list[int], network: dict, slice_batches: int) -> dict:
         "fov_mm": list(FOV_MM),
         "samplers": [{"name": "direct", "default_steps": 1, "min_steps": 1, "max_steps": 1}],
         "default_sampler": "direct",
+        "options": [],  # request options: none (models/options.py)
         "intensity": {"normalisation": "z-score over non-zero voxels per input volume (T1, FLAIR)",
                       "output": "T1C as z-scores over the brain (its non-zero voxels); 0 where the input T1 is 0"},
         "labels": list(LABELS),

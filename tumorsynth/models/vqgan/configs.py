@@ -23,6 +23,7 @@ import torch
 from ..checkpoints import save_checkpoint
 from ..registry import ModelEntry
 from .network import ClassConditionalVQGAN
+from .options import OPTIONS
 
 ROI_MM = 128.0
 CLASSES = ["LGG", "HGG"]
@@ -57,7 +58,8 @@ def _preset(side: int, network: dict) -> dict:
         "roi": {"size_mm": ROI_MM, "centre": "the whole-tumour centroid; the ROI's centre is the world origin"},
         "samplers": sampler_specs(num_tokens(network), network.get("ar_depth") != 0),
         "default_sampler": "maskgit",
-        "sampling": {"temperature": 1.0, "choice_temperature": 4.5, "guidance": 0.0, "top_k": None},
+        "sampling": {o.name: o.default for o in OPTIONS},
+        "options": [o.as_config() for o in OPTIONS],
         "intensity": {"normalisation": f"z-score over brain voxels per modality, clipped to ±{Z_CLIP:g} and divided "
                                        f"by {Z_CLIP:g}", "range": [-1.0, 1.0], "z_clip": Z_CLIP},
         "network": network,

@@ -18,13 +18,12 @@ from ...errors import InvalidRequest
 from ...imaging.geometry import centred_affine
 from ..base import GeneratedVolume, GenerationParams, ProgressFn
 from ..checkpoints import load_into
+from ..options import check_options
 from ..registry import ModelEntry
 from .configs import build_network
 from .sampler import Sampled, ar_decode, guided, maskgit_decode
 
 DECODE_BATCH = 4
-OPTIONS = ("temperature", "choice_temperature", "guidance", "top_k")
-
 
 
 class VQGANGenerator:
@@ -34,7 +33,6 @@ class VQGANGenerator:
         self.network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
         self.grid_shape = tuple(int(n) for n in entry.output_shape)
         self.affine = centred_affine(self.grid_shape, entry.output_spacing)
-        self.sampling = dict(entry.config.get("sampling", {}))
 
     def total_steps(self, params: GenerationParams) -> int:
         if (params.sampler or self.entry.default_sampler) == "ar":
@@ -71,19 +69,8 @@ class VQGANGenerator:
         return torch.cat(chunks).clamp_(-1.0, 1.0).float().cpu().numpy()
 
     def _options(self, params: GenerationParams) -> dict:
-        unknown = sorted(set(params.options) - set(OPTIONS))
-        if unknown:
-            raise InvalidRequest.for_field("options", f"unknown options {unknown}; this model takes {list(OPTIONS)}")
-        merged = {"temperature": 1.0, "choice_temperature": 4.5, "guidance": 0.0, "top_k": None} \
-            | self.sampling | dict(params.options)
-        try:
-            out = {k: float(merged[k]) for k in ("temperature", "choice_temperature", "guidance")}
-            out["top_k"] = None if merged["top_k"] is None else int(merged["top_k"])
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest.for_field("options", f"options must be numbers: {exc}") from exc
-        if out["temperature"] < 0 or out["choice_temperature"] < 0 or out["guidance"] < 0:
-            raise InvalidRequest.for_field("options", "temperature, choice_temperature and guidance must be >= 0")
-        return out
+        """Every option (models/vqgan/options.py) checked as the API checks it, defaults the checkpoint's."""
+        return check_options(self.entry.options, params.options, self.entry.id)
 
     def _class_index(self, tumor_class: str | None) -> int:
         """Class k of ``classes`` is embedding k + 1 (0 is the unconditional embedding of guidance)."""
