@@ -490,6 +490,7 @@ class Trainer(ResumableTrainer):
                       training={"config": asdict(cfg), "subjects": {"train": len(train_idx), "val": len(val_idx)},
                                 "validation_ids": [data.ids[i] for i in val_idx],
                                 "final": last, "seconds": round(seconds, 1),
+                                "epoch_seconds": round(sum(r.get("seconds", 0) for r in self.state["metrics"]), 1),
                                 "device": str(self.device), "processes": self.world.size,
                                 "torch": torch.__version__})
         if self.state.get("init_from"):
@@ -528,13 +529,21 @@ def ae_extras(cfg: LDMTrainConfig) -> str:
     return "; " + "; ".join(parts) if parts else ""
 
 
+def prediction_note(cfg: LDMTrainConfig) -> str:
+    if cfg.prediction_type == "v_prediction":
+        return ("v (Salimans & Ho 2022), our choice over the paper's ε: on the paper's linear schedule (ᾱ_T ≈ 4e-5) an "
+                "ε-model's estimate of z_0 at high noise multiplies its error by ~160, so sampling began from texture "
+                "(z_0 estimate r = 0.13 at t = 999 on the previous demo); v stays well-conditioned at every t.")
+    return "ε (the paper's)."
+
+
 def init_note(config: dict) -> str:
     source = config.get("training", {}).get("autoencoder_from")
     if not source:
         return ""
     return (f"\n- Autoencoder: taken unchanged from `{source['checkpoint']}` (weights sha256 "
-            f"{source['sha256'][:12]}…, trained by the same stage 1 on the same kind of data); only the diffusion "
-            "UNet was trained in this run.")
+            f"{source['sha256'][:12]}…, trained by the same stage 1 on the same kind of data: find it in the "
+            "repository's history by that sha256); only the diffusion UNet was trained in this run.")
 
 
 def model_card(config: dict, cfg: LDMTrainConfig, last: dict, trained_on: str) -> str:
@@ -558,7 +567,8 @@ def model_card(config: dict, cfg: LDMTrainConfig, last: dict, trained_on: str) -
 - Trained on: {trained_on}.
 - Training: preset `{cfg.preset}`, {cfg.ae_epochs} autoencoder epochs (L1 + SSIM + KL{' + adversarial' if cfg.adv_weight
    else ''}{' + perceptual' if cfg.perceptual_weights else ''}{ae_extras(cfg)}), {cfg.diffusion_epochs} diffusion
-  epochs (batch {cfg.diffusion_batch_size}, AdamW lr {cfg.diffusion_lr:g}{f", EMA {cfg.ema_decay:g} of the UNet's weights (served)" if cfg.ema_decay else ""}), autoencoder batch {cfg.batch_size}×{cfg.grad_accum}, seed {cfg.seed}, on {config.get("training", {}).get("device", "?")}.{init_note(config)}
+  epochs (batch {cfg.diffusion_batch_size}, AdamW lr {cfg.diffusion_lr:g}{f", EMA {cfg.ema_decay:g} of the UNet's weights (served)" if cfg.ema_decay else ""}), autoencoder batch {cfg.batch_size}×{cfg.grad_accum}, seed {cfg.seed}, on {config.get("training", {}).get("device", "?")} ({config.get("training", {}).get("processes", 1)} process(es)); {config.get("training", {}).get("epoch_seconds", 0) / 60:.1f} minutes of epochs in all.{init_note(config)}
+- Diffusion target: {prediction_note(cfg)}
 - Final epoch metrics:
 {metrics}
 - Samplers: ddpm (1000 steps, the paper's), ddim, dpm++ (default; DPM-Solver++ 2M).
