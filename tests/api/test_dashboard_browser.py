@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.conftest import ALPHA, BETA
+from tests.support.services import uvicorn_in_thread
 from tests.support.volumes import mask_bytes
-from tumorsynth.embedded.redis_server import free_port
 from tumorsynth.settings import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"  # `make test` installs Debian's chromium; Playwright's own download is not used
@@ -28,17 +25,8 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 @pytest.fixture(scope="module")
 def live_url(app):
     """The test app served by uvicorn on a loopback port (a browser needs a real socket)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with uvicorn_in_thread(app, log_level="warning", lifespan="off") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

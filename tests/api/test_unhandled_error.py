@@ -8,15 +8,13 @@ socket, with one route added that fails as a bug would.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.security.conftest import LogCapture
-from tumorsynth.embedded.redis_server import free_port
+from tests.support.services import uvicorn_in_thread
 
 
 @pytest.fixture()
@@ -29,17 +27,8 @@ def served(settings):
     def boom():
         raise RuntimeError("a bug")
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with uvicorn_in_thread(app, log_level="info") as url:
+        yield url
 
 
 def test_a_500_keeps_the_connection_and_logs_one_traceback(served):
