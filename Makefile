@@ -35,20 +35,20 @@ test: install chromium
 # device and how long. Figures for each run are in the cards and the README.
 DEVICE ?= cpu
 demo-models: install
-	rm -rf var/phantoms/demo var/phantoms/demo120 var/slices/stylegan2-demo var/train/*-demo-phantom@1
+	rm -rf var/phantoms/demo120 var/slices/stylegan2-demo120 var/train/*-demo-phantom@1
 	$(VENV)/bin/tumorsynth phantoms --n 120 --seed 0 --out var/phantoms/demo120 --workers 2
-	$(VENV)/bin/tumorsynth phantoms --n 40 --seed 0 --out var/phantoms/demo --workers 2
+	# LDM: the shipped one kept the previous demo's autoencoder (its card: `--init-from … --skip-autoencoder`); this
+	# trains both stages from scratch with the same config
 	$(VENV)/bin/tumorsynth train ldm --data var/phantoms/demo120 --config ldm-demo --device $(DEVICE) --threads 1 \
 		--out checkpoints/ldm/demo-phantom@1 --work var/train/ldm-demo-phantom@1
 	$(VENV)/bin/tumorsynth train vqgan --data var/phantoms/demo120 --config vqgan-demo --device $(DEVICE) --threads 1 \
 		--out checkpoints/vqgan/demo-phantom@1 --work var/train/vqgan-demo-phantom@1
 	$(VENV)/bin/tumorsynth train tavit --data var/phantoms/demo120 --config tavit-demo --device $(DEVICE) --threads 1 \
 		--out checkpoints/tavit/demo-phantom@1 --work var/train/tavit-demo-phantom@1
-	# StyleGAN2 (not retrained with the others yet: its checkpoint came from the first 40 subjects alone):
-	# a meningioma/glioma/pituitary slice set from the phantoms (glioma: the phantoms' own tumours;
+	# StyleGAN2: a meningioma/glioma/pituitary slice set from the phantoms (glioma: the phantoms' own tumours;
 	# meningioma, pituitary: simulated masses painted on tumour-free slices, as SLICES.json and the card say)
-	$(VENV)/bin/tumorsynth phantom-slices --data var/phantoms/demo --out var/slices/stylegan2-demo --per-class 200
-	$(VENV)/bin/tumorsynth train stylegan2 --data var/slices/stylegan2-demo --config stylegan2-demo --device cpu \
+	$(VENV)/bin/tumorsynth phantom-slices --data var/phantoms/demo120 --out var/slices/stylegan2-demo120 --per-class 200
+	$(VENV)/bin/tumorsynth train stylegan2 --data var/slices/stylegan2-demo120 --config stylegan2-demo --device $(DEVICE) \
 		--threads 1 --out checkpoints/stylegan2/demo-phantom@1 --work var/train/stylegan2-demo-phantom@1
 
 bench: install
