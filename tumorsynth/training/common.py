@@ -18,6 +18,16 @@ def epoch_rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, *stream, 1])
 
 
+def ema_with_warmup(decay: float):
+    """``AveragedModel``'s ``avg_fn``: an exponential average whose decay grows to ``decay`` with the update count."""
+    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return averaged * d + current * (1 - d)
+
+    return avg
+
+
 def perceptual_loss(weights_path: str | None, weight: float, device):
     """MONAI's perceptual loss from a local MedicalNet weights file, or None (no weights are ever downloaded)."""
     if not weights_path or weight <= 0:
