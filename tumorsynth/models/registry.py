@@ -130,6 +130,12 @@ def entry_from_config(path: Path, config: dict) -> ModelEntry:
         raise CheckpointError(f"{path}/config.json is missing or has a malformed field: {exc}") from exc
 
 
+def entry_at(path: Path) -> ModelEntry:
+    """The registry entry of the checkpoint folder ``path`` (its ``config.json``)."""
+    path = Path(path)
+    return entry_from_config(path, json.loads((path / "config.json").read_text()))
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -161,7 +167,7 @@ class ModelRegistry:
             return found
         for cfg in sorted(self.model_dir.glob("*/*@*/config.json")):
             try:
-                entry = entry_from_config(cfg.parent, json.loads(cfg.read_text()))
+                entry = entry_at(cfg.parent)
             except (CheckpointError, json.JSONDecodeError, OSError):
                 continue  # a broken checkpoint folder is not served; `tumorsynth models` reports it
             found[entry.id] = entry

@@ -226,6 +226,7 @@ class Trainer(ResumableTrainer):
                  on_epoch: Callable[[dict], None] | None = None, progress=None):
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
         self.world = init_world(device)  # torchrun: one process per GPU, DDP; otherwise one process
+        self._ddp: dict[str, torch.nn.Module] = {}  # modules under DDP, made when first trained
         self.device = torch.device(self.world.device(device))
         self.on_epoch = on_epoch
         self.progress = progress  # a rich Progress, or None
@@ -279,19 +280,16 @@ class Trainer(ResumableTrainer):
         """``module`` under DistributedDataParallel when running under torchrun (made once, when first trained)."""
         if not self.world.enabled:
             return module
-        cache = self.__dict__.setdefault("_ddp", {})
-        if name not in cache:
-            cache[name] = self.world.wrap(module)
-        return cache[name]
+        if name not in self._ddp:
+            self._ddp[name] = self.world.wrap(module)
+        return self._ddp[name]
 
     def init_weights(self, checkpoint_dir: Path) -> None:
         """Weights (not optimiser state) from a servable checkpoint whose network matches this preset."""
-        import json
-
         from ..models.checkpoints import load_into
-        from ..models.registry import entry_from_config
+        from ..models.registry import entry_at
 
-        entry = entry_from_config(checkpoint_dir, json.loads((checkpoint_dir / "config.json").read_text()))
+        entry = entry_at(checkpoint_dir)
         if entry.config.get("network") != self.model_config["network"]:
             raise ValueError(f"init_from {checkpoint_dir}: its network differs from preset '{self.cfg.preset}'")
         load_into(self.net, entry, self.device)
@@ -463,11 +461,9 @@ class Trainer(ResumableTrainer):
     def write_checkpoint(self, data: Prepared, train_idx, val_idx, seconds: float) -> ModelEntry:
         if not self.is_main():  # rank 0 writes; the others read what it wrote
             self.world.barrier()
-            import json
+            from ..models.registry import entry_at
 
-            from ..models.registry import entry_from_config
-
-            return entry_from_config(self.out_dir, json.loads((self.out_dir / "config.json").read_text()))
+            return entry_at(self.out_dir)
         entry = self._write_checkpoint(data, train_idx, val_idx, seconds)
         self.world.barrier()
         return entry
