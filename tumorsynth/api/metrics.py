@@ -1,20 +1,29 @@
 """``/metrics`` and ``/v1/queues``: read from Redis at scrape time (workers are other processes and machines).
 
 Metric names follow celery-exporter where they overlap (``celery_queue_length``, ``celery_worker_up``), so existing
-dashboards and alerts work; the rest are ``tumorsynth_*``.
+dashboards and alerts work; the rest are ``tumorsynth_*``. The alert rules in deploy/prometheus/ use these names.
+
+An unreachable Redis is a 200 with ``tumorsynth_redis_up 0`` and nothing else (as redis_exporter's ``redis_up``), not
+a 503: a failed scrape reads as the API being down, and the alert for Redis could not tell the two apart.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..jobs import stats
+from ..webhooks.outbox import DUE as WEBHOOKS_DUE
 from ..workers import gpu_memory
 from ..workers.supervision import WORKERS, worker_key
+
+log = logging.getLogger(__name__)
 
 
 def _split(field: bytes) -> tuple[str, str]:
@@ -56,6 +65,18 @@ class RedisCollector:
         self.r, self.settings = r, settings
 
     def collect(self):
+        """Everything read first, so a Redis lost half-way yields ``tumorsynth_redis_up 0`` alone, not half a scrape."""
+        try:
+            families, up = list(self._families()), 1
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("metrics: Redis unreachable: %s: %s", type(exc).__name__, exc)
+            families, up = [], 0
+        g = GaugeMetricFamily("tumorsynth_redis_up", "1 if the API reached Redis (job store and broker) at this scrape")
+        g.add_metric([], up)
+        yield g
+        yield from families
+
+    def _families(self):
         r = self.r
         jobs = GaugeMetricFamily("tumorsynth_jobs", "Jobs by current status and model", labels=["status", "model"])
         for field, n in r.hgetall(stats.STATUS).items():
@@ -82,7 +103,7 @@ class RedisCollector:
             up.add_metric([w["id"]], 1)
         yield up
         gpu = GaugeMetricFamily("tumorsynth_worker_gpu_memory_bytes", "CUDA memory of the worker's pool processes "
-                                "(torch.cuda.memory_allocated / memory_reserved); absent on CPU",
+                                "(kind: allocated, reserved; total: the device's size); absent on CPU",
                                 labels=["worker", "device", "kind"])
         for (worker, device, kind), n in sorted(gpu_memory.read_all(r).items()):
             gpu.add_metric([worker, device, kind], n)
@@ -115,6 +136,24 @@ class RedisCollector:
             model, code = _split(field)
             failures.add_metric([model, code], float(n))
         yield failures
+        yield from webhook_backlog(r)
+
+
+def webhook_backlog(r, now: float | None = None):
+    """Deliveries not yet done (due now or waiting for a retry), and how long the most overdue one has been due.
+
+    A delivery being attempted is re-scored past its claim timeout, so only deliveries nobody is working on count as
+    overdue: a growing figure means no worker runs the delivery loop, or it cannot keep up.
+    """
+    now = time.time() if now is None else now
+    pending = GaugeMetricFamily("tumorsynth_webhook_deliveries_pending", "Webhook deliveries not yet delivered or "
+                                "given up (due now or waiting for a retry)")
+    pending.add_metric([], r.zcard(WEBHOOKS_DUE))
+    first = r.zrange(WEBHOOKS_DUE, 0, 0, withscores=True)
+    overdue = GaugeMetricFamily("tumorsynth_webhook_oldest_overdue_seconds", "How long the most overdue pending "
+                                "webhook delivery has been due without an attempt (0: none overdue)")
+    overdue.add_metric([], round(max(0.0, now - first[0][1]), 3) if first else 0.0)
+    return [pending, overdue]
 
 
 def render_metrics(r, settings) -> bytes:
