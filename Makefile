@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium run test bench bench-load demo-models clean
+.PHONY: install chromium deploy-tools run test bench bench-load demo-models clean
 
 install: $(STAMP)
 
@@ -27,7 +27,12 @@ run: install
 chromium:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
-test: install chromium
+# The alert rules (promtool), the real-Prometheus scrape test and `docker-compose config -q` use Debian's packages.
+deploy-tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus)
+	@command -v docker-compose >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq docker-compose)
+
+test: install chromium deploy-tools
 	$(VENV)/bin/pytest -q
 
 # The demo checkpoints: 120 phantom subjects (the first 40 are the earlier set), then each family's *-demo config.
