@@ -181,3 +181,36 @@ def test_redis_init_script_is_valid_sh_and_names_the_sentinel_master():
     assert f"sentinel monitor {master} " in script and f"get-master-addr-by-name {master}" in script
     sts = by_kind("StatefulSet")["redis"]
     assert sts["spec"]["replicas"] == 3 and containers(sts)[-1]["command"][-1] == "--sentinel"
+
+
+@pytest.mark.parametrize("pod, sentinel_answer, expect_primary", [
+    ("redis-0", "", "redis-0"),  # first start: no Sentinel answers, pod 0 is the primary
+    ("redis-1", "", "redis-0"),
+    ("redis-0", "redis-2", "redis-2"),  # pod 0 restarting after a failover rejoins as the new primary's replica
+    ("redis-2", "redis-2", "redis-2"),
+])
+def test_redis_init_script_follows_the_sentinels(tmp_path, pod, sentinel_answer, expect_primary):
+    """init.sh run by sh as in the pod. No cluster DNS here, so ``redis-cli`` is a script on PATH that answers
+    ``sentinel get-master-addr-by-name`` as a Sentinel does (host, then port), or fails as an unreachable one."""
+    import os
+    import subprocess
+
+    domain = "redis-headless.ns.svc.cluster.local"
+    bin_dir, conf = tmp_path / "bin", tmp_path / "conf"
+    bin_dir.mkdir(), conf.mkdir()
+    cli = bin_dir / "redis-cli"
+    cli.write_text(f"#!/bin/sh\nprintf '%s\\n6379\\n' '{sentinel_answer}.{domain}'\n" if sentinel_answer
+                   else "#!/bin/sh\necho 'Could not connect to Redis' >&2\nexit 1\n")
+    cli.chmod(0o755)
+    script = by_kind("ConfigMap")["redis-scripts"]["data"]["init.sh"].replace("/conf/", f"{conf}/")
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "POD_NAME": pod, "POD_NAMESPACE": "ns"}
+    r = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    redis_conf, sentinel_conf = (conf / "redis.conf").read_text(), (conf / "sentinel.conf").read_text()
+    primary = f"{expect_primary}.{domain}"
+    assert f"sentinel monitor mymaster {primary} 6379 2" in sentinel_conf
+    assert f"replica-announce-ip {pod}.{domain}" in redis_conf and "appendonly yes" in redis_conf
+    if pod == expect_primary:
+        assert "replicaof" not in redis_conf
+    else:
+        assert f"replicaof {primary} 6379" in redis_conf
