@@ -214,3 +214,29 @@ def test_redis_init_script_follows_the_sentinels(tmp_path, pod, sentinel_answer,
         assert "replicaof" not in redis_conf
     else:
         assert f"replicaof {primary} 6379" in redis_conf
+
+
+def test_the_pods_settings_load_and_the_example_secrets_are_refused(monkeypatch):
+    """What the API pod's environment builds: a valid Settings, which refuses to serve with the example's secrets
+    and serves once they are replaced."""
+    api = containers(by_kind("Deployment")["tumorsynth-api"])[0]
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in documents(KUBERNETES / "secrets.example.yaml")}
+    env: dict[str, str] = {}
+    for source in api["envFrom"]:
+        if "configMapRef" in source:
+            env |= by_kind("ConfigMap")[source["configMapRef"]["name"]]["data"]
+        else:
+            env |= secrets[source["secretRef"]["name"]]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    host = api["args"][api["args"].index("--host") + 1]
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings().check_safe_to_serve(host)
+    import secrets as random
+
+    monkeypatch.setenv("TUMORSYNTH_API_KEYS", f"hospital-a:{random.token_urlsafe(32)}")
+    monkeypatch.setenv("TUMORSYNTH_S3_SECRET_KEY", random.token_urlsafe(32))
+    monkeypatch.setenv("TUMORSYNTH_URL_SIGNING_KEY", random.token_urlsafe(32))
+    settings = Settings()
+    settings.check_safe_to_serve(host)
+    assert settings.redis_url.startswith("sentinel://") and settings.job_time_limit_seconds == 10800
