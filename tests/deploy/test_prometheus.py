@@ -31,7 +31,8 @@ HISTOGRAM_PARTS = re.compile(r"_(bucket|count|sum)$")
 
 @pytest.fixture(scope="module")
 def scrape(client, worker, settings) -> str:
-    """``/metrics`` after a job ran, with a GPU reading and a pending webhook delivery: every family present."""
+    """``/metrics`` after a job ran and with a GPU reading (removed after the scrape: other tests share this Redis
+    and expect a CPU worker's none)."""
     import redis
 
     job = submit(client, {"model": MODEL, "seed": 11, "sampler": {"name": "dpm++", "steps": 5}},
@@ -39,7 +40,11 @@ def scrape(client, worker, settings) -> str:
     wait_status(client, job["id"], {"succeeded"})
     r = redis.Redis.from_url(settings.redis_url)
     gpu_memory.publish(r, "gpuhost:1", 2, [{"device": "cuda:0", "allocated": 1, "reserved": 2, "total": 8}], 60)
-    text = client.get("/metrics").text
+    try:
+        text = client.get("/metrics").text
+    finally:
+        r.delete(gpu_memory.gpu_key("gpuhost:1", 2))
+        r.zrem(gpu_memory.INDEX, gpu_memory.gpu_key("gpuhost:1", 2))
     assert "tumorsynth_worker_gpu_memory_bytes{" in text
     return text
 
@@ -108,13 +113,18 @@ def test_prometheus_scrapes_a_running_api_and_answers_for_the_jobs_count(app, sc
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as prom:
-                def query(q: str) -> list:
+                def ready() -> bool:
+                    assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
                     try:
-                        body = prom.get("/api/v1/query", params={"query": q}).json()
+                        return prom.get("/-/ready").status_code == 200
                     except httpx.HTTPError:
-                        return []
+                        return False
+
+                def query(q: str) -> list:
+                    body = prom.get("/api/v1/query", params={"query": q}).json()
                     return body["data"]["result"] if body.get("status") == "success" else []
 
+                wait_for(ready, timeout=60, interval=0.2, what="Prometheus to start")
                 q = f'tumorsynth_jobs{{job="tumorsynth-api",model="{MODEL}",status="succeeded"}}'
                 result = wait_for(lambda: query(q), timeout=60, interval=0.5, what="Prometheus to scrape the API")
                 after = succeeded_count(httpx.get(f"{base}/metrics").text)  # jobs of earlier tests may still end
