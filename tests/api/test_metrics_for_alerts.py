@@ -9,7 +9,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tumorsynth.api.metrics import render_metrics
+from tumorsynth.api.metrics import render_api_metrics, render_metrics
 from tumorsynth.embedded.redis_server import RedisServer, free_port
 from tumorsynth.settings import Settings
 from tumorsynth.webhooks.outbox import Outbox
@@ -23,8 +23,8 @@ def r(tmp_path):
     server.stop()
 
 
-def scrape(r) -> dict:
-    text = render_metrics(r, Settings(redis_url="redis://unused")).decode()
+def scrape(r, api: bool = False) -> dict:
+    text = (render_api_metrics(r) if api else render_metrics(r, Settings(redis_url="redis://unused"))).decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
@@ -34,8 +34,8 @@ def delivery(n: int, state: str, due: float) -> dict:
 
 
 def test_redis_up_and_the_webhook_backlog(r):
+    assert scrape(r, api=True) == {("tumorsynth_redis_up", ()): 1}
     m = scrape(r)
-    assert m[("tumorsynth_redis_up", ())] == 1
     assert m[("tumorsynth_webhook_deliveries_pending", ())] == 0
     assert m[("tumorsynth_webhook_oldest_overdue_seconds", ())] == 0
     outbox = Outbox(r)
@@ -50,9 +50,11 @@ def test_redis_up_and_the_webhook_backlog(r):
     assert m[("tumorsynth_webhook_oldest_overdue_seconds", ())] == 0
 
 
-def test_unreachable_redis_is_redis_up_zero_and_nothing_else():
+def test_unreachable_redis_is_redis_up_zero_on_the_api_view_and_an_error_on_the_full_scrape():
     dead = redis.Redis(port=free_port(), socket_connect_timeout=1, socket_timeout=1)
-    assert scrape(dead) == {("tumorsynth_redis_up", ()): 0}
+    assert scrape(dead, api=True) == {("tumorsynth_redis_up", ()): 0}
+    with pytest.raises(redis.exceptions.ConnectionError):  # the route turns it into a 503 with Retry-After
+        scrape(dead)
 
 
 def test_gpu_total_is_the_device_size_not_a_sum_over_pool_processes(r):

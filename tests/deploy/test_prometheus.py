@@ -31,8 +31,8 @@ HISTOGRAM_PARTS = re.compile(r"_(bucket|count|sum)$")
 
 @pytest.fixture(scope="module")
 def scrape(client, worker, settings) -> str:
-    """``/metrics`` after a job ran and with a GPU reading (removed after the scrape: other tests share this Redis
-    and expect a CPU worker's none)."""
+    """``/metrics`` and ``/metrics/api`` after a job ran and with a GPU reading (removed after the scrape: other tests
+    share this Redis and expect a CPU worker's none)."""
     import redis
 
     job = submit(client, {"model": MODEL, "seed": 11, "sampler": {"name": "dpm++", "steps": 5}},
@@ -41,7 +41,7 @@ def scrape(client, worker, settings) -> str:
     r = redis.Redis.from_url(settings.redis_url)
     gpu_memory.publish(r, "gpuhost:1", 2, [{"device": "cuda:0", "allocated": 1, "reserved": 2, "total": 8}], 60)
     try:
-        text = client.get("/metrics").text
+        text = client.get("/metrics").text + client.get("/metrics/api").text
     finally:
         r.delete(gpu_memory.gpu_key("gpuhost:1", 2))
         r.zrem(gpu_memory.INDEX, gpu_memory.gpu_key("gpuhost:1", 2))
@@ -104,7 +104,8 @@ def test_prometheus_scrapes_a_running_api_and_answers_for_the_jobs_count(app, sc
         config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         config["rule_files"] = [str(PROMETHEUS / "alerts.yml")]
-        config["scrape_configs"][0]["static_configs"] = [{"targets": [base.removeprefix("http://")]}]
+        for job in config["scrape_configs"]:  # /metrics and /metrics/api of the one API
+            job["static_configs"] = [{"targets": [base.removeprefix("http://")]}]
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
         before = succeeded_count(httpx.get(f"{base}/metrics").text)  # Prometheus scrapes only after this
@@ -130,7 +131,8 @@ def test_prometheus_scrapes_a_running_api_and_answers_for_the_jobs_count(app, sc
                 after = succeeded_count(httpx.get(f"{base}/metrics").text)  # jobs of earlier tests may still end
                 assert before <= float(result[0]["value"][1]) <= after, (before, result, after)
                 assert float(query('up{job="tumorsynth-api"}')[0]["value"][1]) == 1
-                assert float(query("tumorsynth_redis_up")[0]["value"][1]) == 1
+                assert float(query('up{job="tumorsynth-api-self"}')[0]["value"][1]) == 1
+                assert float(query('tumorsynth_redis_up{job="tumorsynth-api-self"}')[0]["value"][1]) == 1
                 # every dashboard query is PromQL this Prometheus accepts
                 dashboard = json.loads(DASHBOARD.read_text())
                 for expr in (t["expr"] for p in dashboard["panels"] for t in p["targets"]):

@@ -3,8 +3,10 @@
 Metric names follow celery-exporter where they overlap (``celery_queue_length``, ``celery_worker_up``), so existing
 dashboards and alerts work; the rest are ``tumorsynth_*``. The alert rules in deploy/prometheus/ use these names.
 
-An unreachable Redis is a 200 with ``tumorsynth_redis_up 0`` and nothing else (as redis_exporter's ``redis_up``), not
-a 503: a failed scrape reads as the API being down, and the alert for Redis could not tell the two apart.
+With Redis out of reach ``/metrics`` answers 503 with Retry-After like every route that needs the job store (SPEC).
+``/metrics/api`` is the API process's own view and never needs Redis to answer: ``tumorsynth_redis_up`` (as
+redis_exporter's ``redis_up``). Scraped as a second job, it lets the alerts tell "Redis down" (it reads 0) from "API
+down" (its scrape fails).
 """
 
 from __future__ import annotations
@@ -65,18 +67,6 @@ class RedisCollector:
         self.r, self.settings = r, settings
 
     def collect(self):
-        """Everything read first, so a Redis lost half-way yields ``tumorsynth_redis_up 0`` alone, not half a scrape."""
-        try:
-            families, up = list(self._families()), 1
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.warning("metrics: Redis unreachable: %s: %s", type(exc).__name__, exc)
-            families, up = [], 0
-        g = GaugeMetricFamily("tumorsynth_redis_up", "1 if the API reached Redis (job store and broker) at this scrape")
-        g.add_metric([], up)
-        yield g
-        yield from families
-
-    def _families(self):
         r = self.r
         jobs = GaugeMetricFamily("tumorsynth_jobs", "Jobs by current status and model", labels=["status", "model"])
         for field, n in r.hgetall(stats.STATUS).items():
@@ -154,6 +144,33 @@ def webhook_backlog(r, now: float | None = None):
                                 "webhook delivery has been due without an attempt (0: none overdue)")
     overdue.add_metric([], round(max(0.0, now - first[0][1]), 3) if first else 0.0)
     return [pending, overdue]
+
+
+def redis_up(r) -> GaugeMetricFamily:
+    """1 if a PING reached Redis (job store and broker) within the client's socket timeout, else 0."""
+    try:
+        up = int(bool(r.ping()))
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("metrics: Redis unreachable: %s: %s", type(exc).__name__, exc)
+        up = 0
+    g = GaugeMetricFamily("tumorsynth_redis_up", "1 if the API reached Redis (job store and broker) at this scrape")
+    g.add_metric([], up)
+    return g
+
+
+def render_api_metrics(r) -> bytes:
+    """``/metrics/api``: what this API process sees; answers while Redis is down."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed([redis_up(r)]))
+    return generate_latest(registry)
+
+
+class _Fixed:
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
 
 
 def render_metrics(r, settings) -> bytes:
