@@ -91,12 +91,16 @@ def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. L
           masks: Annotated[list[Path] | None, typer.Option("--mask", exists=True, dir_okay=False,
                                                            help="masks to use (default: the mask bank)")] = None,
           sampler: str | None = None, steps: int | None = None, url: Url = "http://127.0.0.1:8000",
-          api_key: ApiKey = None, timeout: float = 24 * 3600.0) -> None:
+          api_key: ApiKey = None, timeout: float = 24 * 3600.0,
+          layout: Annotated[str, typer.Option(help="bids: OUT/bids is a BIDS derivatives dataset; flat: "
+                                                   "OUT/<subject_id>/ folders")] = "bids") -> None:
     """A balanced augmentation batch: submit, follow progress, download the volumes and the manifest."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .client import Client
 
+    if layout not in ("bids", "flat"):
+        raise typer.BadParameter("--layout is bids or flat")
     try:
         class_counts = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in counts.split(",") if p.strip())}
     except ValueError as exc:
@@ -123,7 +127,7 @@ def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. L
     if b["manifest"] is None:
         console.print(f"[red]batch {b['status']}[/red]")
         raise typer.Exit(1)
-    manifest = client.download_batch(b, out)
+    manifest = client.download_batch(b, out, layout=layout)
     console.print(f"[green]{b['request_counts']['succeeded']} subjects; manifest {manifest}[/green]")
 
 

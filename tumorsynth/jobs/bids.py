@@ -27,14 +27,13 @@ from .. import __version__
 BIDS_VERSION = "1.10.0"
 DESC = "synthetic"
 # modality → (entities before desc, suffix). Other modalities (StyleGAN2's 2D "slice") have no BIDS anatomical
-# name: their manifest rows have an empty bids_image, and the dataset keeps them under extra/ (in .bidsignore).
+# name: their manifest rows have an empty bids_image, and a download keeps them in extra/, beside the dataset.
 SUFFIXES = {"t1": ("", "T1w"), "t1c": ("ce-gadolinium_", "T1w"), "t2": ("", "T2w"), "flair": ("", "FLAIR")}
 # Label names of the masks the workers write (imaging/labels.py converts every upload to these).
 DSEG_LABELS = {
     "brats2023": [(1, "necrotic tumour core", "NCR"), (2, "peritumoral oedema", "ED"), (3, "enhancing tumour", "ET")],
     "binary": [(1, "whole tumour", "WT")],
 }
-BIDSIGNORE = "extra/\n"
 DATASET_DIR = "bids/"  # where the dataset sits in a download, beside the manifests
 
 
@@ -114,8 +113,8 @@ def _readme(batch_id: str, rows: list[dict], left_out: list[str]) -> str:
             "row per image with the paths of the image and its mask, for monai.data.Dataset and "
             "torchio.SubjectsDataset.\n")
     if left_out:
-        text += (f"\nModalities without a BIDS anatomical name ({', '.join(sorted(left_out))}) are kept under extra/ "
-                 "(listed in .bidsignore) and in the manifests.\n")
+        text += (f"\nModalities without a BIDS anatomical name ({', '.join(sorted(left_out))}) are not in this dataset: "
+                 "they are in the folder extra/ beside it, and in the manifests.\n")
     return text
 
 
@@ -135,14 +134,14 @@ def _participants(rows: list[dict]) -> tuple[bytes, bytes]:
 
 
 def extra_path(row: dict, col: str) -> str:
-    """Where a volume without a BIDS name sits in the dataset: ``extra/<participant>/<output name>``."""
-    return f"extra/{row['participant_id']}/{row[col].rsplit('/', 1)[-1]}"
+    """Where a volume without a BIDS name sits in a download: ``extra/<subject_id>/<output name>``."""
+    return f"extra/{row['subject_id']}/{row[col].rsplit('/', 1)[-1]}"
 
 
 def _local(row: dict, col: str) -> str:
     if not row[col]:
         return ""
-    return row[f"bids_{col}"] or extra_path(row, col)
+    return DATASET_DIR + row[f"bids_{col}"] if row[f"bids_{col}"] else extra_path(row, col)
 
 
 def _manifest(rows: list[dict]) -> tuple[bytes, bytes]:
@@ -150,8 +149,7 @@ def _manifest(rows: list[dict]) -> tuple[bytes, bytes]:
     paths where it writes it)."""
     from .batches import to_csv
 
-    local = [r | {"image": DATASET_DIR + _local(r, "image"),
-                  "mask": DATASET_DIR + _local(r, "mask") if r["mask"] else ""} for r in rows]
+    local = [r | {"image": _local(r, "image"), "mask": _local(r, "mask")} for r in rows]
     return to_csv(local), json.dumps(local, indent=1).encode()
 
 
@@ -162,14 +160,15 @@ def dataset_files(batch_id: str, rows: list[dict]) -> list[DatasetFile]:
     participants, participants_json = _participants([r for r in rows if r["bids_image"]])
     manifest_csv, manifest_json = _manifest(rows)
     files = [DatasetFile("dataset_description.json", content=_json(dataset_description(batch_id, rows))),
-             DatasetFile("README", content=_readme(batch_id, rows, left_out).encode()),
-             DatasetFile("participants.tsv", content=participants),
-             DatasetFile("participants.json", content=participants_json),
-             DatasetFile(".bidsignore", content=BIDSIGNORE.encode())]
+             DatasetFile("README", content=_readme(batch_id, rows, left_out).encode())]
+    if any(r["bids_image"] for r in rows):
+        files += [DatasetFile("participants.tsv", content=participants),
+                  DatasetFile("participants.json", content=participants_json)]
     done: set[str] = set()
+    extra: list[DatasetFile] = []
     for r in rows:
         if not r["bids_image"]:
-            files += [DatasetFile(extra_path(r, "image"), key=r["image"]),
+            extra += [DatasetFile(extra_path(r, "image"), key=r["image"]),
                       DatasetFile(extra_path(r, "image").removesuffix(".nii.gz") + ".json",
                                   key=sidecar_key(r["image"]))]
             continue
@@ -187,7 +186,7 @@ def dataset_files(batch_id: str, rows: list[dict]) -> list[DatasetFile]:
     for f in files:
         f.path = DATASET_DIR + f.path
     manifests = [DatasetFile("manifest.csv", content=manifest_csv), DatasetFile("manifest.json", content=manifest_json)]
-    return manifests + files
+    return manifests + files + extra
 
 
 def made_from_sidecar(f: DatasetFile, job_sidecar: bytes) -> bytes:
