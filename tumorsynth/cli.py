@@ -182,6 +182,32 @@ def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None
     typer.echo(f"{entry.id} at {entry.path} (UNTRAINED)")
 
 
+@models_app.command("export")
+def export(model: Annotated[str, typer.Argument(help="an installed model id, e.g. ldm/demo-phantom@1")],
+           out: Annotated[Path, typer.Argument(help="a new or empty folder for the export")],
+           format: Annotated[str, typer.Option("--format", help="monai-bundle")] = "monai-bundle") -> None:
+    """Export a checkpoint for use outside tumorsynth: an LDM as a MONAI bundle (runs with MONAI alone)."""
+    from .errors import ModelNotFound
+    from .models.registry import ModelRegistry
+
+    if format != "monai-bundle":
+        raise typer.BadParameter(f"--format {format!r}: the one format is monai-bundle")
+    try:
+        entry = ModelRegistry(get_settings().model_dir).get(model)
+    except ModelNotFound as exc:
+        raise typer.BadParameter(f"{exc}; `tumorsynth models` lists the installed ones") from exc
+    if entry.family != "ldm":
+        raise typer.BadParameter(f"{model}: only LDM checkpoints export as MONAI bundles")
+    from .models.ldm.bundle import export_bundle
+
+    try:
+        export_bundle(entry, out)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"{entry.id} → {out} (MONAI bundle: python -m monai.bundle run --config_file "
+               f"{out}/configs/inference.json --meta_file {out}/configs/metadata.json --bundle_root {out})")
+
+
 @app.command()
 def phantoms(n: Annotated[int, typer.Option("--n", min=1, help="subjects")] = 20,
              out: Annotated[Path, typer.Option(help="folder for the BraTS-format subjects")] = Path("var/phantoms"),
