@@ -153,7 +153,9 @@ def export_bundle(entry: ModelEntry, out: Path) -> Path:
     card = entry.path / "MODEL_CARD.md"
     head = (f"# {entry.id} as a MONAI bundle\n\nRun: `python -m monai.bundle run --config_file configs/inference.json "
             f"--meta_file configs/metadata.json --bundle_root . [--mask_path M.nii.gz] [--tumor_class "
-            f"{entry.classes[0] if entry.classes else 'X'}] [--seed N]`; writes `eval/<mask>_synthetic.nii.gz`, "
+            f"{entry.classes[0] if entry.classes else 'X'}] [--seed N]` (the command line needs `pip install fire`; "
+            "or call `monai.bundle.run(run_id='run', config_file=..., meta_file=..., bundle_root=...)`); writes "
+            f"`eval/<mask>_synthetic.nii.gz`, "
             f"channels {', '.join(entry.modalities)}, on the model grid ({list(entry.output_shape)} voxels of "
             f"{list(entry.output_spacing)} mm). DDIM, {DEFAULT_STEPS} steps. SYNTHETIC images.\n\n")
     (out / "docs" / "README.md").write_text(head + (card.read_text() if card.is_file() else "(no model card)\n"))
