@@ -29,6 +29,8 @@ DESC = "synthetic"
 # modality → (entities before desc, suffix). Other modalities (StyleGAN2's 2D "slice") have no BIDS anatomical
 # name: their manifest rows have an empty bids_image, and a download keeps them in extra/, beside the dataset.
 SUFFIXES = {"t1": ("", "T1w"), "t1c": ("ce-gadolinium_", "T1w"), "t2": ("", "T2w"), "flair": ("", "FLAIR")}
+DESCRIPTIONS = {"t1": "synthetic T1-weighted image", "t1c": "synthetic gadolinium contrast-enhanced T1-weighted image",
+                "t2": "synthetic T2-weighted image", "flair": "synthetic FLAIR image"}
 # Label names of the masks the workers write (imaging/labels.py converts every upload to these).
 DSEG_LABELS = {
     "brats2023": [(1, "necrotic tumour core", "NCR"), (2, "peritumoral oedema", "ED"), (3, "enhancing tumour", "ET")],
@@ -109,12 +111,12 @@ def _readme(batch_id: str, rows: list[dict], left_out: list[str]) -> str:
             f"model {model}, not acquired from a person. Each subject is one generated case of the class named in "
             "participants.tsv; its tumour mask (the conditioning mask) is the _dseg image, labelled as in the "
             "_dseg.tsv beside it. Each sidecar carries the provenance (model, checkpoint sha256, sampler, steps, "
-            "seed, job id) and \"Synthetic\": true.\n\nmanifest.csv and manifest.json, beside this folder, list one "
-            "row per image with the paths of the image and its mask, for monai.data.Dataset and "
-            "torchio.SubjectsDataset.\n")
+            "seed, job id; the intensity scale where the service states it) and \"Synthetic\": true.\n\n"
+            "manifest.csv and manifest.json, beside this folder, list one row per image with the paths of the image "
+            "and its mask, for monai.data.Dataset and torchio.SubjectsDataset.\n")
     if left_out:
-        text += (f"\nModalities without a BIDS anatomical name ({', '.join(sorted(left_out))}) are not in this dataset: "
-                 "they are in the folder extra/ beside it, and in the manifests.\n")
+        text += (f"\nModalities without a BIDS anatomical name ({', '.join(sorted(left_out))}) are not in this "
+                 "dataset: they are in the folder extra/ beside it, and in the manifests.\n")
     return text
 
 
@@ -172,10 +174,12 @@ def dataset_files(batch_id: str, rows: list[dict]) -> list[DatasetFile]:
                       DatasetFile(extra_path(r, "image").removesuffix(".nii.gz") + ".json",
                                   key=sidecar_key(r["image"]))]
             continue
-        _, suffix = SUFFIXES[r["modality"]]
+        # SkullStripped: every family is trained on BraTS-format data, which are skull-stripped, and writes
+        # brain-only intensities (background 0); BIDS requires the field of a derivative anatomical image.
         files += [DatasetFile(r["bids_image"], key=r["image"]),
                   DatasetFile(r["bids_image"].removesuffix(".nii.gz") + ".json", sidecar_of=sidecar_key(r["image"]),
-                              make="sidecar", extra={"SkullStripped": True, "Description": f"synthetic {suffix}"})]
+                              make="sidecar",
+                              extra={"SkullStripped": True, "Description": DESCRIPTIONS[r["modality"]]})]
         if r["mask"] and r["bids_mask"] not in done:
             done.add(r["bids_mask"])
             stem = r["bids_mask"].removesuffix(".nii.gz")

@@ -17,7 +17,7 @@ from zipstream import ZipStream
 from ...errors import NotFound
 from ...jobs.bids import DatasetFile, made_from_sidecar
 from ...storage.base import ObjectStore
-from ..deps import BatchIdDep, BatchesDep, SettingsDep, StoreDep, TenantDep
+from ..deps import BatchesDep, BatchIdDep, SettingsDep, StoreDep, TenantDep
 from ..downloads import object_response
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])

@@ -9,8 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from ...errors import Conflict, NotFound
 from ...schemas import Job, JobList
-from ..downloads import object_response
 from ..deps import JobIdDep, JobsDep, ServicesDep, SettingsDep, StoreDep, SubmissionsDep, TenantDep
+from ..downloads import object_response
 from ..events import EventStream, job_events
 from ..live import cached_preview
 from ..render import job_view
