@@ -141,3 +141,19 @@ def test_dataset_routes_answer_404_for_another_tenant_a_missing_file_or_a_runnin
     r = client.get(f"/v1/batches/{running['id']}/dataset", headers=ALPHA)
     assert r.status_code == 404 and "still running" in r.json()["detail"]
     assert client.post(f"/v1/batches/{running['id']}/cancel", headers=ALPHA).status_code == 202
+
+
+def test_a_manifest_written_before_the_bids_columns_still_gives_the_dataset(app, done):
+    from tumorsynth.jobs.batches import BatchService
+
+    s = app.state.services
+    rec = s.batches.get("alpha", done["id"])
+    expected = [f.path for f in s.batches.dataset(rec)]
+    rows = json.loads(s.store.get_bytes(rec.manifest["json"]))
+    old = [{k: v for k, v in r.items() if k not in ("participant_id", "bids_image", "bids_mask")} for r in rows]
+    s.store.put_bytes(rec.manifest["json"], json.dumps(old).encode(), "application/json")
+    try:
+        fresh = BatchService(s.jobs, s.submissions, s.store, s.registry)  # no cached dataset
+        assert [f.path for f in fresh.dataset(rec)] == expected
+    finally:
+        s.store.put_bytes(rec.manifest["json"], json.dumps(rows).encode(), "application/json")
