@@ -91,12 +91,16 @@ def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. L
           masks: Annotated[list[Path] | None, typer.Option("--mask", exists=True, dir_okay=False,
                                                            help="masks to use (default: the mask bank)")] = None,
           sampler: str | None = None, steps: int | None = None, url: Url = "http://127.0.0.1:8000",
-          api_key: ApiKey = None, timeout: float = 24 * 3600.0) -> None:
+          api_key: ApiKey = None, timeout: float = 24 * 3600.0,
+          layout: Annotated[str, typer.Option(help="bids: OUT/bids is a BIDS derivatives dataset; flat: "
+                                                   "OUT/<subject_id>/ folders")] = "bids") -> None:
     """A balanced augmentation batch: submit, follow progress, download the volumes and the manifest."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .client import Client
 
+    if layout not in ("bids", "flat"):
+        raise typer.BadParameter("--layout is bids or flat")
     try:
         class_counts = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in counts.split(",") if p.strip())}
     except ValueError as exc:
@@ -123,7 +127,7 @@ def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. L
     if b["manifest"] is None:
         console.print(f"[red]batch {b['status']}[/red]")
         raise typer.Exit(1)
-    manifest = client.download_batch(b, out)
+    manifest = client.download_batch(b, out, layout=layout)
     console.print(f"[green]{b['request_counts']['succeeded']} subjects; manifest {manifest}[/green]")
 
 
@@ -176,6 +180,32 @@ def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None
     make = importlib.import_module(f".models.{family}.configs", __package__).create_untrained
     entry = make((out or get_settings().model_dir / family), preset=preset, name=name, seed=seed)
     typer.echo(f"{entry.id} at {entry.path} (UNTRAINED)")
+
+
+@models_app.command("export")
+def export(model: Annotated[str, typer.Argument(help="an installed model id, e.g. ldm/demo-phantom@1")],
+           out: Annotated[Path, typer.Argument(help="a new or empty folder for the export")],
+           format: Annotated[str, typer.Option("--format", help="monai-bundle")] = "monai-bundle") -> None:
+    """Export a checkpoint for use outside tumorsynth: an LDM as a MONAI bundle (runs with MONAI alone)."""
+    from .errors import ModelNotFound
+    from .models.registry import ModelRegistry
+
+    if format != "monai-bundle":
+        raise typer.BadParameter(f"--format {format!r}: the one format is monai-bundle")
+    try:
+        entry = ModelRegistry(get_settings().model_dir).get(model)
+    except ModelNotFound as exc:
+        raise typer.BadParameter(f"{exc}; `tumorsynth models` lists the installed ones") from exc
+    if entry.family != "ldm":
+        raise typer.BadParameter(f"{model}: only LDM checkpoints export as MONAI bundles")
+    from .models.ldm.bundle import export_bundle
+
+    try:
+        export_bundle(entry, out)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"{entry.id} → {out} (MONAI bundle: python -m monai.bundle run --config_file "
+               f"{out}/configs/inference.json --meta_file {out}/configs/metadata.json --bundle_root {out})")
 
 
 @app.command()

@@ -118,11 +118,34 @@ class Client:
                 raise TimeoutError(f"batch {batch_id} still {batch['status']} after {timeout:.0f}s")
             time.sleep(poll)
 
-    def download_batch(self, batch: dict, out_dir: Path) -> Path:
-        """Every image and mask as ``out_dir/<subject_id>/<file>``, and ``manifest.csv``/``.json`` with those absolute
-        paths, loadable as they stand by ``monai.data.Dataset`` and ``torchio.SubjectsDataset``."""
+    def download_batch(self, batch: dict, out_dir: Path, layout: str = "bids") -> Path:
+        """The batch in ``out_dir`` with ``manifest.csv``/``.json`` whose ``image``/``mask`` are absolute paths there,
+        loadable as they stand by ``monai.data.Dataset`` and ``torchio.SubjectsDataset``.
+
+        ``layout="bids"`` (the default): ``out_dir/bids`` is the batch's BIDS derivatives dataset
+        (``sub-<label>/anat/sub-<label>_desc-synthetic_<T1w|T2w|FLAIR>.nii.gz``, ``_dseg`` masks, sidecars,
+        ``dataset_description.json``), which BIDS tools read as it is; the manifests sit beside it.
+        ``layout="flat"``: the earlier ``out_dir/<subject_id>/<output name>`` folders, for scripts written for them."""
+        if layout not in ("bids", "flat"):
+            raise ValueError(f"layout is 'bids' or 'flat', not {layout!r}")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        if layout == "flat":
+            return self._download_flat(batch, out_dir)
+        index = self._check(self.http.get(f"/v1/batches/{batch['id']}/dataset")).json()["files"]
+        root = out_dir.resolve()
+        for f in index:
+            path = (root / f["path"]).resolve()
+            if not path.is_relative_to(root):  # the index comes from the server; still, write nowhere else
+                raise ValueError(f"dataset path {f['path']!r} leaves {root}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self.fetch(f["url"]))
+        rows = json.loads((root / "manifest.json").read_text())  # paths relative to out_dir
+        local = [row | {"image": str(root / row["image"]), "mask": str(root / row["mask"]) if row["mask"] else ""}
+                 for row in rows]
+        return self._write_manifest(local, root)
+
+    def _download_flat(self, batch: dict, out_dir: Path) -> Path:
         rows = self._check(self.http.get(f"/v1/batches/{batch['id']}/manifest.json")).json()
         written: dict[str, str] = {}
         for row in rows:
@@ -137,6 +160,10 @@ class Client:
                 (folder / name).write_bytes(self.fetch(f"/v1/jobs/{job_id}/outputs/{name}"))
                 written[key] = str((folder / name).resolve())
         local = [row | {"image": written.get(row["image"], ""), "mask": written.get(row["mask"], "")} for row in rows]
+        return self._write_manifest(local, out_dir)
+
+    @staticmethod
+    def _write_manifest(local: list[dict], out_dir: Path) -> Path:
         (out_dir / "manifest.json").write_text(json.dumps(local, indent=1))
         with open(out_dir / "manifest.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(local[0]) if local else ["subject_id"])

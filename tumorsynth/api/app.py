@@ -9,7 +9,7 @@ from ..settings import Settings, get_settings
 from . import problems
 from .framing import ConflictingFraming
 from .limits import BodySizeLimit, BodyTimeout
-from .routes import batches, dashboard, health, jobs, models, objects, ops, webhooks
+from .routes import batches, dashboard, datasets, health, jobs, models, objects, ops, webhooks
 from .services import Services
 
 
@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.services = services or Services.from_settings(settings)
     problems.install(app)
-    for module in (health, models, jobs, batches, objects, ops, webhooks, dashboard):
+    for module in (health, models, jobs, batches, datasets, objects, ops, webhooks, dashboard):
         app.include_router(module.router)
     app.include_router(batches.masks_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)

@@ -21,6 +21,7 @@ from ..models.options import check_options
 from ..schemas import Options
 from ..storage.keys import batch_key
 from ..storage.retry import with_retries
+from .bids import DatasetFile, add_bids_columns, dataset_files, participant_labels
 from .records import new_id, now, rfc3339
 from .store import P, JobStore
 
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 ClassName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MAX_BATCH_JOBS = 2000
 MANIFEST_COLUMNS = ("subject_id", "class", "modality", "image", "mask", "model", "checkpoint_sha256", "sampler",
-                    "steps", "seed", "synthetic")
+                    "steps", "seed", "synthetic",
+                    "participant_id", "bids_image", "bids_mask")  # where the row sits in the batch's BIDS dataset
 
 
 class BatchRequest(BaseModel):
@@ -90,6 +92,7 @@ class BatchService:
     def __init__(self, jobs: JobStore, submissions, store, registry, masks: MaskProvider | None = None):
         self.jobs, self.submissions, self.store, self.registry, self.masks = jobs, submissions, store, registry, masks
         self.r = jobs.r
+        self._datasets: dict[str, list[DatasetFile]] = {}  # a finished batch's dataset never changes: a few cached
 
     # ----- records -------------------------------------------------------------------------------------------------
     def _save(self, rec: BatchRecord) -> None:
@@ -238,7 +241,21 @@ class BatchService:
                              "image": o.key, "mask": mask, "model": entry.id,
                              "checkpoint_sha256": entry.weights_sha256, "sampler": sampler.get("name"),
                              "steps": sampler.get("steps"), "seed": job.request.get("seed"), "synthetic": True})
-        return rows
+        return add_bids_columns(rows, participant_labels(rec.subjects))
+
+    def dataset(self, rec: BatchRecord) -> list[DatasetFile]:
+        """The files of the finished batch's BIDS derivatives dataset (``NotFound`` while it runs)."""
+        rec = self.ensure_manifest(rec)
+        if rec.manifest is None:
+            raise NotFound(f"batch {rec.id} is still running; its dataset exists when every job has finished")
+        if rec.id not in self._datasets:
+            rows = json.loads(self.store.get_bytes(rec.manifest["json"]))
+            if rows and "bids_image" not in rows[0]:  # a manifest written before the BIDS columns existed
+                rows = add_bids_columns(rows, participant_labels(rec.subjects))
+            while len(self._datasets) >= 16:
+                self._datasets.pop(next(iter(self._datasets)))
+            self._datasets[rec.id] = dataset_files(rec.id, rows)
+        return self._datasets[rec.id]
 
 
 def to_csv(rows: list[dict]) -> bytes:
@@ -254,7 +271,8 @@ def view(service: BatchService, rec: BatchRecord) -> dict:
     counts = service.counts(rec)
     out = {"id": rec.id, "model": rec.model, "status": service.status(rec, counts), "request": rec.request,
            "plan": rec.plan, "request_counts": counts, "created_at": rfc3339(rec.created_at), "error": rec.error,
-           "jobs": [s["job_id"] for s in rec.subjects], "manifest": None}
+           "jobs": [s["job_id"] for s in rec.subjects], "manifest": None, "dataset": None}
     if rec.manifest:
         out["manifest"] = {"csv": f"/v1/batches/{rec.id}/manifest.csv", "json": f"/v1/batches/{rec.id}/manifest.json"}
+        out["dataset"] = {"files": f"/v1/batches/{rec.id}/dataset", "zip": f"/v1/batches/{rec.id}/dataset.zip"}
     return out
