@@ -174,3 +174,19 @@ def test_eval_reports_reconstruction_codebook_and_diversity_and_draws_a_montage(
     console = Console(record=True, width=160)
     console.print(table(report))
     assert "pairwise r, real" in console.export_text()
+
+
+def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writes(phantom_dir, tmp_path):
+    """``torchrun --nproc_per_node=2`` on gloo through both stages, the adversarial loss included: the VQGAN,
+    discriminator, codebook, transformers and optimisers agree across ranks after training."""
+    from tests.support.ddp import assert_ranks_agree_and_only_rank_0_wrote, run_two_ranks
+
+    cfg = config(vq_epochs=2, adv_start_epoch=1, transformer_epochs=1, batch_size=1, transformer_batch_size=2,
+                 name="ddp")
+    records = run_two_ranks("vqgan", cfg, phantom_dir, tmp_path / "ddp")
+    assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")
+    assert any(k.startswith("net.vqgan.quantizer.codebook") for k in records[0]["after"])
+    entry = ModelRegistry(tmp_path / "ddp" / "rank0" / "out").get("vqgan/ddp@1")
+    assert entry.config["training"]["processes"] == 2
+    assert "2 process(es)" in (entry.path / "MODEL_CARD.md").read_text()
+    VQGANGenerator(entry, "cpu")  # servable
