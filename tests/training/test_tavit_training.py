@@ -148,3 +148,17 @@ def test_tumour_slices_are_all_kept_and_healthy_ones_thinned(phantom_dir):
     x = data.network_inputs(chosen[:4])
     assert x.shape[1] == 3 * data.inputs.shape[1] and x.dtype == torch.float32
     assert (data.subject[data.context] == data.subject[:, None]).all()
+
+
+def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writes(phantom_dir, tmp_path):
+    """``torchrun --nproc_per_node=2`` on gloo: gradients averaged by hand, batch-norm statistics averaged, every
+    skip decided together; the segmenter, TA-ViT (its running statistics included) and AdamW agree across ranks."""
+    from tests.support.ddp import assert_ranks_agree_and_only_rank_0_wrote, run_two_ranks
+
+    records = run_two_ranks("tavit", config(epochs=2, name="ddp"), phantom_dir, tmp_path / "ddp")
+    assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")
+    assert any(k.endswith("running_mean") for k in records[0]["after"])  # the averaged statistics were compared
+    entry = ModelRegistry(tmp_path / "ddp" / "rank0" / "out").get("tavit/ddp@1")
+    assert entry.config["training"]["processes"] == 2
+    assert "2 process(es)" in (entry.path / "MODEL_CARD.md").read_text()
+    TAViTGenerator(entry, "cpu")  # servable
