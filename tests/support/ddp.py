@@ -28,8 +28,9 @@ TRAINERS = {
 
 
 def digest(trainer) -> dict[str, str]:
-    """sha256 of every tensor in the state a resume needs (the ``_resumable`` parts), by name."""
-    out = {}
+    """sha256 of every tensor in the state a resume needs (the ``_resumable`` parts), by name, and the trainer's
+    own running figures (``state`` without the per-epoch rows, whose timings differ by rank)."""
+    out = {f"state.{k}": repr(v) for k, v in trainer.state.items() if k != "metrics"}
     for part, obj in trainer._resumable().items():
         flat = _tensors(obj.state_dict(), part)
         for name, t in flat.items():
