@@ -162,3 +162,18 @@ def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writ
     assert entry.config["training"]["processes"] == 2
     assert "2 process(es)" in (entry.path / "MODEL_CARD.md").read_text()
     TAViTGenerator(entry, "cpu")  # servable
+
+
+def test_init_from_a_checkpoint_starts_from_its_weights_and_refuses_another_network(phantom_dir, tmp_path):
+    from tumorsynth.models.tavit.configs import create_untrained
+
+    source = create_untrained(tmp_path / "src", preset="tiny", seed=7)
+    trainer = Trainer(config(epochs=1, name="init", init_from=str(source.path)), phantom_dir,
+                      tmp_path / "models" / "tavit" / "init@1", tmp_path / "work")
+    stored = load_state_dict(source)
+    assert all(torch.equal(v, stored[k].to(v.dtype)) for k, v in trainer.net.state_dict().items())
+    result = trainer.run()
+    assert result.entry.config["training"]["init_from"]["sha256"] == source.weights_sha256
+    assert "starting from the weights of" in (result.entry.path / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="network differs"):
+        Trainer(config(flair=False, init_from=str(source.path)), phantom_dir, tmp_path / "x", tmp_path / "wx")

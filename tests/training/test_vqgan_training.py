@@ -190,3 +190,25 @@ def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writ
     assert entry.config["training"]["processes"] == 2
     assert "2 process(es)" in (entry.path / "MODEL_CARD.md").read_text()
     VQGANGenerator(entry, "cpu")  # servable
+
+
+def test_init_from_a_checkpoint_keeps_its_vqgan_and_trains_only_the_transformers(phantom_dir, tmp_path):
+    from tumorsynth.models.vqgan.configs import create_untrained
+
+    source = create_untrained(tmp_path / "src", preset="tiny", seed=7)
+    rows = []
+    cfg = config(transformer_epochs=1, init_from=str(source.path), init_skip_vqgan=True, name="init")
+    trainer = Trainer(cfg, phantom_dir, tmp_path / "models" / "vqgan" / "init@1", tmp_path / "work",
+                      on_epoch=rows.append)
+    stored = load_state_dict(source)
+    assert all(torch.equal(v, stored[k].to(v.dtype)) for k, v in trainer.net.state_dict().items())
+    result = trainer.run()
+    assert [r["stage"] for r in rows] == ["transformer"]  # stage 1 skipped: the weights were enough
+    after = load_state_dict(result.entry)
+    vq_keys = [k for k in stored if k.startswith("vqgan.")]
+    assert vq_keys and all(torch.equal(after[k], stored[k]) for k in vq_keys)
+    assert not all(torch.equal(after[k], stored[k]) for k in stored if k.startswith("maskgit."))
+    assert result.entry.config["training"]["vqgan_from"]["sha256"] == source.weights_sha256
+    assert "taken unchanged" in (result.entry.path / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="needs init_from"):
+        Trainer(config(init_skip_vqgan=True), phantom_dir, tmp_path / "x", tmp_path / "wx")
