@@ -177,3 +177,17 @@ def test_init_from_a_checkpoint_starts_from_its_weights_and_refuses_another_netw
     assert "starting from the weights of" in (result.entry.path / "MODEL_CARD.md").read_text()
     with pytest.raises(ValueError, match="network differs"):
         Trainer(config(flair=False, init_from=str(source.path)), phantom_dir, tmp_path / "x", tmp_path / "wx")
+
+
+def test_cli_passes_init_from_to_the_trainer(phantom_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tumorsynth.cli import app
+    from tumorsynth.models.tavit.configs import create_untrained
+
+    t1_only = create_untrained(tmp_path / "src", preset="tiny", flair=False)  # tavit-tiny wants T1 + FLAIR
+    r = CliRunner().invoke(app, ["train", "tavit", "--data", str(phantom_dir), "--config", "tavit-tiny",
+                                 "--init-from", str(t1_only.path), "--out", str(tmp_path / "out"),
+                                 "--work", str(tmp_path / "work"), "--device", "cpu"])
+    assert isinstance(r.exception, ValueError) and "network differs" in str(r.exception), r.output
+    assert not (tmp_path / "out").exists()

@@ -212,3 +212,14 @@ def test_init_from_a_checkpoint_keeps_its_vqgan_and_trains_only_the_transformers
     assert "taken unchanged" in (result.entry.path / "MODEL_CARD.md").read_text()
     with pytest.raises(ValueError, match="needs init_from"):
         Trainer(config(init_skip_vqgan=True), phantom_dir, tmp_path / "x", tmp_path / "wx")
+
+
+def test_cli_skip_vqgan_needs_init_from(phantom_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tumorsynth.cli import app
+
+    r = CliRunner().invoke(app, ["train", "vqgan", "--data", str(phantom_dir), "--config", "vqgan-tiny",
+                                 "--skip-vqgan", "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert r.exit_code == 2 and "--init-from" in r.output, r.output
+    assert not (tmp_path / "out").exists()
