@@ -181,7 +181,10 @@ def test_the_checkpoint_keeps_the_ema_generator_not_the_trained_one(slice_dir, t
 def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writes(slice_dir, tmp_path):
     """``torchrun --nproc_per_node=2`` on gloo with lazy R1 and path length every 2nd step: gradients averaged by
     hand after every backward, the mean w and path-length mean averaged; G, G_ema, D and both Adams agree."""
-    from tests.support.ddp import assert_ranks_agree_and_only_rank_0_wrote, run_two_ranks
+    from tests.support.ddp import (
+        assert_ranks_agree_and_only_rank_0_wrote,
+        run_two_ranks,
+    )
 
     records = run_two_ranks("stylegan2", config(epochs=2, name="ddp"), slice_dir, tmp_path / "ddp")
     assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")

@@ -153,7 +153,10 @@ def test_tumour_slices_are_all_kept_and_healthy_ones_thinned(phantom_dir):
 def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writes(phantom_dir, tmp_path):
     """``torchrun --nproc_per_node=2`` on gloo: gradients averaged by hand, batch-norm statistics averaged, every
     skip decided together; the segmenter, TA-ViT (its running statistics included) and AdamW agree across ranks."""
-    from tests.support.ddp import assert_ranks_agree_and_only_rank_0_wrote, run_two_ranks
+    from tests.support.ddp import (
+        assert_ranks_agree_and_only_rank_0_wrote,
+        run_two_ranks,
+    )
 
     records = run_two_ranks("tavit", config(epochs=2, name="ddp"), phantom_dir, tmp_path / "ddp")
     assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")

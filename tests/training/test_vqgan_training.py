@@ -179,7 +179,10 @@ def test_eval_reports_reconstruction_codebook_and_diversity_and_draws_a_montage(
 def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writes(phantom_dir, tmp_path):
     """``torchrun --nproc_per_node=2`` on gloo through both stages, the adversarial loss included: the VQGAN,
     discriminator, codebook, transformers and optimisers agree across ranks after training."""
-    from tests.support.ddp import assert_ranks_agree_and_only_rank_0_wrote, run_two_ranks
+    from tests.support.ddp import (
+        assert_ranks_agree_and_only_rank_0_wrote,
+        run_two_ranks,
+    )
 
     cfg = config(vq_epochs=2, adv_start_epoch=1, transformer_epochs=1, batch_size=1, transformer_batch_size=2,
                  name="ddp")
