@@ -75,9 +75,9 @@ class ResumableTrainer:
         self.device = torch.device(self.world.device(device))
         self.amp = amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
 
-    def _autocast(self):
+    def _autocast(self, enabled: bool = True):
         # bf16 has float32's range, so no loss scaling is needed
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=getattr(self, "amp", False))
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled and getattr(self, "amp", False))
 
     def _wrapped(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
         """``module`` under DistributedDataParallel when running under torchrun (made once, when first trained)."""

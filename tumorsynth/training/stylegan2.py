@@ -148,8 +148,10 @@ class Trainer(ResumableTrainer):
     def _fake_labels(self, n: int) -> torch.Tensor:
         return torch.multinomial(self.class_probs, n, replacement=True)
 
-    def _generate(self, n: int, labels: torch.Tensor, update_w_avg: bool = False):
-        """Images and the ws that made them, with style mixing as ``StyleGAN2Loss.run_G``."""
+    def _generate(self, n: int, labels: torch.Tensor, update_w_avg: bool = False, amp: bool = True):
+        """Images and the ws that made them, with style mixing as ``StyleGAN2Loss.run_G``. The mapping network runs
+        in float32 (the tracked mean w moves by 0.5 % a step, below bf16's resolution); the synthesis under bf16
+        autocast on CUDA unless ``amp`` is False."""
         G = self.G
         ws = G.mapping(torch.randn(n, G.z_dim, device=self.device), labels, update_w_avg=update_w_avg)
         if self.cfg.style_mixing_prob > 0:
@@ -158,7 +160,9 @@ class Trainer(ResumableTrainer):
                 cutoff = ws.shape[1]
             mixed = G.mapping(torch.randn(n, G.z_dim, device=self.device), labels)
             ws = torch.cat([ws[:, :cutoff], mixed[:, cutoff:]], dim=1)
-        return G.synthesis(ws), ws
+        with self._autocast(amp):
+            img = G.synthesis(ws)
+        return img.float(), ws
 
     def g_step(self) -> dict:
         """``Gmain``, then every ``g_reg_interval`` steps ``Greg`` (path length), each its own optimiser step."""
@@ -166,8 +170,8 @@ class Trainer(ResumableTrainer):
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
         labels = self._fake_labels(n)
+        fake, _ = self._generate(n, labels, update_w_avg=True)
         with self._autocast():
-            fake, _ = self._generate(n, labels, update_w_avg=True)
             logits = self._D(fake, labels).float()
         self.world.average_(self.G.buffers())  # the tracked mean w: one for all ranks
         loss = F.softplus(-logits).mean()
@@ -186,7 +190,7 @@ class Trainer(ResumableTrainer):
     def _path_length(self) -> dict:
         cfg = self.cfg
         m = max(1, cfg.batch_size // cfg.pl_batch_shrink)
-        img, ws = self._generate(m, self._fake_labels(m))
+        img, ws = self._generate(m, self._fake_labels(m), amp=False)  # a gradient of a gradient: float32
         noise = torch.randn_like(img) / np.sqrt(img.shape[2] * img.shape[3])
         (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grads.square().sum(2).mean(1).sqrt()  # (m,)
@@ -203,7 +207,7 @@ class Trainer(ResumableTrainer):
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
         fake_labels = self._fake_labels(len(real))
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad():
             fake, _ = self._generate(len(real), fake_labels)
         with self._autocast():
             real_logits, fake_logits = self._D(real, labels).float(), self._D(fake, fake_labels).float()
