@@ -224,7 +224,7 @@ class Trainer(ResumableTrainer):
             self.opt_vq.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_vq.step()
-            self.world.broadcast_([*quantizer.parameters(), *quantizer.buffers()])  # one codebook: rank 0's
+            self.world.broadcast_([quantizer.codebook.weight, *quantizer.buffers()])  # one codebook: rank 0's
             parts["disc"] = torch.zeros(())
             if adversarial:
                 with self._autocast():  # fake and real in one forward: DDP wants one forward per backward
