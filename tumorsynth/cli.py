@@ -257,12 +257,19 @@ def train_vqgan(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
                 = None,
                 work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
                 resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
-                threads: int | None = None) -> None:
+                threads: int | None = None,
+                init_from: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
+                                                               help="start from this checkpoint's weights")] = None,
+                skip_vqgan: Annotated[bool, typer.Option(help="with --init-from: keep its VQGAN, train only the "
+                                                             "transformers")] = False) -> None:
     """Stage 1 VQGAN on tumour ROIs, stage 2 class-conditioned transformers (MaskGIT and AR) on its tokens."""
     from .training.vqgan import Trainer, VQGANTrainConfig
 
-    _train("vqgan", Trainer, VQGANTrainConfig.load(config, name=name, version=version), data, out, work, resume,
-           device, threads)
+    if skip_vqgan and not init_from:
+        raise typer.BadParameter("--skip-vqgan needs --init-from (the VQGAN to keep)")
+    cfg = VQGANTrainConfig.load(config, name=name, version=version, init_from=str(init_from) if init_from else None,
+                                init_skip_vqgan=skip_vqgan or None)
+    _train("vqgan", Trainer, cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("tavit")
@@ -273,12 +280,15 @@ def train_tavit(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
                 = None,
                 work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
                 resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
-                threads: int | None = None) -> None:
+                threads: int | None = None,
+                init_from: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
+                                                               help="start from this checkpoint's weights")] = None,
+                ) -> None:
     """The segmentation predictor and TA-ViT (T1 (+FLAIR) → T1C) on axial slices, trained together."""
     from .training.tavit import TAViTTrainConfig, Trainer
 
-    _train("tavit", Trainer, TAViTTrainConfig.load(config, name=name, version=version), data, out, work, resume,
-           device, threads)
+    cfg = TAViTTrainConfig.load(config, name=name, version=version, init_from=str(init_from) if init_from else None)
+    _train("tavit", Trainer, cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("stylegan2")
@@ -290,12 +300,16 @@ def train_stylegan2(data: Annotated[Path, typer.Option(exists=True, file_okay=Fa
                                                                   "MODEL_DIR/stylegan2/NAME@VER)")] = None,
                     work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
                     resume: bool = False, device: str = "auto", name: str | None = None,
-                    version: str | None = None, epochs: int | None = None, threads: int | None = None) -> None:
+                    version: str | None = None, epochs: int | None = None, threads: int | None = None,
+                    init_from: Annotated[Path | None, typer.Option(
+                        exists=True, file_okay=False, help="start G from this checkpoint's weights (D afresh)")]
+                    = None) -> None:
     """Class-conditional StyleGAN2 on 2D slices (class folders, or axial slices of BraTS volumes labelled glioma)."""
     from .training.stylegan2 import StyleGAN2TrainConfig, Trainer
 
-    _train("stylegan2", Trainer, StyleGAN2TrainConfig.load(config, name=name, version=version, epochs=epochs), data,
-           out, work, resume, device, threads)
+    cfg = StyleGAN2TrainConfig.load(config, name=name, version=version, epochs=epochs,
+                                    init_from=str(init_from) if init_from else None)
+    _train("stylegan2", Trainer, cfg, data, out, work, resume, device, threads)
 
 
 @app.command("phantom-slices")

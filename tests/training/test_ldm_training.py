@@ -229,3 +229,18 @@ def test_ema_warmup_follows_the_weights_early_and_settles_to_the_decay():
         a = avg(a, cur, torch.tensor(n))
     assert float(a) > 0.99  # a plain 0.999 average would still be at 1 − 0.999^100 ≈ 0.095
     assert avg(torch.zeros(1), torch.ones(1), torch.tensor(10**7)).item() == pytest.approx(0.001, rel=1e-3)
+
+
+def test_torchrun_ranks_hold_identical_weights_and_rank_0_alone_writes(phantom_dir, tmp_path):
+    """Two gloo ranks, the adversarial loss on from the first epoch: autoencoder, discriminator, UNet, its EMA and
+    every optimiser agree across ranks after training, and rank 1 writes nothing."""
+    from tests.support.ddp import (
+        assert_ranks_agree_and_only_rank_0_wrote,
+        run_two_ranks,
+    )
+
+    cfg = config(ae_epochs=1, adv_start_epoch=0, diffusion_epochs=1, batch_size=1, diffusion_batch_size=2,
+                 name="ddp-same")
+    records = run_two_ranks("ldm", cfg, phantom_dir, tmp_path / "ddp")
+    assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")
+    assert any(k.startswith("ema.") for k in records[0]["after"])

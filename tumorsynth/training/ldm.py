@@ -38,7 +38,6 @@ from ..models.registry import ModelEntry
 from .brats import MODALITIES, crop_to_nonzero, find_subjects, load_subject, normalise
 from .common import ResumableTrainer, ema_with_warmup, epoch_rng, perceptual_loss
 from .configs import load_config
-from .distributed import init_world
 from .ldm_card import describe_data, model_card
 
 log = logging.getLogger(__name__)
@@ -225,9 +224,7 @@ class Trainer(ResumableTrainer):
     def __init__(self, cfg: LDMTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None, progress=None):
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
-        self.world = init_world(device)  # torchrun: one process per GPU, DDP; otherwise one process
-        self._ddp: dict[str, torch.nn.Module] = {}  # modules under DDP, made when first trained
-        self.device = torch.device(self.world.device(device))
+        self._join_world(device, cfg.amp)  # torchrun: one process per GPU, DDP; otherwise one process
         self.on_epoch = on_epoch
         self.progress = progress  # a rich Progress, or None
         self.model_config = copy.deepcopy(PRESETS[cfg.preset])
@@ -252,7 +249,6 @@ class Trainer(ResumableTrainer):
         self.opt_ae = torch.optim.Adam(self.net.autoencoder.parameters(), lr=cfg.ae_lr)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
         self.opt_unet = torch.optim.AdamW(self.net.unet.parameters(), lr=cfg.diffusion_lr)
-        self.amp = cfg.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
         self.ema = None
         if cfg.ema_decay > 0:
@@ -276,32 +272,14 @@ class Trainer(ResumableTrainer):
                  "opt_unet": self.opt_unet, "warmup": self.warmup}
         return parts | ({"ema": self.ema} if self.ema is not None else {})
 
-    def _wrapped(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
-        """``module`` under DistributedDataParallel when running under torchrun (made once, when first trained)."""
-        if not self.world.enabled:
-            return module
-        if name not in self._ddp:
-            self._ddp[name] = self.world.wrap(module)
-        return self._ddp[name]
-
     def init_weights(self, checkpoint_dir: Path) -> None:
         """Weights (not optimiser state) from a servable checkpoint whose network matches this preset."""
-        from ..models.checkpoints import load_into
-        from ..models.registry import entry_at
-
-        entry = entry_at(checkpoint_dir)
-        if entry.config.get("network") != self.model_config["network"]:
-            raise ValueError(f"init_from {checkpoint_dir}: its network differs from preset '{self.cfg.preset}'")
-        load_into(self.net, entry, self.device)
+        entry = self._load_weights(checkpoint_dir, self.net, self.model_config)
         if self.ema is not None:
             self.ema.module.load_state_dict(self.net.unet.state_dict())
         if self.cfg.init_skip_autoencoder:
             self.state.update(stage=2, epoch=0, init_from=str(checkpoint_dir), init_sha256=entry.weights_sha256)
-        log.info("initialised from %s (%s)", entry.id, entry.weights_sha256[:12])
 
-    def _autocast(self):
-        # bf16 on CUDA: float32's range, so no loss scaling (the scaler stays off)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, i: int, n: int) -> None:
         self.scaler.scale(loss / self.cfg.grad_accum).backward()
@@ -313,7 +291,7 @@ class Trainer(ResumableTrainer):
     # ----- stage 1 -------------------------------------------------------------------------------------------------
     def train_autoencoder_epoch(self, data: Prepared, train_idx: np.ndarray, epoch: int) -> dict:
         cfg, ae = self.cfg, self.net.autoencoder
-        rng = epoch_rng(cfg.seed, 1, epoch)
+        rng = epoch_rng(cfg.seed, 1, epoch, rank=self.world.rank)
         ae.train()
         self.disc.train()
         order = rng.permutation(train_idx)
@@ -388,7 +366,7 @@ class Trainer(ResumableTrainer):
 
     def train_diffusion_epoch(self, latents, conds, labels, epoch: int) -> dict:
         cfg, net = self.cfg, self.net
-        rng = epoch_rng(cfg.seed, 2, epoch)
+        rng = epoch_rng(cfg.seed, 2, epoch, rank=self.world.rank)
         net.unet.train()
         order = rng.permutation(len(latents))
         bs = cfg.diffusion_batch_size
@@ -459,14 +437,7 @@ class Trainer(ResumableTrainer):
         return TrainResult(entry, self.state["metrics"])
 
     def write_checkpoint(self, data: Prepared, train_idx, val_idx, seconds: float) -> ModelEntry:
-        if not self.is_main():  # rank 0 writes; the others read what it wrote
-            self.world.barrier()
-            from ..models.registry import entry_at
-
-            return entry_at(self.out_dir)
-        entry = self._write_checkpoint(data, train_idx, val_idx, seconds)
-        self.world.barrier()
-        return entry
+        return self._write_on_main(lambda: self._write_checkpoint(data, train_idx, val_idx, seconds))
 
     def _write_checkpoint(self, data: Prepared, train_idx, val_idx, seconds: float) -> ModelEntry:
         cfg = self.cfg
