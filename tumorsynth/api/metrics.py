@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..jobs import stats
+from ..pacs import outbox as pacs_outbox
 from ..workers import gpu_memory
 from ..workers.supervision import WORKERS, worker_key
 
@@ -115,6 +116,7 @@ class RedisCollector:
             model, code = _split(field)
             failures.add_metric([model, code], float(n))
         yield failures
+        yield from pacs_outbox.metrics(r)
 
 
 def render_metrics(r, settings) -> bytes:

@@ -47,3 +47,11 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def record_scanner_stats(config: dict, data_dir, subject_ids, modalities: Sequence[str]) -> dict:
+    """The trainers' write path: ``config["intensity"]["scanner"]`` from the training subjects' own volumes."""
+    wanted = set(subject_ids)
+    subjects = [s for s in find_subjects(data_dir) if s.id in wanted]
+    config.setdefault("intensity", {})["scanner"] = scanner_stats(subjects, modalities)
+    return config

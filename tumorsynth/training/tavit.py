@@ -40,6 +40,7 @@ from ..models.tavit.slices import brain_slices, context_index, slice_mapping, to
 from .brats import find_subjects, load_subject, normalise
 from .common import ResumableTrainer, epoch_rng
 from .configs import load_config
+from .intensity_stats import record_scanner_stats
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,7 @@ class Trainer(ResumableTrainer):
                                 "validation_ids": [data.ids[i] for i in val_ids], "final": last,
                                 "seconds": round(seconds, 1), "device": str(self.device), "threads": torch.get_num_threads(),
                                 "torch": torch.__version__})
+        record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_ids], config["modalities"])
         self.net.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.net, card=model_card(config, cfg, last,
                                                                                              trained_on))

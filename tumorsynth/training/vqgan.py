@@ -48,6 +48,7 @@ from ..models.vqgan.masking import hybrid_mask, random_replace
 from ..models.vqgan.transformer import masked_token_loss
 from .common import ResumableTrainer, epoch_rng, perceptual_loss
 from .configs import load_config
+from .intensity_stats import record_scanner_stats
 from .ldm import split
 from .roi import ROISet, load_rois
 
@@ -328,6 +329,7 @@ class Trainer(ResumableTrainer):
                                 "threads": torch.get_num_threads(),
                                 "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in self.state["metrics"]), 1),
                                 "torch": torch.__version__})
+        record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_idx], config["modalities"])
         self.net.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.net,
                                card=model_card(config, cfg, last, trained_on))
