@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium run test bench bench-load demo-models clean
+.PHONY: install chromium dicom-tools run test bench bench-load demo-models clean
 
 install: $(STAMP)
 
@@ -27,7 +27,12 @@ run: install
 chromium:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
-test: install chromium
+# The DICOM tests validate every file with dciodvfy (dicom3tools) and send to a real Orthanc (+ its DICOMweb plugin).
+dicom-tools:
+	@command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dicom3tools orthanc orthanc-dicomweb)
+
+test: install chromium dicom-tools
 	$(VENV)/bin/pytest -q
 
 # The demo checkpoints: 120 phantom subjects (the first 40 are the earlier set), then each family's *-demo config.

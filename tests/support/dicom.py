@@ -30,8 +30,8 @@ class Orthanc:
     """Debian's Orthanc with a generated config: DICOM and REST ports on loopback, its own storage, the called AE
     title checked (so a wrong AE title is refused, as a hospital PACS does)."""
 
-    def __init__(self, root: Path, aet: str = "ORTHANC"):
-        self.root, self.aet = root, aet
+    def __init__(self, root: Path, aet: str = "ORTHANC", plugins: list[Path] | None = None):
+        self.root, self.aet, self.plugins = root, aet, [str(p) for p in plugins or []]
         self.dicom_port, self.http_port = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -48,7 +48,7 @@ class Orthanc:
             "IndexDirectory": str(self.root / "db"), "DicomAet": self.aet, "DicomPort": self.dicom_port,
             "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
             "DicomServerEnabled": True, "DicomCheckCalledAet": True, "DicomAlwaysAllowStore": True,
-            "HttpServerEnabled": True, "Plugins": [], "StableAge": 1,
+            "HttpServerEnabled": True, "Plugins": self.plugins, "StableAge": 1,
         }
         (self.root / "orthanc.json").write_text(json.dumps(config))
         self.log = open(self.root / "orthanc.log", "ab")
