@@ -169,6 +169,13 @@ class OptionInfo(BaseModel):
     description: str = ""
 
 
+class IntensityInfo(BaseModel):
+    """The intensity scales a model's jobs may ask for (``scanner`` needs statistics in the checkpoint)."""
+
+    default: Literal["zscore", "unit", "scanner"]
+    scales: list[Literal["zscore", "unit", "scanner"]]
+
+
 class ModelInfo(BaseModel):
     id: str
     family: str
@@ -181,6 +188,7 @@ class ModelInfo(BaseModel):
     samplers: list[SamplerInfo]
     default_sampler: str
     options: list[OptionInfo] = []
+    intensity: IntensityInfo | None = None
     checkpoint: dict[str, Any]
     trained: bool
 

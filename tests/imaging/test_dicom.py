@@ -3,7 +3,6 @@ an independent converter), the SEG's segments the BraTS labels, and synthetic ma
 
 from __future__ import annotations
 
-import io
 import zipfile
 
 import nibabel as nib
@@ -78,13 +77,13 @@ def test_every_file_valid_marked_synthetic_and_seg_has_brats_segments(tmp_path):
     assert set(np.unique(labels)) == {0, 1, 2, 3}
     vols = [(GeneratedVolume(m, 0, volume(shape, i), affine), volume(shape, i)) for i, m in enumerate(("t1", "flair"))]
     st = study()
-    archive = dicom_archive(vols, (labels, affine, "brats2023"), st)
-    names = zipfile.ZipFile(io.BytesIO(archive.data)).namelist()
+    archive = dicom_archive(vols, (labels, affine, "brats2023"), st, tmp_path / "dicom.zip")
+    names = zipfile.ZipFile(archive.path).namelist()
     assert archive.instances == 2 * shape[2] + 1 == len(names) and archive.series == 3
     assert "mask/SEG.dcm" in names and "sample-0/flair/IM00024.dcm" in names
-    zipfile.ZipFile(io.BytesIO(archive.data)).extractall(tmp_path)
-    files = sorted(tmp_path.rglob("*.dcm"))
-    for f in files[:: max(1, len(files) // 10)] + [tmp_path / "mask" / "SEG.dcm"]:
+    zipfile.ZipFile(archive.path).extractall(tmp_path / "x")
+    files = sorted((tmp_path / "x").rglob("*.dcm"))
+    for f in files[:: max(1, len(files) // 10)] + [tmp_path / "x" / "mask" / "SEG.dcm"]:
         assert dciodvfy_errors(f) == [], f
     datasets = [pydicom.dcmread(f) for f in files]
     uids = {ds.SOPInstanceUID for ds in datasets}

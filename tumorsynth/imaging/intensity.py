@@ -57,6 +57,12 @@ def scale_errors(config: dict, model_id: str, scale: str, modalities) -> str | N
     return None
 
 
+def offered_scales(config: dict, modalities) -> dict:
+    """What ``GET /v1/models`` declares: the default scale and those a job may ask for."""
+    return {"default": native_scale(config)[0],
+            "scales": [s for s in SCALES if scale_errors(config, "", s, modalities) is None]}
+
+
 def scanner_stats(config: dict) -> dict[str, dict[str, float]] | None:
     """``{contrast: {"mean", "std"}}`` recorded in a checkpoint's config, or None when it has none."""
     stats = (config.get("intensity") or {}).get("scanner")

@@ -8,8 +8,8 @@ The job record carries the outcome (``delivery``), the outbox the working copy.
 
 from __future__ import annotations
 
-import io
 import logging
+import tempfile
 import threading
 import time
 import zipfile
@@ -55,7 +55,10 @@ class PacsDeliverer:
             if dest is None:
                 raise DeliveryError(f"tenant {d['tenant']!r} has no PACS destination configured any more")
             d["destination"] = dest.describe()
-            d["instances"] = send(dest, self._files(d["job_id"]), s.pacs_timeout_seconds)
+            with tempfile.TemporaryFile() as tmp:
+                self._download(d["job_id"], tmp)
+                with zipfile.ZipFile(tmp) as archive:
+                    d["instances"] = send(dest, archive, s.pacs_timeout_seconds)
             d.update(state="delivered", delivered_at=time.time(), last_error=None)
             outcome = "ok"
         except Exception as exc:  # DeliveryError, or the archive out of reach: both retried
@@ -71,14 +74,21 @@ class PacsDeliverer:
         self._show(d)
         return d
 
-    def _files(self, job_id: str) -> list[bytes]:
+    def _download(self, job_id: str, file) -> None:
+        """The job's ``dicom.zip`` into ``file`` (on disk: a large job's archive runs to gigabytes)."""
         rec = self.jobs.get(job_id)
         out = None if rec is None else next((o for o in rec.outputs if o.kind == "dicom"), None)
         if out is None:
             raise DeliveryError(f"job {job_id} has no DICOM output any more (deleted?)")
-        data = with_retries(lambda: self.store.get_bytes(out.key), attempts=self.settings.storage_retries)
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            return [zf.read(n) for n in zf.namelist() if n.endswith(".dcm")]
+
+        def fetch() -> None:
+            file.seek(0)
+            file.truncate()
+            for chunk in self.store.iter_chunks(out.key):
+                file.write(chunk)
+
+        with_retries(fetch, attempts=self.settings.storage_retries)
+        file.seek(0)
 
     def _show(self, d: dict) -> None:
         view = summary(d)

@@ -12,6 +12,7 @@ import io
 import logging
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -25,7 +26,7 @@ ARCHIVE_NAME = "dicom.zip"
 
 @dataclass
 class DicomArchive:
-    data: bytes
+    path: Path
     instances: int
     series: int
 
@@ -37,13 +38,14 @@ def _bytes(ds) -> bytes:
 
 
 def dicom_archive(items: list[tuple[GeneratedVolume, np.ndarray]], mask: tuple[np.ndarray, np.ndarray, str] | None,
-                  study: Study) -> DicomArchive:
-    """``items``: each generated volume with its data on the job's intensity scale; ``mask``: (labels, affine,
-    "brats2023" | "binary")."""
-    buf = io.BytesIO()
+                  study: Study, path: Path) -> DicomArchive:
+    """Write the zip to ``path`` (a file, not memory: 64 samples on the BraTS grid are ~40,000 instances).
+
+    ``items``: each generated volume with its data on the job's intensity scale; ``mask``: (labels, affine,
+    "brats2023" | "binary"). One series' datasets are held at a time."""
     instances = series = 0
     first: tuple[list, GeneratedVolume] | None = None
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for number, (v, data) in enumerate(items, start=1):
             name = CONTRAST_NAMES.get(v.modality, v.modality)
             datasets = mr_series(data, v.affine, study, modality=v.modality, series_number=number,
@@ -60,5 +62,5 @@ def dicom_archive(items: list[tuple[GeneratedVolume, np.ndarray]], mask: tuple[n
                 instances, series = instances + 1, series + 1
             else:
                 log.info("job %s: mask not on the outputs' grid; no DICOM SEG", study.job_id)
-    return DicomArchive(buf.getvalue(), instances, series)
+    return DicomArchive(Path(path), instances, series)
 

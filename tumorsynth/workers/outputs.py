@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -72,6 +74,16 @@ class OutputWriter:
             StoredOutput(name=name, key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(), **fields)
         )
 
+    def _put_file(self, name: str, path: Path, content_type: str, **fields) -> None:
+        key = attempt_output_key(self.rec.tenant, self.rec.id, self.rec.attempts, name)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        with_retries(lambda: self.store.put_file(key, path, content_type), attempts=self.retries)
+        self.written.append(StoredOutput(name=name, key=key, size=path.stat().st_size, sha256=digest.hexdigest(),
+                                         **fields))
+
     def _volume(self, stem: str, data: np.ndarray, affine: np.ndarray, reference: Volume | None, *, modality: str,
                 sample_index: int | None, kind: str, extra: dict | None = None) -> None:
         dtype = np.int16 if data.dtype == np.int16 else np.float32
@@ -121,8 +133,10 @@ class OutputWriter:
         if self.dicom_uid_root is None:
             raise ValueError("DICOM output needs an organisation UID root (TUMORSYNTH_DICOM_UID_ROOT)")
         study = Study.new(self.dicom_uid_root, self.rec.id, self.entry.id, self.entry.weights_sha256)
-        archive = dicom_archive(items, labels, study)
-        self._put(ARCHIVE_NAME, archive.data, "application/zip", modality="dicom", sample_index=None, kind="dicom")
+        with tempfile.TemporaryDirectory(prefix="tumorsynth-dicom-") as tmp:
+            archive = dicom_archive(items, labels, study, Path(tmp) / ARCHIVE_NAME)
+            self._put_file(ARCHIVE_NAME, archive.path, "application/zip", modality="dicom", sample_index=None,
+                           kind="dicom")
 
     def sweep_other_attempts(self) -> None:
         """After this attempt owns the finished job: delete what earlier attempts (killed mid-upload) left behind."""
