@@ -118,3 +118,14 @@ def test_a_binary_mask_is_one_whole_tumour_segment(tmp_path):
     assert [s.SegmentLabel for s in ds.SegmentSequence] == ["WT whole tumour"]
     ds.save_as(tmp_path / "seg.dcm", enforce_file_format=True)
     assert dciodvfy_errors(tmp_path / "seg.dcm") == []
+
+
+@pytest.mark.parametrize("shape", [(64, 48, 1), (64, 48)], ids=["slice-volume", "2d"])
+def test_a_2d_output_is_a_one_image_series(tmp_path, shape):
+    """StyleGAN2's slices: (H, W, 1) NIfTI volumes, one MR image each."""
+    affine = np.diag([0.9, 0.9, 1.0, 1.0])
+    (ds,) = mr_series(np.random.default_rng(2).random(shape, dtype=np.float32), affine, study(), modality="t1c",
+                      series_number=1, description="T1 post-contrast sample 0")
+    ds.save_as(tmp_path / "slice.dcm", enforce_file_format=True)
+    assert dciodvfy_errors(tmp_path / "slice.dcm") == []
+    assert (ds.Rows, ds.Columns) == (48, 64) and ds.MRAcquisitionType == "2D"

@@ -85,7 +85,8 @@ def apply_scale(data: np.ndarray, scale: str, region: np.ndarray, modality: str,
             "IntensityScale": "unit", "IntensityUnits": "arbitrary units in [0, 1]",
             "IntensityParameters": {"Normalisation": (config.get("intensity") or {}).get("normalisation"),
                                     "Background": 0.0}}
-    z = np.asarray(data, dtype=np.float32) * np.float32(factor)
+    z = np.asarray(data, dtype=np.float32)
+    z = z if factor == 1.0 else z * np.float32(factor)  # no copy of the default: a 64-sample job is gigabytes
     if scale == "zscore":
         return z, {"IntensityScale": "zscore", "IntensityUnits": "z-score (standard deviations from the brain mean)",
                    "IntensityParameters": {"Background": 0.0} | ({"ClippedAt": factor} if factor != 1.0 else {})}
