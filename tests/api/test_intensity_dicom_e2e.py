@@ -11,7 +11,6 @@ import io
 import json
 import zipfile
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
