@@ -46,8 +46,9 @@ class JobRequest(Strict):
         "0.5-99.5th percentiles to [0, 1]) or 'scanner' (non-negative int16, the checkpoint's typical brain mean and "
         "SD per contrast); default: the model's own. Every sidecar states it (IntensityScale)")
     formats: list[Literal["nifti", "dicom"]] | None = Field(
-        None, min_length=1, max_length=2, description="'nifti' (always written) and optionally 'dicom': MR series "
-        "+ DICOM SEG of the mask, marked SYNTHETIC, zipped as one output 'dicom.zip'")
+        None, min_length=1, max_length=2, description="'nifti' (the default) and/or 'dicom': MR series + DICOM SEG "
+        "of the mask, marked SYNTHETIC, zipped as one output 'dicom.zip'. The NIfTI files and sidecars are written "
+        "either way (previews, manifests and a failed PACS delivery rely on them)")
     send_to: Literal["pacs"] | None = Field(None, description="'pacs': after success the DICOM series is stored at "
                                             "the tenant's configured PACS; see the job's 'delivery'")
     webhook: Annotated[str, StringConstraints(max_length=2048)] | None = None
@@ -70,8 +71,6 @@ class JobRequest(Strict):
     def _formats(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and len(set(v)) != len(v):
             raise ValueError("list each format once")
-        if v is not None and "nifti" not in v:
-            raise ValueError("NIfTI outputs are always written; send [\"nifti\", \"dicom\"] for DICOM as well")
         return v
 
     @field_validator("webhook")

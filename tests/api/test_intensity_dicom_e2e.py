@@ -37,7 +37,7 @@ def download(client, job: dict, name: str) -> bytes:
 @pytest.mark.parametrize(("extra", "field", "says"), [
     ({"intensity": "hounsfield"}, "intensity", "zscore"),
     ({"intensity": "scanner"}, "intensity", "ldm/tiny@1 records no scanner-scale statistics"),
-    ({"formats": ["dicom"]}, "formats", "NIfTI outputs are always written"),
+    ({"formats": ["dicom", "dicom"]}, "formats", "list each format once"),
     ({"formats": ["nifti", "dcm"]}, "formats", "dicom"),
     ({"formats": ["nifti", "dicom"], "send_to": "email"}, "send_to", "pacs"),
     ({"send_to": "pacs"}, "send_to", 'add "dicom" to formats'),
@@ -55,14 +55,14 @@ def test_bad_output_settings_are_a_422_naming_the_field_and_nothing_is_queued(cl
 
 def test_unit_scale_and_dicom_archive_in_the_masks_oblique_geometry(client, worker, tmp_path):
     affine = oblique_affine()
-    job = submit(client, request(intensity="unit", formats=["nifti", "dicom"]),
+    job = submit(client, request(intensity="unit", formats=["dicom"]),
                  {"mask": mask_bytes(SHAPE, affine=affine)}).json()
-    assert job["request"]["intensity"] == "unit" and job["request"]["formats"] == ["nifti", "dicom"]
+    assert job["request"]["intensity"] == "unit" and job["request"]["formats"] == ["dicom"]
     done = wait_status(client, job["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded", done["error"]
     (archive,) = [o for o in done["outputs"] if o["kind"] == "dicom"]
     assert archive["name"] == "dicom.zip" and archive["url"]
-    # NIfTI outputs: [0, 1], background 0, and the sidecar says so
+    # NIfTI outputs (written whatever the formats): [0, 1], background 0, and the sidecar says so
     flair = load(download(client, done, "sample-0_flair.nii.gz"))
     data = flair.get_fdata()
     assert data.min() == 0.0 and data.max() == pytest.approx(1.0) and np.allclose(flair.affine, affine, atol=1e-4)
