@@ -91,8 +91,9 @@ def test_every_file_valid_marked_synthetic_and_seg_has_brats_segments(tmp_path):
     for ds in datasets:
         assert str(ds.PatientName) == PATIENT_NAME and ds.PatientID == st.job_id
         assert ds.SeriesDescription.startswith("SYNTHETIC") and ds.StudyInstanceUID == st.study_uid
-        equipment = ds.ContributingEquipmentSequence[0]
-        assert equipment.Manufacturer == "tumorsynth" and equipment.ManufacturerModelName == "ldm/tiny@1"
+        # the SEG also lists its source images' equipment (highdicom): ours is there beside it
+        assert any(e.Manufacturer == "tumorsynth" and e.ManufacturerModelName == "ldm/tiny@1"
+                   and SHA in e.ContributionDescription for e in ds.ContributingEquipmentSequence)
         assert ds.FrameOfReferenceUID == st.frame_of_reference_uid
     images = [ds for ds in datasets if ds.SOPClassUID == MRImageStorage]
     assert all(list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"] and SHA in ds.DerivationDescription

@@ -61,8 +61,8 @@ class Study:
         return hd.ContributingEquipment(
             manufacturer="tumorsynth", purpose_of_reference=codes.DCM.ProcessingEquipment,
             manufacturer_model_name=self.model_id[:64], software_versions=__version__,
-            contribution_datetime=self.when, contribution_description=f"synthetic; checkpoint sha256 "
-                                                                      f"{self.checkpoint_sha256}"[:64])
+            contribution_datetime=self.when,
+            contribution_description=f"SYNTHETIC image generation; checkpoint sha256 {self.checkpoint_sha256}")
 
 
 def volume_of(data: np.ndarray, affine: np.ndarray, frame_of_reference_uid: str) -> hd.Volume:
