@@ -83,7 +83,7 @@ def test_every_file_valid_marked_synthetic_and_seg_has_brats_segments(tmp_path):
     assert "mask/SEG.dcm" in names and "sample-0/flair/IM00024.dcm" in names
     zipfile.ZipFile(archive.path).extractall(tmp_path / "x")
     files = sorted((tmp_path / "x").rglob("*.dcm"))
-    for f in files[:: max(1, len(files) // 10)] + [tmp_path / "x" / "mask" / "SEG.dcm"]:
+    for f in files:
         assert dciodvfy_errors(f) == [], f
     datasets = [pydicom.dcmread(f) for f in files]
     uids = {ds.SOPInstanceUID for ds in datasets}
