@@ -104,3 +104,23 @@ def test_scanner_scale_on_the_demo_ldm(client, worker):
     brain = data > 0
     assert data.min() >= 0 and 0.05 < brain.mean() < 0.95
     assert abs(float(data[brain].mean()) - 1077.89) < 0.25 * 1077.89  # a z-scored brain lands near the mean
+
+
+def test_a_class_to_roi_job_as_dicom(client, worker, tmp_path):
+    """VQGAN: no mask, so no SEG; its ROI as an MR series on the ROI's own grid, z-scores from its clipped range."""
+    job = submit(client, {"model": "vqgan/tiny@1", "tumor_class": "HGG", "seed": 2, "num_samples": 2,
+                          "formats": ["nifti", "dicom"]}).json()
+    done = wait_status(client, job["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded", done["error"]
+    side = json.loads(download(client, done, "sample-1_flair.json"))
+    assert side["IntensityScale"] == "zscore" and side["IntensityParameters"]["ClippedAt"] == 5.0
+    roi = load(download(client, done, "sample-1_flair.nii.gz"))
+    zipfile.ZipFile(io.BytesIO(download(client, done, "dicom.zip"))).extractall(tmp_path)
+    files = sorted(tmp_path.rglob("*.dcm"))
+    assert len(files) == 2 * roi.shape[2] and not (tmp_path / "mask").exists()
+    for f in files:
+        assert dciodvfy_errors(f) == [], f
+    first = pydicom.dcmread(tmp_path / "sample-1" / "flair" / "IM00001.dcm")
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    assert np.allclose([float(v) for v in first.ImagePositionPatient], (lps @ roi.affine @ [0, 0, 0, 1])[:3],
+                       atol=1e-3)
