@@ -23,6 +23,7 @@ from tumorsynth.embedded.redis_server import RedisServer
 
 SHAPE = (40, 44, 30)
 GAMMA = {"Authorization": "Bearer key-gamma"}
+EPS = {"Authorization": "Bearer key-eps"}
 # Debian's orthanc-dicomweb; another copy of the plugin can be named with ORTHANC_DICOMWEB_PLUGIN
 DICOMWEB_PLUGIN = Path(os.environ.get("ORTHANC_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"))
 
@@ -44,10 +45,11 @@ def pacs_client(s3_endpoint, model_dir, orthanc, tmp_path_factory):
     redis_server = RedisServer(tmp_path_factory.mktemp("pacs-redis")).start()
     dimse = {"kind": "dimse", "host": "127.0.0.1", "port": orthanc.dicom_port, "calling_ae": "TSYNTH"}
     settings = make_settings(
-        redis_server, s3_endpoint, model_dir, api_keys=KEYS + ",gamma:key-gamma,delta:key-delta",
+        redis_server, s3_endpoint, model_dir, api_keys=KEYS + ",gamma:key-gamma,delta:key-delta,eps:key-eps",
         pacs_destinations={"alpha": dimse | {"called_ae": "ORTHANC"}, "beta": dimse | {"called_ae": "NOT-ORTHANC"},
                            "gamma": dimse | {"called_ae": "ORTHANC", "port": free_port()},
-                           "delta": {"kind": "stow-rs", "url": f"{orthanc.url}/dicom-web"}},
+                           "delta": {"kind": "stow-rs", "url": f"{orthanc.url}/dicom-web"},
+                           "eps": {"kind": "stow-rs", "url": f"{orthanc.url}/no-such-dicom-web"}},
         pacs_max_attempts=2, pacs_backoff_seconds=0.3, pacs_timeout_seconds=10)
     make_store(settings).ensure_bucket()
     worker = WorkerProcess(settings, tmp_path_factory.mktemp("pacs-logs") / "worker.log").start()
@@ -104,13 +106,15 @@ def test_series_arrive_in_orthanc_marked_synthetic(pacs_client, orthanc):
 @pytest.mark.parametrize(("headers", "says"), [
     (BETA, "association rejected"),  # Orthanc checks the called AE title
     (GAMMA, "association aborted"),  # nothing listens on the port
-], ids=["wrong-ae-title", "unreachable"])
+    (EPS, "HTTP 404"),  # a STOW-RS URL where there is no DICOMweb service
+], ids=["wrong-ae-title", "unreachable", "wrong-stow-url"])
 def test_a_bad_destination_fails_the_delivery_not_the_job(pacs_client, orthanc, headers, says):
     job = pacs_job(pacs_client, headers)
     done = wait_delivery(pacs_client, job["id"], headers)
     delivery = done["delivery"]
     assert delivery["state"] == "failed" and delivery["attempts"] == 2, delivery
-    assert says in delivery["last_error"] and "called AE title" in delivery["last_error"], delivery
+    assert says in delivery["last_error"], delivery
+    assert ("called AE title" in delivery["last_error"]) is (headers is not EPS)  # what to check is named
     assert done["status"] == "succeeded" and not orthanc_series(orthanc, job["id"])
     names = {o["name"] for o in done["outputs"]}
     assert {"sample-0_t1.nii.gz", "sample-0_flair.nii.gz", "mask.nii.gz", "dicom.zip"} <= names
