@@ -49,3 +49,16 @@ def test_destinations_come_from_the_environment_as_json(monkeypatch):
                                                        '"port": 11112, "called_ae": "PACS"}}')
     dest = Settings().pacs_destinations["radiology"]
     assert dest.describe() == "DIMSE PACS@10.0.0.5:11112" and dest.calling_ae == "TUMORSYNTH"
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_the_service_does_not_start_with_an_invalid_org_root(command, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TUMORSYNTH_DICOM_UID_ROOT="1.2.03.", TUMORSYNTH_STORAGE_DIR=str(tmp_path / "s"))
+    argv = [sys.executable, "-m", "tumorsynth.cli", command] + (["--port", "0"] if command == "serve" else [])
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode != 0
+    assert "TUMORSYNTH_DICOM_UID_ROOT '1.2.03.' is not a UID root" in " ".join((r.stdout + r.stderr).split())
