@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium deploy-tools run test bench bench-load demo-models clean
+.PHONY: install chromium deploy-tools dicom-tools run test bench bench-load demo-models clean
 
 install: $(STAMP)
 
@@ -32,7 +32,12 @@ deploy-tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus)
 	@command -v docker-compose >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq docker-compose)
 
-test: install chromium deploy-tools
+# The DICOM tests validate every file with dciodvfy (dicom3tools) and send to a real Orthanc (+ its DICOMweb plugin).
+dicom-tools:
+	@command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dicom3tools orthanc orthanc-dicomweb)
+
+test: install chromium deploy-tools dicom-tools
 	$(VENV)/bin/pytest -q
 
 # The demo checkpoints: 120 phantom subjects (the first 40 are the earlier set), then each family's *-demo config.

@@ -61,15 +61,23 @@ def generate(mask: Annotated[Path, typer.Option(exists=True, dir_okay=False, hel
              out: Annotated[Path, typer.Option(help="folder for the outputs")] = Path("out"),
              model: str = "", samples: int = 1, seed: int | None = None, sampler: str | None = None,
              steps: int | None = None, tumor_class: str | None = None, url: Url = "http://127.0.0.1:8000",
-             api_key: ApiKey = None, timeout: float = 3600.0) -> None:
+             api_key: ApiKey = None, timeout: float = 3600.0,
+             intensity: Annotated[str | None, typer.Option(help="zscore, unit or scanner")] = None,
+             dicom: Annotated[bool, typer.Option(help="also a DICOM archive (MR series + SEG)")] = False,
+             send_to_pacs: Annotated[bool, typer.Option(help="store the DICOM series at the tenant's PACS")] = False,
+             ) -> None:
     """Submit a mask-conditioned job to a running service, wait, and download the outputs."""
     from .client import Client
 
     client = Client(url, api_key)
     request = {"model": model or _default_model(client, "mask_to_volume"), "num_samples": samples}
-    for key, value in (("seed", seed), ("tumor_class", tumor_class)):
+    for key, value in (("seed", seed), ("tumor_class", tumor_class), ("intensity", intensity)):
         if value is not None:
             request[key] = value
+    if dicom or send_to_pacs:
+        request["formats"] = ["nifti", "dicom"]
+    if send_to_pacs:
+        request["send_to"] = "pacs"
     if sampler or steps:
         request["sampler"] = {k: v for k, v in (("name", sampler), ("steps", steps)) if v is not None}
     job = client.submit(request, {"mask": mask})

@@ -84,7 +84,7 @@ def test_the_bids_manifest_loads_in_monai_and_torchio(client, done, tmp_path):
     assert all(r["image"] == str(tmp_path / "ds" / "bids" / r["bids_image"]) for r in rows)
     assert all(r["image"].startswith(str(tmp_path / "ds" / "bids" / r["participant_id"] / "anat")) for r in rows)
     header = (tmp_path / "ds" / "manifest.csv").read_text().splitlines()[0]
-    assert header == ("subject_id,class,modality,image,mask,model,checkpoint_sha256,sampler,steps,seed,synthetic,"
+    assert header == ("subject_id,class,modality,image,mask,model,checkpoint_sha256,sampler,steps,seed,synthetic,intensity,"
                       "participant_id,bids_image,bids_mask")
 
     from monai.data import Dataset

@@ -74,6 +74,11 @@ def test_checkpoint_round_trips_and_is_served(phantom_dir, tmp_path):
     assert info["trained"] is True and "phantom" in info["checkpoint"]["trained_on"]
     assert entry.config["training"]["subjects"]["train"] + entry.config["training"]["subjects"]["val"] == 6
     assert (entry.path / "MODEL_CARD.md").read_text().count("demonstration only") == 1
+    # the "scanner" intensity scale: each contrast's typical brain mean and SD, from the training subjects only
+    scanner = entry.config["intensity"]["scanner"]
+    assert sorted(scanner) == sorted(entry.modalities)
+    assert all(v["subjects"] == entry.config["training"]["subjects"]["train"] for v in scanner.values())
+    assert all(v["mean"] > 3 * v["std"] > 0 for v in scanner.values())  # phantoms: positive, brain-like contrast
     scale = float(load_state_dict(entry)["scale_factor"])
     assert scale > 0 and scale != 1.0  # 1 / std of the training latents, set by stage 2
     gen = LDMGenerator(entry, "cpu")

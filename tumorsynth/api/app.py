@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from .. import __version__
+from ..schemas import JobRequest
 from ..settings import Settings, get_settings
 from . import problems
 from .framing import ConflictingFraming
@@ -30,4 +31,21 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(BodyTimeout, idle=settings.body_idle_timeout_seconds, total=settings.body_timeout_seconds)
     app.add_middleware(ConflictingFraming)  # outermost: refused before any body is read
+    _document_job_request(app)
     return app
+
+
+def _document_job_request(app: FastAPI) -> None:
+    """``JobRequest`` travels as a JSON form field, so FastAPI does not list it; add it to the components."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()  # FastAPI's, cached on the app
+            defs = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(defs.pop("$defs", {}))
+            components["JobRequest"] = defs
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..jobs import stats
 from ..webhooks.outbox import DUE as WEBHOOKS_DUE
+from ..pacs import outbox as pacs_outbox
 from ..workers import gpu_memory
 from ..workers.supervision import WORKERS, worker_key
 
@@ -127,6 +128,7 @@ class RedisCollector:
             failures.add_metric([model, code], float(n))
         yield failures
         yield from webhook_backlog(r)
+        yield from pacs_outbox.metrics(r)
 
 
 def webhook_backlog(r, now: float | None = None):

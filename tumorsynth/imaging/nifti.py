@@ -314,12 +314,13 @@ def read_volume(raw: bytes, field: str = "file", limits: VolumeLimits | None = N
 BLANKED = ("descrip", "aux_file", "db_name", "intent_name")
 
 
-def write_nifti(data: np.ndarray, affine: np.ndarray, reference: Volume | None = None) -> bytes:
-    """float32 NIfTI-1, gzip-compressed, with sform = qform = ``affine`` and no field that can carry patient data.
+def write_nifti(data: np.ndarray, affine: np.ndarray, reference: Volume | None = None, dtype=np.float32) -> bytes:
+    """NIfTI-1 (float32, or int16 for the scanner scale), gzip-compressed, with sform = qform = ``affine`` and no
+    field that can carry patient data.
 
     From ``reference`` only the geometry codes (qform/sform codes, units) are kept, never free text.
     """
-    data = np.asarray(data, dtype=np.float32)
+    data = np.asarray(data, dtype=dtype)
     affine = np.asarray(affine, dtype=np.float64)
     img = nib.Nifti1Image(data, affine)
     hdr = img.header

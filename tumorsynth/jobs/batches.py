@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from ..imaging.intensity import native_scale, scale_errors
 from ..models.options import check_options
 from ..schemas import Options
 from ..storage.keys import batch_key
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 ClassName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MAX_BATCH_JOBS = 2000
 MANIFEST_COLUMNS = ("subject_id", "class", "modality", "image", "mask", "model", "checkpoint_sha256", "sampler",
-                    "steps", "seed", "synthetic",
+                    "steps", "seed", "synthetic", "intensity",
                     "participant_id", "bids_image", "bids_mask")  # where the row sits in the batch's BIDS dataset
 
 
@@ -46,6 +47,7 @@ class BatchRequest(BaseModel):
     masks: Literal["bank", "upload"] = "bank"
     sampler: dict | None = None
     options: Options | None = Field(None, max_length=16)  # every job's options, as in a job request
+    intensity: Literal["zscore", "unit", "scanner"] | None = None  # every job's intensity scale, as in a job request
 
     @model_validator(mode="after")
     def _one_target(self) -> "BatchRequest":
@@ -134,6 +136,9 @@ class BatchService:
             raise InvalidRequest.for_field("class_counts", f"{total} subjects planned, over the limit of "
                                                            f"{MAX_BATCH_JOBS} per batch; ask for fewer")
         check_options(entry.options, req.options, entry.id)  # a 422 before anything is stored, as for a job
+        if req.intensity and (why := scale_errors(entry.config, entry.id, req.intensity,
+                                                  req.modalities or entry.modalities)):
+            raise InvalidRequest.for_field("intensity", why)
         needs_mask = any(i.kind == "mask" and i.required for i in entry.inputs)
         if needs_mask and req.masks == "upload" and not uploaded:
             raise InvalidRequest.for_field("masks", "masks: upload needs file parts named 'mask'")
@@ -157,6 +162,8 @@ class BatchService:
                         body["sampler"] = req.sampler
                     if req.options:
                         body["options"] = req.options
+                    if req.intensity:
+                        body["intensity"] = req.intensity
                     files = {"mask": masks[k]} if masks[k] is not None else {}
                     sub = self.submissions.submit(tenant, json.dumps(body), files, batch_id=rec.id)
                     rec.subjects.append({"subject_id": f"{rec.id}-{cls}-{k:04d}", "class": cls,
@@ -240,7 +247,8 @@ class BatchService:
                 rows.append({"subject_id": s["subject_id"], "class": s["class"], "modality": o.modality,
                              "image": o.key, "mask": mask, "model": entry.id,
                              "checkpoint_sha256": entry.weights_sha256, "sampler": sampler.get("name"),
-                             "steps": sampler.get("steps"), "seed": job.request.get("seed"), "synthetic": True})
+                             "steps": sampler.get("steps"), "seed": job.request.get("seed"), "synthetic": True,
+                             "intensity": job.request.get("intensity") or native_scale(entry.config)[0]})
         return add_bids_columns(rows, participant_labels(rec.subjects))
 
     def dataset(self, rec: BatchRecord) -> list[DatasetFile]:

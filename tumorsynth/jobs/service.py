@@ -27,6 +27,7 @@ from .store import JobStore
 from .validation import (
     check_against_model,
     check_files,
+    delivery_errors,
     normalised,
     parse_request,
     raise_if,
@@ -73,7 +74,8 @@ class JobService:
         req = parse_request(request_json)
         entry = self.registry.get(req.model)
         raise_if(check_against_model(req, entry) + check_files(sorted(files), entry)
-                 + check_webhook(req, tenant, self.dispatcher.settings))
+                 + check_webhook(req, tenant, self.dispatcher.settings)
+                 + delivery_errors(req, tenant, self.dispatcher.settings))
         vols = read_inputs(files, self.limits)
         inputs: list[StoredInput] = []
         job_id = new_id("job")

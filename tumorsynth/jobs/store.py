@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import redis
 
 from ..errors import InvalidRequest, LeaseLost, NotFound
+from ..pacs import outbox as pacs_outbox
 from ..webhooks import outbox
 from . import stats
 from .records import JobRecord, Lease, is_id, now
@@ -148,6 +149,7 @@ class JobStore:
                         p.hincrby(f"{P}batch:{rec.batch_id}:counts", rec.status, 1)
                     stats.record_transition(p, was_status, rec)
                     outbox.on_transition(p, was_status, rec)  # webhooks: in the transaction, never lost
+                    pacs_outbox.on_transition(p, was_status, rec)  # and PACS deliveries
                     p.execute()
                 except redis.WatchError:
                     continue

@@ -38,6 +38,7 @@ from ..models.registry import ModelEntry
 from .brats import MODALITIES, crop_to_nonzero, find_subjects, load_subject, normalise
 from .common import ResumableTrainer, ema_with_warmup, epoch_rng, perceptual_loss
 from .configs import load_config
+from .intensity_stats import record_scanner_stats
 from .ldm_card import describe_data, model_card
 
 log = logging.getLogger(__name__)
@@ -456,6 +457,7 @@ class Trainer(ResumableTrainer):
                                                       "sha256": self.state["init_sha256"]}
         if self.ema is not None:  # the checkpoint serves the averaged weights
             self.net.unet.load_state_dict(self.ema.module.state_dict())
+        record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_idx], config["modalities"])
         card = model_card(config, cfg, last, trained_on)
         self.net.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.net, card=card)

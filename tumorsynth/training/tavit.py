@@ -47,6 +47,7 @@ from ..models.tavit.slices import brain_slices, context_index, slice_mapping, to
 from .brats import find_subjects, load_subject, normalise
 from .common import ResumableTrainer, epoch_rng
 from .configs import load_config
+from .intensity_stats import record_scanner_stats
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +331,7 @@ class Trainer(ResumableTrainer):
         if self.state.get("init_from"):
             config["training"]["init_from"] = {"checkpoint": self.state["init_from"],
                                                "sha256": self.state["init_sha256"]}
+        record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_ids], config["modalities"])
         self.net.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.net, card=model_card(config, cfg, last,
                                                                                              trained_on))

@@ -57,6 +57,7 @@ from ..models.vqgan.masking import hybrid_mask, random_replace
 from ..models.vqgan.transformer import masked_token_loss
 from .common import ResumableTrainer, epoch_rng, perceptual_loss
 from .configs import load_config
+from .intensity_stats import record_scanner_stats
 from .ldm import split
 from .roi import ROISet, load_rois
 
@@ -370,6 +371,7 @@ class Trainer(ResumableTrainer):
         if self.state.get("init_from"):
             config["training"]["vqgan_from"] = {"checkpoint": self.state["init_from"],
                                                 "sha256": self.state["init_sha256"]}
+        record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_idx], config["modalities"])
         self.net.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.net,
                                card=model_card(config, cfg, last, trained_on))

@@ -117,7 +117,7 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
                     raise JobCanceled(f"job {job_id} canceled at step {done}/{of}")
 
             volumes = generator.generate(params, inputs, progress)
-            writer = OutputWriter(ctx.store, rec, entry, params, s.storage_retries)
+            writer = OutputWriter(ctx.store, rec, entry, params, s.storage_retries, s.dicom_uid_root)
             mask = None
             if "mask" in inputs:
                 mask = (inputs["mask"], validate_mask(inputs["mask"]).convention)

@@ -6,6 +6,7 @@ import logging
 
 from celery import signals
 
+from ..pacs.deliver import start_pacs_deliverer
 from ..settings import get_settings
 from ..webhooks.deliver import start_deliverer
 from .celery_app import RUN_JOB, Dispatcher, create_celery
@@ -50,3 +51,4 @@ def _on_ready(sender=None, **_):
     ctx = WorkerContext(settings)
     start_parent_services(ctx, Dispatcher(app, settings), queues)
     start_deliverer(ctx.redis, settings)  # webhooks, off the job path
+    start_pacs_deliverer(ctx.redis, ctx.store, settings)  # PACS deliveries, likewise
