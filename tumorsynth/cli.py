@@ -169,12 +169,14 @@ def models_list(ctx: typer.Context) -> None:
 def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None = None, seed: int = 0,
                      out: Path | None = None) -> None:
     """Write a randomly initialised checkpoint (plumbing only: its outputs are noise)."""
-    import importlib
+    from .models.families import FAMILIES, family_names
 
-    if family not in ("ldm", "vqgan", "tavit", "stylegan2"):
-        raise typer.BadParameter("family must be one of ldm, vqgan, tavit, stylegan2")
-    make = importlib.import_module(f".models.{family}.configs", __package__).create_untrained
-    entry = make((out or get_settings().model_dir / family), preset=preset, name=name, seed=seed)
+    if family not in FAMILIES:
+        raise typer.BadParameter(f"family must be one of {', '.join(family_names())}")
+    if preset not in FAMILIES[family].presets:
+        raise typer.BadParameter(f"preset must be one of {', '.join(FAMILIES[family].presets)}")
+    entry = FAMILIES[family].create_untrained(out or get_settings().model_dir / family, preset=preset, name=name,
+                                              seed=seed)
     typer.echo(f"{entry.id} at {entry.path} (UNTRAINED)")
 
 
@@ -209,14 +211,12 @@ def train_ldm(data: Annotated[Path, typer.Option(exists=True, file_okay=False, h
               skip_autoencoder: Annotated[bool, typer.Option(help="with --init-from: keep its autoencoder, train "
                                                                    "only the diffusion UNet")] = False) -> None:
     """Stage 1 autoencoder, stage 2 conditional diffusion; writes a servable checkpoint with a model card."""
-    from .training.ldm import LDMTrainConfig, Trainer
-
     if skip_autoencoder and not init_from:
         raise typer.BadParameter("--skip-autoencoder needs --init-from (the autoencoder to keep)")
-    cfg = LDMTrainConfig.load(config, name=name, version=version, ae_epochs=ae_epochs,
-                              diffusion_epochs=diffusion_epochs, init_from=str(init_from) if init_from else None,
-                              init_skip_autoencoder=skip_autoencoder or None)
-    _train("ldm", Trainer, cfg, data, out, work, resume, device, threads)
+    cfg = _family("ldm").train_config_class().load(
+        config, name=name, version=version, ae_epochs=ae_epochs, diffusion_epochs=diffusion_epochs,
+        init_from=str(init_from) if init_from else None, init_skip_autoencoder=skip_autoencoder or None)
+    _train("ldm", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("vqgan")
@@ -229,10 +229,8 @@ def train_vqgan(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
                 resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
                 threads: int | None = None) -> None:
     """Stage 1 VQGAN on tumour ROIs, stage 2 class-conditioned transformers (MaskGIT and AR) on its tokens."""
-    from .training.vqgan import Trainer, VQGANTrainConfig
-
-    _train("vqgan", Trainer, VQGANTrainConfig.load(config, name=name, version=version), data, out, work, resume,
-           device, threads)
+    cfg = _family("vqgan").train_config_class().load(config, name=name, version=version)
+    _train("vqgan", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("tavit")
@@ -245,10 +243,8 @@ def train_tavit(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
                 resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
                 threads: int | None = None) -> None:
     """The segmentation predictor and TA-ViT (T1 (+FLAIR) → T1C) on axial slices, trained together."""
-    from .training.tavit import TAViTTrainConfig, Trainer
-
-    _train("tavit", Trainer, TAViTTrainConfig.load(config, name=name, version=version), data, out, work, resume,
-           device, threads)
+    cfg = _family("tavit").train_config_class().load(config, name=name, version=version)
+    _train("tavit", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("stylegan2")
@@ -262,10 +258,8 @@ def train_stylegan2(data: Annotated[Path, typer.Option(exists=True, file_okay=Fa
                     resume: bool = False, device: str = "auto", name: str | None = None,
                     version: str | None = None, epochs: int | None = None, threads: int | None = None) -> None:
     """Class-conditional StyleGAN2 on 2D slices (class folders, or axial slices of BraTS volumes labelled glioma)."""
-    from .training.stylegan2 import StyleGAN2TrainConfig, Trainer
-
-    _train("stylegan2", Trainer, StyleGAN2TrainConfig.load(config, name=name, version=version, epochs=epochs), data,
-           out, work, resume, device, threads)
+    cfg = _family("stylegan2").train_config_class().load(config, name=name, version=version, epochs=epochs)
+    _train("stylegan2", cfg, data, out, work, resume, device, threads)
 
 
 @app.command("phantom-slices")
@@ -280,9 +274,16 @@ def phantom_slices(data: Annotated[Path, typer.Option(exists=True, file_okay=Fal
     console.print(f"[green]{counts} slices in {out}[/green]")
 
 
-def _train(family: str, trainer, cfg, data: Path, out: Path | None, work: Path | None, resume: bool, device: str,
+def _family(name: str):
+    from .models.families import get_family
+
+    return get_family(name)
+
+
+def _train(family: str, cfg, data: Path, out: Path | None, work: Path | None, resume: bool, device: str,
            threads: int | None) -> None:
-    """Run a family's trainer with a progress bar and per-epoch lines; report where the checkpoint went."""
+    """Run a family's trainer (the one its ``Family`` names) with a progress bar and per-epoch lines; report where
+    the checkpoint went."""
     import torch
     from rich.progress import Progress
 
@@ -294,6 +295,7 @@ def _train(family: str, trainer, cfg, data: Path, out: Path | None, work: Path |
     out = out or get_settings().model_dir / family / f"{cfg.name}@{cfg.version}"
     work = work or Path("var/train") / f"{family}-{cfg.name}@{cfg.version}"
     with Progress(console=console, transient=True) as progress:
+        trainer = _family(family).trainer_class()
         result = trainer(cfg, data, out, work, resolve_device(device), on_epoch=_report, progress=progress).run(resume)
     console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
 

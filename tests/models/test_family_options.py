@@ -11,7 +11,8 @@ import pytest
 
 from tumorsynth.errors import InvalidRequest
 from tumorsynth.models.base import GenerationParams
-from tumorsynth.models.loader import FAMILIES, load_generator
+from tumorsynth.models.families import FAMILIES
+from tumorsynth.models.loader import load_generator
 from tumorsynth.models.options import OptionSpec, check_options, family_options
 from tumorsynth.models.registry import ModelRegistry
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..jobs import stats
+from ..models.families import FAMILIES
 from ..workers import gpu_memory
 from ..workers.supervision import WORKERS, worker_key
 
@@ -24,7 +25,7 @@ def _split(field: bytes) -> tuple[str, str]:
 
 def queues_view(r, settings) -> list[dict]:
     """Per queue: depth (Celery's Redis list), oldest queued age, running jobs, workers online consuming it."""
-    queues = sorted(set(settings.family_queues.values()))
+    queues = settings.queues(FAMILIES)
     workers = online_workers(r, settings)
     running: dict[str, int] = {}
     for raw in r.mget([f"ts:job:{j.decode()}" for j in r.zrange("ts:leases", 0, -1)]) if r.zcard("ts:leases") else []:
