@@ -37,9 +37,9 @@ METHODS = {
 
 def masks_and_reals(entry, n: int, workdir: Path):
     """Unseen phantoms (a seed the demo never trained on) → labels and real images on the model grid."""
-    from tumorsynth.training.brats import find_subjects
-    from tumorsynth.training.ldm import prepare_subject
-    from tumorsynth.training.phantoms import generate_phantoms
+    from tumorsynth.data.brats import find_subjects
+    from tumorsynth.data.subjects import prepare_subject
+    from tumorsynth.data.phantoms import generate_phantoms
 
     if not Path(workdir).is_dir() or not find_subjects(workdir):
         generate_phantoms(workdir, n, seed=9999, workers=2)

@@ -25,9 +25,9 @@ from tumorsynth.settings import get_settings  # noqa: E402
 
 
 def real_rois(entry, n: int, workdir: Path, tumor_class: str) -> torch.Tensor:
-    from tumorsynth.training.brats import find_subjects
-    from tumorsynth.training.phantoms import generate_phantoms
-    from tumorsynth.training.roi import load_rois
+    from tumorsynth.data.brats import find_subjects
+    from tumorsynth.data.phantoms import generate_phantoms
+    from tumorsynth.data.roi import load_rois
 
     if not Path(workdir).is_dir() or not find_subjects(workdir):
         generate_phantoms(workdir, 2 * n, seed=9999, workers=2)

@@ -188,7 +188,7 @@ def phantoms(n: Annotated[int, typer.Option("--n", min=1, help="subjects")] = 20
     """BraTS-format phantom subjects: real template anatomy, simulated tumours (NOT patients)."""
     from rich.progress import Progress
 
-    from .training.phantoms import generate_phantoms
+    from .data.phantoms import generate_phantoms
 
     with Progress(console=console) as progress:
         task = progress.add_task(f"phantoms → {out}", total=n)
@@ -268,7 +268,7 @@ def phantom_slices(data: Annotated[Path, typer.Option(exists=True, file_okay=Fal
                    per_class: int = 200, seed: int = 0) -> None:
     """A meningioma/glioma/pituitary slice set for demos: glioma slices are the volumes' own tumours; meningioma and
     pituitary masses are SIMULATED on tumour-free slices (SLICES.json says how)."""
-    from .training.phantom_slices import build_slice_set
+    from .data.phantom_slices import build_slice_set
 
     counts = build_slice_set(data, out, per_class=per_class, seed=seed)
     console.print(f"[green]{counts} slices in {out}[/green]")
@@ -311,7 +311,7 @@ def eval_tavit(model: str, data: Annotated[Path, typer.Option(exists=True, file_
     mean ± std over subjects; and the enhancing rim's T1C − T1, predicted and true."""
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .training.evaluate_tavit import evaluate_tavit, format_report
+    from .evaluation.tavit_eval import evaluate_tavit, format_report
 
     _logging("WARNING")
     if threads:
@@ -361,7 +361,7 @@ def eval_stylegan2(model: str, data: Annotated[Path, typer.Option(exists=True, f
     from .evaluation.slice_scores import format_scores, score_slices
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .training.slices import load_slices
+    from .data.slices import load_slices
 
     _logging("WARNING")
     entry = ModelRegistry(get_settings().model_dir).get(model)
@@ -421,7 +421,7 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
     """Autoencoder reconstruction (PSNR, SSIM, MAE per contrast) and sample diversity/realism (MS-SSIM, MMD)."""
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .training.evaluate import evaluate_ldm, format_report
+    from .evaluation.ldm_eval import evaluate_ldm, format_report
 
     _logging("WARNING")
     entry = ModelRegistry(get_settings().model_dir).get(model)

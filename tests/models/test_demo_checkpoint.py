@@ -32,7 +32,7 @@ def _follows(entry, tumor_class: str, seeds=(0, 1, 2)) -> dict[str, float]:
     from tumorsynth.demo import EXAMPLE_MASK
     from tumorsynth.models.base import GenerationParams
     from tumorsynth.models.ldm.runner import LDMGenerator
-    from tumorsynth.training.evaluate import GridMask, mask_contrast
+    from tumorsynth.evaluation.ldm_eval import GridMask, mask_contrast
 
     img = nib.load(EXAMPLE_MASK)
     labels = np.rint(np.asarray(img.dataobj)).astype(np.int16)
@@ -77,7 +77,7 @@ def test_demo_writes_a_brain_not_a_texture_block(demo):
     from tumorsynth.evaluation.anatomy import anatomy, summarise
     from tumorsynth.models.base import GenerationParams
     from tumorsynth.models.ldm.runner import LDMGenerator
-    from tumorsynth.training.evaluate import GridMask
+    from tumorsynth.evaluation.ldm_eval import GridMask
 
     img = nib.load(EXAMPLE_MASK)
     labels = np.rint(np.asarray(img.dataobj)).astype(np.int16)

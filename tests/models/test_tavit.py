@@ -19,7 +19,7 @@ from tumorsynth.models.tavit.configs import (
 from tumorsynth.models.tavit.network import SelfAttention, regions_from_labels
 from tumorsynth.models.tavit.runner import TAViTGenerator
 from tumorsynth.models.tavit.slices import with_context, zscore_brain
-from tumorsynth.training.brats import normalise
+from tumorsynth.data.brats import normalise
 
 SHAPE = (40, 48, 30)
 

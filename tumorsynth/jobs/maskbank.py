@@ -125,7 +125,7 @@ def builtin_sources(tumor_class: str, n: int = 4) -> list[np.ndarray]:
     from scipy import ndimage
 
     from ..imaging.templates import load_templates
-    from ..training.phantoms import make_subject
+    from ..data.phantoms import make_subject
 
     with _lock:
         small = load_templates((96, 96, 62))

@@ -35,7 +35,7 @@ from ..models.stylegan2.configs import PRESETS, build_network, model_config
 from ..models.stylegan2.discriminator import Discriminator
 from .common import ResumableTrainer, epoch_rng
 from .configs import load_config
-from .slices import DEFAULT_CLASS_MAP, SliceSet, load_slices
+from ..data.slices import DEFAULT_CLASS_MAP, SliceSet, load_slices
 from .stylegan2_card import describe_data, model_card
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from ..models.registry import ModelEntry
 from ..models.tavit.configs import image_inputs
 from ..models.tavit.runner import TAViTGenerator
 from ..models.tavit.slices import zscore_brain
-from .brats import find_subjects, load_subject
+from ..data.brats import find_subjects, load_subject
 
 METRICS = ("nmse", "psnr", "ncc", "ssim")
 REGIONS = ("tumour", "healthy")

@@ -19,9 +19,9 @@ from ..imaging.geometry import centred_affine
 from ..models.base import GenerationParams
 from ..models.ldm.runner import LDMGenerator
 from ..models.registry import ModelEntry
-from ..evaluation.anatomy import anatomy, mean_pairwise_r, pearson_in, summarise, tissue_region
-from .brats import find_subjects
-from .ldm import prepare_subject
+from ..data.brats import find_subjects
+from ..data.subjects import prepare_subject
+from .anatomy import anatomy, mean_pairwise_r, pearson_in, summarise, tissue_region
 
 MS_SSIM_WEIGHTS = (0.5, 0.5)  # two scales: the model grids (32–128 voxels a side) are too small for MONAI's five
 
@@ -105,19 +105,19 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
            for c, m in enumerate(mods)}
     fidelity, fid_value = None, None
     if feature_weights and len(chosen) > 1:
-        from ..evaluation.features import extract_features, fid, load_medicalnet
+        from .features import extract_features, fid, load_medicalnet
 
         medicalnet = load_medicalnet(feature_weights)
         fid_value = fid(extract_features(medicalnet, real.cpu()), extract_features(medicalnet, fake))
     if fidelity_epochs > 0:
         # Mask fidelity: a segmenter trained on the real held-out volumes segments the synthetic ones; Dice against
         # the masks they were conditioned on (the real segmenter's own Dice on real data is the ceiling).
-        from ..evaluation.features import (
+        from .features import (
             extract_features,
             fid,
             train_feature_classifier,
         )
-        from ..evaluation.fidelity import mask_dice, train_segmenter
+        from .fidelity import mask_dice, train_segmenter
 
         masks = torch.from_numpy(np.stack(labels))
         segmenter = train_segmenter(real.cpu(), masks, epochs=fidelity_epochs, seed=seed)
