@@ -309,9 +309,9 @@ def eval_tavit(model: str, data: Annotated[Path, typer.Option(exists=True, file_
                threads: int | None = None) -> None:
     """NMSE, PSNR, NCC and SSIM of the synthesised T1C and of the T1 copied as the T1C, for tumour and healthy tissue,
     mean ± std over subjects; and the enhancing rim's T1C − T1, predicted and true."""
+    from .evaluation.tavit_eval import evaluate_tavit, format_report
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .evaluation.tavit_eval import evaluate_tavit, format_report
 
     _logging("WARNING")
     if threads:
@@ -358,10 +358,10 @@ def eval_stylegan2(model: str, data: Annotated[Path, typer.Option(exists=True, f
                    seed: int = 0, out: Annotated[Path | None, typer.Option(help="write the scores as JSON")] = None,
                    device: str = "auto") -> None:
     """Inception Score, FID and class agreement of generated vs held-out real slices, with an in-house classifier."""
+    from .data.slices import load_slices
     from .evaluation.slice_scores import format_scores, score_slices
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .data.slices import load_slices
 
     _logging("WARNING")
     entry = ModelRegistry(get_settings().model_dir).get(model)
@@ -419,9 +419,9 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
              montage: Annotated[Path | None, typer.Option(help="also write a PNG: real subjects beside samples "
                                                                "from their masks, three planes")] = None) -> None:
     """Autoencoder reconstruction (PSNR, SSIM, MAE per contrast) and sample diversity/realism (MS-SSIM, MMD)."""
+    from .evaluation.ldm_eval import evaluate_ldm, format_report
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .evaluation.ldm_eval import evaluate_ldm, format_report
 
     _logging("WARNING")
     entry = ModelRegistry(get_settings().model_dir).get(model)

@@ -51,7 +51,8 @@ class Client:
 
     def submit(self, request: dict, files: dict[str, Path | bytes] | None = None,
                idempotency_key: str | None = None) -> dict:
-        parts = {"request": (None, json.dumps(request), "application/json")}
+        parts: dict[str, tuple[str | None, str | bytes, str]] = {
+            "request": (None, json.dumps(request), "application/json")}
         for name, f in (files or {}).items():
             data = f if isinstance(f, bytes) else Path(f).read_bytes()
             parts[name] = (f"{name}.nii.gz", data, "application/octet-stream")
@@ -97,7 +98,8 @@ class Client:
     def submit_batch(self, request: dict, masks: list[Path | bytes] | None = None) -> dict:
         if not masks:
             return self._check(self.http.post("/v1/batches", json=request)).json()
-        parts = [("request", (None, json.dumps(request), "application/json"))]
+        parts: list[tuple[str, tuple[str | None, str | bytes, str]]] = [
+            ("request", (None, json.dumps(request), "application/json"))]
         for i, m in enumerate(masks):
             data = m if isinstance(m, bytes) else Path(m).read_bytes()
             parts.append(("mask", (f"mask-{i}.nii.gz", data, "application/octet-stream")))

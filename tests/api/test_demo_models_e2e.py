@@ -13,7 +13,7 @@ from tumorsynth.data.brats import find_subjects
 from .helpers import submit, wait_status
 
 
-def fetch(client, job, name) -> "np.ndarray":
+def fetch(client, job, name) -> np.ndarray:
     r = client.get(f"/v1/jobs/{job['id']}/outputs/{name}", headers=ALPHA, follow_redirects=False)
     img = load(httpx.get(r.headers["location"]).content if r.status_code == 307 else r.content)
     return img

@@ -75,7 +75,7 @@ def test_a_non_default_option_reaches_generate(tiny):
         pytest.skip(f"{tiny.family} needs input volumes; its runner tests cover generation")
     spec = tiny.options[0]
     generator = load_generator(tiny, "cpu")
-    nothing = lambda done, total: None  # noqa: E731
+    nothing = lambda done, total: None
     default = generator.generate(params_for(tiny), {}, nothing)
     changed = generator.generate(params_for(tiny, **{spec.name: non_default(spec)}), {}, nothing)
     assert not np.array_equal(default[0].data, changed[0].data), f"{spec.name}={non_default(spec)} changed nothing"

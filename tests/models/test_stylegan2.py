@@ -173,7 +173,7 @@ def test_runner_makes_single_slice_volumes_in_unit_range(entry):
     assert [v.sample_index for v in out] == [0, 1, 2] and {v.modality for v in out} == {"slice"}
     for v in out:
         assert v.data.shape == (16, 16, 1) and v.data.dtype == np.float32
-        assert 0.0 <= v.data.min() and v.data.max() <= 1.0
+        assert v.data.min() >= 0.0 and v.data.max() <= 1.0
         np.testing.assert_allclose(np.linalg.norm(v.affine[:3, :3], axis=0), [15.0, 15.0, 1.0])
     again = runner.generate(params(num_samples=1, options={"truncation": 0.7}), {}, lambda d, t: None)
     first = runner.generate(params(num_samples=1), {}, lambda d, t: None)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from tumorsynth.data.phantoms import generate_phantoms
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.checkpoints import load_state_dict
 from tumorsynth.models.ldm.runner import LDMGenerator
 from tumorsynth.models.registry import ModelRegistry
 from tumorsynth.training.ldm import LDMTrainConfig, Trainer
-from tumorsynth.data.phantoms import generate_phantoms
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from tumorsynth.data.brats import find_subjects
+from tumorsynth.data.phantoms import generate_phantoms
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.checkpoints import load_state_dict
 from tumorsynth.models.registry import ModelRegistry
 from tumorsynth.models.tavit.runner import TAViTGenerator
-from tumorsynth.data.brats import find_subjects
-from tumorsynth.data.phantoms import generate_phantoms
 from tumorsynth.training.tavit import TAViTTrainConfig, Trainer
 
 

@@ -12,7 +12,7 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from ..jobs import stats
+from ..jobs import keys, stats
 from ..models.families import FAMILIES
 from ..workers import gpu_memory
 from ..workers.supervision import WORKERS, worker_key
@@ -28,7 +28,8 @@ def queues_view(r, settings) -> list[dict]:
     queues = settings.queues(FAMILIES)
     workers = online_workers(r, settings)
     running: dict[str, int] = {}
-    for raw in r.mget([f"ts:job:{j.decode()}" for j in r.zrange("ts:leases", 0, -1)]) if r.zcard("ts:leases") else []:
+    leased = r.zrange(keys.LEASES, 0, -1)
+    for raw in r.mget([keys.job(j.decode()) for j in leased]) if leased else []:
         if raw:
             rec = json.loads(raw)
             running[rec["queue"]] = running.get(rec["queue"], 0) + 1

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..data.brats import find_subjects
+from ..data.subjects import prepare_subject
 from ..imaging.geometry import centred_affine
 from ..models.base import GenerationParams
 from ..models.ldm.runner import LDMGenerator
 from ..models.registry import ModelEntry
-from ..data.brats import find_subjects
-from ..data.subjects import prepare_subject
 from .anatomy import anatomy, mean_pairwise_r, pearson_in, summarise, tissue_region
 
 MS_SSIM_WEIGHTS = (0.5, 0.5)  # two scales: the model grids (32–128 voxels a side) are too small for MONAI's five
@@ -100,7 +100,7 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
     fake = torch.stack(generated)
     anatomy_report = anatomy_and_effects(sample, real.cpu().numpy(), fake.numpy(), labels, classes, entry,
                                          seed, sample_r)
-    pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)  # noqa: E731 — MMD on 2× downsampled volumes
+    pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)
     mmd = {m: float(MMDMetric(y_mapping=pool)(fake[:, c:c + 1], real[:, c:c + 1].cpu()))
            for c, m in enumerate(mods)}
     fidelity, fid_value = None, None
@@ -174,7 +174,7 @@ def anatomy_and_effects(sample, real: np.ndarray, fake: np.ndarray, labels, clas
             class_r.append(pearson_in(lgg, hgg, lab > 0))
     real_core = {c: [float(x[f][lab == 1].mean()) for x, lab, k in zip(real, labels, classes)
                      if k == c and (lab == 1).any()] for c in ("LGG", "HGG")} if f is not None else {}
-    nanmean = lambda v: float(np.nanmean(v)) if len(v) and not np.all(np.isnan(v)) else float("nan")  # noqa: E731
+    nanmean = lambda v: float(np.nanmean(v)) if len(v) and not np.all(np.isnan(v)) else float("nan")
     return {
         "real": summarise(real_rows), "generated": summarise(fake_rows),
         "between_samples_r": {"generated_same_mask": nanmean(sample_r), "real_between_subjects": real_r},

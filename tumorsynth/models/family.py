@@ -50,8 +50,8 @@ class Family:
         if "tiny" not in self.presets:
             raise ValueError(f"family {self.name}: every family has a 'tiny' preset (the contract test runs it)")
 
-    def generator_class(self) -> Callable[["ModelEntry", str], "Generator"]:
-        return load_object(self.generator)  # type: ignore[no-any-return]
+    def generator_class(self) -> Callable[[ModelEntry, str], Generator]:
+        return load_object(self.generator)
 
     def build_network(self, config: dict) -> Any:
         """The network (torch module) that ``config`` (a checkpoint's config.json contents) describes."""
@@ -60,9 +60,9 @@ class Family:
     def preset(self, name: str) -> dict:
         return dict(importlib.import_module(self.configs).PRESETS[name])
 
-    def create_untrained(self, out_dir: Path, preset: str = "tiny", **kwargs: Any) -> "ModelEntry":
+    def create_untrained(self, out_dir: Path, preset: str = "tiny", **kwargs: Any) -> ModelEntry:
         """A randomly initialised checkpoint of ``preset`` under ``out_dir`` (plumbing and tests only)."""
-        return importlib.import_module(self.configs).create_untrained(out_dir, preset=preset, **kwargs)  # type: ignore[no-any-return]
+        return importlib.import_module(self.configs).create_untrained(out_dir, preset=preset, **kwargs)
 
     def trainer_class(self) -> Any:
         return load_object(self.trainer)

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.brats import MODALITIES, find_subjects
+from ..data.subjects import prepare_subject, split
 from ..imaging.labels import to_regions
 from ..models.checkpoints import save_checkpoint
 from ..models.ldm.configs import PRESETS, build_network
 from ..models.ldm.schedulers import make_scheduler
 from ..models.registry import ModelEntry
-from ..data.brats import MODALITIES, find_subjects
-from ..data.subjects import prepare_subject, split
 from .common import ResumableTrainer, ema_with_warmup, epoch_rng, perceptual_loss
 from .configs import load_config
 from .distributed import init_world
@@ -105,7 +105,7 @@ class LDMTrainConfig:
     max_subjects: int | None = None
 
     @classmethod
-    def load(cls, spec: str | Path, **overrides) -> "LDMTrainConfig":
+    def load(cls, spec: str | Path, **overrides) -> LDMTrainConfig:
         """A JSON file, or the name of one in ``training/configs`` (``ldm-tiny``, ``ldm-demo``, ``ldm-paper``)."""
         return load_config(cls, "ldm", spec, overrides)
 
@@ -172,7 +172,8 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def region_weights(regions: torch.Tensor, weights) -> torch.Tensor:
     """Voxel weights (B, 1, ...) = 1 + Σ_k weights[k]·regions[:, k] for region channels or fractions (B, 3, ...)."""
-    w = torch.as_tensor(list(weights), dtype=regions.dtype, device=regions.device).view(1, -1, *[1] * (regions.ndim - 2))
+    w = torch.as_tensor(list(weights), dtype=regions.dtype, device=regions.device)
+    w = w.view(1, -1, *[1] * (regions.ndim - 2))
     return 1 + (regions * w).sum(dim=1, keepdim=True)
 
 

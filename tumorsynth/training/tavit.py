@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.brats import find_subjects
+from ..data.subjects import prepare_subject
 from ..models.checkpoints import save_checkpoint
 from ..models.registry import ModelEntry
 from ..models.tavit.configs import build_network, image_inputs, model_config
 from ..models.tavit.network import regions_from_labels, regions_from_probabilities
 from ..models.tavit.slices import brain_slices, context_index, slice_mapping, to_slices
-from ..data.brats import find_subjects
-from ..data.subjects import prepare_subject
 from .common import ResumableTrainer, epoch_rng
 from .configs import load_config
 

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.roi import ROISet, load_rois
+from ..data.subjects import split
 from ..models.checkpoints import save_checkpoint
 from ..models.registry import ModelEntry
 from ..models.vqgan.autoencoder import importance_target
@@ -48,8 +50,6 @@ from ..models.vqgan.masking import hybrid_mask, random_replace
 from ..models.vqgan.transformer import masked_token_loss
 from .common import ResumableTrainer, epoch_rng, perceptual_loss
 from .configs import load_config
-from ..data.roi import ROISet, load_rois
-from ..data.subjects import split
 
 log = logging.getLogger(__name__)
 

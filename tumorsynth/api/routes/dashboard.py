@@ -35,7 +35,8 @@ def dashboard(settings: SettingsDep) -> HTMLResponse:
     if settings.auth_enabled:
         auth, note = "key", "Type your tenant's API key: it stays in this browser tab and is sent as a Bearer header."
     else:
-        auth, note = "none", "No API keys are configured: this service answers loopback clients only, as tenant 'local'."
+        auth = "none"
+        note = "No API keys are configured: this service answers loopback clients only, as tenant 'local'."
     queues = settings.queues(FAMILIES)
     rows = "".join(f'<tr data-queue="{html.escape(q)}"><td>{html.escape(q)}</td>' + "<td>…</td>" * 5 + "</tr>"
                    for q in queues)
