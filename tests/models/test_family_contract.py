@@ -95,3 +95,18 @@ def test_a_family_must_name_its_parts_and_a_tiny_preset():
         Family(name="Five/x", task="x", presets=("tiny",), configs="m", generator="m:G", trainer="t:T",
                train_config="t:C")
     assert set(FAMILIES) == {"ldm", "vqgan", "tavit", "stylegan2"}
+
+
+def test_the_cli_offers_the_registered_families(tmp_path):
+    from typer.testing import CliRunner
+
+    from tumorsynth.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["models", "create-untrained", "--family", "five", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and all(name in bad.output for name in family_names())
+    bad_preset = runner.invoke(app, ["models", "create-untrained", "--family", "vqgan", "--preset", "huge",
+                                     "--out", str(tmp_path)])
+    assert bad_preset.exit_code == 2 and "tiny, demo, paper" in bad_preset.output
+    ok = runner.invoke(app, ["models", "create-untrained", "--family", "stylegan2", "--out", str(tmp_path)])
+    assert ok.exit_code == 0 and (tmp_path / "untrained-tiny@1" / "config.json").is_file()
