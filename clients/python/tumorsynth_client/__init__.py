@@ -1,4 +1,8 @@
-"""A small Python client for the tumorsynth API (used by the CLI)."""
+"""A small Python client for the tumorsynth API: submit masks and batches, wait, download.
+
+Its own distribution (``tumorsynth-client``, needing only httpx), so a pipeline that only submits jobs does not
+install torch, MONAI or the service stack; the service's CLI uses it too (``tumorsynth.client`` re-exports it).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+__version__ = "0.1.0"
+__all__ = ["TERMINAL", "ApiError", "Client"]
 
 TERMINAL = {"succeeded", "failed", "canceled"}
 
