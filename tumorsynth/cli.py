@@ -300,6 +300,34 @@ def _train(family: str, cfg, data: Path, out: Path | None, work: Path | None, re
     console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
 
 
+def add_train_command(typer_app: typer.Typer, family: str) -> None:
+    """``tumorsynth train FAMILY`` with the options every trainer takes, for a family without a command of its own
+    (a new family trains from the CLI with no edit here)."""
+
+    def train(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
+              config: Annotated[str, typer.Option(help="a config in training/configs, or a JSON file")]
+              = f"{family}-demo",
+              out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/FAMILY/NAME@VER)")]
+              = None,
+              work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+              resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
+              threads: int | None = None) -> None:
+        cfg = _family(family).train_config_class().load(config, name=name, version=version)
+        _train(family, cfg, data, out, work, resume, device, threads)
+
+    train.__doc__ = f"Train the {family} family with the trainer its registration names."
+    typer_app.command(family)(train)
+
+
+def _train_commands_for_registered_families() -> None:
+    from .models.families import family_names
+
+    dedicated = {c.name for c in train_app.registered_commands}
+    for name in family_names():
+        if name not in dedicated:
+            add_train_command(train_app, name)
+
+
 @eval_app.command("tavit")
 def eval_tavit(model: str, data: Annotated[Path, typer.Option(exists=True, file_okay=False)], subjects: int = 8,
                true_mask: Annotated[bool, typer.Option(help="condition on the true mask, not the predicted one")]
@@ -447,6 +475,8 @@ def demo(out: Path = Path("out/demo"), port: int = 8765, samples: int = 1) -> No
     console.print(f"[green]wrote {len(paths)} files to {out}[/green]")
     typer.echo(json.dumps([str(p) for p in paths], indent=1))
 
+
+_train_commands_for_registered_families()
 
 if __name__ == "__main__":
     app()

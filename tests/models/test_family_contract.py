@@ -6,6 +6,7 @@ the modalities it declares, seeded and in the shapes it declares."""
 from __future__ import annotations
 
 import importlib
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -110,3 +111,52 @@ def test_the_cli_offers_the_registered_families(tmp_path):
     assert bad_preset.exit_code == 2 and "tiny, demo, paper" in bad_preset.output
     ok = runner.invoke(app, ["models", "create-untrained", "--family", "stylegan2", "--out", str(tmp_path)])
     assert ok.exit_code == 0 and (tmp_path / "untrained-tiny@1" / "config.json").is_file()
+
+
+class FakeConfig:
+    """A trainer config as ``training/*.py`` write them: ``load(spec, **overrides)``."""
+
+    def __init__(self, spec: str, name: str, version: str):
+        self.spec, self.name, self.version = spec, name, version
+
+    @classmethod
+    def load(cls, spec, name=None, version=None):
+        return cls(spec, name or "fake-net", version or "1")
+
+
+class FakeTrainer:
+    """Records what the CLI hands a trainer and writes nothing."""
+
+    calls: ClassVar[list] = []
+
+    def __init__(self, cfg, data, out, work, device, on_epoch=None, progress=None):
+        FakeTrainer.calls.append((cfg.spec, cfg.name, data, out, device))
+        self.out = out
+
+    def run(self, resume):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(entry=SimpleNamespace(id="five/fake-net@1", path=self.out))
+
+
+def test_a_new_family_trains_from_the_cli_without_a_command_of_its_own(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from tumorsynth import cli
+    from tumorsynth.models import families
+
+    five = Family(name="five", task="class_to_roi", presets=("tiny",), configs="unused", generator="unused:G",
+                  trainer=f"{__name__}:FakeTrainer", train_config=f"{__name__}:FakeConfig")
+    families.register(five)
+    try:
+        train = typer.Typer()
+        cli.add_train_command(train, "five")
+        train.command("other")(lambda: None)  # a group of two, as `tumorsynth train` is
+        result = CliRunner().invoke(train, ["five", "--data", str(tmp_path), "--device", "cpu",
+                                            "--out", str(tmp_path / "ckpt")])
+    finally:
+        families.FAMILIES.pop("five")
+    assert result.exit_code == 0, result.output
+    assert FakeTrainer.calls == [("five-demo", "fake-net", tmp_path, tmp_path / "ckpt", "cpu")]
+    assert {c.name for c in cli.train_app.registered_commands} >= set(family_names())
