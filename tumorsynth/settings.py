@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SECRETS = {"minioadmin", "minio123", "changeme", "secret", "password", "admin"}
 PLACEHOLDER = re.compile(r"change[-_ ]?me", re.IGNORECASE)  # .env.example's values say "change-me"
 MIN_SECRET_CHARS = 16
+DEFAULT_QUEUE = "gpu"
 
 
 class Settings(BaseSettings):
@@ -73,7 +75,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 3.0
     reaper_interval_seconds: float = 3.0
     max_attempts: int = 3
-    family_queues: dict[str, str] = {"ldm": "gpu", "vqgan": "gpu", "tavit": "gpu", "stylegan2": "gpu"}
+    # Queue per model family where it is not DEFAULT_QUEUE, e.g. {"stylegan2": "cpu"} (families: models/families.py).
+    family_queues: dict[str, str] = {}
     idempotency_ttl_seconds: int = 24 * 3600
     storage_retries: int = 4
 
@@ -154,7 +157,11 @@ class Settings(BaseSettings):
         return bool(self.tenants_by_key)
 
     def queue_for(self, family: str) -> str:
-        return self.family_queues.get(family, "gpu")
+        return self.family_queues.get(family, DEFAULT_QUEUE)
+
+    def queues(self, families: Iterable[str]) -> list[str]:
+        """Every queue a job of ``families`` can be sent to (the API passes the registered families)."""
+        return sorted({self.queue_for(f) for f in families})
 
     def check_safe_to_serve(self, host: str) -> None:
         """Refuse unsafe defaults outside loopback: no API keys, or a default, placeholder or short secret.

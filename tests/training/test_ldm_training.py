@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from tumorsynth.data.phantoms import generate_phantoms
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.checkpoints import load_state_dict
 from tumorsynth.models.ldm.runner import LDMGenerator
 from tumorsynth.models.registry import ModelRegistry
 from tumorsynth.training.ldm import LDMTrainConfig, Trainer
-from tumorsynth.training.phantoms import generate_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_checkpoint_round_trips_and_is_served(phantom_dir, tmp_path):
 
 
 def test_evaluation_reports_the_papers_metrics(phantom_dir, tmp_path):
-    from tumorsynth.training.evaluate import evaluate_ldm, format_report
+    from tumorsynth.evaluation.ldm_eval import evaluate_ldm, format_report
 
     cfg = config(ae_epochs=1, diffusion_epochs=1, name="evaluated")
     entry = Trainer(cfg, phantom_dir, tmp_path / "ldm" / "evaluated@1", tmp_path / "work").run().entry
@@ -115,7 +115,7 @@ def test_evaluation_takes_fid_features_from_local_medicalnet_weights(phantom_dir
     from monai.networks.nets import resnet10
     from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
 
-    from tumorsynth.training.evaluate import evaluate_ldm, format_report
+    from tumorsynth.evaluation.ldm_eval import evaluate_ldm, format_report
 
     bias, shortcut = get_medicalnet_pretrained_resnet_args(10)
     net = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type=shortcut,

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tumorsynth.data.phantom_slices import build_slice_set
+from tumorsynth.data.phantoms import generate_phantoms
+from tumorsynth.data.slices import load_slices, prepare
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.registry import ModelRegistry
 from tumorsynth.models.stylegan2.runner import StyleGAN2Generator
-from tumorsynth.training.phantom_slices import build_slice_set
-from tumorsynth.training.phantoms import generate_phantoms
-from tumorsynth.training.slices import load_slices, prepare
 from tumorsynth.training.stylegan2 import StyleGAN2TrainConfig, Trainer
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from tumorsynth.data.brats import find_subjects
+from tumorsynth.data.phantoms import generate_phantoms
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.checkpoints import load_state_dict
 from tumorsynth.models.registry import ModelRegistry
 from tumorsynth.models.tavit.runner import TAViTGenerator
-from tumorsynth.training.brats import find_subjects
-from tumorsynth.training.phantoms import generate_phantoms
 from tumorsynth.training.tavit import TAViTTrainConfig, Trainer
 
 
@@ -103,7 +103,7 @@ def test_checkpoint_round_trips_through_the_registry_and_is_served(phantom_dir, 
 
 
 def test_evaluation_reports_per_region_metrics(phantom_dir, trained):
-    from tumorsynth.training.evaluate_tavit import evaluate_tavit, format_report
+    from tumorsynth.evaluation.tavit_eval import evaluate_tavit, format_report
 
     _, result, _ = trained
     report = evaluate_tavit(result.entry, phantom_dir, subjects=2)
@@ -123,7 +123,7 @@ def test_evaluation_reports_per_region_metrics(phantom_dir, trained):
 
 
 def test_held_out_subjects_come_from_the_validation_ids_only_in_the_training_folder(phantom_dir, trained, tmp_path):
-    from tumorsynth.training.evaluate_tavit import held_out
+    from tumorsynth.evaluation.tavit_eval import held_out
 
     _, result, _ = trained
     val_ids = result.entry.config["training"]["validation_ids"]

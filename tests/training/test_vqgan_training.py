@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from tumorsynth.data.brats import find_subjects, load_subject
+from tumorsynth.data.phantoms import generate_phantoms
+from tumorsynth.data.roi import extract_roi, tumour_centre
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.checkpoints import load_state_dict
 from tumorsynth.models.loader import load_generator
 from tumorsynth.models.registry import ModelRegistry
 from tumorsynth.models.vqgan.runner import VQGANGenerator
-from tumorsynth.training.brats import find_subjects, load_subject
-from tumorsynth.training.phantoms import generate_phantoms
-from tumorsynth.training.roi import extract_roi, tumour_centre
 from tumorsynth.training.vqgan import Trainer, VQGANTrainConfig
 
 

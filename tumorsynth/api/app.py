@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..schemas import JobRequest
 from ..settings import Settings, get_settings
-from . import problems
+from . import openapi, problems
 from .framing import ConflictingFraming
 from .limits import BodySizeLimit, BodyTimeout
 from .routes import batches, dashboard, datasets, health, jobs, models, objects, ops, webhooks
@@ -22,9 +22,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         summary="Synthetic brain-tumour MRI for data augmentation",
         description="Generation jobs for mask-conditioned, class-conditioned and contrast-synthesis models. "
         "Every output is synthetic and labelled so.",
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.services = services or Services.from_settings(settings)
     problems.install(app)
+    openapi.install(app)
     for module in (health, models, jobs, batches, datasets, objects, ops, webhooks, dashboard):
         app.include_router(module.router)
     app.include_router(batches.masks_router)

@@ -20,8 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..jobs import stats
-from ..webhooks.outbox import DUE as WEBHOOKS_DUE
+from ..jobs import keys, stats
+from ..models.families import FAMILIES
 from ..pacs import outbox as pacs_outbox
 from ..workers import gpu_memory
 from ..workers.supervision import WORKERS, worker_key
@@ -36,10 +36,11 @@ def _split(field: bytes) -> tuple[str, str]:
 
 def queues_view(r, settings) -> list[dict]:
     """Per queue: depth (Celery's Redis list), oldest queued age, running jobs, workers online consuming it."""
-    queues = sorted(set(settings.family_queues.values()))
+    queues = settings.queues(FAMILIES)
     workers = online_workers(r, settings)
     running: dict[str, int] = {}
-    for raw in r.mget([f"ts:job:{j.decode()}" for j in r.zrange("ts:leases", 0, -1)]) if r.zcard("ts:leases") else []:
+    leased = r.zrange(keys.LEASES, 0, -1)
+    for raw in r.mget([keys.job(j.decode()) for j in leased]) if leased else []:
         if raw:
             rec = json.loads(raw)
             running[rec["queue"]] = running.get(rec["queue"], 0) + 1
@@ -140,8 +141,8 @@ def webhook_backlog(r, now: float | None = None):
     now = time.time() if now is None else now
     pending = GaugeMetricFamily("tumorsynth_webhook_deliveries_pending", "Webhook deliveries not yet delivered or "
                                 "given up (due now or waiting for a retry)")
-    pending.add_metric([], r.zcard(WEBHOOKS_DUE))
-    first = r.zrange(WEBHOOKS_DUE, 0, 0, withscores=True)
+    pending.add_metric([], r.zcard(keys.WEBHOOKS_DUE))
+    first = r.zrange(keys.WEBHOOKS_DUE, 0, 0, withscores=True)
     overdue = GaugeMetricFamily("tumorsynth_webhook_oldest_overdue_seconds", "How long the most overdue pending "
                                 "webhook delivery has been due without an attempt (0: none overdue)")
     overdue.add_metric([], round(max(0.0, now - first[0][1]), 3) if first else 0.0)

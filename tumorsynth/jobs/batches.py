@@ -12,7 +12,7 @@ import io
 import json
 import logging
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
@@ -23,8 +23,9 @@ from ..schemas import Options
 from ..storage.keys import batch_key
 from ..storage.retry import with_retries
 from .bids import DatasetFile, add_bids_columns, dataset_files, participant_labels
+from . import keys as redis_keys
 from .records import new_id, now, rfc3339
-from .store import P, JobStore
+from .store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class BatchRequest(BaseModel):
     intensity: Literal["zscore", "unit", "scanner"] | None = None  # every job's intensity scale, as in a job request
 
     @model_validator(mode="after")
-    def _one_target(self) -> "BatchRequest":
+    def _one_target(self) -> BatchRequest:
         if (self.target is None) == (self.total_per_class is None):
             raise ValueError('give either "target": "balance" or "total_per_class": N (one of them)')
         return self
@@ -62,16 +63,9 @@ def plan(class_counts: dict[str, int], target: str | None, total_per_class: int 
     return {c: max(0, goal - n) for c, n in class_counts.items()}
 
 
-def _batch_key(batch_id: str) -> str:
-    return f"{P}batch:{batch_id}"
+counts_key = redis_keys.batch_counts
 
 
-def counts_key(batch_id: str) -> str:
-    return f"{P}batch:{batch_id}:counts"
-
-
-def _tenant_batches(tenant: str) -> str:
-    return f"{P}tenant:{tenant}:batches"
 
 
 class BatchRecord(BaseModel):
@@ -98,17 +92,18 @@ class BatchService:
 
     # ----- records -------------------------------------------------------------------------------------------------
     def _save(self, rec: BatchRecord) -> None:
-        self.r.set(_batch_key(rec.id), rec.model_dump_json())
+        self.r.set(redis_keys.batch(rec.id), rec.model_dump_json())
 
     def get(self, tenant: str, batch_id: str) -> BatchRecord:
-        raw = self.r.get(_batch_key(batch_id)) if isinstance(batch_id, str) and len(batch_id) < 80 else None
+        raw = self.r.get(redis_keys.batch(batch_id)) if isinstance(batch_id, str) and len(batch_id) < 80 else None
         rec = None if raw is None else BatchRecord.model_validate_json(raw)
         if rec is None or rec.tenant != tenant:
             raise NotFound(f"no batch '{batch_id}'")
         return rec
 
     def counts(self, rec: BatchRecord) -> dict[str, int]:
-        raw = {k.decode(): int(v) for k, v in self.r.hgetall(counts_key(rec.id)).items()}
+        counts = cast(dict[bytes, bytes], self.r.hgetall(counts_key(rec.id)))
+        raw = {k.decode(): int(v) for k, v in counts.items()}
         return {"total": len(rec.subjects), "succeeded": raw.get("succeeded", 0), "failed": raw.get("failed", 0),
                 "canceled": raw.get("canceled", 0)}
 
@@ -148,7 +143,7 @@ class BatchService:
         rec = BatchRecord(id=new_id("batch"), tenant=tenant, model=entry.id, request=req.model_dump(),
                           plan=wanted, created_at=now())
         self._save(rec)
-        self.r.zadd(_tenant_batches(tenant), {rec.id: round(rec.created_at * 1000)})
+        self.r.zadd(redis_keys.tenant_batches(tenant), {rec.id: round(rec.created_at * 1000)})
         try:
             i = 0
             for cls, n in wanted.items():
@@ -180,6 +175,8 @@ class BatchService:
 
     def _masks(self, tenant: str, cls: str, n: int, req: BatchRequest, uploaded: list[bytes] | None) -> list[bytes]:
         if req.masks == "upload":
+            if not uploaded:
+                raise InvalidRequest.for_field("masks", '"masks": "upload" needs mask file parts in the request')
             return [uploaded[k % len(uploaded)] for k in range(n)]
         if self.masks is None:
             raise ServiceUnavailable("this service has no mask bank configured; upload masks with the batch")
@@ -213,7 +210,7 @@ class BatchService:
         counts = self.counts(rec)
         if rec.manifest is not None or self.status(rec, counts) in ("running", "canceling"):
             return rec
-        lock = self.r.lock(f"{_batch_key(rec.id)}:manifest-lock", timeout=120, blocking_timeout=60)
+        lock = self.r.lock(redis_keys.batch_manifest_lock(rec.id), timeout=120, blocking_timeout=60)
         if not lock.acquire():
             raise ServiceUnavailable("the manifest is being written; retry in a moment")
         try:

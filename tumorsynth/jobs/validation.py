@@ -18,6 +18,8 @@ from ..schemas import JobRequest
 class _NonFinite(float):
     """Where the JSON had ``NaN``, ``Infinity``, ``-Infinity`` or a number too large for a double."""
 
+    text: str
+
     def __new__(cls, text: str):
         obj = super().__new__(cls, "nan")
         obj.text = text
@@ -120,7 +122,8 @@ def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
     if req.modalities:
         unknown = [m for m in req.modalities if m not in entry.modalities]
         if unknown:
-            errs.append(FieldError("modalities", f"{unknown} not made by {entry.id}; it makes {list(entry.modalities)}"))
+            errs.append(FieldError("modalities",
+                                   f"{unknown} not made by {entry.id}; it makes {list(entry.modalities)}"))
     if req.sampler is not None:
         names = [s.name for s in entry.samplers]
         if req.sampler.name is not None and req.sampler.name not in names:

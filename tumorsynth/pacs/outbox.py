@@ -13,10 +13,11 @@ import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..jobs import keys
 from ..jobs.records import JobRecord
 
-DUE = "ts:pacs:due"
-COUNTS = "ts:pacs:counts"
+DUE = keys.PACS_DUE
+COUNTS = keys.PACS_COUNTS
 KEEP_SECONDS = 30 * 24 * 3600  # a delivery's record lives as long as a job is worth asking about
 
 # Take up to ARGV[3] deliveries due by ARGV[1], making them due again at ARGV[2] (the claim timeout).
@@ -28,7 +29,7 @@ return ids
 
 
 def delivery_key(job_id: str) -> str:
-    return f"ts:pacs:{job_id}"
+    return keys.pacs_delivery(job_id)
 
 
 def on_transition(pipe, before: str | None, rec: JobRecord) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 
-from .brats import MODALITIES, Subject, find_subjects
+from ..data.brats import MODALITIES, Subject, find_subjects
 
 
 def subject_stats(subject: Subject, modality: str) -> tuple[float, float] | None:

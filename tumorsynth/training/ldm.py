@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..imaging.geometry import fit_to_grid
+from ..data.brats import MODALITIES, find_subjects
+from ..data.subjects import prepare_subject, split
 from ..imaging.labels import to_regions
 from ..models.checkpoints import save_checkpoint
 from ..models.ldm.configs import PRESETS, build_network
 from ..models.ldm.schedulers import make_scheduler
 from ..models.registry import ModelEntry
-from .brats import MODALITIES, crop_to_nonzero, find_subjects, load_subject, normalise
 from .common import ResumableTrainer, ema_with_warmup, epoch_rng, perceptual_loss
 from .configs import load_config
 from .intensity_stats import record_scanner_stats
@@ -105,7 +105,7 @@ class LDMTrainConfig:
     max_subjects: int | None = None
 
     @classmethod
-    def load(cls, spec: str | Path, **overrides) -> "LDMTrainConfig":
+    def load(cls, spec: str | Path, **overrides) -> LDMTrainConfig:
         """A JSON file, or the name of one in ``training/configs`` (``ldm-tiny``, ``ldm-demo``, ``ldm-paper``)."""
         return load_config(cls, "ldm", spec, overrides)
 
@@ -122,18 +122,6 @@ class Prepared:
 class TrainResult:
     entry: ModelEntry
     metrics: list[dict] = field(default_factory=list)
-
-
-def prepare_subject(subject, grid_shape, fov_mm, modalities=MODALITIES) -> tuple[np.ndarray, np.ndarray]:
-    """One BraTS subject → (image (C, *grid) z-scored, labels (*grid) BraTS 2023) on the model grid."""
-    data = load_subject(subject, modalities)
-    image = normalise(data["image"])
-    crop = crop_to_nonzero(image, data["seg"], affine=data["affine"])
-    mapping = fit_to_grid(crop.image.shape[1:], crop.affine, grid_shape, fov_mm)
-    grid_image = mapping.to_grid(crop.image, order=1).astype(np.float32)
-    grid_labels = mapping.to_grid(crop.seg, order=0).astype(np.uint8) if crop.seg is not None else \
-        np.zeros(grid_shape, np.uint8)
-    return grid_image, grid_labels
 
 
 def prepare(data_dir: Path, config: dict, classes: list[str], max_subjects: int | None = None,
@@ -176,12 +164,6 @@ def augment(images: torch.Tensor, regions: torch.Tensor, cfg: LDMTrainConfig) ->
     return torch.stack(out_i), torch.stack(out_r)
 
 
-def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng([seed, 7]).permutation(n)
-    n_val = min(max(1, int(round(n * val_fraction))), n - 1) if n > 1 and val_fraction > 0 else 0
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` (B, C, ...) under voxel weights (B, 1, ...) broadcast over channels; all-ones = the mean."""
     weights = weights.expand_as(values)
@@ -190,7 +172,8 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def region_weights(regions: torch.Tensor, weights) -> torch.Tensor:
     """Voxel weights (B, 1, ...) = 1 + Σ_k weights[k]·regions[:, k] for region channels or fractions (B, 3, ...)."""
-    w = torch.as_tensor(list(weights), dtype=regions.dtype, device=regions.device).view(1, -1, *[1] * (regions.ndim - 2))
+    w = torch.as_tensor(list(weights), dtype=regions.dtype, device=regions.device)
+    w = w.view(1, -1, *[1] * (regions.ndim - 2))
     return 1 + (regions * w).sum(dim=1, keepdim=True)
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.slices import DEFAULT_CLASS_MAP, SliceSet, load_slices
 from ..models.checkpoints import save_checkpoint
 from ..models.registry import ModelEntry
 from ..models.stylegan2.augment import POLICIES, diff_augment
@@ -44,7 +45,6 @@ from ..models.stylegan2.configs import PRESETS, build_network, model_config
 from ..models.stylegan2.discriminator import Discriminator
 from .common import ResumableTrainer, epoch_rng
 from .configs import load_config
-from .slices import DEFAULT_CLASS_MAP, SliceSet, load_slices
 from .stylegan2_card import describe_data, model_card
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .slices import SliceSet
-
-SIMULATED_NOTE = "SLICES.json"  # written by ``training.phantom_slices``: how each class was made
+from ..data.phantom_slices import SIMULATED_NOTE
+from ..data.slices import SliceSet
 
 
 def _provenance(data_dir: Path) -> dict | None:

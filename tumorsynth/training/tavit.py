@@ -39,12 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.brats import find_subjects
+from ..data.subjects import prepare_subject
 from ..models.checkpoints import save_checkpoint
 from ..models.registry import ModelEntry
 from ..models.tavit.configs import build_network, image_inputs, model_config
 from ..models.tavit.network import regions_from_labels, regions_from_probabilities
 from ..models.tavit.slices import brain_slices, context_index, slice_mapping, to_slices
-from .brats import find_subjects, load_subject, normalise
 from .common import ResumableTrainer, epoch_rng
 from .configs import load_config
 from .intensity_stats import record_scanner_stats
@@ -114,17 +115,13 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
 
 
-def prepare_subject(subject, config: dict, min_brain_fraction: float = 0.0) -> tuple[np.ndarray, ...]:
+def subject_slices(subject, config: dict, min_brain_fraction: float = 0.0) -> tuple[np.ndarray, ...]:
     """One BraTS subject → (inputs (S, C, H, W), t1c (S, 1, H, W), labels (S, H, W)) for its brain slices."""
     if subject.seg is None:
         raise ValueError(f"subject {subject.id!r} has no segmentation; the segmenter needs one per subject")
-    names = image_inputs(config)
-    data = load_subject(subject, (*names, "t1c"))
-    image = normalise(data["image"])  # (C + 1, X, Y, Z)
-    mapping = slice_mapping(image.shape[1:], data["affine"], config["output"]["shape"], config["fov_mm"])
-    grid = mapping.to_grid(image, order=1).astype(np.float32)  # (C + 1, H, W, Z)
-    labels = mapping.to_grid(data["seg"], order=0).astype(np.uint8)  # (H, W, Z)
-    keep = brain_slices(grid[0], min_brain_fraction)
+    grid, labels = prepare_subject(subject, config["output"]["shape"], config["fov_mm"],
+                                   (*image_inputs(config), "t1c"), to_grid=slice_mapping, crop=False)
+    keep = brain_slices(grid[0], min_brain_fraction)  # grid: (C + 1, H, W, Z), labels: (H, W, Z)
     slices = to_slices(grid)[keep]  # (S, C + 1, H, W)
     return slices[:, :-1], slices[:, -1:], np.moveaxis(labels, -1, 0)[keep]
 
@@ -140,7 +137,7 @@ def prepare(data_dir: Path, config: dict, max_subjects: int | None = None, min_b
     inputs, targets, labels, owner, context = [], [], [], [], []
     start = 0
     for i, s in enumerate(subjects):
-        x, y, seg = prepare_subject(s, config, min_brain_fraction)
+        x, y, seg = subject_slices(s, config, min_brain_fraction)
         inputs.append(torch.from_numpy(x).half())
         targets.append(torch.from_numpy(y).half())
         labels.append(torch.from_numpy(seg))

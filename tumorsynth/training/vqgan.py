@@ -1,6 +1,6 @@
 """Training the class-conditional tumour-ROI VQGAN (Zhou et al. 2023 and poster) on BraTS-format data or phantoms.
 
-Data: one ROI per subject (``training.roi``: 128 mm around the tumour centroid on the preset's grid, FLAIR by
+Data: one ROI per subject (``data.roi``: 128 mm around the tumour centroid on the preset's grid, FLAIR by
 default, clipped z-scores in [-1, 1]); left-right flips as augmentation.
 
 Stage 1, the VQGAN: L1 + ``grad_weight`` × the paper's 3D gradient loss + the codebook's commitment (and codebook)
@@ -43,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.roi import ROISet, load_rois
+from ..data.subjects import split
 from ..models.checkpoints import save_checkpoint
 from ..models.registry import ModelEntry
 from ..models.vqgan.autoencoder import importance_target
@@ -58,8 +60,6 @@ from ..models.vqgan.transformer import masked_token_loss
 from .common import ResumableTrainer, epoch_rng, perceptual_loss
 from .configs import load_config
 from .intensity_stats import record_scanner_stats
-from .ldm import split
-from .roi import ROISet, load_rois
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,15 @@ import sys
 import threading
 import time
 
+from ..jobs.keys import GPU_READING as P
+from ..jobs.keys import GPU_READINGS, gpu_reading
+
 log = logging.getLogger(__name__)
-P = "ts:gpu:"
-INDEX = "ts:gpu-readings"  # zset: reading key → when it expires (no keyspace scans at scrape time)
+INDEX = GPU_READINGS
 KINDS = ("allocated", "reserved", "total")  # total: the device's memory, so an alert can say "near full"
 
 
-def gpu_key(worker_id: str, pid: int) -> str:
-    return f"{P}{worker_id}:{pid}"
+gpu_key = gpu_reading
 
 
 def parent_worker_id() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -76,7 +77,8 @@ def read_inputs(ctx: WorkerContext, rec: JobRecord) -> dict[str, Volume]:
     """Inputs were validated on upload; they are read through the same checks again (defence in depth)."""
     out = {}
     for item in rec.inputs:
-        raw = with_retries(lambda k=item.key: ctx.store.get_bytes(k), attempts=ctx.settings.storage_retries)
+        fetch = functools.partial(ctx.store.get_bytes, item.key)
+        raw = with_retries(fetch, attempts=ctx.settings.storage_retries)
         out[item.name] = read_volume(raw, field=item.name, limits=ctx.limits)
     return out
 

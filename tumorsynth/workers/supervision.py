@@ -7,21 +7,19 @@ noticed when its lease lapses (seconds) and requeued here, up to the attempt cap
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
-import logging
 import threading
 import time
 
-from .celery_app import Dispatcher
+from ..jobs import keys
+from ..jobs.dispatch import Dispatcher
 from .context import WorkerContext
 
 log = logging.getLogger(__name__)
-WORKERS = "ts:workers"  # zset: worker id → last heartbeat
-
-
-def worker_key(worker_id: str) -> str:
-    return f"ts:worker:{worker_id}"
+WORKERS = keys.WORKERS
+worker_key = keys.worker
 
 
 def announce(ctx: WorkerContext, queues: list[str]) -> None:
