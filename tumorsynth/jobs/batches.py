@@ -22,8 +22,8 @@ from ..models.options import check_options
 from ..schemas import Options
 from ..storage.keys import batch_key
 from ..storage.retry import with_retries
-from .bids import DatasetFile, add_bids_columns, dataset_files, participant_labels
 from . import keys as redis_keys
+from .bids import DatasetFile, add_bids_columns, dataset_files, participant_labels
 from .records import new_id, now, rfc3339
 from .store import JobStore
 

@@ -104,7 +104,7 @@ class OutputWriter:
             if is_slice(v.data):  # 2D outputs also come as a PNG, for a glance or a 2D pipeline
                 self._put(f"{stem}.png", slice_png(v.data), "image/png", modality=v.modality,
                           sample_index=v.sample_index, kind="preview", shape=list(v.data.shape[:2]))
-        labels = None
+        dicom_mask = None
         if mask is not None:
             vol, convention = mask
             labels = to_brats2023(np.asarray(vol.data), convention).astype(np.float32)
@@ -113,9 +113,9 @@ class OutputWriter:
                          extra={"LabelConvention": out_convention, "SourceLabelConvention": convention,
                                 "IntensityScale": "labels", "IntensityUnits": f"label values ({out_convention})",
                                 "Description": f"the conditioning mask, labels {out_convention}"})
-            labels = (labels, np.asarray(vol.affine), out_convention)
+            dicom_mask = (labels, np.asarray(vol.affine), out_convention)
         if "dicom" in self.formats:
-            self._dicom([(v, data) for v, (data, _) in zip(volumes, scaled)], labels)
+            self._dicom([(v, data) for v, (data, _) in zip(volumes, scaled)], dicom_mask)
         return self.written
 
     def _scaled(self, volumes: list[GeneratedVolume]) -> list[tuple[np.ndarray, dict]]:

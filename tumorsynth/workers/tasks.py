@@ -6,8 +6,8 @@ import logging
 
 from celery import signals
 
-from ..pacs.deliver import start_pacs_deliverer
 from ..jobs.outbox import Outbox
+from ..pacs.deliver import start_pacs_deliverer
 from ..settings import get_settings
 from ..webhooks.deliver import start_deliverer
 from .celery_app import RUN_JOB, CeleryDispatcher, create_celery
