@@ -50,7 +50,7 @@ class Services:
         jobs = JobStore(client)
         store = make_store(settings)
         registry = ModelRegistry(settings.model_dir)
-        dispatcher = Dispatcher(create_celery(settings), settings)
+        dispatcher = Dispatcher(create_celery(settings, publish_timeout=settings.redis_timeout_seconds), settings)
         submissions = JobService(jobs, store, registry, dispatcher, VolumeLimits.from_settings(settings),
                                  settings.storage_retries, settings.idempotency_ttl_seconds)
         bank = MaskBank(store, VolumeLimits.from_settings(settings))

@@ -22,6 +22,7 @@ from ..storage.keys import input_key
 from ..storage.retry import with_retries
 from ..webhooks.targets import check_request as check_webhook
 from ..workers.celery_app import Dispatcher
+from . import fairness
 from .records import JobRecord, StoredInput, new_id
 from .store import JobStore
 from .validation import (
@@ -95,10 +96,12 @@ class JobService:
         rec = JobRecord(id=job_id, tenant=tenant, model=entry.id, family=entry.family,
                         queue=self.dispatcher.settings.queue_for(entry.family), request=normalised(req, entry),
                         inputs=inputs, idempotency_key=idempotency_key, body_sha256=body_sha, batch_id=batch_id)
+        if batch_id is None:  # a batch's jobs are bounded by the batch limit, and queue behind the tenant's others
+            self._check_caps(tenant, rec, idempotency_key)
         try:
             self._store_inputs(inputs, files)
             self.jobs.create(rec)
-            self.dispatcher.send(rec.id, rec.family)
+            self.dispatcher.send(rec.id, rec.family, priority=fairness.priority(self.jobs.r, tenant))
             if idempotency_key is not None:
                 self.jobs.confirm_idempotency(tenant, idempotency_key, body_sha, job_id, self.idem_ttl)
         except Exception as exc:
@@ -107,6 +110,16 @@ class JobService:
             raise ServiceUnavailable(f"could not queue the job ({type(exc).__name__}); nothing was kept, retry") \
                 from exc
         return Submission(rec, replayed=False)
+
+    def _check_caps(self, tenant: str, rec: JobRecord, idempotency_key: str | None) -> None:
+        s = self.dispatcher.settings
+        try:
+            fairness.check_caps(self.jobs.r, tenant, fairness.work_of(rec), s.max_active_jobs_per_tenant,
+                                s.max_active_work_per_tenant)
+        except fairness.TenantBusy:
+            if idempotency_key is not None:
+                self.jobs.release_idempotency(tenant, idempotency_key)
+            raise
 
     def _claim_key(self, tenant: str, key: str, body_sha: str, job_id: str) -> JobRecord | None:
         """None once this request owns the key; else the job of the request that does, after waiting for it.

@@ -8,6 +8,8 @@ upper bound), as Prometheus expects.
 
 from __future__ import annotations
 
+from . import fairness
+
 P = "ts:stats:"
 STATUS = f"{P}status"  # hash "model\tstatus" → jobs now in that status
 FAILURES = f"{P}failures"  # hash "model\tcode" → failed jobs
@@ -38,6 +40,7 @@ def record_transition(pipe, before: str | None, rec) -> None:
     after = rec.status
     if before == after:
         return
+    fairness.record_transition(pipe, before, rec)
     if before is not None:
         pipe.hincrby(STATUS, f"{rec.model}\t{before}", -1)
     pipe.hincrby(STATUS, f"{rec.model}\t{after}", 1)
@@ -59,5 +62,6 @@ def record_transition(pipe, before: str | None, rec) -> None:
 
 
 def record_deletion(pipe, rec) -> None:
+    fairness.record_deletion(pipe, rec)
     pipe.hincrby(STATUS, f"{rec.model}\t{rec.status}", -1)
     pipe.zrem(queued_key(rec.queue), rec.id)
