@@ -13,7 +13,7 @@ import redis
 
 from tests.conftest import ALPHA, make_settings
 from tests.support.hammer import ApiProcess, fire, rss_kib, shots
-from tests.support.services import settings_env
+from tests.support.services import queue_depth, settings_env
 from tumorsynth.embedded.redis_server import free_port
 
 WARM_ROUNDS, ROUNDS = 2, 5
@@ -46,4 +46,4 @@ def test_rss_stays_bounded_and_nothing_is_kept(redis_server, s3_endpoint, model_
     assert (after - warm) / 1024 < BOUND_MIB, f"RSS grew {(after - warm) / 1024:.1f} MiB over {ROUNDS} rounds"
     assert store.list("") == []
     assert [k for k in r.scan_iter() if k.startswith((b"ts:job", b"ts:tenant", b"ts:queued"))] == []
-    assert all(r.llen(q) == 0 for q in set(s.family_queues.values()))
+    assert all(queue_depth(r, q) == 0 for q in set(s.family_queues.values()))

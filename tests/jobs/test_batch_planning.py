@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import ALPHA, make_settings
+from tests.support.services import queue_depth
 from tests.support.volumes import nifti_bytes
 
 
@@ -32,8 +33,8 @@ def own_bank(redis_server, s3_endpoint, model_dir):
 
 
 def head_filling_mask() -> bytes:
-    from tumorsynth.jobs.maskbank import BANK_SHAPE
     from tumorsynth.imaging.templates import brats_grid_affine
+    from tumorsynth.jobs.maskbank import BANK_SHAPE
 
     m = np.zeros(BANK_SHAPE, np.int16)
     m[20:220, 20:220, 10:145] = 2  # oedema over most of the head
@@ -67,4 +68,4 @@ def test_a_banked_mask_that_cannot_be_placed_makes_the_batch_422_and_leaves_noth
     assert err["field"] == "masks" and "LGG" in err["message"]
     assert sorted(o.key for o in services.store.list("")) == before
     keys = [k for k in services.redis.scan_iter() if k.startswith((b"ts:batch", b"ts:job", b"ts:tenant"))]
-    assert keys == [] and services.redis.llen("parked-plan") == 0
+    assert keys == [] and queue_depth(services.redis, "parked-plan") == 0
