@@ -30,7 +30,7 @@ from ..schemas import Options
 from ..storage.keys import batch_key
 from ..storage.retry import with_retries
 from .records import new_id, now, rfc3339
-from .store import P, JobStore
+from .store import JobStore, P
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,8 @@ class BatchService:
         if not uploaded:
             raise InvalidRequest.for_field("masks", "masks: upload needs file parts named 'mask'")
         for raw in uploaded:
-            validate_mask(read_volume(raw, field="mask", limits=self.submissions.limits), field="mask")
+            validate_mask(read_volume(raw, field="mask", limits=self.submissions.limits, labels=True),
+                          field="mask")
         return uploaded
 
     def _undo(self, rec: BatchRecord) -> None:

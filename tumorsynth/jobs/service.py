@@ -23,6 +23,7 @@ from ..storage.retry import with_retries
 from ..webhooks.targets import check_request as check_webhook
 from ..workers.celery_app import Dispatcher
 from . import fairness
+from .memory import check_output_memory, output_shape
 from .records import JobRecord, StoredInput, new_id
 from .store import JobStore
 from .validation import (
@@ -44,9 +45,11 @@ class Submission:
     replayed: bool  # an Idempotency-Key matched an earlier identical request
 
 
-def read_inputs(files: dict[str, bytes], limits: VolumeLimits) -> dict[str, Volume]:
-    """Every file through the safe reader; co-registered files must share shape and affine."""
-    vols = {name: read_volume(raw, field=name, limits=limits) for name, raw in files.items()}
+def read_inputs(files: dict[str, bytes], limits: VolumeLimits,
+                masks: frozenset[str] = frozenset()) -> dict[str, Volume]:
+    """Every file through the safe reader (``masks``: the names read as uint8 labels); co-registered files must share
+    shape and affine."""
+    vols = {name: read_volume(raw, field=name, limits=limits, labels=name in masks) for name, raw in files.items()}
     reference = None
     for name, vol in vols.items():
         if reference is None:
@@ -75,7 +78,10 @@ class JobService:
         entry = self.registry.get(req.model)
         raise_if(check_against_model(req, entry) + check_files(sorted(files), entry)
                  + check_webhook(req, tenant, self.dispatcher.settings))
-        vols = read_inputs(files, self.limits)
+        vols = read_inputs(files, self.limits, frozenset(i.name for i in entry.inputs if i.kind == "mask"))
+        check_output_memory(output_shape([v.shape for v in vols.values()], req.output_grid, entry.output_shape),
+                            len(req.modalities or entry.modalities), req.num_samples,
+                            self.dispatcher.settings.max_job_output_bytes)
         inputs: list[StoredInput] = []
         job_id = new_id("job")
         for name, vol in vols.items():
