@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from tests.api.helpers import wait_status
+from tests.conftest import ALPHA
 from tests.support.services import WorkerProcess
 from tumorsynth.workers.celery_app import Dispatcher, create_celery, queue_lists
 from tumorsynth.workers.context import WorkerContext
@@ -73,3 +74,47 @@ def test_only_jobs_without_a_message_are_resent_and_a_job_lost_too_often_fails(r
         rec = ctx.jobs.get(lost["id"])
         assert rec.status == "failed" and rec.error["code"] == "lost_in_queue" and rec.resends == 2
         assert ctx.jobs.get(kept["id"]).status == "queued" and ctx.jobs.get(kept["id"]).resends == 2
+
+
+def test_a_batch_whose_planning_task_was_lost_is_planned_once(redis_server, s3_endpoint, model_dir):
+    """The same for a batch in ``planning``: its ``plan_batch`` message is sent again, and planned once."""
+    from tumorsynth.jobs.batch_planning import BatchPlanner
+    from tumorsynth.workers.reconcile import BATCH_ID, reconcile_batches
+
+    with stack(redis_server, s3_endpoint, model_dir, lease_seconds=1.0, max_attempts=2) as st:
+        queue = st.settings.queue_for("ldm")
+        st.settings.family_queues["vqgan"] = queue  # the class-conditioned batch below plans on this queue too
+        r = st.services.redis
+        body = {"model": "vqgan/tiny@1", "class_counts": {"LGG": 1, "HGG": 0}, "total_per_class": 2, "seed": 3}
+        batch = st.client.post("/v1/batches", json=body, headers=ALPHA).json()
+        assert batch["status"] == "planning" and batch["id"] in broker_job_ids(r, queue, BATCH_ID)
+        drop_messages(r, queue)
+        ctx = WorkerContext(st.settings)
+        dispatcher = Dispatcher(create_celery(st.settings), st.settings)
+        time.sleep(1.2)
+        assert reconcile_batches(ctx, dispatcher, [queue]) == [batch["id"]]
+        assert reconcile_batches(ctx, dispatcher, [queue]) == []  # its task is on the queue again
+        planner = BatchPlanner(st.services.batches, max_attempts=2)
+        assert planner.plan(batch["id"]) == "planned" and planner.plan(batch["id"]) == "not planning"
+        planned = st.client.get(f"/v1/batches/{batch['id']}", headers=ALPHA).json()
+        assert planned["status"] == "running" and len(planned["jobs"]) == 3, planned
+        time.sleep(1.2)
+        assert reconcile_batches(ctx, dispatcher, [queue]) == []  # planned: nothing to reconcile
+
+
+def test_a_planning_task_that_keeps_killing_its_worker_fails_the_batch(redis_server, s3_endpoint, model_dir):
+    from tumorsynth.jobs.batch_planning import BatchPlanner
+
+    with stack(redis_server, s3_endpoint, model_dir) as st:
+        body = {"model": "ldm/tiny@1", "class_counts": {"LGG": 1, "HGG": 2}, "target": "balance", "seed": 3}
+        batch = st.client.post("/v1/batches", json=body, headers=ALPHA).json()
+
+        def died(rec):  # two planning tasks started and never ended: their worker was killed each time
+            rec.plan_attempts = 2
+            return rec
+
+        st.services.batches.update(batch["id"], died)
+        assert BatchPlanner(st.services.batches, max_attempts=2).plan(batch["id"]) == "failed"
+        failed = st.client.get(f"/v1/batches/{batch['id']}", headers=ALPHA).json()
+        assert failed["status"] == "failed" and failed["jobs"] == []
+        assert failed["error"]["code"] == "planning_failed" and "2 times" in failed["error"]["message"]

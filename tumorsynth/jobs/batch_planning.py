@@ -7,7 +7,9 @@ subject, 28 s for 12, which a request cannot wait for). Here:
   in between is kept); a planner redelivered after its worker died resumes after the subjects already made;
 * a cancel stops the planning before the next job, and the jobs made are canceled with the batch;
 * a batch that cannot be planned (bank masks that cannot be placed, an uploaded mask gone from storage, a bug)
-  ends ``failed`` with an error a person can act on, and the jobs made so far are canceled; never a 500.
+  ends ``failed`` with an error a person can act on, and the jobs made so far are canceled; never a 500;
+* planning tasks started are counted on the batch: one that kills its worker each time (Celery redelivers it, as
+  ``reject_on_worker_lost`` asks) ends the batch ``failed`` after ``max_attempts``, as a job's attempts do.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 
 from ..errors import InvalidRequest, TumorsynthError
 from ..storage.retry import with_retries
-from .batches import BatchRecord, BatchRequest, BatchService, needs_mask
+from .batches import PLANNING, BatchRecord, BatchRequest, BatchService, needs_mask
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +29,25 @@ class PlanningFailed(TumorsynthError):
 
 
 class BatchPlanner:
-    def __init__(self, batches: BatchService):
-        self.batches = batches
+    def __init__(self, batches: BatchService, max_attempts: int = 3):
+        self.batches, self.max_attempts = batches, max_attempts
 
     def plan(self, batch_id: str) -> str:
         """Plan the batch once; a batch already planned, failed or gone is left as it is (a redelivered task)."""
-        rec = self.batches.load(batch_id)
-        if rec is None or rec.state != "planning":
+
+        def start(fresh: BatchRecord) -> BatchRecord | None:
+            if fresh.state != "planning":
+                return None
+            fresh.plan_attempts += 1
+            return fresh
+
+        rec = self.batches.update(batch_id, start)
+        if rec is None:
             return "not planning"
         try:
+            if rec.plan_attempts > self.max_attempts:
+                raise PlanningFailed(f"planning stopped its worker {rec.plan_attempts - 1} times (killed, out of "
+                                     "memory); ask for fewer subjects, or contact the operators")
             outcome = self._plan(rec)
         except TumorsynthError as exc:
             outcome = self._fail(rec, exc.message)
@@ -108,6 +120,7 @@ class BatchPlanner:
             return fresh
 
         rec = self.batches.update(batch_id, done)
+        self.batches.r.zrem(PLANNING, batch_id)
         if rec is not None and rec.cancel_requested:
             self.batches.cancel_jobs(rec)  # jobs made after the client's cancel had read the subjects
         return outcome
@@ -119,6 +132,7 @@ class BatchPlanner:
             return fresh
 
         fresh = self.batches.update(rec.id, failed)
+        self.batches.r.zrem(PLANNING, rec.id)
         if fresh is not None:
             self.batches.cancel_jobs(fresh)
         log.warning("batch %s: planning failed: %s", rec.id, message)

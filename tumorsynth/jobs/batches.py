@@ -78,6 +78,9 @@ def _tenant_batches(tenant: str) -> str:
     return f"{P}tenant:{tenant}:batches"
 
 
+PLANNING = f"{P}batches:planning"  # zset: batch id → when it was queued for planning (reconciliation reads it)
+
+
 class BatchRecord(BaseModel):
     id: str
     tenant: str
@@ -91,6 +94,8 @@ class BatchRecord(BaseModel):
     error: dict | None = None
     state: Literal["planning", "planned", "failed"] = "planned"  # records from before planning in workers: planned
     uploads: list[str] = []  # object keys of the masks uploaded with the batch, until it is planned
+    plan_attempts: int = 0  # planning tasks started (a planner that kills its worker is redelivered: capped)
+    resends: int = 0  # planning tasks sent again after the broker lost one (reconciliation)
 
 
 MaskProvider = Callable[[str, str, int, int], list[bytes]]  # (tenant, class, n, seed) → NIfTI masks
@@ -180,6 +185,7 @@ class BatchService:
                 with_retries(lambda k=key, b=raw: self.store.put_bytes(k, b, "application/gzip"), attempts=4)
             self._save(rec)
             self.r.zadd(_tenant_batches(tenant), {rec.id: round(rec.created_at * 1000)})
+            self.r.zadd(PLANNING, {rec.id: rec.created_at})
             self.submissions.dispatcher.send_plan(rec.id, entry.family)
         except Exception as exc:
             self._undo(rec)
@@ -208,6 +214,7 @@ class BatchService:
         try:
             self.r.delete(_batch_key(rec.id))
             self.r.zrem(_tenant_batches(rec.tenant), rec.id)
+            self.r.zrem(PLANNING, rec.id)
         except Exception:
             log.warning("could not undo batch record %s", rec.id)
 

@@ -17,7 +17,7 @@ import time
 from ..jobs import fairness
 from .celery_app import Dispatcher
 from .context import WorkerContext
-from .reconcile import reconcile_once
+from .reconcile import reconcile_batches, reconcile_once
 
 log = logging.getLogger(__name__)
 WORKERS = "ts:workers"  # zset: worker id → last heartbeat
@@ -64,6 +64,7 @@ def start_parent_services(ctx: WorkerContext, dispatcher: Dispatcher, queues: li
                 if time.monotonic() - last_reconcile >= ctx.settings.lease_seconds:
                     last_reconcile = time.monotonic()
                     reconcile_once(ctx, dispatcher, queues)
+                    reconcile_batches(ctx, dispatcher, queues)
             except Exception:
                 log.warning("worker supervision loop failed; retrying", exc_info=True)
             time.sleep(interval)

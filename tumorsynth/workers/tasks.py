@@ -56,7 +56,8 @@ def planner():
         submissions = JobService(ctx.jobs, ctx.store, ctx.registry, Dispatcher(app, s), ctx.limits,
                                  s.storage_retries, s.idempotency_ttl_seconds)
         bank = MaskBank(ctx.store, ctx.limits)
-        _planner = BatchPlanner(BatchService(ctx.jobs, submissions, ctx.store, ctx.registry, masks=bank.make))
+        _planner = BatchPlanner(BatchService(ctx.jobs, submissions, ctx.store, ctx.registry, masks=bank.make),
+                                s.max_attempts)
     return _planner
 
 
