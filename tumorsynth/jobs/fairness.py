@@ -47,9 +47,10 @@ def record_deletion(pipe, rec) -> None:
 
 
 def outstanding(r, tenant: str) -> tuple[int, int]:
-    """(jobs, work) the tenant has queued or running now."""
+    """(jobs, work) the tenant has queued or running now. Jobs queued before these counters existed (an upgrade)
+    were never counted in, so their ends can take a counter below zero: read as zero."""
     raw = r.hmget(load_key(tenant), ["jobs", "work"])
-    return int(raw[0] or 0), int(raw[1] or 0)
+    return max(0, int(raw[0] or 0)), max(0, int(raw[1] or 0))
 
 
 def priority(r, tenant: str) -> int:
