@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BEFORE = "0645977~1"  # the commit before this branch's first change (reading and validation untouched there)
+BEFORE = "e3378d9"  # main before issue 14 round 2 (#6): the whole-file reader
 
 
 def status_kib(field: str) -> int:
