@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # Queue per model family where it is not DEFAULT_QUEUE, e.g. {"stylegan2": "cpu"} (families: models/families.py).
     family_queues: dict[str, str] = {}
     idempotency_ttl_seconds: int = 24 * 3600
+    # Per tenant, queued + running: jobs and work (num_samples × steps) beyond which a job submission is a 429.
+    max_active_jobs_per_tenant: int = Field(100, ge=1)
+    max_active_work_per_tenant: int = Field(256_000, ge=1)
+    # A job whose outputs would need more memory than this (voxels × modalities × samples × 4 bytes) is a 422.
+    max_job_output_bytes: int = Field(4 * 1024**3, ge=1)
     storage_retries: int = 4
 
     # Webhooks (Standard Webhooks signatures). Secrets are "whsec_<base64>"; a tenant's own secret wins over the

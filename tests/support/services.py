@@ -102,3 +102,10 @@ def uvicorn_in_thread(app, **config):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def queue_depth(r: redis.Redis, queue: str) -> int:
+    """Messages on a Celery queue: its Redis lists at every priority level (``celery_app.queue_lists``)."""
+    from tumorsynth.workers.celery_app import queue_lists
+
+    return sum(int(r.llen(name)) for name in queue_lists(queue))

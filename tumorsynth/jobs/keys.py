@@ -53,6 +53,9 @@ def tenant_batches(tenant: str) -> str:
     return f"{PREFIX}tenant:{tenant}:batches"
 
 
+BATCHES_PLANNING = f"{PREFIX}batches:planning"  # zset: batch id → when it was queued for planning (reconciliation)
+
+
 # operational statistics (jobs/stats.py)
 STATS_STATUS = f"{PREFIX}stats:status"  # hash "model\tstatus" → jobs now in that status
 STATS_FAILURES = f"{PREFIX}stats:failures"  # hash "model\tcode" → failed jobs
@@ -62,6 +65,10 @@ STATS_STEPS = f"{PREFIX}stats:steps"  # hash model → sampling steps completed 
 
 def stats_histogram(name: str, model: str) -> str:
     return f"{PREFIX}stats:hist:{name}:{model}"
+
+
+def tenant_load(tenant: str) -> str:
+    return f"{PREFIX}load:{tenant}"  # hash: jobs, work (samples × steps) of the tenant's queued and running jobs
 
 
 def queued(queue: str) -> str:

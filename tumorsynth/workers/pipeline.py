@@ -13,6 +13,7 @@ import redis
 from ..errors import JobCanceled, LeaseLost, TumorsynthError
 from ..imaging.labels import validate_mask
 from ..imaging.nifti import Volume, read_volume
+from ..jobs.memory import check_output_memory, output_shape
 from ..jobs.records import JobRecord
 from ..models.base import GenerationParams
 from ..models.loader import load_generator
@@ -79,7 +80,8 @@ def read_inputs(ctx: WorkerContext, rec: JobRecord) -> dict[str, Volume]:
     for item in rec.inputs:
         fetch = functools.partial(ctx.store.get_bytes, item.key)
         raw = with_retries(fetch, attempts=ctx.settings.storage_retries)
-        out[item.name] = read_volume(raw, field=item.name, limits=ctx.limits)
+        out[item.name] = read_volume(raw, field=item.name, limits=ctx.limits,
+                                     labels=item.label_convention is not None)  # a mask: uint8 labels
     return out
 
 
@@ -110,6 +112,9 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
             params = params_for(rec, entry)
             generator = load_generator(entry, s.device)
             inputs = read_inputs(ctx, rec)
+            check_output_memory(output_shape([v.shape for v in inputs.values()], params.output_grid,
+                                             entry.output_shape),
+                                len(params.modalities), params.num_samples, s.max_job_output_bytes)
             total = generator.total_steps(params)
             ctx.jobs.progress(job_id, token, 0, total, s.lease_seconds)
 

@@ -1,7 +1,8 @@
-"""Threads in a worker's main process: presence (workers online) and the reaper of lapsed leases.
+"""Threads in a worker's main process: presence (workers online), the reaper of lapsed leases, reconciliation.
 
 Redis redelivers an unacked task only after the visibility timeout (hours); a job whose worker died is instead
-noticed when its lease lapses (seconds) and requeued here, up to the attempt cap.
+noticed when its lease lapses (seconds) and requeued here, up to the attempt cap. A queued job whose broker message
+was lost is re-sent by ``reconcile`` (every ``lease_seconds``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import socket
 import threading
 import time
 
-from ..jobs import keys
+from ..jobs import fairness, keys
 from ..jobs.dispatch import Dispatcher
 from .context import WorkerContext
+from .reconcile import reconcile_batches, reconcile_once
 
 log = logging.getLogger(__name__)
 WORKERS = keys.WORKERS
@@ -40,19 +42,26 @@ def reap_once(ctx: WorkerContext, dispatcher: Dispatcher) -> list[str]:
             continue
         log.warning("job %s: lease lapsed (attempt %d) → %s", job_id, rec.attempts, rec.status)
         if rec.status == "queued":
-            dispatcher.send(rec.id, rec.family, rec.queue)  # where it was queued first
+            # where it was queued first, at its tenant's level
+            dispatcher.send(rec.id, rec.family, rec.queue, priority=fairness.priority(ctx.redis, rec.tenant))
             requeued.append(rec.id)
     return requeued
 
 
 def start_parent_services(ctx: WorkerContext, dispatcher: Dispatcher, queues: list[str]) -> threading.Thread:
     interval = ctx.settings.reaper_interval_seconds
+    last_reconcile = 0.0
 
     def loop() -> None:
+        nonlocal last_reconcile
         while True:
             try:
                 announce(ctx, queues)
                 reap_once(ctx, dispatcher)
+                if time.monotonic() - last_reconcile >= ctx.settings.lease_seconds:
+                    last_reconcile = time.monotonic()
+                    reconcile_once(ctx, dispatcher, queues)
+                    reconcile_batches(ctx, dispatcher, queues)
             except Exception:
                 log.warning("worker supervision loop failed; retrying", exc_info=True)
             time.sleep(interval)
