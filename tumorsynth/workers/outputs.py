@@ -1,9 +1,16 @@
-"""Generated volumes → float32 NIfTI + BIDS-style sidecars → object store. The outputs list is written last."""
+"""Generated volumes → float32 NIfTI + BIDS-style sidecars → object store. The outputs list is written last.
+
+Each volume is encoded and uploaded by one of the worker's writer threads (``WorkerContext.writers``), in parallel
+with the others and with the next batch's sampling: ISA-L's gzip, hashing and the S3 client's socket writes release
+the GIL. The outputs are listed in the same order whatever order the threads finish in.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from concurrent.futures import Executor, wait
 
 import numpy as np
 
@@ -48,42 +55,59 @@ def _spacing(affine: np.ndarray) -> list[float]:
 
 
 class OutputWriter:
-    def __init__(self, store: ObjectStore, rec: JobRecord, entry: ModelEntry, params: GenerationParams, retries: int):
+    def __init__(self, store: ObjectStore, rec: JobRecord, entry: ModelEntry, params: GenerationParams, retries: int,
+                 pool: Executor | None = None):
         self.store, self.rec, self.entry, self.params, self.retries = store, rec, entry, params, retries
-        self.written: list[StoredOutput] = []
+        self.pool = pool  # None: one volume after the other, in this thread
+        self.written: list[StoredOutput] = []  # every upload, for discard(); listed in order by write()
+        self._lock = threading.Lock()
 
-    def _put(self, name: str, data: bytes, content_type: str, **fields) -> None:
+    def _put(self, name: str, data: bytes, content_type: str, **fields) -> StoredOutput:
         key = attempt_output_key(self.rec.tenant, self.rec.id, self.rec.attempts, name)
         with_retries(lambda: self.store.put_bytes(key, data, content_type), attempts=self.retries)
-        self.written.append(
-            StoredOutput(name=name, key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(), **fields)
-        )
+        out = StoredOutput(name=name, key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(), **fields)
+        with self._lock:
+            self.written.append(out)
+        return out
 
     def _volume(self, stem: str, data: np.ndarray, affine: np.ndarray, reference: Volume | None, *, modality: str,
-                sample_index: int | None, kind: str, extra: dict | None = None) -> None:
+                sample_index: int | None, kind: str, extra: dict | None = None) -> list[StoredOutput]:
         nifti = write_nifti(data.astype(np.float32), affine, reference=reference)
         geo = {"shape": list(data.shape), "spacing": _spacing(affine)}
-        self._put(f"{stem}.nii.gz", nifti, "application/gzip", modality=modality, sample_index=sample_index,
-                  kind=kind, **geo)
+        image = self._put(f"{stem}.nii.gz", nifti, "application/gzip", modality=modality, sample_index=sample_index,
+                          kind=kind, **geo)
         side = provenance(self.rec, self.entry, self.params) | {"Modality": modality, "SampleIndex": sample_index}
-        self._put(f"{stem}.json", write_sidecar(side | (extra or {})), "application/json", modality=modality,
-                  sample_index=sample_index, kind="sidecar")
+        sidecar = self._put(f"{stem}.json", write_sidecar(side | (extra or {})), "application/json",
+                            modality=modality, sample_index=sample_index, kind="sidecar")
+        return [image, sidecar]
+
+    def _image(self, v: GeneratedVolume) -> list[StoredOutput]:
+        stem = f"sample-{v.sample_index}_{v.modality}"
+        out = self._volume(stem, v.data, v.affine, v.reference, modality=v.modality, sample_index=v.sample_index,
+                           kind="image")
+        if is_slice(v.data):  # 2D outputs also come as a PNG, for a glance or a 2D pipeline
+            out.append(self._put(f"{stem}.png", slice_png(v.data), "image/png", modality=v.modality,
+                                 sample_index=v.sample_index, kind="preview", shape=list(v.data.shape[:2])))
+        return out
+
+    def _mask(self, vol: Volume, convention: str) -> list[StoredOutput]:
+        labels = to_brats2023(np.asarray(vol.data), convention).astype(np.float32)
+        out_convention = "binary" if convention == "binary" else "brats2023"
+        return self._volume("mask", labels, vol.affine, vol, modality="seg", sample_index=None, kind="mask",
+                            extra={"LabelConvention": out_convention, "SourceLabelConvention": convention,
+                                   "Description": f"the conditioning mask, labels {out_convention}"})
 
     def write(self, volumes: list[GeneratedVolume], mask: tuple[Volume, str] | None) -> list[StoredOutput]:
-        for v in volumes:
-            stem = f"sample-{v.sample_index}_{v.modality}"
-            self._volume(stem, v.data, v.affine, v.reference, modality=v.modality, sample_index=v.sample_index,
-                         kind="image")
-            if is_slice(v.data):  # 2D outputs also come as a PNG, for a glance or a 2D pipeline
-                self._put(f"{stem}.png", slice_png(v.data), "image/png", modality=v.modality,
-                          sample_index=v.sample_index, kind="preview", shape=list(v.data.shape[:2]))
-        if mask is not None:
-            vol, convention = mask
-            labels = to_brats2023(np.asarray(vol.data), convention).astype(np.float32)
-            out_convention = "binary" if convention == "binary" else "brats2023"
-            self._volume("mask", labels, vol.affine, vol, modality="seg", sample_index=None, kind="mask",
-                         extra={"LabelConvention": out_convention, "SourceLabelConvention": convention,
-                                "Description": f"the conditioning mask, labels {out_convention}"})
+        """Every volume (and the mask) with its sidecar; raises the first failure once every upload has ended, so
+        ``discard`` sees all that was stored."""
+        tasks = [(self._image, (v,)) for v in volumes] + ([(self._mask, mask)] if mask is not None else [])
+        if self.pool is None:
+            parts = [fn(*args) for fn, args in tasks]
+        else:
+            futures = [self.pool.submit(fn, *args) for fn, args in tasks]
+            wait(futures)
+            parts = [f.result() for f in futures]
+        self.written = [out for part in parts for out in part]
         return self.written
 
     def sweep_other_attempts(self) -> None:

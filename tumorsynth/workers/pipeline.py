@@ -104,20 +104,25 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
     writer: OutputWriter | None = None
     with heartbeat(ctx, job_id, token):
         try:
-            entry = ctx.registry.get(rec.model)
-            params = params_for(rec, entry)
-            generator = load_generator(entry, s.device)
-            inputs = read_inputs(ctx, rec)
-            total = generator.total_steps(params)
-            ctx.jobs.progress(job_id, token, 0, total, s.lease_seconds)
+            with ctx.batcher.preparing():  # jobs waiting to be batched may wait for this one (workers/batching.py)
+                entry = ctx.registry.get(rec.model)
+                params = params_for(rec, entry)
+                generator = load_generator(entry, s.device, precision=s.precision, batch_invariant=s.batch_invariant)
+                inputs = read_inputs(ctx, rec)
+                total = generator.total_steps(params)
+                ctx.jobs.progress(job_id, token, 0, total, s.lease_seconds)
+                job = generator.prepare(params, inputs) if batches(generator, s) else None
 
             def progress(done: int, of: int) -> None:
                 now = ctx.jobs.progress(job_id, token, done, of, s.lease_seconds)
                 if now.status == "canceling":
                     raise JobCanceled(f"job {job_id} canceled at step {done}/{of}")
 
-            volumes = generator.generate(params, inputs, progress)
-            writer = OutputWriter(ctx.store, rec, entry, params, s.storage_retries)
+            if job is None:
+                volumes = generator.generate(params, inputs, progress)
+            else:
+                volumes = generator.finish(job, ctx.batcher.sample(generator, job, params.num_samples, progress))
+            writer = OutputWriter(ctx.store, rec, entry, params, s.storage_retries, ctx.writers)
             mask = None
             if "mask" in inputs:
                 mask = (inputs["mask"], validate_mask(inputs["mask"]).convention)
@@ -146,6 +151,12 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
             log.exception("job %s failed", job_id)
             _discard(writer)
             return _fail(ctx, job_id, token, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def batches(generator, settings) -> bool:
+    """Whether this job goes through the batcher: the family samples in batches (``sample_batch``) and batches of
+    more than one sample are allowed."""
+    return hasattr(generator, "sample_batch") and settings.batch_max_samples > 1
 
 
 def _discard(writer: OutputWriter | None) -> None:
