@@ -28,6 +28,7 @@ COMPRESSORS = {
     "zlib-ng-1": lambda raw: gzip_ng.compress(raw, 1, mtime=0),
     "isal-1": lambda raw: igzip.compress(raw, 1, mtime=0),
     "isal-0": lambda raw: igzip.compress(raw, 0, mtime=0),
+    "isal-2": lambda raw: igzip.compress(raw, 2, mtime=0),
 }
 
 
@@ -66,7 +67,7 @@ def main() -> None:
     print(f"{'dtype':8} {'compressor':16} {'MB':>8} {'encode s':>9} {'vs before':>9} {'read back':>10}")
     base = None
     for as_int16 in (False, True):
-        t_raw = sum(best(lambda v: nifti_bytes(v, as_int16), v)[0] for v in volumes)
+        t_raw = sum(best(lambda v, i=as_int16: nifti_bytes(v, i), v)[0] for v in volumes)
         raws = [nifti_bytes(v, as_int16) for v in volumes]
         for name, fn in COMPRESSORS.items():
             secs, size = t_raw, 0

@@ -8,7 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tumorsynth.models.precision import RowwiseLinear, make_batch_invariant, weights_dtype
+from tumorsynth.models.precision import (
+    RowwiseLinear,
+    make_batch_invariant,
+    weights_dtype,
+)
 
 from ..workers.test_batching import JOBS, alone, live
 

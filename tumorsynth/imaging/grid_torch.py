@@ -63,9 +63,7 @@ def _trilinear(x: torch.Tensor, coords: list[torch.Tensor], src_shape) -> torch.
 
 
 def _nearest(x: torch.Tensor, coords: list[torch.Tensor], src_shape) -> torch.Tensor:
-    """Labels: on an axis-aligned map nearest neighbour is a gather per axis, exact and in the labels' own dtype.
-    Rounds half up as scipy does (``grid_sample``'s nearest rounds half to even and works in floats)."""
-    for axis, (c, n) in enumerate(zip(coords, src_shape)):
-        index = torch.floor(c + 0.5).clamp_(0, n - 1).long()
-        x = x.index_select(axis + 2, index)
-    return x
+    """Labels: on an axis-aligned map nearest neighbour is one gather at the output's size, exact and in the labels'
+    own dtype. Rounds half up as scipy does (``grid_sample``'s nearest rounds half to even and works in floats)."""
+    ix, iy, iz = (torch.floor(c + 0.5).clamp_(0, n - 1).long() for c, n in zip(coords, src_shape))
+    return x[:, :, ix[:, None, None], iy[None, :, None], iz[None, None, :]]

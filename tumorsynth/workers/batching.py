@@ -20,10 +20,10 @@ No torch import here: this module is imported by the worker's main process, whic
 from __future__ import annotations
 
 import logging
-from collections import deque
 import sys
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -42,7 +42,7 @@ class _Waiting:
     done: threading.Event = field(default_factory=threading.Event)
     result: object = None
 
-    def joins(self, head: "_Waiting") -> bool:
+    def joins(self, head: _Waiting) -> bool:
         return self.generator is head.generator and self.key == head.key
 
 

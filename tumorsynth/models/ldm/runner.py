@@ -19,8 +19,8 @@ from ...imaging.labels import to_regions
 from ..base import GeneratedVolume, GenerationParams, ProgressFn
 from ..checkpoints import load_into
 from ..options import check_options
-from ..registry import ModelEntry
 from ..precision import batch_invariance, make_batch_invariant, weights_dtype
+from ..registry import ModelEntry
 from .configs import build_network
 from .sampler import reverse_process
 from .schedulers import make_scheduler
@@ -192,4 +192,6 @@ def _labels_3d(data: np.ndarray) -> np.ndarray:
         data = data.reshape(data.shape[:3])
     if data.ndim != 3:
         raise InvalidRequest.for_field("mask", f"the mask must be a 3D volume, got shape {data.shape}")
+    if data.dtype.kind in "iub":  # stored labels: no rounding pass over the volume
+        return data.astype(np.int16, copy=False)
     return np.rint(data).astype(np.int16)

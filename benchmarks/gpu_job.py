@@ -1,0 +1,321 @@
+"""One LDM job end to end, per stage, ours against the previous path, side by side (issue 15).
+
+Previous path (the code before issue 15, rebuilt here from the same parts): labels → model grid and outputs → mask
+grid with scipy on the host, fp32 weights, one volume after another gzip-compressed by zlib at level 6 and stored.
+Ours: the runner as it serves (``LDMGenerator.prepare/sample_batch/finish``: torch grid mapping on the job's device,
+bf16 weights on CUDA), ISA-L gzip level 1 by the worker's writer threads, and cross-job batching
+(``workers.batching.Batcher``) for jobs/s.
+
+Stages: UNet step fp32 vs bf16 (batch 1 and the batch size), sampling, grid mapping, encoding, upload (a filesystem
+store in a temporary folder), whole job, jobs/s without and with batching; on CUDA also MONAI's
+LatentDiffusionInferer DDIM-50 against our sampler in the same run, torch.compile of the UNet (``--compile``), and
+the SDPA kernel the bf16 UNet runs, asserted to be flash attention (read from the profiler's op names).
+
+On a GPU: ``python benchmarks/gpu_job.py`` (paper preset, untrained weights: timing only; dpm++ 15; 8 jobs).
+On the CPU it is a correctness run with the demo checkpoint: it checks that both paths agree, that the outputs
+read back with nibabel, and that batched jobs match unbatched ones; its timings are this machine's.
+Input: examples/masks/example_brats2023_mask.nii.gz (240×240×155, BraTS 2023 labels), as a job reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tumorsynth.imaging.geometry import fit_to_grid
+from tumorsynth.imaging.labels import to_brats2023, to_regions
+from tumorsynth.imaging.nifti import read_volume, write_nifti
+from tumorsynth.models.base import GenerationParams
+from tumorsynth.models.ldm.runner import DECODE_BATCH, Z_LIMIT, LDMGenerator
+from tumorsynth.models.ldm.sampler import reverse_process
+from tumorsynth.storage.local import LocalStore
+from tumorsynth.workers.batching import Batcher
+
+MASK = ROOT / "examples/masks/example_brats2023_mask.nii.gz"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeat: int = 1):
+    """(best seconds of ``repeat`` runs, last result); CUDA work is waited for."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        sync(device)
+        t = time.perf_counter()
+        out = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+# ---- the previous path ------------------------------------------------------------------------------------------
+
+def prev_prepare(gen: LDMGenerator, mask):
+    labels = np.rint(np.asarray(mask.data)).astype(np.int16)
+    mapping = fit_to_grid(labels.shape, mask.affine, gen.grid_shape, gen.fov_mm)
+    grid_labels = mapping.to_grid(labels, order=0)  # scipy, on the host
+    regions = torch.from_numpy(to_regions(grid_labels))[None].to(gen.device)
+    return mapping, gen.network.condition(regions)
+
+
+def prev_sample(gen: LDMGenerator, cond, params) -> np.ndarray:
+    net, n = gen.network, params.num_samples
+    cond = cond.expand(n, -1, -1, -1, -1)
+    cls = torch.full((n,), gen._class_index(params.tumor_class), device=gen.device, dtype=torch.long)
+    shape = (n, net.latent_channels, *net.latent_shape(gen.grid_shape))
+    gens = [torch.Generator(gen.device).manual_seed(params.seed + i) for i in range(n)]
+    z = reverse_process(lambda z, t: net.denoise(z, t, cond, cls), gen._scheduler(params), shape, gens,
+                        gen.device).latents
+    return torch.cat([net.decode(c) for c in z.split(DECODE_BATCH)]).clamp_(-Z_LIMIT, Z_LIMIT).float().cpu().numpy()
+
+
+def prev_from_grid(mapping, images: np.ndarray) -> list[np.ndarray]:
+    return [mapping.from_grid(images[i, c], order=1).astype(np.float32)
+            for i in range(images.shape[0]) for c in range(images.shape[1])]
+
+
+def prev_encode(volumes, affine) -> list[bytes]:
+    out = []
+    for v in volumes:  # write_nifti's header, zlib level 6 as before
+        raw = gzip.decompress(write_nifti(v, affine))
+        out.append(gzip.compress(raw, 6, mtime=0))
+    return out
+
+
+# ---- ours ---------------------------------------------------------------------------------------------------------
+
+def our_encode(volumes, affine, pool: ThreadPoolExecutor) -> list[bytes]:
+    return list(pool.map(lambda v: write_nifti(v, affine), volumes))
+
+
+def store_all(store: LocalStore, prefix: str, blobs: list[bytes], pool: ThreadPoolExecutor | None) -> None:
+    put = lambda kb: store.put_bytes(f"{prefix}/{kb[0]}.nii.gz", kb[1], "application/gzip")
+    list(pool.map(put, enumerate(blobs))) if pool else [put(kb) for kb in enumerate(blobs)]
+
+
+def job_outputs(volumes: list[np.ndarray], mask) -> list[np.ndarray]:
+    """What the worker stores: the contrasts and the mask (BraTS 2023 labels, float32)."""
+    return volumes + [to_brats2023(np.asarray(mask.data), "brats2023").astype(np.float32)]
+
+
+def prev_job(gen, mask, store, prefix):
+    mapping, cond = prev_prepare(gen, mask)
+    vols = job_outputs(prev_from_grid(mapping, prev_sample(gen, cond, PARAMS)), mask)
+    store_all(store, prefix, prev_encode(vols, mask.affine), None)
+    return vols
+
+
+def our_job(gen, mask, store, prefix, pool, batcher: Batcher | None = None, params=None):
+    params = params or PARAMS
+    job = gen.prepare(params, {"mask": mask})
+    if batcher is None:
+        images = gen.sample_batch([job], [lambda d, t: None])[0]
+    else:
+        images = batcher.sample(gen, job, params.num_samples, lambda d, t: None)
+    vols = job_outputs([v.data for v in gen.finish(job, images)], mask)
+    store_all(store, prefix, our_encode(vols, mask.affine, pool), pool)
+    return vols
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+
+PARAMS: GenerationParams  # set in main()
+
+
+def unet_step(gen: LDMGenerator, batch: int, device, repeat: int) -> float:
+    net = gen.network
+    dtype = next(net.parameters()).dtype
+    z = torch.randn(batch, net.latent_channels, *net.latent_shape(gen.grid_shape), device=device, dtype=dtype)
+    cond = torch.rand(batch, 3, *z.shape[2:], device=device, dtype=dtype)
+    t, cls = torch.full((batch,), 500, device=device), torch.zeros(batch, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        net.denoise(z, t, cond, cls)  # warm-up
+        return timed(lambda: net.denoise(z, t, cond, cls), device, repeat)[0]
+
+
+def sdpa_ops(gen: LDMGenerator, device) -> set[str]:
+    """The SDPA implementations one UNet call dispatches to, by the profiler's op names."""
+    net = gen.network
+    dtype = next(net.parameters()).dtype
+    z = torch.randn(1, net.latent_channels, *net.latent_shape(gen.grid_shape), device=device, dtype=dtype)
+    cond = torch.rand(1, 3, *z.shape[2:], device=device, dtype=dtype)
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        net.denoise(z, torch.full((1,), 500, device=device), cond, torch.zeros(1, dtype=torch.long, device=device))
+    return {e.name for e in prof.events() if "scaled_dot_product" in e.name and e.name.startswith("aten::_")}
+
+
+def row(name: str, before: float | None, ours: float, unit: str = "s") -> None:
+    """``ratio``: how many times faster ours is (seconds: before / ours; a rate: ours / before)."""
+    speedup = (ours / before if unit.endswith("/s") else before / ours) if before else None
+    ratio = f"{speedup:8.2f}×" if speedup else f"{'':>9}"
+    b = f"{before:10.3f}" if before is not None else f"{'—':>10}"
+    print(f"{name:44} {b} {ours:10.3f} {ratio}  {unit}")
+
+
+def main() -> None:
+    global PARAMS
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default=None, help="checkpoint folder; default: paper preset on CUDA, demo on CPU")
+    ap.add_argument("--sampler", default="dpm++")
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--jobs", type=int, default=None, help="jobs for jobs/s (default 8 on CUDA, 3 on CPU)")
+    ap.add_argument("--repeat", type=int, default=None, help="runs per timing, best kept (default 3 CUDA, 1 CPU)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd UNet steps (CUDA)")
+    ap.add_argument("--no-monai", action="store_true", help="skip MONAI's LatentDiffusionInferer DDIM-50")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    repeat, n_jobs = args.repeat or (3 if cuda else 1), args.jobs or (8 if cuda else 3)
+    tmp = Path(tempfile.mkdtemp(prefix="ts-gpu-job-"))
+    entry = load_entry(args.model, cuda, tmp)
+    PARAMS = GenerationParams(num_samples=1, seed=7, sampler=args.sampler, steps=args.steps, modalities=(),
+                              tumor_class=entry.classes[-1] if entry.classes else None)
+    mask = read_volume(MASK.read_bytes())
+    fp32 = LDMGenerator(entry, device, precision="fp32")
+    ours = LDMGenerator(entry, device, precision="auto")
+    store = LocalStore(tmp / "store", base_url="http://bench", signing_key=b"bench")
+    pool = ThreadPoolExecutor(4, thread_name_prefix="writer")
+    where = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} CPU threads"
+    print(f"{entry.id} on {device} ({where}), grid {entry.output_shape}, mask {mask.shape}, {args.sampler} "
+          f"{args.steps} steps, {len(entry.modalities)} contrasts + mask written; ours in {ours.dtype}")
+
+    # correctness first: our path against the previous one, read back with nibabel
+    with torch.inference_mode():
+        before = prev_job(fp32, mask, store, "check/prev")
+        after = our_job(ours, mask, store, "check/ours", pool)
+    tol = 0.15 if ours.dtype != torch.float32 else 1e-3
+    for a, b in zip(before, after):
+        assert a.shape == b.shape == mask.shape and np.abs(a - b).max() < tol, np.abs(a - b).max()
+    back = read_volume(store.get_bytes("check/ours/0.nii.gz"))
+    assert back.data.dtype == np.float32 and np.array_equal(back.data, after[0])
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(before, after))
+    print(f"check: previous and our outputs agree within {tol} z (max {worst:.2e}); ours read back bit-exact")
+
+    print(f"\n{'stage':44} {'previous':>10} {'ours':>10} {'ratio':>9}")
+    steps = [(f"UNet step, batch 1 (fp32 → {ours.dtype})", 1), (f"UNet step, batch {n_jobs}", n_jobs)]
+    for name, b in steps:
+        row(name, unet_step(fp32, b, device, repeat), unet_step(ours, b, device, repeat))
+    if cuda:
+        ops = sdpa_ops(ours, device)
+        print(f"  SDPA ops in a {ours.dtype} UNet call: {sorted(ops)}")
+        if ours.dtype != torch.float32:
+            assert any("flash" in o for o in ops), f"SDPA did not run the flash kernel: {ops}"
+    else:
+        print(f"  SDPA ops in a UNet call (CPU): {sorted(sdpa_ops(ours, device))}")
+
+    with torch.inference_mode():
+        t_old_prep, (mapping, cond_old) = timed(lambda: prev_prepare(fp32, mask), device, repeat)
+        t_new_prep, job = timed(lambda: ours.prepare(PARAMS, {"mask": mask}), device, repeat)
+        row("labels → model grid, condition", t_old_prep, t_new_prep)
+        t_old_s, images_old = timed(lambda: prev_sample(fp32, cond_old, PARAMS), device, repeat)
+        t_new_s, images = timed(lambda: ours.sample_batch([job], [lambda d, t: None])[0], device, repeat)
+        row("sampling + decoding (host copy before)", t_old_s, t_new_s)
+        t_old_m, vols_old = timed(lambda: prev_from_grid(mapping, images_old), device, repeat)
+        t_new_m, vols = timed(lambda: [v.data for v in ours.finish(job, images)], device, repeat)
+        row("model grid → mask grid, to host", t_old_m, t_new_m)
+    vols, vols_old = job_outputs(vols, mask), job_outputs(vols_old, mask)
+    t_old_e, blobs_old = timed(lambda: prev_encode(vols_old, mask.affine), device, repeat)
+    t_new_e, blobs = timed(lambda: our_encode(vols, mask.affine, pool), device, repeat)
+    row(f"encode {len(vols)} NIfTI ({sum(map(len, blobs_old)) / 1e6:.0f} → {sum(map(len, blobs)) / 1e6:.0f} MB)",
+        t_old_e, t_new_e)
+    t_old_u, _ = timed(lambda: store_all(store, "u/prev", blobs_old, None), device, repeat)
+    t_new_u, _ = timed(lambda: store_all(store, "u/ours", blobs, pool), device, repeat)
+    row("upload (filesystem store)", t_old_u, t_new_u)
+    with torch.inference_mode():
+        t_old_j, _ = timed(lambda: prev_job(fp32, mask, store, "j/prev"), device, repeat)
+        t_new_j, _ = timed(lambda: our_job(ours, mask, store, "j/ours", pool), device, repeat)
+    row("whole job", t_old_j, t_new_j)
+
+    jobs_per_second(ours, mask, store, pool, n_jobs, device)
+    if cuda and not args.no_monai:
+        monai_vs_ours(ours, fp32, entry, job, device, repeat)
+    if cuda and args.compile:
+        compiled(entry, device, n_jobs, repeat)
+
+
+def jobs_per_second(gen, mask, store, pool, n: int, device) -> None:
+    """n jobs (other seeds) one after the other, then as task threads sharing a Batcher; same outputs."""
+    plist = [GenerationParams(**(PARAMS.__dict__ | {"seed": 100 + k})) for k in range(n)]
+    with torch.inference_mode():
+        t_seq, seq = timed(lambda: [our_job(gen, mask, store, f"s/{k}", pool, params=p)
+                                    for k, p in enumerate(plist)], device)
+    batcher, out = Batcher(max_samples=n, max_wait_s=2.0), [None] * n
+    ready = threading.Barrier(n)
+
+    def task(k: int) -> None:
+        with torch.inference_mode():
+            with batcher.preparing():
+                ready.wait()
+                job = gen.prepare(plist[k], {"mask": mask})
+            images = batcher.sample(gen, job, 1, lambda d, t: None)
+            vols = job_outputs([v.data for v in gen.finish(job, images)], mask)
+            store_all(store, f"b/{k}", our_encode(vols, mask.affine, pool), pool)
+            out[k] = vols
+
+    def run_batched():
+        threads = [threading.Thread(target=task, args=(k,)) for k in range(n)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+
+    t_bat, _ = timed(run_batched, device)
+    assert list(batcher.batches) == [n], list(batcher.batches)
+    worst = max(float(np.abs(a - b).max()) for s, b_ in zip(seq, out) for a, b in zip(s, b_))
+    row(f"{n} jobs, one by one → one batch", n / t_seq, n / t_bat, "jobs/s")
+    print(f"  batched outputs vs one by one: max difference {worst:.2e} z (kernel rounding by batch size)")
+
+
+def monai_vs_ours(ours, fp32, entry, job, device, repeat) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ldm_samplers import monai_reference
+
+    net = fp32.network
+    shape = (1, net.latent_channels, *net.latent_shape(fp32.grid_shape))
+    cond = job.cond.float()
+    with torch.inference_mode():
+        t_monai, _ = timed(lambda: monai_reference(net, entry, cond, shape, torch.Generator(device).manual_seed(0),
+                                                   50), device, repeat)
+        t_ours, _ = timed(lambda: ours.sample_batch([job], [lambda d, t: None]), device, repeat)
+    row(f"sampling: MONAI LDM inferer DDIM-50 fp32 → ours {PARAMS.sampler} {PARAMS.steps}", t_monai, t_ours)
+
+
+def compiled(entry, device, batch: int, repeat: int) -> None:
+    """torch.compile of the UNet (CUDA graphs: mode reduce-overhead) on the fixed shapes of the sampling loop."""
+    for b in (1, batch):
+        gen = LDMGenerator(entry, device, precision="auto")
+        plain = unet_step(gen, b, device, repeat)
+        gen.network.unet = torch.compile(gen.network.unet, mode="reduce-overhead", fullgraph=False)
+        t = time.perf_counter()
+        unet_step(gen, b, device, 1)
+        warm = time.perf_counter() - t
+        row(f"UNet step batch {b}: eager → compiled (warm-up {warm:.0f} s)", plain, unet_step(gen, b, device, repeat))
+
+
+def load_entry(model: str | None, cuda: bool, tmp: Path):
+    from tumorsynth.models.ldm.configs import create_untrained
+    from tumorsynth.models.registry import entry_at
+
+    if model:
+        return entry_at(Path(model))
+    if cuda:
+        return create_untrained(tmp / "models" / "ldm", preset="paper", seed=0)
+    return entry_at(ROOT / "checkpoints/ldm/demo-phantom@1")
+
+
+if __name__ == "__main__":
+    main()
