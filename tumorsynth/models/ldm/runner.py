@@ -52,7 +52,9 @@ class LDMGenerator:
         self.device = torch.device(device)
         self.dtype = weights_dtype(precision, self.device)
         network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
+        scale = network.scale_factor.clone()
         self.network = network.to(self.dtype)
+        self.network.scale_factor = scale  # fp32: the latent scale is not rounded to bf16
         self.batch_invariant = batch_invariant
         if batch_invariant:
             make_batch_invariant(self.network)
