@@ -41,7 +41,7 @@ def resample(volume: torch.Tensor, src_shape, dst_shape, step: np.ndarray, offse
     if volume.ndim not in (3, 4, 5) or tuple(volume.shape[-3:]) != tuple(src_shape):
         raise ValueError(f"expected a tensor ending in the shape {tuple(src_shape)}, got {tuple(volume.shape)}")
     lead = volume.shape[:-3]
-    x = volume.reshape(-1, 1, *src_shape) if volume.ndim == 3 else volume.reshape(-1, *volume.shape[-4:])
+    x = volume.reshape(1, -1, *src_shape)  # every volume as a channel of one batch item: one grid serves them all
     coords, inside = [], []
     for n_src, n_dst, s, o in zip(src_shape, dst_shape, step, offset):
         c = torch.arange(n_dst, dtype=torch.float64, device=x.device) * float(s) + float(o)
@@ -58,7 +58,7 @@ def _trilinear(x: torch.Tensor, coords: list[torch.Tensor], src_shape) -> torch.
     norm = [(2 * c / (n - 1) - 1 if n > 1 else torch.zeros_like(c)).to(work) for c, n in zip(coords, src_shape)]
     gx, gy, gz = torch.meshgrid(*norm, indexing="ij")
     # grid_sample's last grid axis is (x, y, z) = (W, H, D): the tensor's axes from the last one back
-    grid = torch.stack((gz, gy, gx), dim=-1).unsqueeze(0).expand(x.shape[0], -1, -1, -1, -1)
+    grid = torch.stack((gz, gy, gx), dim=-1).unsqueeze(0)  # (1, X, Y, Z, 3)
     return F.grid_sample(x.to(work), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
