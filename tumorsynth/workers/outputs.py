@@ -98,14 +98,28 @@ class OutputWriter:
                                    "Description": f"the conditioning mask, labels {out_convention}"})
 
     def write(self, volumes: list[GeneratedVolume], mask: tuple[Volume, str] | None) -> list[StoredOutput]:
-        """Every volume (and the mask) with its sidecar; raises the first failure once every upload has ended, so
-        ``discard`` sees all that was stored."""
+        """Every volume (and the mask) with its sidecar. After a failure no volume not yet begun is written, and
+        the failure is raised once every upload in flight has ended, so ``discard`` sees all that was stored."""
         tasks = [(self._image, (v,)) for v in volumes] + ([(self._mask, mask)] if mask is not None else [])
         if self.pool is None:
             parts = [fn(*args) for fn, args in tasks]
         else:
-            futures = [self.pool.submit(fn, *args) for fn, args in tasks]
+            failed = threading.Event()
+
+            def run(fn, args):
+                if failed.is_set():  # an earlier volume failed: the job fails, no more uploads
+                    return []
+                try:
+                    return fn(*args)
+                except BaseException:
+                    failed.set()
+                    raise
+
+            futures = [self.pool.submit(run, fn, args) for fn, args in tasks]
             wait(futures)
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                raise errors[0]
             parts = [f.result() for f in futures]
         self.written = [out for part in parts for out in part]
         return self.written
