@@ -292,10 +292,10 @@ def jobs_per_second(gen, mask, store, pool, n: int, device, repeat: int) -> None
 
         def task(k: int) -> None:
             with torch.inference_mode():
-                with batcher.preparing():
+                with batcher.preparing() as span:
                     ready.wait()
                     job = gen.prepare(plist[k], {"mask": mask})
-                images = batcher.sample(gen, job, 1, lambda d, t: None)
+                    images = batcher.sample(gen, job, 1, lambda d, t: None, span)
                 vols = job_outputs([v.data for v in gen.finish(job, images)], mask)
                 store_all(store, f"b/{k}", our_encode(vols, mask.affine, pool), pool)
                 out[k] = vols

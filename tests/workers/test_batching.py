@@ -68,11 +68,12 @@ def batched(gen: LDMGenerator, batcher: Batcher, jobs, progress=None) -> list:
     def task(k: int) -> None:
         params, m = jobs[k]
         try:
-            with batcher.preparing():
+            fn = (progress or {}).get(k, lambda d, t: None)
+            with batcher.preparing() as span:
                 ready.wait(timeout=30)
                 job = gen.prepare(params, {"mask": m})
-            fn = (progress or {}).get(k, lambda d, t: None)
-            results[k] = gen.finish(job, batcher.sample(gen, job, params.num_samples, fn))
+                images = batcher.sample(gen, job, params.num_samples, fn, span)
+            results[k] = gen.finish(job, images)
         except Exception as exc:
             results[k] = exc
 

@@ -31,6 +31,21 @@ log = logging.getLogger(__name__)
 MEMORY_HEADROOM = 0.9  # of the free CUDA memory a batch may plan to use
 
 
+class _Span:
+    """One job's ``preparing()`` span; ends once, whichever of ``sample`` or the context's exit comes first."""
+
+    def __init__(self, batcher: Batcher):
+        self.batcher, self.ended = batcher, False
+
+    def end(self) -> None:
+        cond = self.batcher._cond
+        with cond:
+            if not self.ended:
+                self.ended = True
+                self.batcher._preparing -= 1
+                cond.notify_all()
+
+
 @dataclass(eq=False)  # compared by identity
 class _Waiting:
     generator: object
@@ -58,22 +73,26 @@ class Batcher:
 
     @contextmanager
     def preparing(self):
-        """Around a job's claim-to-prepare span: the sampling thread may wait for it to join a batch."""
+        """Around a job's claim-to-prepare span: the sampling thread may wait for it to join a batch. Yields the
+        span; ``sample(..., span)`` ends it in the same step as the job joins the waiting list (ended apart, the
+        sampling thread could see nobody preparing and the job not yet waiting, and leave it out of a batch)."""
+        span = _Span(self)
         with self._cond:
             self._preparing += 1
         try:
-            yield
+            yield span
         finally:
-            with self._cond:
-                self._preparing -= 1
-                self._cond.notify_all()
+            span.end()
 
-    def sample(self, generator, job, samples: int, progress):
+    def sample(self, generator, job, samples: int, progress, span: _Span | None = None):
         """``generator.sample_batch`` for this job, run with whatever partners are waiting; blocks until done and
-        returns this job's share, or raises what its progress raised (e.g. ``JobCanceled``) or what sampling raised."""
+        returns this job's share, or raises what its progress raised (e.g. ``JobCanceled``) or what sampling raised.
+        ``span``: the job's ``preparing()`` span, ended as the job starts waiting."""
         item = _Waiting(generator, generator.batch_key(job.params), job, samples, progress)
         with self._cond:
             self._waiting.append(item)
+            if span is not None:
+                span.end()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="tumorsynth-sampler", daemon=True)
                 self._thread.start()

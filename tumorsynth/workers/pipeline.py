@@ -104,24 +104,25 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
     writer: OutputWriter | None = None
     with heartbeat(ctx, job_id, token):
         try:
-            with ctx.batcher.preparing():  # jobs waiting to be batched may wait for this one (workers/batching.py)
+            def progress(done: int, of: int) -> None:
+                now = ctx.jobs.progress(job_id, token, done, of, s.lease_seconds)
+                if now.status == "canceling":
+                    raise JobCanceled(f"job {job_id} canceled at step {done}/{of}")
+
+            with ctx.batcher.preparing() as span:  # jobs waiting to be batched may wait for this one
                 entry = ctx.registry.get(rec.model)
                 params = params_for(rec, entry)
                 generator = load_generator(entry, s.device, precision=s.precision, batch_invariant=s.batch_invariant)
                 inputs = read_inputs(ctx, rec)
                 total = generator.total_steps(params)
                 ctx.jobs.progress(job_id, token, 0, total, s.lease_seconds)
-                job = generator.prepare(params, inputs) if batches(generator, s) else None
-
-            def progress(done: int, of: int) -> None:
-                now = ctx.jobs.progress(job_id, token, done, of, s.lease_seconds)
-                if now.status == "canceling":
-                    raise JobCanceled(f"job {job_id} canceled at step {done}/{of}")
-
-            if job is None:
-                volumes = generator.generate(params, inputs, progress)
-            else:
-                volumes = generator.finish(job, ctx.batcher.sample(generator, job, params.num_samples, progress))
+                if batches(generator, s):  # workers/batching.py: sampled with whatever partners are waiting
+                    job = generator.prepare(params, inputs)
+                    images = ctx.batcher.sample(generator, job, params.num_samples, progress, span)
+                    volumes = generator.finish(job, images)
+                else:
+                    span.end()
+                    volumes = generator.generate(params, inputs, progress)
             writer = OutputWriter(ctx.store, rec, entry, params, s.storage_retries, ctx.writers)
             mask = None
             if "mask" in inputs:
