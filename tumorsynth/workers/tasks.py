@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from celery import signals
 
@@ -20,14 +21,19 @@ settings = get_settings()
 app = create_celery(settings)
 _ctx: WorkerContext | None = None
 _planner = None
+_ctx_lock = threading.Lock()
 
 
 def context() -> WorkerContext:
-    """One per worker process, created after fork (no Redis sockets or CUDA shared with the parent)."""
+    """One per worker process, created after fork (no Redis sockets or CUDA shared with the parent). With
+    ``--pool threads`` the task threads share it, and so one batcher and one set of writer threads."""
     global _ctx
-    if _ctx is None:
-        _ctx = WorkerContext(settings)
-    return _ctx
+    with _ctx_lock:
+        if _ctx is None:
+            ctx = WorkerContext(settings)
+            _ = (ctx.batcher, ctx.writers)  # built here, under the lock: cached_property does not lock on 3.12+
+            _ctx = ctx
+        return _ctx
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
