@@ -10,8 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import redis
-
+from tumorsynth.jobs.connection import connect
 from tumorsynth.settings import Settings
 
 
@@ -44,7 +43,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tumorsynth.cli", "worker", "--queues", self.queues, "--loglevel", "INFO"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        r = redis.Redis.from_url(self.settings.redis_url)
+        r = connect(self.settings.redis_url)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

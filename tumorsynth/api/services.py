@@ -10,6 +10,7 @@ from redis.retry import Retry
 
 from ..imaging.nifti import VolumeLimits
 from ..jobs.batches import BatchService
+from ..jobs.connection import connect
 from ..jobs.maskbank import MaskBank
 from ..jobs.service import JobService
 from ..jobs.store import JobStore
@@ -27,8 +28,8 @@ def redis_client(settings: Settings) -> redis.Redis:
     A dropped connection (Redis restarted) is retried once on a fresh one; a timeout is not retried.
     """
     t = settings.redis_timeout_seconds
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=t, socket_connect_timeout=min(t, 1.0),
-                                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+    return connect(settings.redis_url, socket_timeout=t, socket_connect_timeout=min(t, 1.0),
+                   retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
 
 
 @dataclass

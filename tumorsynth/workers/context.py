@@ -10,6 +10,7 @@ from functools import cached_property
 import redis
 
 from ..imaging.nifti import VolumeLimits
+from ..jobs.connection import connect
 from ..jobs.store import JobStore
 from ..models.registry import ModelRegistry
 from ..settings import Settings
@@ -23,7 +24,7 @@ class WorkerContext:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, health_check_interval=30)
+        return connect(self.settings.redis_url, socket_timeout=10, health_check_interval=30)
 
     @cached_property
     def jobs(self) -> JobStore:

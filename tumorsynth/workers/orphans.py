@@ -1,0 +1,49 @@
+"""Queued jobs whose queue message is gone: sent again.
+
+Behind Sentinel, a failover can lose what the dead primary had not yet passed to its replica. A submission is
+acknowledged only once its record and message are on a replica (``WAIT``), but a worker's ``BRPOP`` that took the
+message, followed by the primary's death before kombu recorded it as unacked on the replica, leaves the job
+``queued`` with no message anywhere: it would wait forever. The reaper looks for jobs queued longer than
+``after_seconds`` whose id is in neither their queue nor kombu's unacked hash, and sends them again.
+
+A message sent twice is harmless: ``JobStore.claim`` runs a job once (a second message finds it leased or
+finished). So a false positive (a message in a worker's hands at the instant of the check) costs one no-op claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..jobs import stats
+from .celery_app import Dispatcher
+from .context import WorkerContext
+
+log = logging.getLogger(__name__)
+UNACKED = "unacked"  # kombu's Redis transport: delivery tag → [message, exchange, routing key]
+
+
+def _in_flight(r, queue: str) -> bytes:
+    """Every message body waiting in ``queue`` or delivered and not yet acknowledged, as one byte string."""
+    return b"\n".join([*r.lrange(queue, 0, -1), *r.hvals(UNACKED)])
+
+
+def requeue_orphans(ctx: WorkerContext, dispatcher: Dispatcher, after_seconds: float) -> list[str]:
+    r, sent = ctx.redis, []
+    horizon = time.time() - after_seconds
+    for queue in sorted(set(ctx.settings.family_queues.values())):
+        stale = [j.decode() for j in r.zrangebyscore(stats.queued_key(queue), "-inf", horizon)]
+        if not stale:
+            continue
+        messages = _in_flight(r, queue)
+        for job_id in stale:
+            if job_id.encode() in messages:
+                continue
+            rec = ctx.jobs.get(job_id)
+            if rec is None or rec.status != "queued" or rec.updated_at > horizon:
+                continue
+            log.warning("job %s: queued %.0f s with no message in %s (lost in a failover?); sending it again",
+                        job_id, time.time() - rec.updated_at, queue)
+            dispatcher.send(rec.id, rec.family, rec.queue)
+            sent.append(rec.id)
+    return sent
