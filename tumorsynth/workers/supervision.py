@@ -7,14 +7,16 @@ noticed when its lease lapses (seconds) and requeued here, up to the attempt cap
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
-import logging
 import threading
 import time
 
+from . import inventory
 from .celery_app import Dispatcher
 from .context import WorkerContext
+from .orphans import requeue_orphans
 
 log = logging.getLogger(__name__)
 WORKERS = "ts:workers"  # zset: worker id → last heartbeat
@@ -24,10 +26,11 @@ def worker_key(worker_id: str) -> str:
     return f"ts:worker:{worker_id}"
 
 
-def announce(ctx: WorkerContext, queues: list[str]) -> None:
+def announce(ctx: WorkerContext, queues: list[str], has: dict | None = None) -> None:
+    """The heartbeat record: who, which queues, and what it has (GPUs, models, versions: ``inventory``)."""
     s = ctx.settings
     info = {"id": ctx.worker_id, "queues": queues, "device": s.device, "pid": os.getpid(), "host": socket.gethostname(),
-            "seen_at": time.time()}
+            "seen_at": time.time()} | (has or {})
     with ctx.redis.pipeline() as p:
         p.set(worker_key(ctx.worker_id), json.dumps(info), ex=max(5, int(s.lease_seconds)))
         p.zadd(WORKERS, {ctx.worker_id: time.time()})
@@ -49,12 +52,20 @@ def reap_once(ctx: WorkerContext, dispatcher: Dispatcher) -> list[str]:
 
 def start_parent_services(ctx: WorkerContext, dispatcher: Dispatcher, queues: list[str]) -> threading.Thread:
     interval = ctx.settings.reaper_interval_seconds
+    orphan_after = max(30.0, 3 * ctx.settings.lease_seconds)  # far beyond a BRPOP→unacked hand-over
+    next_orphan_sweep = time.monotonic() + orphan_after / 2
+
+    has = {"gpus": inventory.gpus(), "models": inventory.models(ctx.registry), "versions": inventory.versions()}
 
     def loop() -> None:
+        nonlocal next_orphan_sweep
         while True:
             try:
-                announce(ctx, queues)
+                announce(ctx, queues, has)
                 reap_once(ctx, dispatcher)
+                if time.monotonic() >= next_orphan_sweep:
+                    next_orphan_sweep = time.monotonic() + orphan_after / 2
+                    requeue_orphans(ctx, dispatcher, orphan_after)
             except Exception:
                 log.warning("worker supervision loop failed; retrying", exc_info=True)
             time.sleep(interval)
