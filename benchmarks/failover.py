@@ -10,8 +10,8 @@ seconds later (as an orchestrator would: it rejoins as a replica). A 503 is retr
 Figures: lost (202 but not succeeded), doubled (a job whose attempt ended `succeeded` more than once in the worker
 logs), re-run (more than one attempt), phantom (a job listed that no 202 announced), 5xx other than 503 and
 connection errors (must be 0), 503 answers, and the unavailability: from the kill to the first 202 of a request sent
-after it. Baseline: the same run against one Redis (no replica, no WAIT) is the embedded default; its figures after
-a kill -9 are in benchmarks/load.py's reasoning (AOF every second: up to a second of acknowledged jobs).
+after it. `--baseline` runs the same again without WAIT (`TUMORSYNTH_REDIS_ACK_REPLICAS=0`: acknowledged once on the
+primary only) and prints both side by side.
 """
 
 from __future__ import annotations
@@ -171,36 +171,31 @@ def passed(r: dict) -> bool:
     return r["lost"] == r["doubled"] == r["phantom"] == r["server_errors"] == 0 and r["unavailable_s"] < 120
 
 
-def table(r: dict, args) -> str:
+def table(results: list[dict], args) -> str:
+    """One column per run: WAIT for a replica (ours), then without it (the baseline), when run."""
     rows = [
-        ("jobs answered 202", r["accepted"]), ("ended", r["statuses"]),
-        ("lost (202 but not succeeded)", r["lost"]), ("doubled (succeeded twice)", r["doubled"]),
-        ("re-run (attempts > 1, ended once)", r["rerun"]), ("phantom (listed, never 202)", r["phantom"]),
-        ("answers by status", r["answers"]), ("500s / connection errors", r["server_errors"]),
-        ("503 answers (retried)", r["answers_503"]),
-        ("sentinel failover (kill → new primary)", f"{r['sentinel_failover_s']:.2f} s"),
-        ("unavailable (kill → first 202 sent after it)", f"{r['unavailable_s']:.2f} s"),
-        ("result", "PASS" if passed(r) else "FAIL"),
+        ("jobs answered 202", lambda r: r["accepted"]), ("ended", lambda r: r["statuses"]),
+        ("lost (202 but not succeeded)", lambda r: r["lost"]), ("doubled (succeeded twice)", lambda r: r["doubled"]),
+        ("re-run (attempts > 1, ended once)", lambda r: r["rerun"]),
+        ("phantom (listed, never 202)", lambda r: r["phantom"]), ("answers by status", lambda r: r["answers"]),
+        ("500s / connection errors", lambda r: r["server_errors"]), ("503 answers (retried)", lambda r: r["answers_503"]),
+        ("sentinel failover (kill → new primary)", lambda r: f"{r['sentinel_failover_s']:.2f} s"),
+        ("unavailable (kill → first 202 sent after it)", lambda r: f"{r['unavailable_s']:.2f} s"),
+        ("result", lambda r: "PASS" if r["passed"] else "FAIL"),
     ]
+    names = ["WAIT 1 replica (ours)", "no WAIT (baseline)"][:len(results)]
     width = max(len(k) for k, _ in rows)
+    cells = [[str(f(r)) for r in results] for _, f in rows]
+    col = max(max(len(c) for row in cells for c in row), *(len(n) for n in names))
     head = (f"failover: {args.jobs} jobs, {args.threads} submitting threads, {args.workers} workers, kill -9 the "
-            f"primary after {args.kill_after} accepted, restarted {args.restart_after} s later; WAIT for 1 replica")
-    return "\n".join([head, "-" * len(head)] + [f"{k:<{width}}  {v}" for k, v in rows])
+            f"primary after {args.kill_after} accepted, back {args.restart_after} s later as a replica")
+    lines = [head, "-" * len(head), f"{'':<{width}}  " + "  ".join(f"{n:<{col}}" for n in names)]
+    lines += [f"{k:<{width}}  " + "  ".join(f"{c:<{col}}" for c in row) for (k, _), row in zip(rows, cells)]
+    return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--jobs", type=int, default=200)
-    ap.add_argument("--kill-after", type=int, default=60, help="kill the primary after this many 202 answers")
-    ap.add_argument("--restart-after", type=float, default=5.0, help="seconds before the killed node returns")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
-
+def run(args, ack_replicas: int) -> dict:
+    """One whole run: fresh Redis group, S3, workers and API; the kill; the figures."""
     from tumorsynth.models.ldm.configs import create_untrained
 
     work = Path(tempfile.mkdtemp(prefix="ts-failover-"))
@@ -209,7 +204,8 @@ def main(argv=None) -> int:
     moto, endpoint = start_moto_server()
     settings = Settings(redis_url=group.url, s3_endpoint=endpoint, s3_access_key="test", s3_secret_key="test-secret",
                         s3_bucket="failover", model_dir=work / "models", lease_seconds=6.0, heartbeat_seconds=1.0,
-                        reaper_interval_seconds=1.0, url_signing_key="benchmark-signing-key-0123456789")
+                        reaper_interval_seconds=1.0, url_signing_key="benchmark-signing-key-0123456789",
+                        redis_ack_replicas=ack_replicas)
     from tumorsynth.storage import make_store
 
     make_store(settings).ensure_bucket()
@@ -237,8 +233,7 @@ def main(argv=None) -> int:
             restarted.set()
             finished.wait()  # the restarted node dies with the thread that started it (PR_SET_PDEATHSIG)
 
-        k = threading.Thread(target=killer, daemon=True)
-        k.start()
+        threading.Thread(target=killer, daemon=True).start()
         submit(url, args.jobs, args.threads, request, small_mask(), subs)
         restarted.wait(120)
         done = follow(url, list(subs.accepted), args.timeout)
@@ -255,11 +250,31 @@ def main(argv=None) -> int:
         moto.stop()
         group.stop()
         finished.set()
-    print(table(r, args))
-    print(f"logs in {work}")
+    return r | {"ack_replicas": ack_replicas, "logs": str(work), "passed": passed(r)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--kill-after", type=int, default=60, help="kill the primary after this many 202 answers")
+    ap.add_argument("--restart-after", type=float, default=5.0, help="seconds before the killed node returns")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--baseline", action="store_true",
+                    help="also run without WAIT (TUMORSYNTH_REDIS_ACK_REPLICAS=0) and print both side by side")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+
+    results = [run(args, 1)] + ([run(args, 0)] if args.baseline else [])
+    print(table(results, args))
+    for r in results:
+        print(f"logs (ack_replicas={r['ack_replicas']}) in {r['logs']}")
     if args.json:
-        args.json.write_text(json.dumps(r | {"passed": passed(r)}, indent=2))
-    return 0 if passed(r) else 1
+        args.json.write_text(json.dumps(results[0] | ({"baseline": results[1]} if args.baseline else {}), indent=2))
+    return 0 if results[0]["passed"] else 1
 
 
 if __name__ == "__main__":
