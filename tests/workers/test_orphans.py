@@ -1,0 +1,34 @@
+"""A queued job whose message a failover lost is sent again; one whose message waits, or that is fresh, is not."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from tumorsynth.jobs.records import JobRecord, new_id
+from tumorsynth.settings import Settings
+from tumorsynth.workers.celery_app import Dispatcher, create_celery
+from tumorsynth.workers.context import WorkerContext
+from tumorsynth.workers.orphans import requeue_orphans
+
+
+def _queued(ctx: WorkerContext, queue: str, age: float) -> JobRecord:
+    t = time.time() - age
+    rec = JobRecord(id=new_id("job"), tenant="t", model="ldm/tiny@1", family="ldm", queue=queue, request={},
+                    created_at=t, updated_at=t)
+    ctx.jobs.create(rec)
+    return rec
+
+
+def test_lost_messages_are_resent_once(redis_server):
+    queue = f"orphans-{uuid.uuid4().hex[:8]}"
+    s = Settings(redis_url=redis_server.url, family_queues={"ldm": queue})
+    ctx, dispatcher = WorkerContext(s), Dispatcher(create_celery(s), s)
+    lost = _queued(ctx, queue, age=100)  # its message is nowhere: lost with a primary
+    waiting = _queued(ctx, queue, age=100)
+    dispatcher.send(waiting.id, "ldm")  # its message waits in the queue
+    fresh = _queued(ctx, queue, age=1)  # too young to tell
+    assert requeue_orphans(ctx, dispatcher, after_seconds=30) == [lost.id]
+    assert ctx.redis.llen(queue) == 2
+    assert requeue_orphans(ctx, dispatcher, after_seconds=30) == [], "a resent job was sent again"
+    assert fresh.id not in ctx.redis.lrange(queue, 0, -1)[0].decode() + ctx.redis.lrange(queue, 0, -1)[1].decode()
