@@ -3,8 +3,9 @@
 Run: `.venv/bin/python benchmarks/failover.py [--jobs 200] [--kill-after 60] [--workers 2] [--json out.json]`.
 It starts a Redis primary + replica + three sentinels on loopback, S3 (moto server), the API (`tumorsynth serve
 --no-worker` with `TUMORSYNTH_REDIS_URL=sentinel://...`) and worker processes (tiny LDM). Submitting threads POST
-jobs; after `--kill-after` of them were answered 202 the primary is SIGKILLed, and restarted `--restart-after`
-seconds later (as an orchestrator would: it rejoins as a replica). A 503 is retried after a short pause. Then every
+jobs; after `--kill-after` of them were answered 202 the replication link is cut for `--replica-lag` seconds (the
+replica falls behind), then the primary is SIGKILLed and restarted `--restart-after` seconds later (as an orchestrator would: it
+rejoins as a replica). A 503 is retried after a short pause. Then every
 202-answered job is followed to its end.
 
 Figures: lost (202 but not succeeded), doubled (a job whose attempt ended `succeeded` more than once in the worker
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -188,7 +190,8 @@ def table(results: list[dict], args) -> str:
     cells = [[str(f(r)) for r in results] for _, f in rows]
     col = max(max(len(c) for row in cells for c in row), *(len(n) for n in names))
     head = (f"failover: {args.jobs} jobs, {args.threads} submitting threads, {args.workers} workers, kill -9 the "
-            f"primary after {args.kill_after} accepted, back {args.restart_after} s later as a replica")
+            f"primary after {args.kill_after} accepted (replication link cut {args.replica_lag} s before), back "
+            f"{args.restart_after} s later as a replica")
     lines = [head, "-" * len(head), f"{'':<{width}}  " + "  ".join(f"{n:<{col}}" for n in names)]
     lines += [f"{k:<{width}}  " + "  ".join(f"{c:<{col}}" for c in row) for (k, _), row in zip(rows, cells)]
     return "\n".join(lines)
@@ -224,8 +227,15 @@ def run(args, ack_replicas: int) -> dict:
         def killer() -> None:
             while len(subs.accepted) < args.kill_after:
                 time.sleep(0.02)
+            replica = group.nodes[next(p for p in group.data_ports if p != group.primary_port())].proc
+            if args.replica_lag:  # the replication link breaks (a network blip) just before the primary dies
+                os.kill(replica.pid, signal.SIGSTOP)  # so that it cannot reconnect at once
+                redis.Redis(port=group.primary_port()).client_kill_filter(_type="replica")
+                time.sleep(args.replica_lag)
             killed["t"] = time.time()
             port = group.kill_primary()
+            if args.replica_lag:
+                os.kill(replica.pid, signal.SIGCONT)
             killed["new"] = group.wait_failover(port)
             killed["t_failover"] = time.time()
             time.sleep(max(0.0, args.restart_after - (time.time() - killed["t"])))
@@ -258,6 +268,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--kill-after", type=int, default=60, help="kill the primary after this many 202 answers")
     ap.add_argument("--restart-after", type=float, default=5.0, help="seconds before the killed node returns")
+    ap.add_argument("--replica-lag", type=float, default=0.5,
+                    help="seconds the replication link is down (the replica frozen, its link closed) before the "
+                         "kill: what the primary accepted meanwhile dies with it (below Sentinel's 1 s down-after)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
