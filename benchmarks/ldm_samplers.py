@@ -2,7 +2,8 @@
 (the default of MONAI's generative bundles), and our default fast sampler (DPM-Solver++ 2M through diffusers).
 
 Each method runs in its own process (so peak RSS is its own: the parent prepares the masks and hands them over as a
-file, so no child's peak is set by loading phantoms) on the same unseen phantom masks, one volume at a time, same seeds. Realism is MONAI's MMD between the generated volumes and the real (phantom) volumes of those masks.
+file, so no child's peak is set by loading phantoms) on the same unseen phantom masks, one volume at a time, same
+seeds. Realism is MONAI's MMD between the generated volumes and the real (phantom) volumes of those masks.
 
 Run: `.venv/bin/python benchmarks/ldm_samplers.py [--model ldm/demo-phantom@1] [--masks 4]`. Prints a table.
 """
@@ -23,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tumorsynth.models.registry import ModelRegistry  # noqa: E402
-from tumorsynth.settings import get_settings  # noqa: E402
+from tumorsynth.models.registry import ModelRegistry
+from tumorsynth.settings import get_settings
 
 METHODS = {
     "ddpm-1000 (paper)": ("ours", "ddpm", 1000),
@@ -37,9 +38,9 @@ METHODS = {
 
 def masks_and_reals(entry, n: int, workdir: Path):
     """Unseen phantoms (a seed the demo never trained on) → labels and real images on the model grid."""
-    from tumorsynth.training.brats import find_subjects
-    from tumorsynth.training.ldm import prepare_subject
-    from tumorsynth.training.phantoms import generate_phantoms
+    from tumorsynth.data.brats import find_subjects
+    from tumorsynth.data.phantoms import generate_phantoms
+    from tumorsynth.data.subjects import prepare_subject
 
     if not Path(workdir).is_dir() or not find_subjects(workdir):
         generate_phantoms(workdir, n, seed=9999, workers=2)
@@ -51,8 +52,8 @@ def masks_and_reals(entry, n: int, workdir: Path):
 def run_method(model_id: str, method: str, n: int, workdir: Path) -> dict:
     from tumorsynth.imaging.labels import to_regions
     from tumorsynth.models.ldm.runner import LDMGenerator
-    from tumorsynth.models.ldm.schedulers import make_scheduler
     from tumorsynth.models.ldm.sampler import reverse_process
+    from tumorsynth.models.ldm.schedulers import make_scheduler
 
     torch.set_num_threads(2)
     entry = ModelRegistry(get_settings().model_dir).get(model_id)
@@ -131,7 +132,7 @@ def main() -> None:
                              check=True, capture_output=True, text=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         fake = torch.tensor(row.pop("volumes"))
-        pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)  # noqa: E731
+        pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)
         row["mmd"] = float(np.mean([float(MMDMetric(y_mapping=pool)(fake[:, c:c + 1], reals[:, c:c + 1]))
                                     for c in range(reals.shape[1])]))
         rows.append(row)

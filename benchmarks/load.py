@@ -30,10 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tumorsynth.client import Client  # noqa: E402
-from tumorsynth.embedded.redis_server import free_port  # noqa: E402
-from tumorsynth.imaging.examples import affine_1mm, example_mask  # noqa: E402
-from tumorsynth.imaging.nifti import write_nifti  # noqa: E402
+from tumorsynth.client import Client
+from tumorsynth.embedded.redis_server import free_port
+from tumorsynth.imaging.examples import affine_1mm, example_mask
+from tumorsynth.imaging.nifti import write_nifti
 
 SHAPE = (40, 44, 30)
 TERMINAL = {"succeeded", "failed", "canceled"}

@@ -23,8 +23,9 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.hammer import ApiProcess, fire, rss_kib, shots  # noqa: E402
-from tumorsynth.embedded.redis_server import free_port  # noqa: E402
+from tests.support.hammer import ApiProcess, fire, rss_kib, shots
+from tumorsynth.embedded.redis_server import free_port
+from tumorsynth.jobs import keys
 
 AUTH = {"Authorization": "Bearer bench-key"}
 
@@ -69,7 +70,7 @@ def main() -> None:
                 print(f"{label:>5} {sent:>9} {time.perf_counter() - t0:>8.1f} {rss / 1024:>8.1f} {peak / 1024:>8.1f}")
         stored = [p for p in (tmp / "storage").rglob("*") if p.is_file()]
         r = redis.Redis.from_url(re.search(r"embedded Redis on (redis://\S+)", (tmp / "api.log").read_text()).group(1))
-        jobs = list(r.scan_iter("ts:job:*"))
+        jobs = list(r.scan_iter(keys.job("*")))
         print(f"\nafter {sent} malformed requests: {len(stored)} objects stored, {len(jobs)} job records, "
               f"queue 'gpu' holds {r.llen('gpu')}")
         growth = (after[-1] - after[0]) / 1024

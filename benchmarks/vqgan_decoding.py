@@ -18,16 +18,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tumorsynth.models.registry import ModelRegistry  # noqa: E402
-from tumorsynth.models.vqgan.sampler import ar_decode, guided, maskgit_decode  # noqa: E402
-from tumorsynth.models.vqgan.runner import VQGANGenerator  # noqa: E402
-from tumorsynth.settings import get_settings  # noqa: E402
+from tumorsynth.models.registry import ModelRegistry
+from tumorsynth.models.vqgan.runner import VQGANGenerator
+from tumorsynth.models.vqgan.sampler import ar_decode, guided, maskgit_decode
+from tumorsynth.settings import get_settings
 
 
 def real_rois(entry, n: int, workdir: Path, tumor_class: str) -> torch.Tensor:
-    from tumorsynth.training.brats import find_subjects
-    from tumorsynth.training.phantoms import generate_phantoms
-    from tumorsynth.training.roi import load_rois
+    from tumorsynth.data.brats import find_subjects
+    from tumorsynth.data.phantoms import generate_phantoms
+    from tumorsynth.data.roi import load_rois
 
     if not Path(workdir).is_dir() or not find_subjects(workdir):
         generate_phantoms(workdir, 2 * n, seed=9999, workers=2)
@@ -78,7 +78,7 @@ def main() -> None:
                                                                              use_cache=False)))
     from monai.metrics import MMDMetric, MultiScaleSSIMMetric
 
-    pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)  # noqa: E731
+    pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)
     for r in rows:
         imgs = r["images"]
         ms = MultiScaleSSIMMetric(spatial_dims=3, data_range=2.0, kernel_size=3, weights=(0.5, 0.5))

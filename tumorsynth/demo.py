@@ -44,7 +44,8 @@ def ensure_model(settings: Settings) -> None:
 def run_demo(settings: Settings, out: Path, port: int, samples: int = 1) -> list[Path]:
     ensure_model(settings)
     mask = ensure_example_mask()
-    env = dict(os.environ, TUMORSYNTH_STORAGE_DIR=str(settings.storage_dir), TUMORSYNTH_MODEL_DIR=str(settings.model_dir))
+    env = dict(os.environ, TUMORSYNTH_STORAGE_DIR=str(settings.storage_dir),
+               TUMORSYNTH_MODEL_DIR=str(settings.model_dir))
     log_path = Path(settings.storage_dir).parent / "demo-serve.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")

@@ -7,6 +7,7 @@ job's ``error`` (``code``, ``message``). ``transient`` errors are retried by wor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Self
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class InvalidRequest(TumorsynthError):
     title = "Invalid request"
 
     @classmethod
-    def for_field(cls, field_name: str, message: str, **kw) -> "InvalidRequest":
+    def for_field(cls, field_name: str, message: str, **kw) -> Self:
         return cls(f"{field_name}: {message}", errors=[FieldError(field_name, message)], **kw)
 
 

@@ -41,6 +41,16 @@ class JobRequest(Strict):
                                     "GET /v1/models declares them (name, type, default, bounds); refused per name")
     truncation: float | None = Field(None, ge=0.0, le=1.0, description="deprecated: options.truncation (StyleGAN2 "
                                      "truncation ψ: 1 = none, 0 = the class's mean)")
+    intensity: Literal["zscore", "unit", "scanner"] | None = Field(
+        None, description="the outputs' intensity scale: 'zscore' over the brain (background 0), 'unit' (brain "
+        "0.5-99.5th percentiles to [0, 1]) or 'scanner' (non-negative int16, the checkpoint's typical brain mean and "
+        "SD per contrast); default: the model's own. Every sidecar states it (IntensityScale)")
+    formats: list[Literal["nifti", "dicom"]] | None = Field(
+        None, min_length=1, max_length=2, description="'nifti' (the default) and/or 'dicom': MR series + DICOM SEG "
+        "of the mask, marked SYNTHETIC, zipped as one output 'dicom.zip'. The NIfTI files and sidecars are written "
+        "either way (previews, manifests and a failed PACS delivery rely on them)")
+    send_to: Literal["pacs"] | None = Field(None, description="'pacs': after success the DICOM series is stored at "
+                                            "the tenant's configured PACS; see the job's 'delivery'")
     webhook: Annotated[str, StringConstraints(max_length=2048)] | None = None
     # Which events are POSTed to ``webhook``; default: the end of the job (succeeded, failed or canceled).
     webhook_events: list[Literal["job.started", "job.succeeded", "job.failed", "job.canceled"]] | None = Field(
@@ -54,6 +64,13 @@ class JobRequest(Strict):
             raise ValueError("list each modality once")
         if v is not None and not v:
             raise ValueError("ask for at least one modality, or leave the field out for all")
+        return v
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("list each format once")
         return v
 
     @field_validator("webhook")
@@ -84,7 +101,7 @@ class OutputInfo(BaseModel):
     name: str
     modality: str
     sample_index: int | None
-    kind: Literal["image", "sidecar", "mask", "preview"] = "image"
+    kind: Literal["image", "sidecar", "mask", "preview", "dicom"] = "image"
     url: str | None = None
     expires_at: datetime | None = None
     size: int
@@ -96,6 +113,19 @@ class OutputInfo(BaseModel):
 class ErrorBody(BaseModel):
     code: str
     message: str
+
+
+class Delivery(BaseModel):
+    """Where a job's DICOM series went (``send_to: "pacs"``): pending until stored or out of attempts."""
+
+    target: str
+    destination: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    instances: int | None = None
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+    next_attempt_at: datetime | None = None
 
 
 class Job(BaseModel):
@@ -113,6 +143,7 @@ class Job(BaseModel):
     attempts: int = 0
     metrics: dict[str, float] = {}
     batch_id: str | None = None
+    delivery: Delivery | None = None
 
 
 class JobList(BaseModel):
@@ -137,6 +168,13 @@ class OptionInfo(BaseModel):
     description: str = ""
 
 
+class IntensityInfo(BaseModel):
+    """The intensity scales a model's jobs may ask for (``scanner`` needs statistics in the checkpoint)."""
+
+    default: Literal["zscore", "unit", "scanner"]
+    scales: list[Literal["zscore", "unit", "scanner"]]
+
+
 class ModelInfo(BaseModel):
     id: str
     family: str
@@ -149,6 +187,7 @@ class ModelInfo(BaseModel):
     samplers: list[SamplerInfo]
     default_sampler: str
     options: list[OptionInfo] = []
+    intensity: IntensityInfo | None = None
     checkpoint: dict[str, Any]
     trained: bool
 
@@ -171,3 +210,48 @@ class Problem(BaseModel):
     detail: str
     code: str | None = None
     errors: list[FieldProblem] | None = None
+
+
+# ----- batches and the mask bank (routes/batches.py) ---------------------------------------------------------------
+BatchStatus = Literal["planning", "running", "canceling", "canceled", "succeeded", "completed_with_errors", "failed"]
+
+
+class RequestCounts(BaseModel):
+    total: int
+    succeeded: int
+    failed: int
+    canceled: int
+
+
+class ManifestLinks(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    csv: str
+    json_: str = Field(alias="json")  # "json" would shadow BaseModel.json
+
+
+class Batch(BaseModel):
+    id: str
+    model: str
+    status: BatchStatus
+    request: dict[str, Any]
+    plan: dict[str, int]
+    request_counts: RequestCounts
+    created_at: str
+    error: dict[str, Any] | None = None
+    jobs: list[str]
+    manifest: ManifestLinks | None = None
+
+
+class BankMask(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    class_: str | None = Field(alias="class")
+    size: int | None = None  # listings
+    label_convention: str | None = None  # the upload's answer
+    tumour_voxels: int | None = None
+
+
+class BankMaskList(BaseModel):
+    masks: list[BankMask]

@@ -5,16 +5,20 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .pacs.destinations import Destination, check_uid_root
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SECRETS = {"minioadmin", "minio123", "changeme", "secret", "password", "admin"}
 PLACEHOLDER = re.compile(r"change[-_ ]?me", re.IGNORECASE)  # .env.example's values say "change-me"
 MIN_SECRET_CHARS = 16
+DEFAULT_QUEUE = "gpu"
 
 
 class Settings(BaseSettings):
@@ -75,7 +79,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 3.0
     reaper_interval_seconds: float = 3.0
     max_attempts: int = 3
-    family_queues: dict[str, str] = {"ldm": "gpu", "vqgan": "gpu", "tavit": "gpu", "stylegan2": "gpu"}
+    # Queue per model family where it is not DEFAULT_QUEUE, e.g. {"stylegan2": "cpu"} (families: models/families.py).
+    family_queues: dict[str, str] = {}
     idempotency_ttl_seconds: int = 24 * 3600
     storage_retries: int = 4
 
@@ -89,6 +94,17 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = Field(3600.0, gt=0)
     webhook_timeout_seconds: float = Field(10.0, gt=0)
     webhook_poll_seconds: float = Field(1.0, gt=0)
+
+    # DICOM output: fresh UIDs under this organisation root (set your own; the default is pydicom's, whose UIDs are
+    # for generated objects). PACS destinations per tenant, JSON: {"tenantA": {"kind": "dimse", "host": ...,
+    # "port": 104, "called_ae": "PACS"}, "tenantB": {"kind": "stow-rs", "url": "https://.../dicom-web"}}.
+    # Deliveries are retried like webhooks.
+    dicom_uid_root: str = "1.2.826.0.1.3680043.8.498."
+    pacs_destinations: dict[str, Destination] = {}
+    pacs_max_attempts: int = Field(8, ge=1, le=50)
+    pacs_backoff_seconds: float = Field(10.0, gt=0)  # doubled after each failed attempt, capped below
+    pacs_backoff_max_seconds: float = Field(3600.0, gt=0)
+    pacs_timeout_seconds: float = Field(60.0, gt=0)  # one attempt: association or HTTP request
 
     @field_validator("storage_dir", "model_dir", "redis_data_dir", mode="after")
     @classmethod
@@ -120,6 +136,11 @@ class Settings(BaseSettings):
         for item in filter(None, (p.strip() for p in (v or "").split(","))):
             parse_secret(item.rpartition(":")[2] if ":" in item else item)
         return v
+
+    @field_validator("dicom_uid_root", mode="after")
+    @classmethod
+    def _uid_root(cls, v: str) -> str:
+        return check_uid_root(v)
 
     @field_validator("webhook_secret", mode="after")
     @classmethod
@@ -157,7 +178,11 @@ class Settings(BaseSettings):
         return bool(self.tenants_by_key)
 
     def queue_for(self, family: str) -> str:
-        return self.family_queues.get(family, "gpu")
+        return self.family_queues.get(family, DEFAULT_QUEUE)
+
+    def queues(self, families: Iterable[str]) -> list[str]:
+        """Every queue a job of ``families`` can be sent to (the API passes the registered families)."""
+        return sorted({self.queue_for(f) for f in families})
 
     def check_safe_to_serve(self, host: str) -> None:
         """Refuse unsafe defaults outside loopback: no API keys, or a default, placeholder or short secret.

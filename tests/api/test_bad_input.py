@@ -12,8 +12,10 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import ALPHA, make_settings
 from tests.imaging.malformed import corpus as file_corpus
+from tumorsynth.jobs import keys as redis_keys
 
-from .bad_requests import BOUNDARY, MODEL, corpus as request_corpus, file, multipart, req
+from .bad_requests import BOUNDARY, MODEL, file, multipart, req
+from .bad_requests import corpus as request_corpus
 
 REQUESTS = request_corpus()
 FILES = file_corpus()
@@ -90,4 +92,4 @@ def test_a_valid_submission_is_seen_by_the_same_check(guarded):
     keys, objects = snapshot(services)
     new_objects = set(objects) - set(before[1])
     assert [k for k, _ in new_objects] == [f"tenants/alpha/jobs/{r.json()['id']}/inputs/mask.nii.gz"]
-    assert f"ts:job:{r.json()['id']}".encode() in keys and services.redis.llen("parked") == queued + 1
+    assert redis_keys.job(r.json()['id']).encode() in keys and services.redis.llen("parked") == queued + 1

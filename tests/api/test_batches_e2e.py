@@ -36,6 +36,9 @@ def api(client) -> Client:
     ({"model": MODEL, "class_counts": {"LGG": 3, "HGG": 3}, "target": "balance"}, "class_counts"),  # balanced
     ({"model": MODEL, "class_counts": {"LGG": 1, "HGG": 3}, "target": "balance", "masks": "upload"}, "masks"),
     ({"model": MODEL, "class_counts": {"LGG": 1}, "total_per_class": 99999}, "total_per_class"),
+    ({"model": MODEL, "class_counts": {"LGG": 1, "HGG": 3}, "target": "balance", "intensity": "scanner"},
+     "intensity"),  # the tiny checkpoint records no scanner statistics
+    ({"model": MODEL, "class_counts": {"LGG": 1, "HGG": 3}, "target": "balance", "intensity": "hu"}, "intensity"),
 ])
 def test_bad_batches_are_422(client, body, field):
     r = client.post("/v1/batches", json=body, headers=ALPHA)
@@ -47,7 +50,7 @@ def test_balanced_batch_runs_and_its_manifest_loads_in_monai_and_torchio(client,
     c = api(client)
     masks = [mask_bytes(SHAPE, "brats2023", seed=1), mask_bytes(SHAPE, "brats2019", seed=2)]
     batch = c.submit_batch({"model": MODEL, "class_counts": {"LGG": 1, "HGG": 3}, "target": "balance",
-                            "modalities": ["t1c", "flair"], "seed": 5, "masks": "upload",
+                            "modalities": ["t1c", "flair"], "seed": 5, "masks": "upload", "intensity": "unit",
                             "sampler": {"name": "dpm++", "steps": 5}}, masks=masks)
     assert batch["plan"] == {"LGG": 2, "HGG": 0} and batch["request_counts"]["total"] == 2
     assert client.get(f"/v1/batches/{batch['id']}", headers=BETA).status_code == 404
@@ -58,8 +61,9 @@ def test_balanced_batch_runs_and_its_manifest_loads_in_monai_and_torchio(client,
     rows = json.loads((tmp_path / "aug" / "manifest.json").read_text())
     assert len(rows) == 4 and {r["modality"] for r in rows} == {"t1c", "flair"}
     assert all(r["synthetic"] is True and r["class"] == "LGG" and len(r["checkpoint_sha256"]) == 64 for r in rows)
-    assert manifest.read_text().splitlines()[0] == ("subject_id,class,modality,image,mask,model,checkpoint_sha256,"
-                                                    "sampler,steps,seed,synthetic")
+    assert manifest.read_text().splitlines()[0].startswith("subject_id,class,modality,image,mask,model,"
+                                                           "checkpoint_sha256,sampler,steps,seed,synthetic,intensity")
+    assert {r["intensity"] for r in rows} == {"unit"}
 
     from monai.data import Dataset
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged

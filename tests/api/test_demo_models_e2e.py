@@ -8,12 +8,12 @@ import pytest
 
 from tests.conftest import ALPHA
 from tests.support.volumes import load
-from tumorsynth.training.brats import find_subjects
+from tumorsynth.data.brats import find_subjects
 
 from .helpers import submit, wait_status
 
 
-def fetch(client, job, name) -> "np.ndarray":
+def fetch(client, job, name) -> np.ndarray:
     r = client.get(f"/v1/jobs/{job['id']}/outputs/{name}", headers=ALPHA, follow_redirects=False)
     img = load(httpx.get(r.headers["location"]).content if r.status_code == 307 else r.content)
     return img
@@ -31,7 +31,7 @@ def test_vqgan_demo_makes_rois_of_either_class_and_seeds_differ(client, worker, 
 
 
 def test_tavit_demo_returns_t1c_in_the_inputs_geometry(client, worker, tmp_path):
-    from tumorsynth.training.phantoms import generate_phantoms
+    from tumorsynth.data.phantoms import generate_phantoms
 
     generate_phantoms(tmp_path, 1, seed=4242, shape=(96, 96, 62))
     (subject,) = find_subjects(tmp_path)

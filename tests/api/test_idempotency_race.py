@@ -19,6 +19,7 @@ from tests.support.hammer import ApiProcess
 from tests.support.services import settings_env
 from tests.support.volumes import mask_bytes
 from tumorsynth.embedded.redis_server import free_port
+from tumorsynth.jobs import keys
 
 N = 16
 MODEL = "ldm/tiny@1"
@@ -55,7 +56,7 @@ def fire_together(base_url: str, key: str, seeds: list[int]) -> list[httpx.Respo
 
 
 def jobs_of(r: redis.Redis) -> set[str]:
-    return {m.decode() for m in r.zrange("ts:tenant:alpha:jobs", 0, -1)}
+    return {m.decode() for m in r.zrange(keys.tenant_jobs("alpha"), 0, -1)}
 
 
 def test_concurrent_identical_requests_with_one_key_make_one_job(api):

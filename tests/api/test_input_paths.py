@@ -20,8 +20,9 @@ from tests.support.hammer import ApiProcess
 from tests.support.services import settings_env
 from tests.support.volumes import mask_bytes
 from tumorsynth.embedded.redis_server import free_port
+from tumorsynth.jobs import keys
 
-from .bad_requests import BOUNDARY, MODEL, file, multipart, part, req
+from .bad_requests import BOUNDARY, MODEL, file, multipart, req
 
 FORM = ALPHA | {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 JOB_ID = "job_0190000000000000000000000000abcd"  # the shape of a real id; no such job
@@ -33,7 +34,7 @@ def api(redis_server, s3_endpoint, model_dir, tmp_path_factory):
     from tumorsynth.storage import make_store
 
     s = make_settings(redis_server, s3_endpoint, model_dir, redis_url=redis_server.url.rsplit("/", 1)[0] + "/13",
-                      family_queues={f: "parked-inputs" for f in ("ldm", "vqgan", "tavit", "stylegan2")})
+                      family_queues=dict.fromkeys(("ldm", "vqgan", "tavit", "stylegan2"), "parked-inputs"))
     store = make_store(s)
     store.ensure_bucket()
     r = redis.Redis.from_url(s.redis_url)
@@ -77,7 +78,7 @@ def test_non_finite_json_numbers_are_refused_naming_the_field(api, literal):
     batch = '{"model": "%s", "class_counts": {"LGG": 1, "HGG": 2}, "seed": %s}' % (MODEL, literal)
     problem(client.post("/v1/batches", content=batch, headers=ALPHA | {"Content-Type": "application/json"}),
             422, "seed")
-    assert r.zcard("ts:tenant:alpha:jobs") == 0 and store.list("tenants/alpha/") == []
+    assert r.zcard(keys.tenant_jobs("alpha")) == 0 and store.list("tenants/alpha/") == []
 
 
 @pytest.mark.parametrize("cls", ["\u202eGGL", "LGG\x00", "\x00", "LGG\n", "Martian", "lgg ", "\u200bLGG"])
@@ -114,8 +115,8 @@ BAD_IDS = [(f"{JOB_ID}:webhooks", f"{BATCH_ID}:counts"), ("job_x", "batch_x"), (
 @pytest.mark.parametrize("method,route", ID_ROUTES, ids=[f"{m} {p}" for m, p in ID_ROUTES])
 def test_ids_not_shaped_as_ids_are_404(api, method, route):
     client, r, *_ = api
-    r.rpush(f"ts:job:{JOB_ID}:webhooks", "whd_x")  # other keys that an id with a suffix used to reach
-    r.hset(f"ts:batch:{BATCH_ID}:counts", "succeeded", 1)
+    r.rpush(keys.job_webhooks(JOB_ID), "whd_x")  # other keys that an id with a suffix used to reach
+    r.hset(keys.batch_counts(BATCH_ID), "succeeded", 1)
     for job, batch in BAD_IDS:
         problem(client.request(method, route.format(job=job, batch=batch), headers=ALPHA), 404)
 
@@ -127,7 +128,7 @@ def test_webhook_url_with_control_characters_or_whitespace_is_refused(api, url):
     client, r, *_ = api
     body = multipart(req(json.dumps({"model": MODEL, "webhook": url})), file("mask", mask_bytes((24, 28, 20))))
     problem(client.post("/v1/jobs", content=body, headers=FORM), 422, "webhook")
-    assert r.zcard("ts:tenant:alpha:jobs") == 0
+    assert r.zcard(keys.tenant_jobs("alpha")) == 0
 
 
 def raw_request(proc: ApiProcess, head: str, body: bytes) -> bytes:
@@ -149,7 +150,7 @@ def test_chunked_body_with_content_length_is_400(api):
     answer = raw_request(proc, head, chunked)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
     assert b"application/problem+json" in answer and b"Content-Length" in answer
-    assert r.zcard("ts:tenant:alpha:jobs") == 0
+    assert r.zcard(keys.tenant_jobs("alpha")) == 0
     # the same body framed one way only is taken
     ok = head.replace(f"Content-Length: {len(payload)}\r\n", "")
     assert raw_request(proc, ok, chunked).startswith(b"HTTP/1.1 202")

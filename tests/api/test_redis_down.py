@@ -1,6 +1,7 @@
 """The job store out of reach: a real API process on a Redis of its own, which the test freezes (SIGSTOP) and then
-kills. Job reads, lists, ``/metrics``, ``/v1/queues`` and event streams answer 503 problem+json with Retry-After
-within the Redis socket timeout (2 s), not a 500 after 10–20 s; and 200 again once Redis is back.
+kills. Job reads, lists, ``/metrics``, ``/v1/queues`` and event streams answer 503 problem+json with Retry-After within the
+Redis socket timeout (2 s), not a 500 after 10–20 s; and 200 again once Redis is back. ``/metrics/api`` answers 200
+with ``tumorsynth_redis_up 0`` in that time (the Redis alert reads it; a failed scrape reads as the API down).
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def assert_all_503(client: httpx.Client, job_id: str, how: str) -> None:
         assert r.headers["content-type"] == "application/problem+json" and int(r.headers["retry-after"]) > 0, path
         assert r.json()["code"] == "job_store_unavailable", r.json()
         assert took < ANSWER_WITHIN, f"{how} {path}: answered after {took:.1f} s"
+    started = time.monotonic()
+    r = client.get("/metrics/api")
+    took = time.monotonic() - started
+    assert r.status_code == 200 and "\ntumorsynth_redis_up 0.0\n" in r.text, f"{how} /metrics/api: {r.text[-300:]}"
+    assert took < ANSWER_WITHIN, f"{how} /metrics/api: {took:.1f} s"
 
 
 def test_frozen_then_killed_redis_is_503_with_retry_after(api):

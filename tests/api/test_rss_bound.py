@@ -15,6 +15,7 @@ from tests.conftest import ALPHA, make_settings
 from tests.support.hammer import ApiProcess, fire, rss_kib, shots
 from tests.support.services import settings_env
 from tumorsynth.embedded.redis_server import free_port
+from tumorsynth.jobs import keys
 
 WARM_ROUNDS, ROUNDS = 2, 5
 BOUND_MIB = 32
@@ -45,5 +46,6 @@ def test_rss_stays_bounded_and_nothing_is_kept(redis_server, s3_endpoint, model_
         api.stop()
     assert (after - warm) / 1024 < BOUND_MIB, f"RSS grew {(after - warm) / 1024:.1f} MiB over {ROUNDS} rounds"
     assert store.list("") == []
-    assert [k for k in r.scan_iter() if k.startswith((b"ts:job", b"ts:tenant", b"ts:queued"))] == []
+    ours = tuple(f"{keys.PREFIX}{n}".encode() for n in ("job", "tenant", "queued"))
+    assert [k for k in r.scan_iter() if k.startswith(ours)] == []
     assert all(r.llen(q) == 0 for q in set(s.family_queues.values()))

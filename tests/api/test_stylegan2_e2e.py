@@ -46,7 +46,7 @@ def test_class_jobs_succeed_with_slices_previews_and_sidecars(client, worker, tu
     assert kinds == {f"sample-{i}_slice.{ext}": kind for i in (0, 1)
                      for ext, kind in (("nii.gz", "image"), ("json", "sidecar"), ("png", "preview"))}
     slices = [load(fetch(client, done, f"sample-{i}_slice.nii.gz")).get_fdata() for i in (0, 1)]
-    assert slices[0].shape == (64, 64, 1) and 0 <= slices[0].min() and slices[0].max() <= 1
+    assert slices[0].shape == (64, 64, 1) and slices[0].min() >= 0 and slices[0].max() <= 1
     assert not np.array_equal(slices[0], slices[1])  # seeds 4 and 5
     png = np.asarray(Image.open(io.BytesIO(fetch(client, done, "sample-0_slice.png"))))
     assert png.shape == (64, 64) and png.dtype == np.uint8

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import ALPHA, make_settings
 from tests.support.volumes import mask_bytes
+from tumorsynth.jobs import keys
 
 from .helpers import submit
 
@@ -30,7 +31,7 @@ def parked(redis_server, s3_endpoint, model_dir):
 
 
 def counts(services, tenant="alpha"):
-    return (services.redis.zcard(f"ts:tenant:{tenant}:jobs"), len(services.store.list(f"tenants/{tenant}/")),
+    return (services.redis.zcard(keys.tenant_jobs(tenant)), len(services.store.list(f"tenants/{tenant}/")),
             services.redis.llen("parked"))
 
 

@@ -14,6 +14,7 @@ import redis
 
 from tests.support.services import wait_for
 from tumorsynth.embedded.redis_server import free_port
+from tumorsynth.jobs import keys
 
 
 def alive(pid: int) -> bool:
@@ -42,7 +43,7 @@ def test_serve_embedded_then_sigterm_stops_worker_and_redis(tmp_path, model_dir)
         models = httpx.get(f"{base}/v1/models").json()["models"]
         assert "ldm/tiny@1" in [m["id"] for m in models]
         r = _embedded_redis(tmp_path / "serve.log")
-        workers = [json.loads(r.get(f"ts:worker:{w.decode()}")) for w in r.zrange("ts:workers", 0, -1)]
+        workers = [json.loads(r.get(keys.worker(w.decode()))) for w in r.zrange(keys.WORKERS, 0, -1)]
         pids = [w["pid"] for w in workers]
         assert pids and all(alive(p) for p in pids)
         proc.send_signal(signal.SIGTERM)

@@ -38,7 +38,7 @@ class Serve:
                                      start_new_session=True)
         self.base = f"http://127.0.0.1:{self.port}"
 
-    def wait_live(self) -> "Serve":
+    def wait_live(self) -> Serve:
         def live() -> bool:
             assert self.proc.poll() is None, self.log.read_text()[-2000:]
             try:

@@ -7,8 +7,8 @@ import json
 from typer.testing import CliRunner
 
 from tumorsynth.cli import app
+from tumorsynth.data.phantoms import generate_phantoms
 from tumorsynth.models.ldm.configs import create_untrained
-from tumorsynth.training.phantoms import generate_phantoms
 
 
 def test_utility_protocol_runs_on_phantoms(tmp_path, monkeypatch):

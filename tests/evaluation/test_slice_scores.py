@@ -37,7 +37,7 @@ def test_inception_score_bounds():
 def test_classifier_training_is_seeded():
     images, labels = synthetic_slices(6)
     a, b, c = (train_slice_classifier(images, labels, 3, epochs=2, seed=s, batch_size=8) for s in (1, 1, 2))
-    for (k, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (k, va), vb, _vc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(va, vb), k
     assert not all(torch.equal(va, vc) for va, vc in zip(a.state_dict().values(), c.state_dict().values()))
 

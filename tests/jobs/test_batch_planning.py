@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import ALPHA, make_settings
 from tests.support.volumes import nifti_bytes
+from tumorsynth.jobs import keys as redis_keys
 
 
 @pytest.fixture()
@@ -32,8 +33,8 @@ def own_bank(redis_server, s3_endpoint, model_dir):
 
 
 def head_filling_mask() -> bytes:
-    from tumorsynth.jobs.maskbank import BANK_SHAPE
     from tumorsynth.imaging.templates import brats_grid_affine
+    from tumorsynth.jobs.maskbank import BANK_SHAPE
 
     m = np.zeros(BANK_SHAPE, np.int16)
     m[20:220, 20:220, 10:145] = 2  # oedema over most of the head
@@ -66,5 +67,6 @@ def test_a_banked_mask_that_cannot_be_placed_makes_the_batch_422_and_leaves_noth
     (err,) = r.json()["errors"]
     assert err["field"] == "masks" and "LGG" in err["message"]
     assert sorted(o.key for o in services.store.list("")) == before
-    keys = [k for k in services.redis.scan_iter() if k.startswith((b"ts:batch", b"ts:job", b"ts:tenant"))]
+    ours = tuple(f"{redis_keys.PREFIX}{n}".encode() for n in ("batch", "job", "tenant"))
+    keys = [k for k in services.redis.scan_iter() if k.startswith(ours)]
     assert keys == [] and services.redis.llen("parked-plan") == 0

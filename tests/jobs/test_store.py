@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 
@@ -10,6 +9,7 @@ import pytest
 import redis
 
 from tumorsynth.errors import InvalidRequest, LeaseLost, NotFound
+from tumorsynth.jobs import keys
 from tumorsynth.jobs.records import JobRecord, new_id
 from tumorsynth.jobs.store import IdempotencyBinding, JobStore
 
@@ -96,7 +96,7 @@ def test_idempotency_binds_key_to_body(store):
         store.reserve_idempotency("t1", key, "body-b", "job_4", ttl=60)
     store.confirm_idempotency("t1", key, "body-a", "job_1", ttl=600)
     assert store.reserve_idempotency("t1", key, "body-a", "job_5", ttl=60) == IdempotencyBinding("job_1", False)
-    assert 60 < store.r.ttl(f"ts:idem:t1:{hashlib.sha256(key.encode()).hexdigest()}") <= 600
+    assert 60 < store.r.ttl(keys.idempotency("t1", key)) <= 600
 
 
 def test_a_released_idempotency_key_can_be_claimed_again(store):

@@ -30,9 +30,9 @@ def _follows(entry, tumor_class: str, seeds=(0, 1, 2)) -> dict[str, float]:
     import numpy as np
 
     from tumorsynth.demo import EXAMPLE_MASK
+    from tumorsynth.evaluation.ldm_eval import GridMask, mask_contrast
     from tumorsynth.models.base import GenerationParams
     from tumorsynth.models.ldm.runner import LDMGenerator
-    from tumorsynth.training.evaluate import GridMask, mask_contrast
 
     img = nib.load(EXAMPLE_MASK)
     labels = np.rint(np.asarray(img.dataobj)).astype(np.int16)
@@ -75,9 +75,9 @@ def test_demo_writes_a_brain_not_a_texture_block(demo):
 
     from tumorsynth.demo import EXAMPLE_MASK
     from tumorsynth.evaluation.anatomy import anatomy, summarise
+    from tumorsynth.evaluation.ldm_eval import GridMask
     from tumorsynth.models.base import GenerationParams
     from tumorsynth.models.ldm.runner import LDMGenerator
-    from tumorsynth.training.evaluate import GridMask
 
     img = nib.load(EXAMPLE_MASK)
     labels = np.rint(np.asarray(img.dataobj)).astype(np.int16)

@@ -11,7 +11,8 @@ import pytest
 
 from tumorsynth.errors import InvalidRequest
 from tumorsynth.models.base import GenerationParams
-from tumorsynth.models.loader import FAMILIES, load_generator
+from tumorsynth.models.families import FAMILIES
+from tumorsynth.models.loader import load_generator
 from tumorsynth.models.options import OptionSpec, check_options, family_options
 from tumorsynth.models.registry import ModelRegistry
 
@@ -74,7 +75,7 @@ def test_a_non_default_option_reaches_generate(tiny):
         pytest.skip(f"{tiny.family} needs input volumes; its runner tests cover generation")
     spec = tiny.options[0]
     generator = load_generator(tiny, "cpu")
-    nothing = lambda done, total: None  # noqa: E731
+    nothing = lambda done, total: None
     default = generator.generate(params_for(tiny), {}, nothing)
     changed = generator.generate(params_for(tiny, **{spec.name: non_default(spec)}), {}, nothing)
     assert not np.array_equal(default[0].data, changed[0].data), f"{spec.name}={non_default(spec)} changed nothing"

@@ -11,7 +11,7 @@ import torch
 from tumorsynth.errors import InvalidRequest
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.checkpoints import load_into
-from tumorsynth.models.loader import FAMILIES
+from tumorsynth.models.families import FAMILIES
 from tumorsynth.models.stylegan2.configs import PRESETS, build_network, create_untrained, model_config
 from tumorsynth.models.stylegan2.discriminator import Discriminator, MinibatchStd
 from tumorsynth.models.stylegan2.generator import Generator
@@ -165,7 +165,7 @@ def test_save_load_round_trip_keeps_weights_and_w_avg(tmp_path):
 
 
 def test_runner_makes_single_slice_volumes_in_unit_range(entry):
-    assert FAMILIES["stylegan2"].endswith("StyleGAN2Generator")
+    assert FAMILIES["stylegan2"].generator.endswith(":StyleGAN2Generator")
     runner = StyleGAN2Generator(entry, "cpu")
     steps = []
     out = runner.generate(params(num_samples=3), {}, lambda d, t: steps.append(d))
@@ -173,7 +173,7 @@ def test_runner_makes_single_slice_volumes_in_unit_range(entry):
     assert [v.sample_index for v in out] == [0, 1, 2] and {v.modality for v in out} == {"slice"}
     for v in out:
         assert v.data.shape == (16, 16, 1) and v.data.dtype == np.float32
-        assert 0.0 <= v.data.min() and v.data.max() <= 1.0
+        assert v.data.min() >= 0.0 and v.data.max() <= 1.0
         np.testing.assert_allclose(np.linalg.norm(v.affine[:3, :3], axis=0), [15.0, 15.0, 1.0])
     again = runner.generate(params(num_samples=1, options={"truncation": 0.7}), {}, lambda d, t: None)
     first = runner.generate(params(num_samples=1), {}, lambda d, t: None)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tumorsynth.data.brats import normalise
 from tumorsynth.errors import InvalidRequest, JobCanceled
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.nn.attention import explicit_attention
@@ -19,7 +20,6 @@ from tumorsynth.models.tavit.configs import (
 from tumorsynth.models.tavit.network import SelfAttention, regions_from_labels
 from tumorsynth.models.tavit.runner import TAViTGenerator
 from tumorsynth.models.tavit.slices import with_context, zscore_brain
-from tumorsynth.training.brats import normalise
 
 SHAPE = (40, 48, 30)
 

@@ -10,7 +10,7 @@ import torch
 
 from tumorsynth.errors import InvalidRequest, JobCanceled
 from tumorsynth.models.base import GenerationParams
-from tumorsynth.models.loader import FAMILIES
+from tumorsynth.models.families import FAMILIES
 from tumorsynth.models.nn.attention import attention, explicit_attention
 from tumorsynth.models.vqgan.configs import PRESETS, build_network, create_untrained
 from tumorsynth.models.vqgan.losses import gradient_loss
@@ -227,7 +227,7 @@ def test_ar_with_kv_cache_equals_ar_without(net, guidance):
 
 # ----- runner ---------------------------------------------------------------------------------------------------------
 def test_the_loader_knows_the_family(entry):
-    assert FAMILIES["vqgan"] == "tumorsynth.models.vqgan.runner:VQGANGenerator"
+    assert FAMILIES["vqgan"].generator == "tumorsynth.models.vqgan.runner:VQGANGenerator"
     assert entry.task == "class_to_roi" and entry.classes == ("LGG", "HGG") and entry.inputs == ()
     assert [(s.name, s.default_steps, s.min_steps, s.max_steps) for s in entry.samplers] == \
         [("maskgit", 8, 4, 16), ("ar", 64, 64, 64)]

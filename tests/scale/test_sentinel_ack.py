@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import ALPHA, make_settings
 from tests.support.sentinel import SentinelGroup
 from tests.support.volumes import mask_bytes
+from tumorsynth.jobs import keys
 from tumorsynth.jobs.connection import connect, connect_async
 
 
@@ -45,7 +46,7 @@ def test_no_replica_no_acknowledgement(group, s3_endpoint, model_dir):
         listed = client.get("/v1/jobs", headers=ALPHA).json()["jobs"]
         assert len(listed) == 1, "the refused submission left a job behind"
         r = connect(s.redis_url)  # its queue message may stay: a worker finds no record and drops it
-        assert len(r.keys("ts:job:*")) == 1 and r.zcard("ts:queued:parked-ack") == 1
+        assert len(r.keys(keys.job("*"))) == 1 and r.zcard(keys.queued("parked-ack")) == 1
         group.restart(replica)
         group.wait_replicated(group.primary_port())
         assert _post(client).status_code == 202

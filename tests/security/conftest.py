@@ -43,7 +43,7 @@ class LogCapture(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
 
-    def __enter__(self) -> "LogCapture":
+    def __enter__(self) -> LogCapture:
         root = logging.getLogger()
         self._level = root.level
         root.addHandler(self)

@@ -8,7 +8,7 @@ service does it itself: the local store's HMAC links, verified by ``GET /v1/obje
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,7 +28,7 @@ def epoch(rfc3339: str) -> float:
 
 def s3_window(url: str) -> tuple[float, int]:
     q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-    signed = datetime.strptime(q["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+    signed = datetime.strptime(q["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
     return signed, int(q["X-Amz-Expires"])
 
 

@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from tumorsynth.errors import InvalidRequest, Unauthorized
-from tumorsynth.storage import LocalStore, make_store
 from tumorsynth.settings import Settings
+from tumorsynth.storage import LocalStore, make_store
 from tumorsynth.storage.keys import output_key
 from tumorsynth.storage.signing import sign, verify
 

@@ -67,7 +67,7 @@ class ApiProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: float = 120.0) -> "ApiProcess":
+    def start(self, wait: float = 120.0) -> ApiProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(self.port), "--no-worker"],
             env=self.env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -40,9 +40,9 @@ class Node:
             try:
                 client.ping()
                 return self
-            except redis.ConnectionError:
+            except redis.ConnectionError as exc:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis exited: {(self.folder / 'server.log').read_text()[-800:]}")
+                    raise RuntimeError(f"redis exited: {(self.folder / 'server.log').read_text()[-800:]}") from exc
                 time.sleep(0.05)
         raise RuntimeError(f"redis on port {self.port} did not answer")
 

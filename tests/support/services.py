@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from tumorsynth.jobs import keys
 from tumorsynth.jobs.connection import connect
 from tumorsynth.settings import Settings
 
@@ -36,7 +37,7 @@ class WorkerProcess:
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait: float = 120.0) -> "WorkerProcess":
+    def start(self, wait: float = 120.0) -> WorkerProcess:
         env = settings_env(self.settings) | self.extra_env
         self.log = open(self.log_path, "ab")
         before = time.time()
@@ -48,7 +49,7 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited early; see {self.log_path}:\n{self.log_path.read_text()[-3000:]}")
-            if any(score >= before for _, score in r.zrange("ts:workers", 0, -1, withscores=True)):
+            if any(score >= before for _, score in r.zrange(keys.WORKERS, 0, -1, withscores=True)):
                 return self
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready in {wait}s; see {self.log_path}")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from tumorsynth.data.phantoms import generate_phantoms
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.checkpoints import load_state_dict
 from tumorsynth.models.ldm.runner import LDMGenerator
 from tumorsynth.models.registry import ModelRegistry
 from tumorsynth.training.ldm import LDMTrainConfig, Trainer
-from tumorsynth.training.phantoms import generate_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,11 @@ def test_checkpoint_round_trips_and_is_served(phantom_dir, tmp_path):
     assert info["trained"] is True and "phantom" in info["checkpoint"]["trained_on"]
     assert entry.config["training"]["subjects"]["train"] + entry.config["training"]["subjects"]["val"] == 6
     assert (entry.path / "MODEL_CARD.md").read_text().count("demonstration only") == 1
+    # the "scanner" intensity scale: each contrast's typical brain mean and SD, from the training subjects only
+    scanner = entry.config["intensity"]["scanner"]
+    assert sorted(scanner) == sorted(entry.modalities)
+    assert all(v["subjects"] == entry.config["training"]["subjects"]["train"] for v in scanner.values())
+    assert all(v["mean"] > 3 * v["std"] > 0 for v in scanner.values())  # phantoms: positive, brain-like contrast
     scale = float(load_state_dict(entry)["scale_factor"])
     assert scale > 0 and scale != 1.0  # 1 / std of the training latents, set by stage 2
     gen = LDMGenerator(entry, "cpu")
@@ -90,7 +95,7 @@ def test_checkpoint_round_trips_and_is_served(phantom_dir, tmp_path):
 
 
 def test_evaluation_reports_the_papers_metrics(phantom_dir, tmp_path):
-    from tumorsynth.training.evaluate import evaluate_ldm, format_report
+    from tumorsynth.evaluation.ldm_eval import evaluate_ldm, format_report
 
     cfg = config(ae_epochs=1, diffusion_epochs=1, name="evaluated")
     entry = Trainer(cfg, phantom_dir, tmp_path / "ldm" / "evaluated@1", tmp_path / "work").run().entry
@@ -110,7 +115,7 @@ def test_evaluation_takes_fid_features_from_local_medicalnet_weights(phantom_dir
     from monai.networks.nets import resnet10
     from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
 
-    from tumorsynth.training.evaluate import evaluate_ldm, format_report
+    from tumorsynth.evaluation.ldm_eval import evaluate_ldm, format_report
 
     bias, shortcut = get_medicalnet_pretrained_resnet_args(10)
     net = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type=shortcut,
@@ -229,3 +234,18 @@ def test_ema_warmup_follows_the_weights_early_and_settles_to_the_decay():
         a = avg(a, cur, torch.tensor(n))
     assert float(a) > 0.99  # a plain 0.999 average would still be at 1 − 0.999^100 ≈ 0.095
     assert avg(torch.zeros(1), torch.ones(1), torch.tensor(10**7)).item() == pytest.approx(0.001, rel=1e-3)
+
+
+def test_torchrun_ranks_hold_identical_weights_and_rank_0_alone_writes(phantom_dir, tmp_path):
+    """Two gloo ranks, the adversarial loss on from the first epoch: autoencoder, discriminator, UNet, its EMA and
+    every optimiser agree across ranks after training, and rank 1 writes nothing."""
+    from tests.support.ddp import (
+        assert_ranks_agree_and_only_rank_0_wrote,
+        run_two_ranks,
+    )
+
+    cfg = config(ae_epochs=1, adv_start_epoch=0, diffusion_epochs=1, batch_size=1, diffusion_batch_size=2,
+                 name="ddp-same")
+    records = run_two_ranks("ldm", cfg, phantom_dir, tmp_path / "ddp")
+    assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")
+    assert any(k.startswith("ema.") for k in records[0]["after"])

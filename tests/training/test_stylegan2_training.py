@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tumorsynth.data.phantom_slices import build_slice_set
+from tumorsynth.data.phantoms import generate_phantoms
+from tumorsynth.data.slices import load_slices, prepare
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.registry import ModelRegistry
 from tumorsynth.models.stylegan2.runner import StyleGAN2Generator
-from tumorsynth.training.phantom_slices import build_slice_set
-from tumorsynth.training.phantoms import generate_phantoms
-from tumorsynth.training.slices import load_slices, prepare
 from tumorsynth.training.stylegan2 import StyleGAN2TrainConfig, Trainer
 
 
@@ -176,3 +176,37 @@ def test_the_checkpoint_keeps_the_ema_generator_not_the_trained_one(slice_dir, t
     saved = StyleGAN2Generator(ModelRegistry(tmp_path).get(result.entry.id), "cpu").network.state_dict()
     for k in ema:
         assert torch.equal(saved[k], ema[k]), k
+
+
+def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writes(slice_dir, tmp_path):
+    """``torchrun --nproc_per_node=2`` on gloo with lazy R1 and path length every 2nd step: gradients averaged by
+    hand after every backward, the mean w and path-length mean averaged; G, G_ema, D and both Adams agree."""
+    from tests.support.ddp import (
+        assert_ranks_agree_and_only_rank_0_wrote,
+        run_two_ranks,
+    )
+
+    records = run_two_ranks("stylegan2", config(epochs=2, name="ddp"), slice_dir, tmp_path / "ddp")
+    assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")
+    assert any(k.endswith("w_avg") and k.startswith("G_ema") for k in records[0]["after"])
+    entry = ModelRegistry(tmp_path / "ddp" / "rank0" / "out").get("stylegan2/ddp@1")
+    training = entry.config["training"]
+    assert training["processes"] == 2
+    assert training["images_seen"] == 2 * 2 * 2 * 4  # epochs × ranks × batches per rank × batch
+    assert "2 process(es)" in (entry.path / "MODEL_CARD.md").read_text()
+    StyleGAN2Generator(entry, "cpu")  # servable
+
+
+def test_init_from_a_checkpoint_starts_g_and_its_ema_from_its_weights(slice_dir, tmp_path):
+    from tumorsynth.models.checkpoints import load_state_dict
+    from tumorsynth.models.stylegan2.configs import create_untrained
+
+    source = create_untrained(tmp_path / "src", preset="tiny", seed=7)
+    trainer = Trainer(config(epochs=1, name="init", init_from=str(source.path)), slice_dir,
+                      tmp_path / "models" / "stylegan2" / "init@1", tmp_path / "work")
+    stored = load_state_dict(source)
+    for net in (trainer.G, trainer.G_ema):
+        assert all(torch.equal(v, stored[k].to(v.dtype)) for k, v in net.state_dict().items())
+    result = trainer.run()
+    assert result.entry.config["training"]["init_from"]["sha256"] == source.weights_sha256
+    assert "G starting from the weights of" in (result.entry.path / "MODEL_CARD.md").read_text()

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from tumorsynth.data.brats import find_subjects
+from tumorsynth.data.phantoms import generate_phantoms
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.checkpoints import load_state_dict
 from tumorsynth.models.registry import ModelRegistry
 from tumorsynth.models.tavit.runner import TAViTGenerator
-from tumorsynth.training.brats import find_subjects
-from tumorsynth.training.phantoms import generate_phantoms
 from tumorsynth.training.tavit import TAViTTrainConfig, Trainer
 
 
@@ -103,7 +103,7 @@ def test_checkpoint_round_trips_through_the_registry_and_is_served(phantom_dir, 
 
 
 def test_evaluation_reports_per_region_metrics(phantom_dir, trained):
-    from tumorsynth.training.evaluate_tavit import evaluate_tavit, format_report
+    from tumorsynth.evaluation.tavit_eval import evaluate_tavit, format_report
 
     _, result, _ = trained
     report = evaluate_tavit(result.entry, phantom_dir, subjects=2)
@@ -123,7 +123,7 @@ def test_evaluation_reports_per_region_metrics(phantom_dir, trained):
 
 
 def test_held_out_subjects_come_from_the_validation_ids_only_in_the_training_folder(phantom_dir, trained, tmp_path):
-    from tumorsynth.training.evaluate_tavit import held_out
+    from tumorsynth.evaluation.tavit_eval import held_out
 
     _, result, _ = trained
     val_ids = result.entry.config["training"]["validation_ids"]
@@ -148,3 +148,49 @@ def test_tumour_slices_are_all_kept_and_healthy_ones_thinned(phantom_dir):
     x = data.network_inputs(chosen[:4])
     assert x.shape[1] == 3 * data.inputs.shape[1] and x.dtype == torch.float32
     assert (data.subject[data.context] == data.subject[:, None]).all()
+
+
+def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writes(phantom_dir, tmp_path):
+    """``torchrun --nproc_per_node=2`` on gloo: gradients averaged by hand, batch-norm statistics averaged, every
+    skip decided together; the segmenter, TA-ViT (its running statistics included) and AdamW agree across ranks."""
+    from tests.support.ddp import (
+        assert_ranks_agree_and_only_rank_0_wrote,
+        run_two_ranks,
+    )
+
+    records = run_two_ranks("tavit", config(epochs=2, name="ddp"), phantom_dir, tmp_path / "ddp")
+    assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")
+    assert any(k.endswith("running_mean") for k in records[0]["after"])  # the averaged statistics were compared
+    entry = ModelRegistry(tmp_path / "ddp" / "rank0" / "out").get("tavit/ddp@1")
+    assert entry.config["training"]["processes"] == 2
+    assert "2 process(es)" in (entry.path / "MODEL_CARD.md").read_text()
+    TAViTGenerator(entry, "cpu")  # servable
+
+
+def test_init_from_a_checkpoint_starts_from_its_weights_and_refuses_another_network(phantom_dir, tmp_path):
+    from tumorsynth.models.tavit.configs import create_untrained
+
+    source = create_untrained(tmp_path / "src", preset="tiny", seed=7)
+    trainer = Trainer(config(epochs=1, name="init", init_from=str(source.path)), phantom_dir,
+                      tmp_path / "models" / "tavit" / "init@1", tmp_path / "work")
+    stored = load_state_dict(source)
+    assert all(torch.equal(v, stored[k].to(v.dtype)) for k, v in trainer.net.state_dict().items())
+    result = trainer.run()
+    assert result.entry.config["training"]["init_from"]["sha256"] == source.weights_sha256
+    assert "starting from the weights of" in (result.entry.path / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="network differs"):
+        Trainer(config(flair=False, init_from=str(source.path)), phantom_dir, tmp_path / "x", tmp_path / "wx")
+
+
+def test_cli_passes_init_from_to_the_trainer(phantom_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tumorsynth.cli import app
+    from tumorsynth.models.tavit.configs import create_untrained
+
+    t1_only = create_untrained(tmp_path / "src", preset="tiny", flair=False)  # tavit-tiny wants T1 + FLAIR
+    r = CliRunner().invoke(app, ["train", "tavit", "--data", str(phantom_dir), "--config", "tavit-tiny",
+                                 "--init-from", str(t1_only.path), "--out", str(tmp_path / "out"),
+                                 "--work", str(tmp_path / "work"), "--device", "cpu"])
+    assert isinstance(r.exception, ValueError) and "network differs" in str(r.exception), r.output
+    assert not (tmp_path / "out").exists()

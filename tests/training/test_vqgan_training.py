@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from tumorsynth.data.brats import find_subjects, load_subject
+from tumorsynth.data.phantoms import generate_phantoms
+from tumorsynth.data.roi import extract_roi, tumour_centre
 from tumorsynth.models.base import GenerationParams
 from tumorsynth.models.checkpoints import load_state_dict
 from tumorsynth.models.loader import load_generator
 from tumorsynth.models.registry import ModelRegistry
 from tumorsynth.models.vqgan.runner import VQGANGenerator
-from tumorsynth.training.brats import find_subjects, load_subject
-from tumorsynth.training.phantoms import generate_phantoms
-from tumorsynth.training.roi import extract_roi, tumour_centre
 from tumorsynth.training.vqgan import Trainer, VQGANTrainConfig
 
 
@@ -174,3 +174,55 @@ def test_eval_reports_reconstruction_codebook_and_diversity_and_draws_a_montage(
     console = Console(record=True, width=160)
     console.print(table(report))
     assert "pairwise r, real" in console.export_text()
+
+
+def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writes(phantom_dir, tmp_path):
+    """``torchrun --nproc_per_node=2`` on gloo through both stages, the adversarial loss included: the VQGAN,
+    discriminator, codebook, transformers and optimisers agree across ranks after training."""
+    from tests.support.ddp import (
+        assert_ranks_agree_and_only_rank_0_wrote,
+        run_two_ranks,
+    )
+
+    cfg = config(vq_epochs=2, adv_start_epoch=1, transformer_epochs=1, batch_size=1, transformer_batch_size=2,
+                 name="ddp")
+    records = run_two_ranks("vqgan", cfg, phantom_dir, tmp_path / "ddp")
+    assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")
+    assert any(k.startswith("net.vqgan.quantizer.codebook") for k in records[0]["after"])
+    entry = ModelRegistry(tmp_path / "ddp" / "rank0" / "out").get("vqgan/ddp@1")
+    assert entry.config["training"]["processes"] == 2
+    assert "2 process(es)" in (entry.path / "MODEL_CARD.md").read_text()
+    VQGANGenerator(entry, "cpu")  # servable
+
+
+def test_init_from_a_checkpoint_keeps_its_vqgan_and_trains_only_the_transformers(phantom_dir, tmp_path):
+    from tumorsynth.models.vqgan.configs import create_untrained
+
+    source = create_untrained(tmp_path / "src", preset="tiny", seed=7)
+    rows = []
+    cfg = config(transformer_epochs=1, init_from=str(source.path), init_skip_vqgan=True, name="init")
+    trainer = Trainer(cfg, phantom_dir, tmp_path / "models" / "vqgan" / "init@1", tmp_path / "work",
+                      on_epoch=rows.append)
+    stored = load_state_dict(source)
+    assert all(torch.equal(v, stored[k].to(v.dtype)) for k, v in trainer.net.state_dict().items())
+    result = trainer.run()
+    assert [r["stage"] for r in rows] == ["transformer"]  # stage 1 skipped: the weights were enough
+    after = load_state_dict(result.entry)
+    vq_keys = [k for k in stored if k.startswith("vqgan.")]
+    assert vq_keys and all(torch.equal(after[k], stored[k]) for k in vq_keys)
+    assert not all(torch.equal(after[k], stored[k]) for k in stored if k.startswith("maskgit."))
+    assert result.entry.config["training"]["vqgan_from"]["sha256"] == source.weights_sha256
+    assert "taken unchanged" in (result.entry.path / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="needs init_from"):
+        Trainer(config(init_skip_vqgan=True), phantom_dir, tmp_path / "x", tmp_path / "wx")
+
+
+def test_cli_skip_vqgan_needs_init_from(phantom_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tumorsynth.cli import app
+
+    r = CliRunner().invoke(app, ["train", "vqgan", "--data", str(phantom_dir), "--config", "vqgan-tiny",
+                                 "--skip-vqgan", "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert r.exit_code == 2 and "--init-from" in r.output, r.output
+    assert not (tmp_path / "out").exists()

@@ -18,6 +18,8 @@ import redis
 
 from tests.conftest import WEBHOOK_SECRET
 from tests.support.receiver import Receiver
+from tumorsynth.jobs import keys
+from tumorsynth.jobs.outbox import Outbox
 
 from .test_webhooks import verify
 
@@ -84,7 +86,7 @@ def loop(redis_server, settings):
     s = settings.model_copy(update={"webhook_timeout_seconds": DEADLINE, "webhook_backoff_seconds": 60,
                                     "webhook_poll_seconds": 0.05})
     stop = threading.Event()
-    runner = threading.Thread(target=Deliverer(r, s).run_forever, args=(stop,), daemon=True)
+    runner = threading.Thread(target=Deliverer(Outbox(r), s).run_forever, args=(stop,), daemon=True)
     runner.start()
     yield r, JobStore(r)
     stop.set()
@@ -93,7 +95,6 @@ def loop(redis_server, settings):
 
 
 def test_a_trickling_receiver_does_not_delay_another_tenants_delivery(loop):
-    from tumorsynth.webhooks.outbox import Outbox
 
     r, jobs = loop
     slow = TrickleReceiver()
@@ -146,6 +147,6 @@ def test_a_pending_delivery_to_a_url_with_cr_lf_is_refused_once_not_retried(sett
     from .test_webhooks import _delivery
 
     r = redis.Redis.from_url(settings.redis_url)
-    d = Deliverer(r, settings).attempt(_delivery("http://127.0.0.1:9/x\r\nX-Injected: 1"))
+    d = Deliverer(Outbox(r), settings).attempt(_delivery("http://127.0.0.1:9/x\r\nX-Injected: 1"))
     assert d["state"] == "refused" and "U+000D" in d["last_error"] and d["attempts"] == 1
-    assert r.zscore("ts:webhooks:due", d["id"]) is None
+    assert r.zscore(keys.WEBHOOKS_DUE, d["id"]) is None

@@ -6,6 +6,7 @@ Each test has its own Redis, S3 path or API process, so the session's shared ser
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -75,7 +76,7 @@ def test_s3_dark_during_upload_retries_then_fails_with_nothing_listed(redis_serv
                 assert done["outputs"] == []  # the first upload landed, yet nothing is listed
                 tries = proxy.refused("PUT", "/outputs/")
                 assert len(tries) == 4, "the cut upload and three retries"
-                gaps = [b - a for a, b in zip(tries, tries[1:])]
+                gaps = [b - a for a, b in itertools.pairwise(tries)]
                 # Exponential backoff with equal jitter from 0.2 s: each wait is at least half its cap.
                 assert all(gap >= 0.1 * 2**i * 0.95 for i, gap in enumerate(gaps)), gaps
                 proxy.heal()
@@ -98,7 +99,7 @@ class ApiProcess:
         self.base = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "ApiProcess":
+    def start(self) -> ApiProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tumorsynth.cli", "serve", "--no-worker", "--port", str(self.port)],
             env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -7,7 +7,7 @@ import uuid
 
 from tumorsynth.jobs.records import JobRecord, new_id
 from tumorsynth.settings import Settings
-from tumorsynth.workers.celery_app import Dispatcher, create_celery
+from tumorsynth.workers.celery_app import CeleryDispatcher, create_celery
 from tumorsynth.workers.context import WorkerContext
 from tumorsynth.workers.orphans import requeue_orphans
 
@@ -23,7 +23,7 @@ def _queued(ctx: WorkerContext, queue: str, age: float) -> JobRecord:
 def test_lost_messages_are_resent_once(redis_server):
     queue = f"orphans-{uuid.uuid4().hex[:8]}"
     s = Settings(redis_url=redis_server.url, family_queues={"ldm": queue})
-    ctx, dispatcher = WorkerContext(s), Dispatcher(create_celery(s), s)
+    ctx, dispatcher = WorkerContext(s), CeleryDispatcher(create_celery(s), s)
     lost = _queued(ctx, queue, age=100)  # its message is nowhere: lost with a primary
     waiting = _queued(ctx, queue, age=100)
     dispatcher.send(waiting.id, "ldm")  # its message waits in the queue

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from .. import __version__
+from ..schemas import JobRequest
 from ..settings import Settings, get_settings
-from . import problems
+from . import openapi, problems
 from .framing import ConflictingFraming
 from .limits import BodySizeLimit, BodyTimeout
-from .routes import batches, dashboard, health, jobs, models, objects, ops, webhooks
+from .routes import batches, dashboard, datasets, health, jobs, models, objects, ops, webhooks
 from .services import Services
 
 
@@ -21,13 +22,32 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         summary="Synthetic brain-tumour MRI for data augmentation",
         description="Generation jobs for mask-conditioned, class-conditioned and contrast-synthesis models. "
         "Every output is synthetic and labelled so.",
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.services = services or Services.from_settings(settings)
     problems.install(app)
-    for module in (health, models, jobs, batches, objects, ops, webhooks, dashboard):
+    openapi.install(app)
+    for module in (health, models, jobs, batches, datasets, objects, ops, webhooks, dashboard):
         app.include_router(module.router)
     app.include_router(batches.masks_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(BodyTimeout, idle=settings.body_idle_timeout_seconds, total=settings.body_timeout_seconds)
     app.add_middleware(ConflictingFraming)  # outermost: refused before any body is read
+    _document_job_request(app)
     return app
+
+
+def _document_job_request(app: FastAPI) -> None:
+    """``JobRequest`` travels as a JSON form field, so FastAPI does not list it; add it to the components."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()  # FastAPI's, cached on the app
+            defs = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(defs.pop("$defs", {}))
+            components["JobRequest"] = defs
+        return app.openapi_schema
+
+    app.openapi = openapi

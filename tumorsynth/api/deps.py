@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..errors import NotFound, Unauthorized
 from ..jobs.batches import BatchService
@@ -66,7 +67,14 @@ def get_bank(s: ServicesDep) -> MaskBank:
 BankDep = Annotated[MaskBank, Depends(get_bank)]
 
 
-def get_tenant(request: Request, settings: SettingsDep) -> str:
+# Declares the scheme in the OpenAPI (generated clients send the key); the header is read below, where a missing or
+# unknown key is this API's 401 problem rather than FastAPI's 403.
+bearer = HTTPBearer(auto_error=False, scheme_name="apiKey",
+                    description="An API key issued to your tenant (TUMORSYNTH_API_KEYS), as 'Bearer <key>'")
+
+
+def get_tenant(request: Request, settings: SettingsDep,
+               declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> str:
     """Bearer key → tenant. With no keys configured, only loopback clients are served, as tenant 'local'."""
     if not settings.auth_enabled:
         client = request.client.host if request.client else "127.0.0.1"

@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from ..errors import ServiceUnavailable
+from ..jobs import keys
 from ..storage.keys import output_key
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def cached_preview(rec, store, settings, r) -> bytes:
     """The stored preview of a succeeded job, drawn first if nobody has yet."""
     key = output_key(rec.tenant, rec.id, "preview.png")
     if store.stat(key) is None:
-        lock = r.lock(f"ts:preview-lock:{rec.id}", timeout=5 * WAIT_SECONDS, blocking_timeout=WAIT_SECONDS)
+        lock = r.lock(keys.preview_lock(rec.id), timeout=5 * WAIT_SECONDS, blocking_timeout=WAIT_SECONDS)
         if not lock.acquire():
             raise ServiceUnavailable(f"the preview of job {rec.id} is still being drawn; retry in a moment")
         try:

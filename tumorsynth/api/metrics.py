@@ -1,20 +1,32 @@
 """``/metrics`` and ``/v1/queues``: read from Redis at scrape time (workers are other processes and machines).
 
 Metric names follow celery-exporter where they overlap (``celery_queue_length``, ``celery_worker_up``), so existing
-dashboards and alerts work; the rest are ``tumorsynth_*``.
+dashboards and alerts work; the rest are ``tumorsynth_*``. The alert rules in deploy/prometheus/ use these names.
+
+With Redis out of reach ``/metrics`` answers 503 with Retry-After like every route that needs the job store (SPEC).
+``/metrics/api`` is the API process's own view and never needs Redis to answer: ``tumorsynth_redis_up`` (as
+redis_exporter's ``redis_up``). Scraped as a second job, it lets the alerts tell "Redis down" (it reads 0) from "API
+down" (its scrape fails).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..jobs import stats
+from ..jobs import keys, stats
+from ..models.families import FAMILIES
+from ..pacs import outbox as pacs_outbox
 from ..workers import gpu_memory
 from ..workers.supervision import WORKERS, worker_key
+
+log = logging.getLogger(__name__)
 
 
 def _split(field: bytes) -> tuple[str, str]:
@@ -24,10 +36,11 @@ def _split(field: bytes) -> tuple[str, str]:
 
 def queues_view(r, settings) -> list[dict]:
     """Per queue: depth (Celery's Redis list), oldest queued age, running jobs, workers online consuming it."""
-    queues = sorted(set(settings.family_queues.values()))
+    queues = settings.queues(FAMILIES)
     workers = online_workers(r, settings)
     running: dict[str, int] = {}
-    for raw in r.mget([f"ts:job:{j.decode()}" for j in r.zrange("ts:leases", 0, -1)]) if r.zcard("ts:leases") else []:
+    leased = r.zrange(keys.LEASES, 0, -1)
+    for raw in r.mget([keys.job(j.decode()) for j in leased]) if leased else []:
         if raw:
             rec = json.loads(raw)
             running[rec["queue"]] = running.get(rec["queue"], 0) + 1
@@ -92,7 +105,7 @@ class RedisCollector:
                 installed.add_metric([w["id"], m["id"]], 1)
         yield from (up, info, installed)
         gpu = GaugeMetricFamily("tumorsynth_worker_gpu_memory_bytes", "CUDA memory of the worker's pool processes "
-                                "(torch.cuda.memory_allocated / memory_reserved); absent on CPU",
+                                "(kind: allocated, reserved; total: the device's size); absent on CPU",
                                 labels=["worker", "device", "kind"])
         for (worker, device, kind), n in sorted(gpu_memory.read_all(r).items()):
             gpu.add_metric([worker, device, kind], n)
@@ -125,6 +138,52 @@ class RedisCollector:
             model, code = _split(field)
             failures.add_metric([model, code], float(n))
         yield failures
+        yield from webhook_backlog(r)
+        yield from pacs_outbox.metrics(r)
+
+
+def webhook_backlog(r, now: float | None = None):
+    """Deliveries not yet done (due now or waiting for a retry), and how long the most overdue one has been due.
+
+    A delivery being attempted is re-scored past its claim timeout, so only deliveries nobody is working on count as
+    overdue: a growing figure means no worker runs the delivery loop, or it cannot keep up.
+    """
+    now = time.time() if now is None else now
+    pending = GaugeMetricFamily("tumorsynth_webhook_deliveries_pending", "Webhook deliveries not yet delivered or "
+                                "given up (due now or waiting for a retry)")
+    pending.add_metric([], r.zcard(keys.WEBHOOKS_DUE))
+    first = r.zrange(keys.WEBHOOKS_DUE, 0, 0, withscores=True)
+    overdue = GaugeMetricFamily("tumorsynth_webhook_oldest_overdue_seconds", "How long the most overdue pending "
+                                "webhook delivery has been due without an attempt (0: none overdue)")
+    overdue.add_metric([], round(max(0.0, now - first[0][1]), 3) if first else 0.0)
+    return [pending, overdue]
+
+
+def redis_up(r) -> GaugeMetricFamily:
+    """1 if a PING reached Redis (job store and broker) within the client's socket timeout, else 0."""
+    try:
+        up = int(bool(r.ping()))
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("metrics: Redis unreachable: %s: %s", type(exc).__name__, exc)
+        up = 0
+    g = GaugeMetricFamily("tumorsynth_redis_up", "1 if the API reached Redis (job store and broker) at this scrape")
+    g.add_metric([], up)
+    return g
+
+
+def render_api_metrics(r) -> bytes:
+    """``/metrics/api``: what this API process sees; answers while Redis is down."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed([redis_up(r)]))
+    return generate_latest(registry)
+
+
+class _Fixed:
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
 
 
 def render_metrics(r, settings) -> bytes:

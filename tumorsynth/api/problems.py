@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +21,7 @@ PROBLEM = "application/problem+json"
 
 
 def problem(status: int, title: str, detail: str, *, code: str | None = None, errors: list[dict] | None = None,
-            headers: dict | None = None) -> JSONResponse:
+            headers: Mapping[str, str] | None = None) -> JSONResponse:
     body = {"type": f"https://tumorsynth.dev/problems/{code or status}", "title": title, "status": status,
             "detail": detail}
     if code:

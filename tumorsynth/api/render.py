@@ -37,4 +37,14 @@ def job_view(rec: JobRecord, store: ObjectStore, settings: Settings) -> Job:
         inputs=[{"name": i.name, "sha256": i.sha256, "shape": i.shape, "spacing": i.spacing, "size": i.size,
                  "label_convention": i.label_convention, "labels": i.labels} for i in rec.inputs],
         outputs=outputs, error=rec.error, attempts=rec.attempts, metrics=metrics, batch_id=rec.batch_id,
+        delivery=delivery_view(rec),
     )
+
+
+def delivery_view(rec: JobRecord) -> dict | None:
+    """The PACS delivery: as the delivery loop last wrote it, or pending until its first attempt."""
+    if rec.delivery is not None:
+        return rec.delivery
+    if rec.request.get("send_to") == "pacs" and rec.status == "succeeded":
+        return {"target": "pacs", "destination": "", "state": "pending", "attempts": 0}
+    return None

@@ -11,6 +11,7 @@ from redis.retry import Retry
 from ..imaging.nifti import VolumeLimits
 from ..jobs.batches import BatchService
 from ..jobs.connection import connect
+from ..jobs.dispatch import Dispatcher
 from ..jobs.maskbank import MaskBank
 from ..jobs.service import JobService
 from ..jobs.store import JobStore
@@ -18,7 +19,7 @@ from ..models.registry import ModelRegistry
 from ..settings import Settings
 from ..storage import make_store
 from ..storage.base import ObjectStore
-from ..workers.celery_app import Dispatcher, create_celery
+from ..workers.celery_app import CeleryDispatcher, create_celery
 from .events import StreamSlots
 
 
@@ -28,6 +29,8 @@ def redis_client(settings: Settings) -> redis.Redis:
     A dropped connection (Redis restarted) is retried once on a fresh one; a timeout is not retried.
     """
     t = settings.redis_timeout_seconds
+    if not settings.redis_url:
+        raise RuntimeError("TUMORSYNTH_REDIS_URL is not set (tumorsynth serve sets it for the embedded Redis)")
     return connect(settings.redis_url, socket_timeout=t, socket_connect_timeout=min(t, 1.0),
                    retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
 
@@ -46,14 +49,13 @@ class Services:
     stream_slots: StreamSlots
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Services":
+    def from_settings(cls, settings: Settings) -> Services:
         client = redis_client(settings)
         jobs = JobStore(client)
         store = make_store(settings)
         registry = ModelRegistry(settings.model_dir)
-        dispatcher = Dispatcher(create_celery(settings), settings)
-        submissions = JobService(jobs, store, registry, dispatcher, VolumeLimits.from_settings(settings),
-                                 settings.storage_retries, settings.idempotency_ttl_seconds)
+        dispatcher = CeleryDispatcher(create_celery(settings), settings)
+        submissions = JobService(jobs, store, registry, dispatcher, settings)
         bank = MaskBank(store, VolumeLimits.from_settings(settings))
         batches = BatchService(jobs, submissions, store, registry, masks=bank.make)
         return cls(settings, client, jobs, store, registry, dispatcher, submissions, batches, bank,

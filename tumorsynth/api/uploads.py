@@ -21,7 +21,9 @@ JOB_FORM_SCHEMA = {
                     "type": "object",
                     "required": ["request"],
                     "properties": {
-                        "request": {"type": "string", "description": "JobRequest as JSON (see the JobRequest schema)"},
+                        "request": {"type": "string", "contentMediaType": "application/json",
+                                    "contentSchema": {"$ref": "#/components/schemas/JobRequest"},
+                                    "description": "JobRequest as JSON (see the JobRequest schema)"},
                         "mask": {"type": "string", "format": "binary", "description": "tumour mask, NIfTI"},
                         "t1": {"type": "string", "format": "binary"},
                         "flair": {"type": "string", "format": "binary"},

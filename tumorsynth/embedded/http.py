@@ -22,7 +22,7 @@ def guarded_h11(header_timeout: float) -> type[H11Protocol]:
         _header_timer: asyncio.TimerHandle | None = None
         _waiting_after = None  # the cycle that came before the request whose headers are awaited
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._await_headers()
 

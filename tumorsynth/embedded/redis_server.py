@@ -83,20 +83,23 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 15.0) -> "RedisServer":
+    def start(self, timeout: float = 15.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
         args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes",
                 "--daemonize", "no", "--loglevel", "warning"]
         # The server keeps the lock's file descriptor: while it lives, the folder stays locked.
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     pass_fds=(self._lock_fd,), preexec_fn=die_with_parent(os.getpid()))
+        if self._lock_fd is None:
+            raise RuntimeError(f"{self.data_dir} is not locked; refusing to start a Redis on it")
+        proc = self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                            pass_fds=(self._lock_fd,), preexec_fn=die_with_parent(os.getpid()))
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.proc.stderr.read().decode(errors='replace')[-500:]}")
+            if proc.poll() is not None:
+                err = proc.stderr.read() if proc.stderr else b""
+                raise RuntimeError(f"redis-server exited: {err.decode(errors='replace')[-500:]}")
             try:
                 client.ping()
                 return self
@@ -104,7 +107,7 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
 
-    def supervise(self, interval: float = 0.5) -> "RedisServer":
+    def supervise(self, interval: float = 0.5) -> RedisServer:
         """Restart the server (same port and folder, the append-only file replayed) whenever it dies."""
         self._stopping.clear()
         self._watcher = threading.Thread(target=self._watch, args=(interval,), name="redis-supervisor", daemon=True)
@@ -118,9 +121,10 @@ class RedisServer:
                 continue
             log.warning("embedded Redis exited with %s; restarting it on port %d", proc.returncode, self.port)
             try:
-                self.start()
+                restarted = self.start().proc
                 self.restarts += 1
-                log.warning("embedded Redis restarted (pid %d), append-only file replayed", self.proc.pid)
+                log.warning("embedded Redis restarted (pid %s), append-only file replayed",
+                            restarted.pid if restarted else "?")
             except RuntimeError as exc:
                 log.warning("embedded Redis did not restart (%s); trying again", exc)
 

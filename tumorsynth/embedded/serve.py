@@ -87,7 +87,7 @@ class RedactLinkSignatures(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
             args = list(record.args)
-            args[2] = self.PATTERN.sub(r"\1<redacted>", args[2])
+            args[2] = self.PATTERN.sub(r"\1<redacted>", record.args[2])
             record.args = tuple(args)
         return True
 

@@ -34,7 +34,7 @@ class WorkerSupervisor:
                                      preexec_fn=die_with_parent(os.getpid()))
         log.info("worker started (pid %d)", self.proc.pid)
 
-    def start(self) -> "WorkerSupervisor":
+    def start(self) -> WorkerSupervisor:
         self._spawn()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
         self._thread.start()

@@ -21,9 +21,9 @@ from ..models.registry import ModelEntry
 
 
 def ldm_montage(entry: ModelEntry, data_dir, out: Path, subjects: int = 2, seed: int = 0, device: str = "cpu") -> Path:
-    from ..training.brats import find_subjects
-    from ..training.evaluate import GridMask
-    from ..training.ldm import prepare_subject
+    from ..data.brats import find_subjects
+    from ..data.subjects import prepare_subject
+    from .ldm_eval import GridMask
 
     gen = LDMGenerator(entry, device)
     grid, fov, spacing = tuple(entry.output_shape), tuple(entry.config["fov_mm"]), tuple(entry.output_spacing)

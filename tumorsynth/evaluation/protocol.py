@@ -1,6 +1,6 @@
 """``tumorsynth eval utility``: the papers' downstream-utility protocol on any BraTS-format folder, end to end.
 
-Real subjects → the model's grid (``training.ldm.prepare_subject``: the same preprocessing as training and serving).
+Real subjects → the model's grid (``data.subjects.prepare_subject``: the same preprocessing as training and serving).
 Synthetic subjects per class → for a mask-conditioned model, masks from the mask bank made from the real masks of
 that class on that grid (placed inside the real brains, rotated, scaled, deformed), then sampled; for a
 class-conditioned model, ROIs of that class, with the real subjects as ROIs on the same grid. Then
@@ -28,9 +28,9 @@ class _GridMask:
 
 def real_on_model_grid(entry: ModelEntry, data_dir, modality: str, max_subjects: int | None = None):
     """(images (N, 1, *grid), labels (N,) class indices, segs, brain union) for subjects of the model's classes."""
-    from ..training.brats import find_subjects
-    from ..training.ldm import prepare_subject
-    from ..training.roi import load_rois
+    from ..data.brats import find_subjects
+    from ..data.roi import load_rois
+    from ..data.subjects import prepare_subject
 
     subjects = [s for s in find_subjects(data_dir) if s.tumor_class in entry.classes][:max_subjects]
     if entry.task == "class_to_roi":

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from monai.networks.blocks import Convolution
 from torch import nn
 
@@ -154,7 +153,7 @@ def score_slices(entry: ModelEntry, real_images: torch.Tensor, real_labels: torc
     net = train_slice_classifier(real_images[train], real_labels[train], len(classes), epochs, seed)
     fake_labels = real_labels[held]  # the held-out slices' class proportions, one generated slice each
     fake = generate_like(entry, fake_labels, truncation, seed + 10_000, device)
-    p_train, f_train = classify(net, real_images[train])
+    _, f_train = classify(net, real_images[train])
     p_real, f_real = classify(net, real_images[held])
     p_fake, f_fake = classify(net, fake)
     agree_real = (p_real.argmax(1) == real_labels[held]).double()

@@ -12,7 +12,7 @@ The protocol of the class-conditional VQGAN poster (AUC 0.80 ± 0.02 with augmen
 - per arm: mean and sample standard deviation (ddof = 1) over the folds.
 
 The classifier is ``evaluation.features.FeatureNet``, a small 3D CNN; images are expected already normalised and on
-one grid (the model grid, as ``training.ldm.prepare`` makes them).
+one grid (the model grid, as ``data.subjects.prepare_subject`` makes them).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Evaluate a VQGAN checkpoint on held-out ROIs: does the codebook work, and do samples differ as real ROIs do?
 
 Issue 13 was a collapsed checkpoint: every sample the same blob, reconstructions the same blob, a few codes in use.
-Three checks catch that, each on ROIs cut from held-out subjects exactly as in training (``training.roi``):
+Three checks catch that, each on ROIs cut from held-out subjects exactly as in training (``data.roi``):
 
 - reconstruction: encode → quantise → decode each ROI; PSNR (range [-1, 1], so a peak-to-peak of 2) and Pearson r
   between the ROI and its reconstruction, mean over ROIs;
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.roi import ROISet, load_rois
 from ..models.base import GenerationParams
 from ..models.registry import ModelEntry
 from ..models.vqgan.runner import VQGANGenerator
-from ..training.roi import ROISet, load_rois
 
 TARGETS = {"recon_r": 0.8, "perplexity": 64.0, "diversity_gap": 0.1}
 
@@ -196,7 +196,7 @@ def montage(path: str | Path, generated: dict[str, torch.Tensor], real: dict[str
             x0 = label_w + j * (3 * tile + 6 * gap)
             for k, view in enumerate(views):
                 grey = np.clip((view - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
-                img = Image.fromarray(np.rot90(grey)).resize((tile, tile), Image.NEAREST)
+                img = Image.fromarray(np.rot90(grey)).resize((tile, tile), Image.Resampling.NEAREST)
                 canvas.paste(img, (x0 + k * (tile + gap), y + gap))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,9 @@ class GridMapping:
 def centred_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
     """Voxel → world (mm) for an axis-aligned grid of ``shape`` and ``spacing`` whose centre is the origin: the
     geometry of outputs that have no input to follow (VQGAN ROIs, StyleGAN2 slices, model-grid evaluation)."""
-    spacing = np.asarray(spacing, dtype=np.float64)
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = -spacing * (np.asarray(shape, dtype=np.float64) - 1) / 2
+    step = np.asarray(spacing, dtype=np.float64)
+    affine = np.diag([*step, 1.0])
+    affine[:3, 3] = -step * (np.asarray(shape, dtype=np.float64) - 1) / 2
     return affine
 
 
@@ -75,7 +75,7 @@ def _shape3(shape: Sequence[int], name: str) -> tuple[int, int, int]:
     out = tuple(int(n) for n in shape)
     if len(out) != 3 or any(n < 1 for n in out):
         raise ValueError(f"{name} must be three positive voxel counts, got {list(shape)}")
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _resample(array, src_shape, dst_shape, matrix, offset, order: int, src_name: str) -> np.ndarray:

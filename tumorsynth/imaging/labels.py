@@ -32,10 +32,9 @@ class MaskInfo:
 
 
 def _labels_of(data: np.ndarray, field: str) -> tuple[np.ndarray, np.ndarray]:
-    if data.dtype.kind == "f":
-        if not np.array_equal(data, np.round(data)):
-            raise InvalidUpload.for_field(field, "the mask holds non-integer values; a mask holds integer labels "
-                                                 "(BraTS 2019 {0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1})")
+    if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
+        raise InvalidUpload.for_field(field, "the mask holds non-integer values; a mask holds integer labels "
+                                             "(BraTS 2019 {0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1})")
     lo, hi = float(data.min()), float(data.max())
     if lo < 0 or hi > 255:
         raise InvalidUpload.for_field(field, f"the mask holds labels from {lo:g} to {hi:g}; allowed are BraTS 2019 "

@@ -52,7 +52,8 @@ class MaskStats:
             raise ValueError(f"need 0 <= min_ml <= max_ml, got {self.min_ml} and {self.max_ml}")
 
     @classmethod
-    def from_masks(cls, masks: Sequence[np.ndarray], spacing: Sequence[float], margin: float = 0.0) -> MaskStats:
+    def from_masks(cls, masks: Sequence[np.ndarray], spacing: Sequence[float] | np.ndarray,
+                   margin: float = 0.0) -> MaskStats:
         """The observed range of ``masks``, widened by ``margin`` on a ratio scale: [min / (1 + m), max · (1 + m)]."""
         if not masks:
             raise ValueError("need at least one mask to compute the volume range")
@@ -76,7 +77,7 @@ def stats_per_class(masks: Sequence[np.ndarray], classes: Sequence[str], spacing
     return {c: MaskStats.from_masks(ms, spacing, margin) for c, ms in by_class.items()}
 
 
-def whole_tumour_ml(labels: np.ndarray, spacing: Sequence[float]) -> float:
+def whole_tumour_ml(labels: np.ndarray, spacing: Sequence[float] | np.ndarray) -> float:
     return float(np.count_nonzero(labels)) * float(np.prod(spacing)) / 1000.0
 
 
@@ -92,24 +93,24 @@ def core_exposure(labels: np.ndarray) -> float:
     return float(exposed.sum()) / float(surface.sum())
 
 
-def augment_mask(labels: np.ndarray, brain: np.ndarray, spacing: Sequence[float], rng: np.random.Generator,
+def augment_mask(labels: np.ndarray, brain: np.ndarray, spacing: Sequence[float] | np.ndarray, rng: np.random.Generator,
                  stats: MaskStats | None = None, max_tries: int = 20) -> np.ndarray:
     """A new plausible mask (uint8, BraTS 2023 labels, on ``brain``'s grid) made from ``labels``; see the module."""
-    labels, brain, spacing = _check_inputs(labels, brain, spacing)
-    source = _Source.of(labels, spacing)
+    labels, brain, sp = _check_inputs(labels, brain, spacing)
+    source = _Source.of(labels, sp)
     scales = _scale_range(source.volume_ml, stats)
     allowed_exposure = 0.0 if source.exposure == 0 else source.exposure + EXPOSURE_SLACK
     failures: dict[str, int] = {}
     for _ in range(max_tries):
-        crop = _deform(source, spacing, rng, scales)
-        volume = whole_tumour_ml(crop, spacing)
+        crop = _deform(source, sp, rng, scales)
+        volume = whole_tumour_ml(crop, sp)
         if not crop.any() or (stats is not None and not stats.allows(volume)):
             failures["size outside the class's range"] = failures.get("size outside the class's range", 0) + 1
             continue
         if core_exposure(crop) > allowed_exposure:
             failures["core reaches the background"] = failures.get("core reaches the background", 0) + 1
             continue
-        placed = _place(crop, brain, spacing, rng)
+        placed = _place(crop, brain, sp, rng)
         if placed is None:
             failures["does not fit inside the brain"] = failures.get("does not fit inside the brain", 0) + 1
             continue
@@ -119,8 +120,8 @@ def augment_mask(labels: np.ndarray, brain: np.ndarray, spacing: Sequence[float]
                      "Give a larger brain, a wider volume range (MaskStats) or more tries")
 
 
-def generate_bank_masks(sources: Sequence[np.ndarray], brain: np.ndarray, spacing: Sequence[float], n: int, seed: int,
-                        stats: MaskStats | None = None, max_tries: int = 20) -> list[np.ndarray]:
+def generate_bank_masks(sources: Sequence[np.ndarray], brain: np.ndarray, spacing: Sequence[float] | np.ndarray,
+                        n: int, seed: int, stats: MaskStats | None = None, max_tries: int = 20) -> list[np.ndarray]:
     """``n`` masks: mask ``i`` augments ``sources[i % len(sources)]`` with ``np.random.default_rng([seed, i])``.
 
     Without ``stats`` the volume range is the sources' own, widened by ``DEFAULT_MARGIN`` (a single source would

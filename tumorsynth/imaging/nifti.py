@@ -22,6 +22,7 @@ import io
 import json
 import zlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -61,7 +62,7 @@ class VolumeLimits:
     max_voxels: int = 64 * 1024**2
 
     @classmethod
-    def from_settings(cls, settings) -> "VolumeLimits":
+    def from_settings(cls, settings) -> VolumeLimits:
         return cls(settings.max_file_bytes, settings.max_decompressed_bytes, settings.max_dim, settings.max_voxels)
 
 
@@ -76,11 +77,11 @@ class Volume:
     size: int
 
     @property
-    def shape(self) -> tuple[int, int, int]:
+    def shape(self) -> tuple[int, ...]:  # three: read_volume refuses anything else
         return tuple(int(n) for n in self.data.shape[:3])
 
     @property
-    def spacing(self) -> tuple[float, float, float]:
+    def spacing(self) -> tuple[float, ...]:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
     def describe(self) -> str:
@@ -108,6 +109,7 @@ def _gunzip(raw: bytes, max_out: int) -> tuple[bytes, bool]:
         want = max_out - len(out)
         if want <= 0:
             return bytes(out), False
+        chunk: bytes | memoryview
         if d.unconsumed_tail:
             chunk = d.unconsumed_tail
         else:
@@ -146,12 +148,13 @@ def _refuse_other_compression(raw: bytes, field_name: str, where: str) -> None:
                                    "(.nii.gz): decompress it and upload the .nii or .nii.gz")
 
 
-def _parse_header(head: bytes, field_name: str) -> tuple[np.ndarray, int, str]:
+def _parse_header(head: bytes, field_name: str) -> tuple[np.ndarray, int, Literal["<", ">"]]:
     """The header record (numpy structured scalar), the NIfTI version and the byte order."""
     if len(head) < 348:
         raise _bad(field_name, f"only {len(head)} bytes: too short for a NIfTI header (348 bytes at least); "
                                "upload a NIfTI-1 or NIfTI-2 .nii/.nii.gz file")
-    for order in "<>":
+    order: Literal["<", ">"]
+    for order in ("<", ">"):
         sizeof = int(np.frombuffer(head[:4], dtype=f"{order}i4")[0])
         if sizeof in (348, 540):
             break
@@ -274,7 +277,7 @@ def read_volume(raw: bytes, field: str = "file", limits: VolumeLimits | None = N
     head, _ = _prefix(raw, 540, compressed, field)
     if compressed:
         _refuse_other_compression(head, field, "inside the gzip stream: ")
-    hdr, version, order = _parse_header(head, field)
+    hdr, version, _ = _parse_header(head, field)
     dims, dtype, offset = _check_geometry(hdr, field, limits)
     needed = offset + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if needed > limits.max_decompressed_bytes:
@@ -314,12 +317,13 @@ def read_volume(raw: bytes, field: str = "file", limits: VolumeLimits | None = N
 BLANKED = ("descrip", "aux_file", "db_name", "intent_name")
 
 
-def write_nifti(data: np.ndarray, affine: np.ndarray, reference: Volume | None = None) -> bytes:
-    """float32 NIfTI-1, gzip-compressed, with sform = qform = ``affine`` and no field that can carry patient data.
+def write_nifti(data: np.ndarray, affine: np.ndarray, reference: Volume | None = None, dtype=np.float32) -> bytes:
+    """NIfTI-1 (float32, or int16 for the scanner scale), gzip-compressed, with sform = qform = ``affine`` and no
+    field that can carry patient data.
 
     From ``reference`` only the geometry codes (qform/sform codes, units) are kept, never free text.
     """
-    data = np.asarray(data, dtype=np.float32)
+    data = np.asarray(data, dtype=dtype)
     affine = np.asarray(affine, dtype=np.float64)
     img = nib.Nifti1Image(data, affine)
     hdr = img.header

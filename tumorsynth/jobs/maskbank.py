@@ -9,6 +9,7 @@ elastically deformed (``imaging.maskbank``), seeded by (batch seed, index). Bank
 
 from __future__ import annotations
 
+import builtins
 import functools
 import threading
 import zlib
@@ -71,7 +72,7 @@ class MaskBank:
             raise NotFound(f"no bank mask '{mask_id}'")
         with_retries(lambda: self.store.delete(key), attempts=4)
 
-    def sources(self, tenant: str, tumor_class: str) -> list[np.ndarray]:
+    def sources(self, tenant: str, tumor_class: str) -> builtins.list[np.ndarray]:
         out = []
         for obj in self.store.list(f"{tenant_prefix(tenant)}masks/"):
             info = self.store.stat(obj.key)  # S3 listings carry no user metadata
@@ -81,7 +82,7 @@ class MaskBank:
             out.append(np.rint(np.asarray(vol.data)).astype(np.uint8))
         return out
 
-    def make(self, tenant: str, tumor_class: str, n: int, seed: int) -> list[bytes]:
+    def make(self, tenant: str, tumor_class: str, n: int, seed: int) -> builtins.list[bytes]:
         from ..imaging.maskbank import generate_bank_masks
         from ..imaging.templates import brats_grid_affine
 
@@ -124,14 +125,15 @@ def builtin_sources(tumor_class: str, n: int = 4) -> list[np.ndarray]:
     """Masks of phantom subjects of ``tumor_class`` (made at 2.5 mm, brought to the 1 mm grid with nearest)."""
     from scipy import ndimage
 
+    from ..data.phantoms import make_subject
     from ..imaging.templates import load_templates
-    from ..training.phantoms import make_subject
 
     with _lock:
         small = load_templates((96, 96, 62))
         out = []
         for i in range(n):
-            subject = make_subject(small, np.random.default_rng([7919, i, zlib.crc32(tumor_class.encode())]), tumor_class)
+            rng = np.random.default_rng([7919, i, zlib.crc32(tumor_class.encode())])
+            subject = make_subject(small, rng, tumor_class)
             zoom = [b / s for b, s in zip(BANK_SHAPE, subject["seg"].shape)]
             out.append(ndimage.zoom(subject["seg"], zoom, order=0)[:BANK_SHAPE[0], :BANK_SHAPE[1], :BANK_SHAPE[2]])
         return out

@@ -95,6 +95,7 @@ class JobRecord(BaseModel):
     batch_id: str | None = None
     idempotency_key: str | None = None
     body_sha256: str | None = None
+    delivery: dict[str, Any] | None = None  # send_to "pacs": the outcome, written by the PACS delivery loop
 
     @property
     def terminal(self) -> bool:

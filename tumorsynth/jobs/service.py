@@ -5,6 +5,7 @@ Order matters: nothing is stored before every check passed, and nothing is queue
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -18,17 +19,19 @@ from ..errors import IdempotencyInProgress, InvalidUpload, ServiceUnavailable
 from ..imaging.labels import validate_mask
 from ..imaging.nifti import Volume, VolumeLimits, read_volume
 from ..models.registry import ModelRegistry
+from ..settings import Settings
 from ..storage.base import ObjectStore
 from ..storage.keys import input_key
 from ..storage.retry import with_retries
 from ..webhooks.targets import check_request as check_webhook
-from ..workers.celery_app import Dispatcher
 from .connection import wait_for_replicas
+from .dispatch import Dispatcher
 from .records import JobRecord, StoredInput, new_id
 from .store import JobStore
 from .validation import (
     check_against_model,
     check_files,
+    delivery_errors,
     normalised,
     parse_request,
     raise_if,
@@ -71,16 +74,18 @@ def read_inputs(files: dict[str, bytes], limits: VolumeLimits) -> dict[str, Volu
 
 class JobService:
     def __init__(self, jobs: JobStore, store: ObjectStore, registry: ModelRegistry, dispatcher: Dispatcher,
-                 limits: VolumeLimits, storage_retries: int = 3, idempotency_ttl: int = 86400):
+                 settings: Settings):
         self.jobs, self.store, self.registry, self.dispatcher = jobs, store, registry, dispatcher
-        self.limits, self.retries, self.idem_ttl = limits, storage_retries, idempotency_ttl
+        self.settings, self.limits = settings, VolumeLimits.from_settings(settings)
+        self.retries, self.idem_ttl = settings.storage_retries, settings.idempotency_ttl_seconds
 
     def submit(self, tenant: str, request_json: str | bytes | None, files: dict[str, bytes],
                idempotency_key: str | None = None, batch_id: str | None = None) -> Submission:
         req = parse_request(request_json)
         entry = self.registry.get(req.model)
         raise_if(check_against_model(req, entry) + check_files(sorted(files), entry)
-                 + check_webhook(req, tenant, self.dispatcher.settings))
+                 + check_webhook(req, tenant, self.settings)
+                 + delivery_errors(req, tenant, self.settings))
         vols = read_inputs(files, self.limits)
         inputs: list[StoredInput] = []
         job_id = new_id("job")
@@ -100,7 +105,7 @@ class JobService:
             if earlier is not None:
                 return Submission(earlier, replayed=True)
         rec = JobRecord(id=job_id, tenant=tenant, model=entry.id, family=entry.family,
-                        queue=self.dispatcher.settings.queue_for(entry.family), request=normalised(req, entry),
+                        queue=self.settings.queue_for(entry.family), request=normalised(req, entry),
                         inputs=inputs, idempotency_key=idempotency_key, body_sha256=body_sha, batch_id=batch_id)
         try:
             self._store_inputs(inputs, files)
@@ -122,9 +127,10 @@ class JobService:
     def _on_replicas(self, job_id: str) -> None:
         """Acknowledge only what a failover cannot lose: the record, its queue message and its idempotency key on
         ``ack_replicas`` replicas (Redis WAIT), or undo the submission and answer 503."""
-        s = self.dispatcher.settings
+        s = self.settings
         wanted = s.ack_replicas
-        if wanted and wait_for_replicas(self.jobs.r, wanted, min(s.redis_ack_timeout_seconds, 0.8 * s.redis_timeout_seconds)) < wanted:
+        timeout = min(s.redis_ack_timeout_seconds, 0.8 * s.redis_timeout_seconds)  # WAIT ends before the socket does
+        if wanted and wait_for_replicas(self.jobs.r, wanted, timeout) < wanted:
             log.warning("job %s: not on %d replica(s) within %.1f s; undone, 503", job_id, wanted,
                         s.redis_ack_timeout_seconds)
             raise NotReplicated(
@@ -152,8 +158,8 @@ class JobService:
 
     def _store_inputs(self, inputs: list[StoredInput], files: dict[str, bytes]) -> None:
         for item in inputs:
-            with_retries(lambda i=item: self.store.put_bytes(i.key, files[i.name], "application/gzip"
-                                                             if i.compressed else "application/octet-stream"),
+            kind = "application/gzip" if item.compressed else "application/octet-stream"
+            with_retries(functools.partial(self.store.put_bytes, item.key, files[item.name], kind),
                          attempts=self.retries)
 
     def _undo(self, tenant: str, rec: JobRecord, idempotency_key: str | None) -> None:

@@ -8,20 +8,17 @@ upper bound), as Prometheus expects.
 
 from __future__ import annotations
 
-P = "ts:stats:"
-STATUS = f"{P}status"  # hash "model\tstatus" → jobs now in that status
-FAILURES = f"{P}failures"  # hash "model\tcode" → failed jobs
-REDELIVERIES = f"{P}redeliveries"  # hash model → attempts started again after a lost worker
-STEPS = f"{P}steps"  # hash model → sampling steps completed by finished jobs
+from . import keys
+
+STATUS = keys.STATS_STATUS
+FAILURES = keys.STATS_FAILURES
+REDELIVERIES = keys.STATS_REDELIVERIES
+STEPS = keys.STATS_STEPS
 SECONDS_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 10800)
 
 
-def queued_key(queue: str) -> str:
-    return f"ts:queued:{queue}"  # zset job id → time it was queued
-
-
-def hist_key(name: str, model: str) -> str:
-    return f"{P}hist:{name}:{model}"
+queued_key = keys.queued
+hist_key = keys.stats_histogram
 
 
 def _observe(pipe, name: str, model: str, value: float) -> None:

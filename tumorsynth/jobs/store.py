@@ -7,38 +7,21 @@ processes never overwrite each other; worker writes carry the lease token (the a
 from __future__ import annotations
 
 import base64
-import hashlib
+import builtins
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
 from ..errors import InvalidRequest, LeaseLost, NotFound
-from ..webhooks import outbox
-from . import stats
+from ..pacs import outbox as pacs_outbox
+from . import keys, outbox, stats
 from .records import JobRecord, Lease, is_id, now
 
-P = "ts:"
-
-
-def _job_key(job_id: str) -> str:
-    return f"{P}job:{job_id}"
-
-
-def _tenant_index(tenant: str) -> str:
-    return f"{P}tenant:{tenant}:jobs"
-
-
-def _idem_key(tenant: str, key: str) -> str:
-    return f"{P}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
-
-
-LEASES = f"{P}leases"  # zset: job id → lease expiry
-
-
-def events_channel(job_id: str) -> str:
-    return f"{P}events:{job_id}"
+LEASES = keys.LEASES
+events_channel = keys.job_events  # the API's event streams subscribe to it
 
 
 @dataclass(frozen=True)
@@ -59,7 +42,7 @@ class JobStore:
 
     # ----- reading -----------------------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord | None:
-        raw = self.r.get(_job_key(job_id))
+        raw = self.r.get(keys.job(job_id))
         return None if raw is None else JobRecord.model_validate_json(raw)
 
     def get_for_tenant(self, tenant: str, job_id: str) -> JobRecord:
@@ -82,7 +65,8 @@ class JobStore:
         seen_after = after_id is None
         offset = 0
         while len(out) < limit:
-            ids = self.r.zrevrangebyscore(_tenant_index(tenant), max_score, "-inf", start=offset, num=200)
+            ids = cast(builtins.list[bytes],
+                       self.r.zrevrangebyscore(keys.tenant_jobs(tenant), max_score, "-inf", start=offset, num=200))
             if not ids:
                 break
             offset += len(ids)
@@ -106,23 +90,23 @@ class JobStore:
     # ----- writing -----------------------------------------------------------------------------------------------
     def create(self, rec: JobRecord) -> None:
         with self.r.pipeline() as p:
-            p.set(_job_key(rec.id), rec.model_dump_json())
-            p.zadd(_tenant_index(rec.tenant), {rec.id: round(rec.created_at * 1000)})
+            p.set(keys.job(rec.id), rec.model_dump_json())
+            p.zadd(keys.tenant_jobs(rec.tenant), {rec.id: round(rec.created_at * 1000)})
             stats.record_transition(p, None, rec)
             p.execute()
         self._publish(rec)
 
     def delete(self, rec: JobRecord) -> None:
         with self.r.pipeline() as p:
-            p.delete(_job_key(rec.id))
-            p.zrem(_tenant_index(rec.tenant), rec.id)
+            p.delete(keys.job(rec.id))
+            p.zrem(keys.tenant_jobs(rec.tenant), rec.id)
             p.zrem(LEASES, rec.id)
             stats.record_deletion(p, rec)
             p.execute()
 
     def update(self, job_id: str, fn: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
         """Apply ``fn`` atomically. ``fn`` mutates and returns the record, or returns None to write nothing."""
-        key = _job_key(job_id)
+        key = keys.job(job_id)
         while True:
             with self.r.pipeline() as p:
                 try:
@@ -145,9 +129,10 @@ class JobStore:
                         p.zrem(LEASES, rec.id)
                     if rec.batch_id and rec.terminal and not was_terminal:
                         # counted in the same transaction as the transition: exactly once, never lost
-                        p.hincrby(f"{P}batch:{rec.batch_id}:counts", rec.status, 1)
+                        p.hincrby(keys.batch_counts(rec.batch_id), rec.status, 1)
                     stats.record_transition(p, was_status, rec)
                     outbox.on_transition(p, was_status, rec)  # webhooks: in the transaction, never lost
+                    pacs_outbox.on_transition(p, was_status, rec)  # and PACS deliveries
                     p.execute()
                 except redis.WatchError:
                     continue
@@ -209,6 +194,7 @@ class JobStore:
 
     def heartbeat(self, job_id: str, token: int, lease_seconds: float) -> JobRecord:
         def extend(rec: JobRecord) -> None:
+            assert rec.lease is not None  # _fenced matched the token against it
             rec.lease = Lease(owner=rec.lease.owner, token=token, expires_at=now() + lease_seconds)
 
         return self._fenced(job_id, token, extend)
@@ -218,6 +204,7 @@ class JobStore:
 
         def step(rec: JobRecord) -> None:
             rec.completed_steps, rec.total_steps = completed, total
+            assert rec.lease is not None  # _fenced matched the token against it
             rec.lease = Lease(owner=rec.lease.owner, token=token, expires_at=now() + lease_seconds)
 
         return self._fenced(job_id, token, step)
@@ -227,7 +214,7 @@ class JobStore:
             for k, v in fields.items():
                 setattr(rec, k, v)
             rec.move(status)  # type: ignore[arg-type]
-            if rec.started_at is not None:
+            if rec.started_at is not None and rec.completed_at is not None:
                 rec.run_seconds = rec.completed_at - rec.started_at
 
         return self._fenced(job_id, token, done)
@@ -248,8 +235,8 @@ class JobStore:
         return self.update(job_id, ask) or self.get_for_tenant(tenant, job_id)
 
     # ----- the reaper ------------------------------------------------------------------------------------------------
-    def lapsed(self, at: float | None = None) -> list[str]:
-        return [b.decode() for b in self.r.zrangebyscore(LEASES, "-inf", at or now())]
+    def lapsed(self, at: float | None = None) -> builtins.list[str]:
+        return [b.decode() for b in cast(builtins.list[bytes], self.r.zrangebyscore(LEASES, "-inf", at or now()))]
 
     def release_lapsed(self, job_id: str, max_attempts: int) -> JobRecord | None:
         """Requeue a job whose worker stopped heart-beating; fail it once it has used up its attempts."""
@@ -281,7 +268,7 @@ class JobStore:
         """
         if not key or len(key) > 255:
             raise InvalidRequest.for_field("Idempotency-Key", "use a key of 1 to 255 characters")
-        rkey = _idem_key(tenant, key)
+        rkey = keys.idempotency(tenant, key)
         value = json.dumps({"job_id": job_id, "body_sha256": body_sha256, "pending": True})
         while not self.r.set(rkey, value, nx=True, ex=ttl):
             raw = self.r.get(rkey)
@@ -298,10 +285,10 @@ class JobStore:
     def confirm_idempotency(self, tenant: str, key: str, body_sha256: str, job_id: str, ttl: int) -> None:
         """The job bound to the key exists and is queued: the binding holds for the full ``ttl``."""
         value = json.dumps({"job_id": job_id, "body_sha256": body_sha256})
-        self.r.set(_idem_key(tenant, key), value, ex=ttl)
+        self.r.set(keys.idempotency(tenant, key), value, ex=ttl)
 
     def release_idempotency(self, tenant: str, key: str) -> None:
-        self.r.delete(_idem_key(tenant, key))
+        self.r.delete(keys.idempotency(tenant, key))
 
     def ping(self) -> None:
         self.r.ping()

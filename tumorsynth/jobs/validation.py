@@ -9,6 +9,7 @@ import secrets
 from pydantic import ValidationError
 
 from ..errors import FieldError, InvalidRequest
+from ..imaging.intensity import native_scale, scale_errors
 from ..models.options import check_options, resolve_options
 from ..models.registry import ModelEntry
 from ..schemas import JobRequest
@@ -16,6 +17,8 @@ from ..schemas import JobRequest
 
 class _NonFinite(float):
     """Where the JSON had ``NaN``, ``Infinity``, ``-Infinity`` or a number too large for a double."""
+
+    text: str
 
     def __new__(cls, text: str):
         obj = super().__new__(cls, "nan")
@@ -113,10 +116,14 @@ def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
         elif req.tumor_class not in entry.classes:
             errs.append(FieldError("tumor_class", f"'{req.tumor_class}' is not one of {list(entry.classes)}"))
     errs += option_errors(req, entry)
+    if req.intensity is not None and (why := scale_errors(entry.config, entry.id, req.intensity,
+                                                          req.modalities or entry.modalities)):
+        errs.append(FieldError("intensity", why))
     if req.modalities:
         unknown = [m for m in req.modalities if m not in entry.modalities]
         if unknown:
-            errs.append(FieldError("modalities", f"{unknown} not made by {entry.id}; it makes {list(entry.modalities)}"))
+            errs.append(FieldError("modalities",
+                                   f"{unknown} not made by {entry.id}; it makes {list(entry.modalities)}"))
     if req.sampler is not None:
         names = [s.name for s in entry.samplers]
         if req.sampler.name is not None and req.sampler.name not in names:
@@ -152,6 +159,19 @@ def option_errors(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
     return [FieldError("truncation", e.message) if aliased and e.field == "options.truncation" else e for e in errs]
 
 
+def delivery_errors(req: JobRequest, tenant: str, settings) -> list[FieldError]:
+    """``send_to: "pacs"`` needs DICOM output and a destination configured for the tenant."""
+    if req.send_to is None:
+        return []
+    errs = []
+    if "dicom" not in (req.formats or []):
+        errs.append(FieldError("send_to", 'a PACS receives DICOM: add "dicom" to formats (["nifti", "dicom"])'))
+    if tenant not in settings.pacs_destinations:
+        errs.append(FieldError("send_to", f"tenant {tenant!r} has no PACS destination configured "
+                                          "(TUMORSYNTH_PACS_DESTINATIONS); leave send_to out or ask the operators"))
+    return errs
+
+
 def check_files(names: list[str], entry: ModelEntry) -> list[FieldError]:
     errs = []
     wanted = [i.name for i in entry.inputs]
@@ -174,6 +194,8 @@ def normalised(req: JobRequest, entry: ModelEntry) -> dict:
     out["sampler"] = {"name": spec.name, "steps": steps}
     out["modalities"] = req.modalities or list(entry.modalities)
     out["options"] = check_options(entry.options, requested_options(req), entry.id)
+    out["intensity"] = req.intensity or native_scale(entry.config)[0]
+    out["formats"] = req.formats or ["nifti"]
     return out
 
 

@@ -34,14 +34,14 @@ class GeneratedVolume:
     sample_index: int
     data: np.ndarray  # float32, 2D or 3D
     affine: np.ndarray  # (4, 4)
-    reference: "Volume | None" = None  # the input whose header codes the output keeps
+    reference: Volume | None = None  # the input whose header codes the output keeps
 
 
 class Generator(Protocol):
-    entry: "ModelEntry"
+    entry: ModelEntry
 
     def total_steps(self, params: GenerationParams) -> int: ...
 
     def generate(
-        self, params: GenerationParams, inputs: dict[str, "Volume"], progress: ProgressFn
+        self, params: GenerationParams, inputs: dict[str, Volume], progress: ProgressFn
     ) -> list[GeneratedVolume]: ...

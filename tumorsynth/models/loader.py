@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import threading
 
 from ..errors import CheckpointError
 from .base import Generator
+from .families import FAMILIES
 from .registry import ModelEntry
-
-FAMILIES = {
-    "ldm": "tumorsynth.models.ldm.runner:LDMGenerator",
-    "vqgan": "tumorsynth.models.vqgan.runner:VQGANGenerator",
-    "tavit": "tumorsynth.models.tavit.runner:TAViTGenerator",
-    "stylegan2": "tumorsynth.models.stylegan2.runner:StyleGAN2Generator",
-}
 
 _cache: dict[tuple[str, str, str], Generator] = {}
 _lock = threading.Lock()
@@ -33,11 +26,10 @@ def load_generator(entry: ModelEntry, device: str = "auto") -> Generator:
     key = (entry.id, entry.weights_sha256, device)
     with _lock:
         if key not in _cache:
-            target = FAMILIES.get(entry.family)
-            if target is None:
+            family = FAMILIES.get(entry.family)
+            if family is None:
                 raise CheckpointError(f"{entry.id}: no runtime for model family '{entry.family}'")
-            module, _, cls = target.partition(":")
-            _cache[key] = getattr(importlib.import_module(module), cls)(entry, resolve_device(device))
+            _cache[key] = family.generator_class()(entry, resolve_device(device))
         return _cache[key]
 
 

@@ -1,14 +1,13 @@
 """A model's request options (``options`` in a job request): declared once per family, checked in one place.
 
-Each family declares its ``OptionSpec``s in ``models/{family}/options.py`` (torch-free, so the API can read them);
-presets write them into a checkpoint's ``config.json`` as ``"options"``. The API checks a request with
-``check_options`` before anything is stored or queued, and the runner calls the same function, so the two cannot
-drift. Values are JSON numbers: a bool is not a number, and NaN or infinity is refused.
+Each family declares its ``OptionSpec``s in ``models/{family}/options.py`` and registers them with its ``Family``
+(torch-free, so the API can read them); presets write them into a checkpoint's ``config.json`` as ``"options"``.
+The API checks a request with ``check_options`` before anything is stored or queued, and the runner calls the same
+function, so the two cannot drift. Values are JSON numbers: a bool is not a number, and NaN or infinity is refused.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -40,7 +39,7 @@ class OptionSpec:
             raise ValueError(f"option '{self.name}': a default of null needs nullable=True")
 
     @classmethod
-    def from_config(cls, raw: Mapping) -> "OptionSpec":
+    def from_config(cls, raw: Mapping) -> OptionSpec:
         return cls(**{k: raw[k] for k in ("name", "type", "default", "min", "max", "nullable", "description")
                       if k in raw})
 
@@ -48,21 +47,16 @@ class OptionSpec:
         """What ``config.json`` and ``GET /v1/models`` carry."""
         return asdict(self)
 
-    def with_default(self, default: Number | None) -> "OptionSpec":
+    def with_default(self, default: Number | None) -> OptionSpec:
         return OptionSpec(self.name, self.type, default, self.min, self.max, self.nullable, self.description)
 
 
 def family_options(family: str) -> tuple[OptionSpec, ...]:
-    """The options a family declares in ``models/{family}/options.py``; none when it has no such module."""
-    if not family.isascii() or not family.isalnum():
-        return ()
-    module = f"{__package__}.{family}.options"
-    try:
-        return tuple(importlib.import_module(module).OPTIONS)
-    except ModuleNotFoundError as exc:
-        if exc.name in (module, f"{__package__}.{family}"):
-            return ()
-        raise
+    """The options a registered family declares (``models/{family}/options.py``); none for an unknown family."""
+    from .families import FAMILIES  # families → family → options: imported when called, not at import time
+
+    registered = FAMILIES.get(family)
+    return registered.options if registered else ()
 
 
 def checkpoint_options(config: Mapping) -> tuple[OptionSpec, ...]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CheckpointError, ModelNotFound
+from ..imaging.intensity import offered_scales
 from .options import OptionSpec, checkpoint_options
 
 FORMAT_VERSION = 1
@@ -88,6 +89,7 @@ class ModelEntry:
             ],
             "default_sampler": self.default_sampler,
             "options": [o.as_config() for o in self.options],
+            "intensity": offered_scales(self.config, self.modalities),
             "checkpoint": {"sha256": self.weights_sha256, "format": self.weights_format, "trained_on": self.trained_on},
             "trained": self.trained,
         }

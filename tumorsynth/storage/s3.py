@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 from urllib.parse import urlsplit
 
 import urllib3
@@ -89,8 +89,9 @@ class S3Store:
             tags = Tags.new_object_tags()
             tags["kind"] = kind
         with _translate(key):
+            minio_meta = cast("dict[str, str | list[str] | tuple[str]]", meta) or None
             result = self.client.put_object(self.bucket, key, data, length, content_type=content_type,
-                                            metadata=meta or None, part_size=PART_SIZE, tags=tags)
+                                            metadata=minio_meta, part_size=PART_SIZE, tags=tags)
         return ObjectInfo(key, length, result.etag, content_type, meta)
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",

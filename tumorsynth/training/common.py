@@ -1,20 +1,33 @@
-"""What the three trainers share: resumable state, per-epoch RNG streams, the optional perceptual loss."""
+"""What the trainers share: resumable state, per-epoch RNG streams, the optional perceptual loss, and the
+torchrun/DDP plumbing (``training.distributed``): this process's rank and device, bf16 autocast on CUDA, DDP wrappers,
+rank 0 alone writing, starting from a checkpoint's weights."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .distributed import World, init_world
 
-def epoch_rng(seed: int, *stream: int) -> np.random.Generator:
+log = logging.getLogger(__name__)
+
+
+def epoch_rng(seed: int, *stream: int, rank: int = 0) -> np.random.Generator:
     """Seed torch and return a numpy generator for one (stage, epoch) stream: a resumed run draws what an
-    uninterrupted one would have drawn."""
-    torch.manual_seed(int(np.random.default_rng([seed, *stream]).integers(2**62)))
+    uninterrupted one would have drawn.
+
+    Under torchrun the numpy generator (the epoch's batch order, which every rank must share) is the same on every
+    rank, while torch's stream (noise, masks, flips) is offset by ``rank``: ranks draw different noise for their
+    different batches. Rank 0 draws what a single process draws.
+    """
+    torch.manual_seed(int(np.random.default_rng([seed, *stream]).integers(2**62)) + rank)
     return np.random.default_rng([seed, *stream, 1])
 
 
@@ -48,8 +61,53 @@ class ResumableTrainer:
     in ``_resumable()`` the modules and optimisers whose ``state_dict`` a resume needs.
     """
 
+    world: World = World()
+
     def _resumable(self) -> dict[str, object]:
         raise NotImplementedError
+
+    # ----- torchrun / DDP / bf16 -------------------------------------------------------------------------------------
+    def _join_world(self, device: str, amp: bool = True) -> None:
+        """Set ``world`` (torchrun's process group, or one process), ``device`` (each rank its own GPU) and ``amp``
+        (bf16 autocast: on CUDA where it is supported; CPUs train in float32)."""
+        self.world = init_world(device)
+        self._ddp: dict[str, torch.nn.Module] = {}
+        self.device = torch.device(self.world.device(device))
+        self.amp = amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def _autocast(self, enabled: bool = True):
+        # bf16 has float32's range, so no loss scaling is needed
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled and getattr(self, "amp", False))
+
+    def _wrapped(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` under DistributedDataParallel when running under torchrun (made once, when first trained)."""
+        if not self.world.enabled:
+            return module
+        if name not in self._ddp:
+            self._ddp[name] = self.world.wrap(module)
+        return self._ddp[name]
+
+    def _write_on_main(self, write: Callable[[], object]):
+        """Rank 0 runs ``write`` (which saves and returns a ModelEntry); every rank returns that entry, the others
+        reading it from where rank 0 wrote it."""
+        from ..models.registry import entry_at
+
+        path = str(write().path) if self.is_main() else None
+        return entry_at(Path(self.world.share(path)))
+
+    def _load_weights(self, checkpoint_dir: Path, module: torch.nn.Module, model_config: dict):
+        """Weights (not optimiser state) from a servable checkpoint whose network matches ``model_config``'s:
+        resuming from weights alone, when ``state.pt`` is gone. Returns the checkpoint's entry."""
+        from ..models.checkpoints import load_into
+        from ..models.registry import entry_at
+
+        entry = entry_at(Path(checkpoint_dir))
+        if entry.config.get("network") != model_config["network"]:
+            raise ValueError(f"init_from {checkpoint_dir}: its network differs from this config's (preset "
+                             f"'{getattr(self.cfg, 'preset', '?')}'); start from a checkpoint of the same preset")
+        load_into(module, entry, self.device)
+        log.info("initialised from %s (%s)", entry.id, entry.weights_sha256[:12])
+        return entry
 
     @property
     def state_path(self) -> Path:

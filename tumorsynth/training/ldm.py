@@ -29,16 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..imaging.geometry import fit_to_grid
+from ..data.brats import MODALITIES, find_subjects
+from ..data.subjects import prepare_subject, split
 from ..imaging.labels import to_regions
 from ..models.checkpoints import save_checkpoint
 from ..models.ldm.configs import PRESETS, build_network
 from ..models.ldm.schedulers import make_scheduler
 from ..models.registry import ModelEntry
-from .brats import MODALITIES, crop_to_nonzero, find_subjects, load_subject, normalise
 from .common import ResumableTrainer, ema_with_warmup, epoch_rng, perceptual_loss
 from .configs import load_config
-from .distributed import init_world
+from .intensity_stats import record_scanner_stats
 from .ldm_card import describe_data, model_card
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class LDMTrainConfig:
     max_subjects: int | None = None
 
     @classmethod
-    def load(cls, spec: str | Path, **overrides) -> "LDMTrainConfig":
+    def load(cls, spec: str | Path, **overrides) -> LDMTrainConfig:
         """A JSON file, or the name of one in ``training/configs`` (``ldm-tiny``, ``ldm-demo``, ``ldm-paper``)."""
         return load_config(cls, "ldm", spec, overrides)
 
@@ -122,18 +122,6 @@ class Prepared:
 class TrainResult:
     entry: ModelEntry
     metrics: list[dict] = field(default_factory=list)
-
-
-def prepare_subject(subject, grid_shape, fov_mm, modalities=MODALITIES) -> tuple[np.ndarray, np.ndarray]:
-    """One BraTS subject → (image (C, *grid) z-scored, labels (*grid) BraTS 2023) on the model grid."""
-    data = load_subject(subject, modalities)
-    image = normalise(data["image"])
-    crop = crop_to_nonzero(image, data["seg"], affine=data["affine"])
-    mapping = fit_to_grid(crop.image.shape[1:], crop.affine, grid_shape, fov_mm)
-    grid_image = mapping.to_grid(crop.image, order=1).astype(np.float32)
-    grid_labels = mapping.to_grid(crop.seg, order=0).astype(np.uint8) if crop.seg is not None else \
-        np.zeros(grid_shape, np.uint8)
-    return grid_image, grid_labels
 
 
 def prepare(data_dir: Path, config: dict, classes: list[str], max_subjects: int | None = None,
@@ -176,12 +164,6 @@ def augment(images: torch.Tensor, regions: torch.Tensor, cfg: LDMTrainConfig) ->
     return torch.stack(out_i), torch.stack(out_r)
 
 
-def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng([seed, 7]).permutation(n)
-    n_val = min(max(1, int(round(n * val_fraction))), n - 1) if n > 1 and val_fraction > 0 else 0
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` (B, C, ...) under voxel weights (B, 1, ...) broadcast over channels; all-ones = the mean."""
     weights = weights.expand_as(values)
@@ -190,7 +172,8 @@ def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def region_weights(regions: torch.Tensor, weights) -> torch.Tensor:
     """Voxel weights (B, 1, ...) = 1 + Σ_k weights[k]·regions[:, k] for region channels or fractions (B, 3, ...)."""
-    w = torch.as_tensor(list(weights), dtype=regions.dtype, device=regions.device).view(1, -1, *[1] * (regions.ndim - 2))
+    w = torch.as_tensor(list(weights), dtype=regions.dtype, device=regions.device)
+    w = w.view(1, -1, *[1] * (regions.ndim - 2))
     return 1 + (regions * w).sum(dim=1, keepdim=True)
 
 
@@ -225,9 +208,7 @@ class Trainer(ResumableTrainer):
     def __init__(self, cfg: LDMTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None, progress=None):
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
-        self.world = init_world(device)  # torchrun: one process per GPU, DDP; otherwise one process
-        self._ddp: dict[str, torch.nn.Module] = {}  # modules under DDP, made when first trained
-        self.device = torch.device(self.world.device(device))
+        self._join_world(device, cfg.amp)  # torchrun: one process per GPU, DDP; otherwise one process
         self.on_epoch = on_epoch
         self.progress = progress  # a rich Progress, or None
         self.model_config = copy.deepcopy(PRESETS[cfg.preset])
@@ -252,7 +233,6 @@ class Trainer(ResumableTrainer):
         self.opt_ae = torch.optim.Adam(self.net.autoencoder.parameters(), lr=cfg.ae_lr)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
         self.opt_unet = torch.optim.AdamW(self.net.unet.parameters(), lr=cfg.diffusion_lr)
-        self.amp = cfg.amp and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
         self.ema = None
         if cfg.ema_decay > 0:
@@ -276,32 +256,14 @@ class Trainer(ResumableTrainer):
                  "opt_unet": self.opt_unet, "warmup": self.warmup}
         return parts | ({"ema": self.ema} if self.ema is not None else {})
 
-    def _wrapped(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
-        """``module`` under DistributedDataParallel when running under torchrun (made once, when first trained)."""
-        if not self.world.enabled:
-            return module
-        if name not in self._ddp:
-            self._ddp[name] = self.world.wrap(module)
-        return self._ddp[name]
-
     def init_weights(self, checkpoint_dir: Path) -> None:
         """Weights (not optimiser state) from a servable checkpoint whose network matches this preset."""
-        from ..models.checkpoints import load_into
-        from ..models.registry import entry_at
-
-        entry = entry_at(checkpoint_dir)
-        if entry.config.get("network") != self.model_config["network"]:
-            raise ValueError(f"init_from {checkpoint_dir}: its network differs from preset '{self.cfg.preset}'")
-        load_into(self.net, entry, self.device)
+        entry = self._load_weights(checkpoint_dir, self.net, self.model_config)
         if self.ema is not None:
             self.ema.module.load_state_dict(self.net.unet.state_dict())
         if self.cfg.init_skip_autoencoder:
             self.state.update(stage=2, epoch=0, init_from=str(checkpoint_dir), init_sha256=entry.weights_sha256)
-        log.info("initialised from %s (%s)", entry.id, entry.weights_sha256[:12])
 
-    def _autocast(self):
-        # bf16 on CUDA: float32's range, so no loss scaling (the scaler stays off)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, i: int, n: int) -> None:
         self.scaler.scale(loss / self.cfg.grad_accum).backward()
@@ -313,7 +275,7 @@ class Trainer(ResumableTrainer):
     # ----- stage 1 -------------------------------------------------------------------------------------------------
     def train_autoencoder_epoch(self, data: Prepared, train_idx: np.ndarray, epoch: int) -> dict:
         cfg, ae = self.cfg, self.net.autoencoder
-        rng = epoch_rng(cfg.seed, 1, epoch)
+        rng = epoch_rng(cfg.seed, 1, epoch, rank=self.world.rank)
         ae.train()
         self.disc.train()
         order = rng.permutation(train_idx)
@@ -388,7 +350,7 @@ class Trainer(ResumableTrainer):
 
     def train_diffusion_epoch(self, latents, conds, labels, epoch: int) -> dict:
         cfg, net = self.cfg, self.net
-        rng = epoch_rng(cfg.seed, 2, epoch)
+        rng = epoch_rng(cfg.seed, 2, epoch, rank=self.world.rank)
         net.unet.train()
         order = rng.permutation(len(latents))
         bs = cfg.diffusion_batch_size
@@ -459,14 +421,7 @@ class Trainer(ResumableTrainer):
         return TrainResult(entry, self.state["metrics"])
 
     def write_checkpoint(self, data: Prepared, train_idx, val_idx, seconds: float) -> ModelEntry:
-        if not self.is_main():  # rank 0 writes; the others read what it wrote
-            self.world.barrier()
-            from ..models.registry import entry_at
-
-            return entry_at(self.out_dir)
-        entry = self._write_checkpoint(data, train_idx, val_idx, seconds)
-        self.world.barrier()
-        return entry
+        return self._write_on_main(lambda: self._write_checkpoint(data, train_idx, val_idx, seconds))
 
     def _write_checkpoint(self, data: Prepared, train_idx, val_idx, seconds: float) -> ModelEntry:
         cfg = self.cfg
@@ -485,6 +440,7 @@ class Trainer(ResumableTrainer):
                                                       "sha256": self.state["init_sha256"]}
         if self.ema is not None:  # the checkpoint serves the averaged weights
             self.net.unet.load_state_dict(self.ema.module.state_dict())
+        record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_idx], config["modalities"])
         card = model_card(config, cfg, last, trained_on)
         self.net.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.net, card=card)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from .ldm import LDMTrainConfig, Prepared
 
 
-def describe_data(data_dir: Path, data: "Prepared", train_idx) -> str:
+def describe_data(data_dir: Path, data: Prepared, train_idx) -> str:
     counts = {}
     for i in train_idx:
         c = int(data.classes[i])
@@ -24,7 +24,7 @@ def describe_data(data_dir: Path, data: "Prepared", train_idx) -> str:
     return f"{len(train_idx)} {kind}: {parts} (from {Path(data_dir).name})"
 
 
-def ae_extras(cfg: "LDMTrainConfig") -> str:
+def ae_extras(cfg: LDMTrainConfig) -> str:
     """Where this training departs from the paper's plain autoencoder recipe, for the model card."""
     parts = []
     if cfg.ae_crop:
@@ -37,7 +37,7 @@ def ae_extras(cfg: "LDMTrainConfig") -> str:
     return "; " + "; ".join(parts) if parts else ""
 
 
-def prediction_note(cfg: "LDMTrainConfig") -> str:
+def prediction_note(cfg: LDMTrainConfig) -> str:
     if cfg.prediction_type == "v_prediction":
         return ("v (Salimans & Ho 2022), our choice over the paper's ε: on the paper's linear schedule (ᾱ_T ≈ 4e-5) an "
                 "ε-model's estimate of z_0 at high noise multiplies its error by ~160, so sampling began from texture "
@@ -54,7 +54,7 @@ def init_note(config: dict) -> str:
             "repository's history by that sha256); only the diffusion UNet was trained in this run.")
 
 
-def model_card(config: dict, cfg: "LDMTrainConfig", last: dict, trained_on: str) -> str:
+def model_card(config: dict, cfg: LDMTrainConfig, last: dict, trained_on: str) -> str:
     grid = "×".join(map(str, config["output"]["shape"]))
     spacing = "×".join(f"{s:g}" for s in config["output"]["spacing"])
     phantom = "phantom" in trained_on

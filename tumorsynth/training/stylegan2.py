@@ -13,6 +13,15 @@ loss, in R1 and in the generator's loss, as data-efficient-gans' StyleGAN2 port 
 
 State is saved after every epoch in ``work_dir/state.pt``; ``resume=True`` continues from it. Each epoch draws from
 RNG streams derived from (seed, epoch), so a resumed run ends with the same weights as an uninterrupted one.
+``init_from`` starts G and its EMA from a checkpoint's weights alone (a checkpoint keeps no D: D starts afresh).
+
+Under ``torchrun`` (``training.distributed``) each rank trains on its share of the epoch's batches (``batch_size`` per
+rank) and averages G's and D's gradients after every backward with one all-reduce, as stylegan2-ada-pytorch's and
+stylegan3's ``training_loop`` do, rather than through DDP: the regularisers differentiate twice and the mapping and
+synthesis networks are called apart, which DDP's ``forward`` hook does not see. The tracked mean w and the
+path-length mean are averaged too, so every rank holds the same G, G_ema and D; the EMA counts the images of all
+ranks. On CUDA the main G and D passes run under bf16 autocast; the R1 and path-length regularisers, gradients of
+gradients, stay in float32. Rank 0 alone writes state, metrics and the checkpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.slices import DEFAULT_CLASS_MAP, SliceSet, load_slices
 from ..models.checkpoints import save_checkpoint
 from ..models.registry import ModelEntry
 from ..models.stylegan2.augment import POLICIES, diff_augment
@@ -35,7 +45,6 @@ from ..models.stylegan2.configs import PRESETS, build_network, model_config
 from ..models.stylegan2.discriminator import Discriminator
 from .common import ResumableTrainer, epoch_rng
 from .configs import load_config
-from .slices import DEFAULT_CLASS_MAP, SliceSet, load_slices
 from .stylegan2_card import describe_data, model_card
 
 log = logging.getLogger(__name__)
@@ -68,6 +77,8 @@ class StyleGAN2TrainConfig:
     ema_rampup: float | None = 0.05
     xflip: bool = True
     augment: list[str] = field(default_factory=list)  # DiffAugment policies for D's inputs: color, translation, cutout
+    amp: bool = True  # bf16 autocast on CUDA for the main G and D passes
+    init_from: str | None = None  # start G and G_ema from a servable checkpoint's weights (same preset and classes)
 
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> StyleGAN2TrainConfig:
@@ -98,7 +109,7 @@ class Trainer(ResumableTrainer):
         if cfg.preset not in PRESETS:
             raise ValueError(f"unknown preset '{cfg.preset}'; choose one of {', '.join(PRESETS)}")
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
-        self.device = torch.device(device)
+        self._join_world(device, cfg.amp)  # torchrun: one process per GPU; otherwise one process
         self.on_epoch, self.progress = on_epoch, progress
         self.data = self.load_data()
         self.model_config = model_config(cfg.preset, self.data.classes)
@@ -107,10 +118,14 @@ class Trainer(ResumableTrainer):
             torch.manual_seed(cfg.seed)
             self.G = build_network(self.model_config).to(self.device)
             self.D = Discriminator(**self.model_config["discriminator"]).to(self.device)
+        self.state = {"epoch": 0, "step": 0, "images_seen": 0, "pl_mean": 0.0, "metrics": []}
+        if cfg.init_from:
+            entry = self._load_weights(Path(cfg.init_from), self.G, self.model_config)
+            self.G.train()
+            self.state.update(init_from=str(cfg.init_from), init_sha256=entry.weights_sha256)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = lazy_adam(self.G.parameters(), cfg.lr_g, cfg.betas, cfg.g_reg_interval)
         self.opt_d = lazy_adam(self.D.parameters(), cfg.lr_d, cfg.betas, cfg.d_reg_interval)
-        self.state = {"epoch": 0, "step": 0, "images_seen": 0, "pl_mean": 0.0, "metrics": []}
         counts = torch.bincount(self.data.labels, minlength=len(self.data.classes)).float()
         self.class_probs = (counts / counts.sum()).to(self.device)
 
@@ -133,8 +148,10 @@ class Trainer(ResumableTrainer):
     def _fake_labels(self, n: int) -> torch.Tensor:
         return torch.multinomial(self.class_probs, n, replacement=True)
 
-    def _generate(self, n: int, labels: torch.Tensor, update_w_avg: bool = False):
-        """Images and the ws that made them, with style mixing as ``StyleGAN2Loss.run_G``."""
+    def _generate(self, n: int, labels: torch.Tensor, update_w_avg: bool = False, amp: bool = True):
+        """Images and the ws that made them, with style mixing as ``StyleGAN2Loss.run_G``. The mapping network runs
+        in float32 (the tracked mean w moves by 0.5 % a step, below bf16's resolution); the synthesis under bf16
+        autocast on CUDA unless ``amp`` is False."""
         G = self.G
         ws = G.mapping(torch.randn(n, G.z_dim, device=self.device), labels, update_w_avg=update_w_avg)
         if self.cfg.style_mixing_prob > 0:
@@ -143,7 +160,9 @@ class Trainer(ResumableTrainer):
                 cutoff = ws.shape[1]
             mixed = G.mapping(torch.randn(n, G.z_dim, device=self.device), labels)
             ws = torch.cat([ws[:, :cutoff], mixed[:, cutoff:]], dim=1)
-        return G.synthesis(ws), ws
+        with self._autocast(amp):
+            img = G.synthesis(ws)
+        return img.float(), ws
 
     def g_step(self) -> dict:
         """``Gmain``, then every ``g_reg_interval`` steps ``Greg`` (path length), each its own optimiser step."""
@@ -152,25 +171,31 @@ class Trainer(ResumableTrainer):
         self.D.requires_grad_(False)
         labels = self._fake_labels(n)
         fake, _ = self._generate(n, labels, update_w_avg=True)
-        loss = F.softplus(-self._D(fake, labels)).mean()
+        with self._autocast():
+            logits = self._D(fake, labels).float()
+        self.world.average_(self.G.buffers())  # the tracked mean w: one for all ranks
+        loss = F.softplus(-logits).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
+        self.world.average_gradients(self.G.parameters())
         self.opt_g.step()
         out = {"loss_g": float(loss.detach())}
         if cfg.pl_weight > 0 and self.state["step"] % cfg.g_reg_interval == 0:
             self.opt_g.zero_grad(set_to_none=True)
             out |= self._path_length()
+            self.world.average_gradients(self.G.parameters())
             self.opt_g.step()
         return out
 
     def _path_length(self) -> dict:
         cfg = self.cfg
         m = max(1, cfg.batch_size // cfg.pl_batch_shrink)
-        img, ws = self._generate(m, self._fake_labels(m))
+        img, ws = self._generate(m, self._fake_labels(m), amp=False)  # a gradient of a gradient: float32
         noise = torch.randn_like(img) / np.sqrt(img.shape[2] * img.shape[3])
         (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
         lengths = grads.square().sum(2).mean(1).sqrt()  # (m,)
-        pl_mean = self.state["pl_mean"] + cfg.pl_decay * (float(lengths.detach().mean()) - self.state["pl_mean"])
+        batch_mean = self.world.mean(float(lengths.detach().mean()))  # all ranks' images
+        pl_mean = self.state["pl_mean"] + cfg.pl_decay * (batch_mean - self.state["pl_mean"])
         self.state["pl_mean"] = pl_mean
         penalty = (lengths - pl_mean).square().mean()
         (penalty * cfg.pl_weight * cfg.g_reg_interval).backward()
@@ -184,10 +209,12 @@ class Trainer(ResumableTrainer):
         fake_labels = self._fake_labels(len(real))
         with torch.no_grad():
             fake, _ = self._generate(len(real), fake_labels)
-        real_logits, fake_logits = self._D(real, labels), self._D(fake, fake_labels)
+        with self._autocast():
+            real_logits, fake_logits = self._D(real, labels).float(), self._D(fake, fake_labels).float()
         loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
+        self.world.average_gradients(self.D.parameters())
         self.opt_d.step()
         out = {"loss_d": float(loss.detach()), "d_real": float(real_logits.detach().mean()),
                "d_fake": float(fake_logits.detach().mean())}
@@ -197,6 +224,7 @@ class Trainer(ResumableTrainer):
             r1 = grads.square().sum(dim=[1, 2, 3]).mean()
             self.opt_d.zero_grad(set_to_none=True)
             (r1 * (cfg.r1_gamma / 2) * cfg.d_reg_interval).backward()
+            self.world.average_gradients(self.D.parameters())
             self.opt_d.step()
             out["r1"] = float(r1.detach())
         return out
@@ -216,11 +244,12 @@ class Trainer(ResumableTrainer):
     # ----- the whole run ---------------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
         cfg = self.cfg
-        rng = epoch_rng(cfg.seed, 1, epoch)
+        rng = epoch_rng(cfg.seed, 1, epoch, rank=self.world.rank)
         self.G.train()
         self.D.train()
         order = rng.permutation(len(self.data.labels))
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
+        batches = self.world.shard([order[i:i + cfg.batch_size]
+                                    for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)])
         sums: dict[str, float] = {}
         seen: dict[str, int] = {}
         task = self.progress.add_task(f"StyleGAN2 epoch {epoch + 1}/{cfg.epochs}", total=len(batches)) \
@@ -232,8 +261,8 @@ class Trainer(ResumableTrainer):
                 real = torch.where(flip, real.flip(3), real)
             parts = self.g_step() | self.d_step(real, self.data.labels[idx].to(self.device))
             self.state["step"] += 1
-            self.state["images_seen"] += len(idx)
-            self.update_ema(len(idx))
+            self.state["images_seen"] += len(idx) * self.world.size  # every rank's batch
+            self.update_ema(len(idx) * self.world.size)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
                 seen[k] = seen.get(k, 0) + 1
@@ -241,7 +270,7 @@ class Trainer(ResumableTrainer):
                 self.progress.advance(task)
         if task is not None:
             self.progress.remove_task(task)
-        return {k: v / seen[k] for k, v in sums.items()} | {"images_seen": self.state["images_seen"]}
+        return {k: self.world.mean(v / seen[k]) for k, v in sums.items()} | {"images_seen": self.state["images_seen"]}
 
     def run(self, resume: bool = False) -> TrainResult:
         cfg = self.cfg
@@ -264,6 +293,10 @@ class Trainer(ResumableTrainer):
         return TrainResult(self.write_checkpoint(), self.state["metrics"])
 
     def write_checkpoint(self) -> ModelEntry:
+        """Rank 0 writes; every rank returns its entry."""
+        return self._write_on_main(self._write_checkpoint)
+
+    def _write_checkpoint(self) -> ModelEntry:
         cfg = self.cfg
         rows = self.state["metrics"]  # all epochs, across resumes
         seconds, cpu = (sum(r.get(k, 0.0) for r in rows) for k in ("seconds", "cpu_seconds"))
@@ -274,7 +307,11 @@ class Trainer(ResumableTrainer):
                       training={"config": asdict(cfg), "slices": len(self.data.labels), "final": last,
                                 "images_seen": self.state["images_seen"], "epoch_seconds": round(seconds, 1),
                                 "epoch_cpu_seconds": round(cpu, 1),
-                                "device": str(self.device), "torch": torch.__version__})
+                                "device": str(self.device), "processes": self.world.size,
+                                "torch": torch.__version__})
+        if self.state.get("init_from"):
+            config["training"]["init_from"] = {"checkpoint": self.state["init_from"],
+                                               "sha256": self.state["init_sha256"]}
         self.G_ema.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.G_ema,
                                card=model_card(config, cfg, last, trained_on, self.data_dir,

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .slices import SliceSet
-
-SIMULATED_NOTE = "SLICES.json"  # written by ``training.phantom_slices``: how each class was made
+from ..data.phantom_slices import SIMULATED_NOTE
+from ..data.slices import SliceSet
 
 
 def _provenance(data_dir: Path) -> dict | None:
@@ -34,6 +33,15 @@ def describe_data(data_dir: Path, data: SliceSet) -> str:
 
 # StyleGAN2 is usually trained on millions of images (the paper's generators: about a week on a P100 each)
 UNDERTRAINED_IMAGES = 200_000
+
+
+def _hardware(config: dict) -> str:
+    training = config.get("training", {})
+    where = f"{training.get('device', '?')} ({training.get('processes', 1)} process(es))"
+    if training.get("init_from"):
+        where += (f", G starting from the weights of `{training['init_from']['checkpoint']}` "
+                  f"(sha256 {training['init_from']['sha256'][:12]})")
+    return where
 
 
 def model_card(config: dict, cfg, last: dict, trained_on: str, data_dir: Path, images_seen: int) -> str:
@@ -76,7 +84,7 @@ def model_card(config: dict, cfg, last: dict, trained_on: str, data_dir: Path, i
 - Training: preset `{cfg.preset}`, {cfg.epochs} epochs of batch {cfg.batch_size} ({images_seen:,} images),
   non-saturating logistic loss, lazy R1 (γ {cfg.r1_gamma:g} every {cfg.d_reg_interval}), {pl}, style mixing
   {cfg.style_mixing_prob:g}, {augment}, Adam (lr G {cfg.lr_g:g}, D {cfg.lr_d:g}, β (0, 0.99));
-  the checkpoint is the EMA generator (half-life {ema} kimg{rampup}); seed {cfg.seed}.
+  the checkpoint is the EMA generator (half-life {ema} kimg{rampup}); seed {cfg.seed}; on {_hardware(config)}.
 - Final epoch: {metrics or 'none'}.
 - Sampling: `direct`; `truncation` ψ in [0, 1] pulls w toward the class's mean w (tracked during training).
 - Intended use: data-augmentation research; every output is marked synthetic. Evaluate with

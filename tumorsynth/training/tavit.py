@@ -17,7 +17,14 @@ the run along a half cosine, a function of the step alone, so a resumed run foll
 
 Training state is saved after every epoch in ``work_dir/state.pt``; ``resume=True`` continues from it. Every epoch
 uses RNG streams derived from (seed, epoch), so an interrupted and resumed run ends with the same weights as an
-uninterrupted one (on the same device).
+uninterrupted one (on the same device). ``init_from`` starts from a checkpoint's weights alone.
+
+Under ``torchrun`` (``training.distributed``) each rank trains on its share of the epoch's batches; after each
+backward the gradients are averaged across ranks by hand (one all-reduce), not by DDP, because the step runs the two
+networks through ``segment`` and ``synthesise`` rather than one ``forward``; TA-ViT's batch-norm running statistics are
+averaged after every step. A step is skipped (non-finite loss or gradient) only when every rank agrees to skip it:
+a rank that skipped an all-reduce the others entered would hang them. On CUDA the networks run under bf16 autocast.
+Rank 0 alone writes state, metrics and the checkpoint.
 """
 
 from __future__ import annotations
@@ -32,14 +39,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.brats import find_subjects
+from ..data.subjects import prepare_subject
 from ..models.checkpoints import save_checkpoint
 from ..models.registry import ModelEntry
 from ..models.tavit.configs import build_network, image_inputs, model_config
 from ..models.tavit.network import regions_from_labels, regions_from_probabilities
 from ..models.tavit.slices import brain_slices, context_index, slice_mapping, to_slices
-from .brats import find_subjects, load_subject, normalise
 from .common import ResumableTrainer, epoch_rng
 from .configs import load_config
+from .intensity_stats import record_scanner_stats
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +77,8 @@ class TAViTTrainConfig:
     min_brain_fraction: float = 0.02
     flip: bool = True  # left-right flips (the slices' first axis)
     max_subjects: int | None = None
+    amp: bool = True  # bf16 autocast on CUDA
+    init_from: str | None = None  # start from a servable checkpoint's weights (same preset and inputs)
 
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> TAViTTrainConfig:
@@ -104,17 +115,13 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
 
 
-def prepare_subject(subject, config: dict, min_brain_fraction: float = 0.0) -> tuple[np.ndarray, ...]:
+def subject_slices(subject, config: dict, min_brain_fraction: float = 0.0) -> tuple[np.ndarray, ...]:
     """One BraTS subject → (inputs (S, C, H, W), t1c (S, 1, H, W), labels (S, H, W)) for its brain slices."""
     if subject.seg is None:
         raise ValueError(f"subject {subject.id!r} has no segmentation; the segmenter needs one per subject")
-    names = image_inputs(config)
-    data = load_subject(subject, (*names, "t1c"))
-    image = normalise(data["image"])  # (C + 1, X, Y, Z)
-    mapping = slice_mapping(image.shape[1:], data["affine"], config["output"]["shape"], config["fov_mm"])
-    grid = mapping.to_grid(image, order=1).astype(np.float32)  # (C + 1, H, W, Z)
-    labels = mapping.to_grid(data["seg"], order=0).astype(np.uint8)  # (H, W, Z)
-    keep = brain_slices(grid[0], min_brain_fraction)
+    grid, labels = prepare_subject(subject, config["output"]["shape"], config["fov_mm"],
+                                   (*image_inputs(config), "t1c"), to_grid=slice_mapping, crop=False)
+    keep = brain_slices(grid[0], min_brain_fraction)  # grid: (C + 1, H, W, Z), labels: (H, W, Z)
     slices = to_slices(grid)[keep]  # (S, C + 1, H, W)
     return slices[:, :-1], slices[:, -1:], np.moveaxis(labels, -1, 0)[keep]
 
@@ -130,7 +137,7 @@ def prepare(data_dir: Path, config: dict, max_subjects: int | None = None, min_b
     inputs, targets, labels, owner, context = [], [], [], [], []
     start = 0
     for i, s in enumerate(subjects):
-        x, y, seg = prepare_subject(s, config, min_brain_fraction)
+        x, y, seg = subject_slices(s, config, min_brain_fraction)
         inputs.append(torch.from_numpy(x).half())
         targets.append(torch.from_numpy(y).half())
         labels.append(torch.from_numpy(seg))
@@ -165,7 +172,7 @@ class Trainer(ResumableTrainer):
         from monai.losses import DiceCELoss, SSIMLoss
 
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
-        self.device = torch.device(device)
+        self._join_world(device, cfg.amp)  # torchrun: one process per GPU; otherwise one process
         self.on_epoch = on_epoch
         self.progress = progress  # a rich Progress, or None
         self.model_config = model_config(cfg.preset, cfg.flair)
@@ -178,6 +185,9 @@ class Trainer(ResumableTrainer):
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.ssim = SSIMLoss(spatial_dims=2, data_range=cfg.ssim_range, win_size=7) if cfg.ssim_weight > 0 else None
         self.state = {"epoch": 0, "metrics": []}
+        if cfg.init_from:
+            entry = self._load_weights(Path(cfg.init_from), self.net, self.model_config)
+            self.state.update(init_from=str(cfg.init_from), init_sha256=entry.weights_sha256)
 
     def _resumable(self) -> dict[str, object]:
         return {"net": self.net, "opt": self.opt}
@@ -200,30 +210,34 @@ class Trainer(ResumableTrainer):
 
     def train_epoch(self, data: SliceData, train_slices: np.ndarray, epoch: int) -> dict:
         cfg, net = self.cfg, self.net
-        rng = epoch_rng(cfg.seed, epoch)
+        rng = epoch_rng(cfg.seed, epoch, rank=self.world.rank)
         net.train()
         order = rng.permutation(train_slices)
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        batches = self.world.shard([order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
         sums = {"l1": 0.0, "l1_tumour": 0.0, "ssim": 0.0, "seg": 0.0, "skipped": 0}
         task = self.progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches)) if self.progress \
             else None
         for step, idx in enumerate(batches):
             self._set_lr(epoch + step / len(batches))
             x, y, labels = self._batch(data, idx)
-            logits = net.segment(x)  # (B, 4, H, W)
+            with self._autocast():
+                logits = net.segment(x).float()  # (B, 4, H, W)
+                pred = net.synthesise(x, self._condition(logits, labels)).float()  # (B, 1, H, W)
+            self.world.average_(net.buffers())  # the batch norms' running statistics: one set for all ranks
             seg = self.seg_loss(logits, labels[:, None])
-            pred = net.synthesise(x, self._condition(logits, labels))  # (B, 1, H, W)
             l1, l1_tumour, weighted = self._l1(pred, y, labels)
             ssim = self.ssim(pred, y) if self.ssim is not None else torch.zeros((), device=self.device)
             loss = weighted + cfg.ssim_weight * ssim + cfg.seg_weight * seg
-            if not torch.isfinite(loss):  # counted and skipped; a run of them means lower the lr
+            # skipped on every rank together (counted; a run of them means lower the lr)
+            if not self.world.all_agree(bool(torch.isfinite(loss))):
                 log.warning("epoch %d: non-finite loss (l1 %s, seg %s); step skipped", epoch + 1, float(l1), float(seg))
                 sums["skipped"] += 1
                 continue
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            self.world.average_gradients(self.net.parameters())
             norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-            if not torch.isfinite(norm):  # a non-finite gradient would turn every weight into NaN: skip the step
+            if not self.world.all_agree(bool(torch.isfinite(norm))):  # NaN gradients would spread to every weight
                 self.opt.zero_grad(set_to_none=True)
                 sums["skipped"] += 1
                 continue
@@ -235,7 +249,8 @@ class Trainer(ResumableTrainer):
         if task is not None:
             self.progress.remove_task(task)
         skipped = sums.pop("skipped")
-        return {k: v / max(1, len(batches) - skipped) for k, v in sums.items()} | {"skipped_steps": skipped}
+        return {k: self.world.mean(v / max(1, len(batches) - skipped)) for k, v in sums.items()} \
+            | {"skipped_steps": skipped}
 
     def _l1(self, pred: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Plain L1, L1 over the whole tumour (0 without tumour), and the tumour-weighted L1 that is trained on."""
@@ -297,6 +312,10 @@ class Trainer(ResumableTrainer):
         return TrainResult(entry, self.state["metrics"])
 
     def write_checkpoint(self, data: SliceData, train_ids, val_ids, n_slices: int, seconds: float) -> ModelEntry:
+        """Rank 0 writes; every rank returns its entry."""
+        return self._write_on_main(lambda: self._write_checkpoint(data, train_ids, val_ids, n_slices, seconds))
+
+    def _write_checkpoint(self, data: SliceData, train_ids, val_ids, n_slices: int, seconds: float) -> ModelEntry:
         cfg = self.cfg
         config = copy.deepcopy(self.model_config)
         trained_on = describe_data(self.data_dir, data, train_ids, n_slices)
@@ -304,8 +323,12 @@ class Trainer(ResumableTrainer):
         config.update(trained=True, trained_on=trained_on,
                       training={"config": asdict(cfg), "data": str(self.data_dir.resolve()), "subjects": {"train": len(train_ids), "val": len(val_ids)},
                                 "validation_ids": [data.ids[i] for i in val_ids], "final": last,
-                                "seconds": round(seconds, 1), "device": str(self.device), "threads": torch.get_num_threads(),
-                                "torch": torch.__version__})
+                                "seconds": round(seconds, 1), "device": str(self.device), "processes": self.world.size,
+                                "threads": torch.get_num_threads(), "torch": torch.__version__})
+        if self.state.get("init_from"):
+            config["training"]["init_from"] = {"checkpoint": self.state["init_from"],
+                                               "sha256": self.state["init_sha256"]}
+        record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_ids], config["modalities"])
         self.net.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.net, card=model_card(config, cfg, last,
                                                                                              trained_on))
@@ -360,8 +383,12 @@ def model_card(config: dict, cfg: TAViTTrainConfig, last: dict, trained_on: str)
         departures.append(f"- Slice grid {grid} at {spacing} mm, coarser than the paper's 240×240 at 1 mm, and a "
                           f"{sum(1 for _ in network.get('channels', []))}-level encoder narrower than the paper's "
                           "(a CPU budget).")
-    where = (f"{training['device']}, {training.get('threads', '?')} thread(s), {training['seconds'] / 60:.1f} min "
-             "in all (data preparation included)") if "seconds" in training else "see config.json"
+    where = (f"{training['device']}, {training.get('processes', 1)} process(es) of {training.get('threads', '?')} "
+             f"thread(s), {training['seconds'] / 60:.1f} min in all (data preparation included)") \
+        if "seconds" in training else "see config.json"
+    if training.get("init_from"):
+        where += (f", starting from the weights of `{training['init_from']['checkpoint']}` "
+                  f"(sha256 {training['init_from']['sha256'][:12]})")
     return f"""# tavit/{config['name']}@{config['version']}
 
 {warning}- Method: tumour-aware ViT (TA-ViT, arXiv 2409.01622): {inputs} → T1C on 2D slices; a residual encoder, a

@@ -1,6 +1,6 @@
 """Training the class-conditional tumour-ROI VQGAN (Zhou et al. 2023 and poster) on BraTS-format data or phantoms.
 
-Data: one ROI per subject (``training.roi``: 128 mm around the tumour centroid on the preset's grid, FLAIR by
+Data: one ROI per subject (``data.roi``: 128 mm around the tumour centroid on the preset's grid, FLAIR by
 default, clipped z-scores in [-1, 1]); left-right flips as augmentation.
 
 Stage 1, the VQGAN: L1 + ``grad_weight`` × the paper's 3D gradient loss + the codebook's commitment (and codebook)
@@ -19,6 +19,15 @@ dropped to "none" with probability ``class_dropout`` for classifier-free guidanc
 
 State is saved after every epoch in ``work_dir/state.pt``; ``resume=True`` continues from it. Each epoch draws from
 RNG streams derived from (seed, stage, epoch), so a resumed run ends with the same weights as an uninterrupted one.
+``init_from`` starts from a checkpoint's weights alone (``init_skip_vqgan`` then keeps its VQGAN and trains only the
+transformers).
+
+Under ``torchrun`` (``training.distributed``) every network trains under DDP, each rank on its share of the epoch's
+batches, and rank 0 alone writes. The EMA codebook is not trained by gradients: each rank would update it from its
+own batch, so after every step all ranks take rank 0's codebook (codes, EMA statistics, usage, dead-code restarts);
+its statistics then come from rank 0's batches, encoded by the encoder every rank shares. On CUDA the discriminator
+and the transformers run under bf16 autocast; the VQ autoencoder stays in float32, because the quantiser's nearest-code
+distances and EMA sums need float32's precision.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.roi import ROISet, load_rois
+from ..data.subjects import split
 from ..models.checkpoints import save_checkpoint
 from ..models.registry import ModelEntry
 from ..models.vqgan.autoencoder import importance_target
@@ -48,8 +59,7 @@ from ..models.vqgan.masking import hybrid_mask, random_replace
 from ..models.vqgan.transformer import masked_token_loss
 from .common import ResumableTrainer, epoch_rng, perceptual_loss
 from .configs import load_config
-from .ldm import split
-from .roi import ROISet, load_rois
+from .intensity_stats import record_scanner_stats
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +95,11 @@ class VQGANTrainConfig:
     replace_prob: float = 0.1  # visible unimportant tokens replaced by random codes
     ar_replace_prob: float = 0.1
     class_dropout: float = 0.1
+    amp: bool = True  # bf16 autocast on CUDA for the discriminator and the transformers
+    # Start from a servable checkpoint's weights (same preset): resuming from weights alone. With init_skip_vqgan its
+    # VQGAN is kept as it is and only the transformers train.
+    init_from: str | None = None
+    init_skip_vqgan: bool = False
 
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> VQGANTrainConfig:
@@ -110,7 +125,7 @@ class Trainer(ResumableTrainer):
         if cfg.preset not in PRESETS:
             raise ValueError(f"unknown preset '{cfg.preset}'; choose one of {', '.join(PRESETS)}")
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
-        self.device = torch.device(device)
+        self._join_world(device, cfg.amp)  # torchrun: one process per GPU, DDP; otherwise one process
         self.on_epoch = on_epoch
         self.progress = progress  # a rich Progress, or None
         self.model_config = with_modalities(PRESETS[cfg.preset], list(cfg.modalities))
@@ -135,6 +150,12 @@ class Trainer(ResumableTrainer):
         self.opt_tf = torch.optim.AdamW(self._transformer_params(), lr=cfg.transformer_lr, betas=(0.9, 0.95),
                                         weight_decay=0.01)
         self.state = {"stage": 1, "epoch": 0, "metrics": []}
+        if cfg.init_skip_vqgan and not cfg.init_from:
+            raise ValueError("init_skip_vqgan needs init_from (the checkpoint whose VQGAN to keep)")
+        if cfg.init_from:
+            entry = self._load_weights(Path(cfg.init_from), self.net, self.model_config)
+            if cfg.init_skip_vqgan:
+                self.state.update(stage=2, epoch=0, init_from=str(cfg.init_from), init_sha256=entry.weights_sha256)
 
     def _transformer_params(self) -> list[torch.nn.Parameter]:
         params = list(self.net.maskgit.parameters())
@@ -153,9 +174,11 @@ class Trainer(ResumableTrainer):
         self.progress.remove_task(task) if done else self.progress.advance(task)
 
     # ----- stage 1 -------------------------------------------------------------------------------------------------
-    def vq_losses(self, x: torch.Tensor, adversarial: bool) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        cfg, vq = self.cfg, self.net.vqgan
-        out = vq(x)
+    def vq_losses(self, x: torch.Tensor, adversarial: bool, vq: torch.nn.Module | None = None
+                  ) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """The VQGAN's loss on ``x``; ``vq`` is the VQGAN or its DDP wrapper."""
+        cfg = self.cfg
+        out = (vq or self.net.vqgan)(x)
         l1 = F.l1_loss(out.recon, x)
         grad = gradient_loss(out.recon, x)
         target = importance_target(out.recon, x, out.importance_logits.shape[1:])
@@ -166,7 +189,9 @@ class Trainer(ResumableTrainer):
         adv_g = torch.zeros((), device=self.device)
         adv_scale = torch.zeros((), device=self.device)
         if adversarial:
-            adv_g = self.adv(self.disc(out.recon.contiguous())[-1], target_is_real=True, for_discriminator=False)
+            with self._autocast():
+                logits = self.disc(out.recon.contiguous())[-1]
+            adv_g = self.adv(logits.float(), target_is_real=True, for_discriminator=False)
             adv_scale = cfg.adv_weight * self.adaptive_weight(l1 + cfg.grad_weight * grad, adv_g)
             loss = loss + adv_scale * adv_g
         parts = {"l1": l1, "grad": grad, "vq": out.quantized.loss, "importance": importance, "adv_g": adv_g,
@@ -182,11 +207,13 @@ class Trainer(ResumableTrainer):
 
     def train_vq_epoch(self, rois: torch.Tensor, train_idx: np.ndarray, epoch: int) -> dict:
         cfg = self.cfg
-        rng = epoch_rng(cfg.seed, 1, epoch)
+        rng = epoch_rng(cfg.seed, 1, epoch, rank=self.world.rank)
         self.net.vqgan.train()
         self.disc.train()
         order = rng.permutation(train_idx)
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        batches = self.world.shard([order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
+        vq_train, disc_train = self._wrapped("vqgan", self.net.vqgan), self._wrapped("disc", self.disc)
+        quantizer = self.net.vqgan.quantizer
         adversarial = epoch >= cfg.adv_start_epoch and cfg.adv_weight > 0
         sums: dict[str, float] = {}
         task = self._task(f"VQGAN epoch {epoch + 1}/{cfg.vq_epochs}", len(batches))
@@ -194,14 +221,16 @@ class Trainer(ResumableTrainer):
             x = rois[idx].to(self.device)
             if cfg.flip:
                 x = flip_some(x, rng)
-            loss, parts, recon = self.vq_losses(x, adversarial)
+            loss, parts, recon = self.vq_losses(x, adversarial, vq_train)
             self.opt_vq.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_vq.step()
+            self.world.broadcast_([quantizer.codebook.weight, *quantizer.buffers()])  # one codebook: rank 0's
             parts["disc"] = torch.zeros(())
             if adversarial:
-                fake = self.disc(recon.detach().contiguous())[-1]
-                real = self.disc(x.contiguous())[-1]
+                with self._autocast():  # fake and real in one forward: DDP wants one forward per backward
+                    both = disc_train(torch.cat([recon.detach(), x]).contiguous())[-1].float()
+                fake, real = both[:len(x)], both[len(x):]
                 d_loss = 0.5 * (self.adv(fake, target_is_real=False, for_discriminator=True)
                                 + self.adv(real, target_is_real=True, for_discriminator=True))
                 self.opt_d.zero_grad(set_to_none=True)
@@ -212,7 +241,7 @@ class Trainer(ResumableTrainer):
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             self._advance(task)
         self._advance(task, done=True)
-        row = {k: v / max(1, len(batches)) for k, v in sums.items()}
+        row = {k: self.world.mean(v / max(1, len(batches))) for k, v in sums.items()}
         row["codes_alive"] = int(self.net.vqgan.quantizer.alive().sum())
         return row
 
@@ -240,34 +269,41 @@ class Trainer(ResumableTrainer):
         labels = classes[idx].to(self.device).repeat(len(copies))
         return torch.cat(tokens), torch.cat(scores), labels
 
-    def transformer_losses(self, tokens: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> dict:
+    def transformer_losses(self, tokens: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                           maskgit: torch.nn.Module | None = None, ar: torch.nn.Module | None = None) -> dict:
+        """Masked-token and next-token losses; ``maskgit`` and ``ar`` are the transformers or their DDP wrappers."""
         cfg, net = self.cfg, self.net
+        maskgit, ar = maskgit or net.maskgit, ar or net.ar
         y = labels.clone()
         y[torch.rand(len(y), device=self.device) < cfg.class_dropout] = 0
         m = hybrid_mask(tokens, scores, net.latent_shape, mask_id=net.mask_id, num_codes=net.num_codes,
                         topk_ratio=cfg.topk_ratio, replace_prob=cfg.replace_prob)
-        logits = net.maskgit(m.inputs, y)  # (B, N, K)
+        with self._autocast():
+            logits = maskgit(m.inputs, y).float()  # (B, N, K)
         where = m.loss_positions
         out = {"mtm_ce": masked_token_loss(logits, tokens, where)}
         out["mtm_acc"] = (logits.argmax(-1) == tokens)[where].float().mean() if where.any() else torch.zeros(())
-        if net.ar is not None:
-            ar_logits = net.ar(random_replace(tokens, net.num_codes, cfg.ar_replace_prob), y)  # (B, N, K)
+        if ar is not None:
+            with self._autocast():
+                ar_logits = ar(random_replace(tokens, net.num_codes, cfg.ar_replace_prob), y)  # (B, N, K)
             out["ar_ce"] = F.cross_entropy(ar_logits.flatten(0, 1).float(), tokens.flatten())
         return out
 
     def train_transformer_epoch(self, tokens, scores, labels, epoch: int) -> dict:
         cfg = self.cfg
-        rng = epoch_rng(cfg.seed, 2, epoch)
+        rng = epoch_rng(cfg.seed, 2, epoch, rank=self.world.rank)
         self.net.maskgit.train()
         if self.net.ar is not None:
             self.net.ar.train()
         order = rng.permutation(len(tokens))
         bs = cfg.transformer_batch_size
-        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        batches = self.world.shard([order[i:i + bs] for i in range(0, len(order), bs)])
+        maskgit = self._wrapped("maskgit", self.net.maskgit)
+        ar = self._wrapped("ar", self.net.ar) if self.net.ar is not None else None
         sums: dict[str, float] = {}
         task = self._task(f"transformer epoch {epoch + 1}/{cfg.transformer_epochs}", len(batches))
         for idx in batches:
-            parts = self.transformer_losses(tokens[idx], scores[idx], labels[idx])
+            parts = self.transformer_losses(tokens[idx], scores[idx], labels[idx], maskgit, ar)
             loss = parts["mtm_ce"] + parts.get("ar_ce", 0.0)
             self.opt_tf.zero_grad(set_to_none=True)
             loss.backward()
@@ -277,7 +313,7 @@ class Trainer(ResumableTrainer):
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             self._advance(task)
         self._advance(task, done=True)
-        return {k: v / max(1, len(batches)) for k, v in sums.items()}
+        return {k: self.world.mean(v / max(1, len(batches))) for k, v in sums.items()}
 
     # ----- the whole run -------------------------------------------------------------------------------------------
     def load_data(self) -> ROISet:
@@ -316,6 +352,10 @@ class Trainer(ResumableTrainer):
             self.save_state()
 
     def write_checkpoint(self, data: ROISet, train_idx, val_idx, seconds: float) -> ModelEntry:
+        """Rank 0 writes; every rank returns its entry."""
+        return self._write_on_main(lambda: self._write_checkpoint(data, train_idx, val_idx, seconds))
+
+    def _write_checkpoint(self, data: ROISet, train_idx, val_idx, seconds: float) -> ModelEntry:
         cfg = self.cfg
         config = copy.deepcopy(self.model_config)
         config["samplers"] = sampler_specs(self.net.num_tokens, self.net.ar is not None)
@@ -325,9 +365,13 @@ class Trainer(ResumableTrainer):
                       training={"config": asdict(cfg), "subjects": {"train": len(train_idx), "val": len(val_idx)},
                                 "validation_ids": [data.ids[i] for i in val_idx], "final": last,
                                 "seconds": round(seconds, 1), "device": str(self.device),
-                                "threads": torch.get_num_threads(),
+                                "processes": self.world.size, "threads": torch.get_num_threads(),
                                 "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in self.state["metrics"]), 1),
                                 "torch": torch.__version__})
+        if self.state.get("init_from"):
+            config["training"]["vqgan_from"] = {"checkpoint": self.state["init_from"],
+                                                "sha256": self.state["init_sha256"]}
+        record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_idx], config["modalities"])
         self.net.eval()
         return save_checkpoint(self.out_dir, config=config, module=self.net,
                                card=model_card(config, cfg, last, trained_on))
@@ -343,6 +387,12 @@ def describe_data(data_dir: Path, data: ROISet, train_idx, classes: list[str]) -
     kind = "phantom subjects generated by `tumorsynth phantoms` from the MNI152/ICBM152 templates (NOT patients)" \
         if phantom else "BraTS-format subjects"
     return f"{len(train_idx)} {kind}: {parts} (from {Path(data_dir).name})"
+
+
+def init_note(training: dict) -> str:
+    source = training.get("vqgan_from")
+    return (f" The VQGAN was taken unchanged from `{source['checkpoint']}` (weights sha256 {source['sha256'][:12]}); "
+            "only the transformers were trained.") if source else ""
 
 
 def model_card(config: dict, cfg: VQGANTrainConfig, last: dict, trained_on: str) -> str:
@@ -361,7 +411,8 @@ def model_card(config: dict, cfg: VQGANTrainConfig, last: dict, trained_on: str)
            if cfg.adv_weight and cfg.adv_start_epoch < cfg.vq_epochs else "")
     codes = f"{net.get('code_dim') or net['embed_dim']}-dimensional" + \
         (", l2-normalised" if net.get("normalise_codes", True) else "")
-    hardware = (f"on `{training.get('device', '?')}` with {training.get('threads', '?')} thread(s), "
+    hardware = (f"on `{training.get('device', '?')}` ({training.get('processes', 1)} process(es), "
+                f"{training.get('threads', '?')} thread(s) each), "
                 f"{training.get('epoch_seconds', training.get('seconds', 0)) / 60:.0f} min of epochs "
                 f"(torch {training.get('torch', '?')})") if training else "untrained"
     return f"""# vqgan/{config['name']}@{config['version']}
@@ -375,7 +426,7 @@ def model_card(config: dict, cfg: VQGANTrainConfig, last: dict, trained_on: str)
 - Trained on: {trained_on}.
 - Training: preset `{cfg.preset}`, {cfg.vq_epochs} VQGAN epochs (batch {cfg.batch_size}, Adam lr {cfg.vq_lr:g}; L1 +
   3D gradient + commitment{adv}{' + perceptual' if cfg.perceptual_weights else ''}), {cfg.transformer_epochs}
-  transformer epochs, seed {cfg.seed}, {hardware}.
+  transformer epochs, seed {cfg.seed}, {hardware}.{init_note(training)}
 - Changed from the paper, and why:
   - Codebook ({codes} codes, initialised from encoder outputs, dead codes restarted below
     {net.get('restart_threshold', 0.1):g} × their uniform share on the worst-represented encoder outputs): ViT-VQGAN's factorised normalised codes and Jukebox's initialisation and

@@ -17,13 +17,13 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 import httpx
 
 from .. import __version__
 from . import signing
 from .deadline import DeadlineTransport, deadline
-from .outbox import Outbox
 from .targets import TargetRefused, check_target, system_resolver
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,18 @@ def backoff(settings, attempts: int) -> float:
     return min(settings.webhook_backoff_seconds * 2 ** (attempts - 1), settings.webhook_backoff_max_seconds)
 
 
+class DeliveryQueue(Protocol):
+    """Where deliveries wait: ``jobs.outbox.Outbox`` (written with the job transitions, so it lives in ``jobs/``)."""
+
+    def claim_due(self, claim_seconds: float, limit: int = 16) -> list[dict]: ...
+
+    def save(self, d: dict) -> None: ...
+
+
 class Deliverer:
-    def __init__(self, r, settings, resolve=system_resolver):
+    def __init__(self, outbox: DeliveryQueue, settings, resolve=system_resolver):
         self.settings, self.resolve = settings, resolve
-        self.outbox = Outbox(r)
+        self.outbox = outbox
         self.client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False,
                                    transport=DeadlineTransport(max_connections=PARALLEL))
 
@@ -119,7 +127,7 @@ class Deliverer:
                         type(exc).__name__, exc)
 
 
-def start_deliverer(r, settings) -> threading.Thread:
-    t = threading.Thread(target=Deliverer(r, settings).run_forever, name="tumorsynth-webhooks", daemon=True)
+def start_deliverer(outbox: DeliveryQueue, settings) -> threading.Thread:
+    t = threading.Thread(target=Deliverer(outbox, settings).run_forever, name="tumorsynth-webhooks", daemon=True)
     t.start()
     return t

@@ -134,7 +134,7 @@ def check_target(url: str, allow_private: bool, resolve: Resolver = system_resol
         except (OSError, UnicodeError) as exc:
             raise TargetRefused(f"the host '{host}' does not resolve") from exc
         if not addresses:
-            raise TargetRefused(f"the host '{host}' does not resolve")
+            raise TargetRefused(f"the host '{host}' does not resolve") from None
     bad = [a for a in addresses if not is_public(a)]
     if bad:
         raise TargetRefused(f"'{host}' is (or resolves to) the non-public address {bad[0]}; webhooks go to "

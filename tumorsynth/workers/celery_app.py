@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from ..jobs.connection import celery_broker
+from ..jobs.dispatch import Dispatcher
 from ..settings import Settings, get_settings
 
 RUN_JOB = "tumorsynth.run_job"
@@ -41,8 +42,9 @@ def create_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-class Dispatcher:
-    """Sends a job id to its family's queue. Used by the API and the reaper; the job record is written first."""
+class CeleryDispatcher:
+    """``jobs.dispatch.Dispatcher`` on Celery: sends a job id to its family's queue. Used by the API and the reaper;
+    the job record is written first."""
 
     def __init__(self, celery: Celery, settings: Settings):
         self.celery, self.settings = celery, settings
@@ -50,3 +52,6 @@ class Dispatcher:
     def send(self, job_id: str, family: str, queue: str | None = None) -> None:
         """Queue a job id; ``queue`` (a requeue) is the one recorded on the job, else the family's."""
         self.celery.send_task(RUN_JOB, args=[job_id], queue=queue or self.settings.queue_for(family))
+
+
+_: type[Dispatcher] = CeleryDispatcher  # mypy checks that it implements the protocol

@@ -24,6 +24,8 @@ class WorkerContext:
 
     @cached_property
     def redis(self) -> redis.Redis:
+        if not self.settings.redis_url:
+            raise RuntimeError("TUMORSYNTH_REDIS_URL is not set (tumorsynth serve sets it for the embedded Redis)")
         return connect(self.settings.redis_url, socket_timeout=10, health_check_interval=30)
 
     @cached_property

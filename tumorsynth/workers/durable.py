@@ -41,7 +41,7 @@ def finish(ctx: WorkerContext, job_id: str, token: int, status: str, **fields) -
                 raise
             log.warning("job %s: job store unreachable while ending attempt %d (%s); retrying", job_id, token,
                         type(exc).__name__)
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline and rec is not None:
             log.warning("job %s: its end is on the primary only (no replica acknowledged in %.0f s)", job_id,
                         s.lease_seconds)
             return rec

@@ -15,14 +15,15 @@ import sys
 import threading
 import time
 
+from ..jobs.keys import GPU_READING as P
+from ..jobs.keys import GPU_READINGS, gpu_reading
+
 log = logging.getLogger(__name__)
-P = "ts:gpu:"
-INDEX = "ts:gpu-readings"  # zset: reading key → when it expires (no keyspace scans at scrape time)
-KINDS = ("allocated", "reserved")
+INDEX = GPU_READINGS
+KINDS = ("allocated", "reserved", "total")  # total: the device's memory, so an alert can say "near full"
 
 
-def gpu_key(worker_id: str, pid: int) -> str:
-    return f"{P}{worker_id}:{pid}"
+gpu_key = gpu_reading
 
 
 def parent_worker_id() -> str:
@@ -35,8 +36,10 @@ def sample() -> list[dict]:
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return []
+    # get_device_properties reads the size without creating a CUDA context (mem_get_info would, on every device)
     return [{"device": f"cuda:{i}", "allocated": int(torch.cuda.memory_allocated(i)),
-             "reserved": int(torch.cuda.memory_reserved(i))} for i in range(torch.cuda.device_count())]
+             "reserved": int(torch.cuda.memory_reserved(i)),
+             "total": int(torch.cuda.get_device_properties(i).total_memory)} for i in range(torch.cuda.device_count())]
 
 
 def publish(r, worker_id: str, pid: int, readings: list[dict], ttl_seconds: float) -> None:
@@ -50,7 +53,7 @@ def publish(r, worker_id: str, pid: int, readings: list[dict], ttl_seconds: floa
 
 
 def read_all(r) -> dict[tuple[str, str, str], float]:
-    """(worker, device, kind) → bytes, summed over a worker's pool processes."""
+    """(worker, device, kind) → bytes, summed over a worker's pool processes (the device's total: the largest)."""
     r.zremrangebyscore(INDEX, "-inf", time.time())
     keys = r.zrange(INDEX, 0, -1)
     out: dict[tuple[str, str, str], float] = {}
@@ -59,9 +62,9 @@ def read_all(r) -> dict[tuple[str, str, str], float]:
             continue
         worker = key.decode()[len(P):].rsplit(":", 1)[0]
         for reading in json.loads(raw):
-            for kind in KINDS:
-                k = (worker, str(reading["device"]), kind)
-                out[k] = out.get(k, 0.0) + float(reading.get(kind, 0))
+            for kind in (k for k in KINDS if k in reading):  # a worker of an older version sends no total
+                k, n = (worker, str(reading["device"]), kind), float(reading[kind])
+                out[k] = max(out.get(k, 0.0), n) if kind == "total" else out.get(k, 0.0) + n
     return out
 
 

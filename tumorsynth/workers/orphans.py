@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import time
 
-from ..jobs import stats
-from .celery_app import Dispatcher
+from ..jobs import keys
+from ..jobs.dispatch import Dispatcher
 from .context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ def requeue_orphans(ctx: WorkerContext, dispatcher: Dispatcher, after_seconds: f
     r, sent = ctx.redis, []
     horizon = time.time() - after_seconds
     for queue in sorted(set(ctx.settings.family_queues.values())):
-        stale = [j.decode() for j in r.zrangebyscore(stats.queued_key(queue), "-inf", horizon)]
+        stale = [j.decode() if isinstance(j, bytes) else str(j)
+                 for j in r.zrangebyscore(keys.queued(queue), "-inf", horizon)]
         if not stale:
             continue
         messages = _in_flight(r, queue)

@@ -1,12 +1,17 @@
-"""Generated volumes → float32 NIfTI + BIDS-style sidecars → object store. The outputs list is written last."""
+"""Generated volumes → the job's intensity scale → NIfTI + BIDS-style sidecars (and, when asked, one DICOM zip) →
+object store. The outputs list is written last."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
+from ..imaging.dicom import Study
+from ..imaging.intensity import apply_scale, brain_region, native_scale
 from ..imaging.labels import to_brats2023
 from ..imaging.nifti import Volume, write_nifti, write_sidecar
 from ..imaging.preview import slice_png
@@ -16,6 +21,7 @@ from ..models.registry import ModelEntry
 from ..storage.base import ObjectStore
 from ..storage.keys import attempt_output_key, attempt_outputs_prefix, job_prefix
 from ..storage.retry import with_retries
+from .dicom_outputs import ARCHIVE_NAME, dicom_archive
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +53,19 @@ def _spacing(affine: np.ndarray) -> list[float]:
     return [float(round(v, 6)) for v in np.linalg.norm(affine[:3, :3], axis=0)]
 
 
+def intensity_of(rec: JobRecord, entry: ModelEntry) -> str:
+    """The job's scale; records queued before ``intensity`` existed get the model's own."""
+    return rec.request.get("intensity") or native_scale(entry.config)[0]
+
+
 class OutputWriter:
-    def __init__(self, store: ObjectStore, rec: JobRecord, entry: ModelEntry, params: GenerationParams, retries: int):
+    def __init__(self, store: ObjectStore, rec: JobRecord, entry: ModelEntry, params: GenerationParams, retries: int,
+                 dicom_uid_root: str | None = None):
         self.store, self.rec, self.entry, self.params, self.retries = store, rec, entry, params, retries
+        self.dicom_uid_root = dicom_uid_root
         self.written: list[StoredOutput] = []
+        self.scale = intensity_of(rec, entry)
+        self.formats = tuple(rec.request.get("formats") or ("nifti",))
 
     def _put(self, name: str, data: bytes, content_type: str, **fields) -> None:
         key = attempt_output_key(self.rec.tenant, self.rec.id, self.rec.attempts, name)
@@ -59,9 +74,20 @@ class OutputWriter:
             StoredOutput(name=name, key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(), **fields)
         )
 
+    def _put_file(self, name: str, path: Path, content_type: str, **fields) -> None:
+        key = attempt_output_key(self.rec.tenant, self.rec.id, self.rec.attempts, name)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        with_retries(lambda: self.store.put_file(key, path, content_type), attempts=self.retries)
+        self.written.append(StoredOutput(name=name, key=key, size=path.stat().st_size, sha256=digest.hexdigest(),
+                                         **fields))
+
     def _volume(self, stem: str, data: np.ndarray, affine: np.ndarray, reference: Volume | None, *, modality: str,
                 sample_index: int | None, kind: str, extra: dict | None = None) -> None:
-        nifti = write_nifti(data.astype(np.float32), affine, reference=reference)
+        dtype = np.int16 if data.dtype == np.int16 else np.float32
+        nifti = write_nifti(data, affine, reference=reference, dtype=dtype)
         geo = {"shape": list(data.shape), "spacing": _spacing(affine)}
         self._put(f"{stem}.nii.gz", nifti, "application/gzip", modality=modality, sample_index=sample_index,
                   kind=kind, **geo)
@@ -70,21 +96,47 @@ class OutputWriter:
                   sample_index=sample_index, kind="sidecar")
 
     def write(self, volumes: list[GeneratedVolume], mask: tuple[Volume, str] | None) -> list[StoredOutput]:
-        for v in volumes:
+        scaled = self._scaled(volumes)
+        for v, (data, fields) in zip(volumes, scaled):
             stem = f"sample-{v.sample_index}_{v.modality}"
-            self._volume(stem, v.data, v.affine, v.reference, modality=v.modality, sample_index=v.sample_index,
-                         kind="image")
+            self._volume(stem, data, v.affine, v.reference, modality=v.modality, sample_index=v.sample_index,
+                         kind="image", extra=fields)
             if is_slice(v.data):  # 2D outputs also come as a PNG, for a glance or a 2D pipeline
                 self._put(f"{stem}.png", slice_png(v.data), "image/png", modality=v.modality,
                           sample_index=v.sample_index, kind="preview", shape=list(v.data.shape[:2]))
+        labels = None
         if mask is not None:
             vol, convention = mask
             labels = to_brats2023(np.asarray(vol.data), convention).astype(np.float32)
             out_convention = "binary" if convention == "binary" else "brats2023"
             self._volume("mask", labels, vol.affine, vol, modality="seg", sample_index=None, kind="mask",
                          extra={"LabelConvention": out_convention, "SourceLabelConvention": convention,
+                                "IntensityScale": "labels", "IntensityUnits": f"label values ({out_convention})",
                                 "Description": f"the conditioning mask, labels {out_convention}"})
+            labels = (labels, np.asarray(vol.affine), out_convention)
+        if "dicom" in self.formats:
+            self._dicom([(v, data) for v, (data, _) in zip(volumes, scaled)], labels)
         return self.written
+
+    def _scaled(self, volumes: list[GeneratedVolume]) -> list[tuple[np.ndarray, dict]]:
+        """Each volume on the job's scale with its sidecar fields; one brain region per sample, for all contrasts."""
+        regions: dict[int, np.ndarray] = {}
+        if self.scale != "zscore" and native_scale(self.entry.config)[0] == "zscore":
+            factor = native_scale(self.entry.config)[1]
+            for i in sorted({v.sample_index for v in volumes}):
+                regions[i] = brain_region([v.data * factor for v in volumes if v.sample_index == i])
+        empty = np.zeros((1,), bool)
+        return [apply_scale(v.data, self.scale, regions.get(v.sample_index, empty), v.modality, self.entry.config)
+                for v in volumes]
+
+    def _dicom(self, items: list[tuple[GeneratedVolume, np.ndarray]], labels) -> None:
+        if self.dicom_uid_root is None:
+            raise ValueError("DICOM output needs an organisation UID root (TUMORSYNTH_DICOM_UID_ROOT)")
+        study = Study.new(self.dicom_uid_root, self.rec.id, self.entry.id, self.entry.weights_sha256)
+        with tempfile.TemporaryDirectory(prefix="tumorsynth-dicom-") as tmp:
+            archive = dicom_archive(items, labels, study, Path(tmp) / ARCHIVE_NAME)
+            self._put_file(ARCHIVE_NAME, archive.path, "application/zip", modality="dicom", sample_index=None,
+                           kind="dicom")
 
     def sweep_other_attempts(self) -> None:
         """After this attempt owns the finished job: delete what earlier attempts (killed mid-upload) left behind."""

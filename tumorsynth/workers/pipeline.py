@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -77,7 +78,8 @@ def read_inputs(ctx: WorkerContext, rec: JobRecord) -> dict[str, Volume]:
     """Inputs were validated on upload; they are read through the same checks again (defence in depth)."""
     out = {}
     for item in rec.inputs:
-        raw = with_retries(lambda k=item.key: ctx.store.get_bytes(k), attempts=ctx.settings.storage_retries)
+        fetch = functools.partial(ctx.store.get_bytes, item.key)
+        raw = with_retries(fetch, attempts=ctx.settings.storage_retries)
         out[item.name] = read_volume(raw, field=item.name, limits=ctx.limits)
     return out
 
@@ -118,7 +120,7 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
                     raise JobCanceled(f"job {job_id} canceled at step {done}/{of}")
 
             volumes = generator.generate(params, inputs, progress)
-            writer = OutputWriter(ctx.store, rec, entry, params, s.storage_retries)
+            writer = OutputWriter(ctx.store, rec, entry, params, s.storage_retries, s.dicom_uid_root)
             mask = None
             if "mask" in inputs:
                 mask = (inputs["mask"], validate_mask(inputs["mask"]).convention)

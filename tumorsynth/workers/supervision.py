@@ -13,17 +13,15 @@ import socket
 import threading
 import time
 
+from ..jobs import keys
+from ..jobs.dispatch import Dispatcher
 from . import inventory
-from .celery_app import Dispatcher
 from .context import WorkerContext
 from .orphans import requeue_orphans
 
 log = logging.getLogger(__name__)
-WORKERS = "ts:workers"  # zset: worker id → last heartbeat
-
-
-def worker_key(worker_id: str) -> str:
-    return f"ts:worker:{worker_id}"
+WORKERS = keys.WORKERS
+worker_key = keys.worker
 
 
 def announce(ctx: WorkerContext, queues: list[str], has: dict | None = None) -> None:

@@ -6,9 +6,11 @@ import logging
 
 from celery import signals
 
+from ..pacs.deliver import start_pacs_deliverer
+from ..jobs.outbox import Outbox
 from ..settings import get_settings
 from ..webhooks.deliver import start_deliverer
-from .celery_app import RUN_JOB, Dispatcher, create_celery
+from .celery_app import RUN_JOB, CeleryDispatcher, create_celery
 from .context import WorkerContext
 from .gpu_memory import start_publisher as start_gpu_publisher
 from .supervision import start_parent_services
@@ -48,5 +50,6 @@ def _on_ready(sender=None, **_):
     """In the worker's main process: presence heartbeat and the lease reaper (no torch here)."""
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) if sender else ["gpu"]
     ctx = WorkerContext(settings)
-    start_parent_services(ctx, Dispatcher(app, settings), queues)
-    start_deliverer(ctx.redis, settings)  # webhooks, off the job path
+    start_parent_services(ctx, CeleryDispatcher(app, settings), queues)
+    start_deliverer(Outbox(ctx.redis), settings)  # webhooks, off the job path
+    start_pacs_deliverer(ctx.redis, ctx.store, settings)  # PACS deliveries, likewise

@@ -11,7 +11,8 @@ from ...errors import InvalidRequest, NotFound
 from ...jobs.batches import BatchRequest, view
 from ...jobs.maskbank import check_class
 from ...jobs.validation import from_pydantic, load_json
-from ..deps import BankDep, BatchIdDep, BatchesDep, MaskIdDep, RegistryDep, SettingsDep, StoreDep, TenantDep
+from ...schemas import BankMask, BankMaskList, Batch
+from ..deps import BankDep, BatchesDep, BatchIdDep, MaskIdDep, RegistryDep, SettingsDep, StoreDep, TenantDep
 from ..uploads import read_job_form, read_json_body
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -33,7 +34,7 @@ BATCH_BODY = {"requestBody": {"required": True, "content": {
         "mask": {"type": "array", "items": {"type": "string", "format": "binary"}}}, ["request"])}}}}
 
 
-@masks_router.post("", status_code=201, openapi_extra=MASK_FORM)
+@masks_router.post("", status_code=201, response_model=BankMask, openapi_extra=MASK_FORM)
 async def add_mask(request: Request, tenant: TenantDep, bank: BankDep, settings: SettingsDep,
                    registry: RegistryDep) -> dict:
     """Multipart: ``request`` = {"tumor_class": "LGG"} and a ``mask`` file on the BraTS grid (BraTS labels)."""
@@ -47,7 +48,7 @@ async def add_mask(request: Request, tenant: TenantDep, bank: BankDep, settings:
     return await run_in_threadpool(bank.add, tenant, cls, files["mask"])
 
 
-@masks_router.get("")
+@masks_router.get("", response_model=BankMaskList)
 def list_masks(tenant: TenantDep, bank: BankDep) -> dict:
     """The tenant's bank masks: ``{"masks": [{"id", "class", "size"}]}``."""
     return {"masks": bank.list(tenant)}
@@ -59,11 +60,12 @@ def delete_mask(mask_id: MaskIdDep, tenant: TenantDep, bank: BankDep) -> Respons
     return Response(status_code=204)
 
 
-@router.post("", status_code=202, openapi_extra=BATCH_BODY)
+@router.post("", status_code=202, response_model=Batch, openapi_extra=BATCH_BODY)
 async def submit_batch(request: Request, response: Response, tenant: TenantDep, batches: BatchesDep,
                        settings: SettingsDep) -> dict:
     """JSON body (masks from the bank), or multipart with a ``request`` JSON field and ``mask`` file parts."""
     uploaded: list[bytes] = []
+    raw: str | bytes | None
     if request.headers.get("content-type", "").startswith("multipart/"):
         raw, files = await read_job_form(request, settings, multiple=True)
         uploaded = files.get("mask", [])
@@ -81,17 +83,17 @@ async def submit_batch(request: Request, response: Response, tenant: TenantDep, 
     return view(batches, rec)
 
 
-@router.get("/{batch_id}")
+@router.get("/{batch_id}", response_model=Batch)
 def get_batch(batch_id: BatchIdDep, tenant: TenantDep, batches: BatchesDep) -> dict:
     return view(batches, batches.ensure_manifest(batches.get(tenant, batch_id)))
 
 
-@router.post("/{batch_id}/cancel", status_code=202)
+@router.post("/{batch_id}/cancel", status_code=202, response_model=Batch)
 def cancel_batch(batch_id: BatchIdDep, tenant: TenantDep, batches: BatchesDep) -> dict:
     return view(batches, batches.cancel(tenant, batch_id))
 
 
-@router.get("/{batch_id}/manifest.{fmt}")
+@router.get("/{batch_id}/manifest.{fmt}", responses={200: {"content": {"text/csv": {}, "application/json": {}}}})
 def get_manifest(batch_id: BatchIdDep, fmt: str, tenant: TenantDep, batches: BatchesDep, store: StoreDep):
     if fmt not in ("csv", "json"):
         raise NotFound("manifests come as manifest.csv or manifest.json")

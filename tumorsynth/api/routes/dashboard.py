@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from ... import __version__
 from ...errors import NotFound
+from ...models.families import FAMILIES
 from ..deps import SettingsDep
 
 router = APIRouter(include_in_schema=False)
@@ -34,8 +35,9 @@ def dashboard(settings: SettingsDep) -> HTMLResponse:
     if settings.auth_enabled:
         auth, note = "key", "Type your tenant's API key: it stays in this browser tab and is sent as a Bearer header."
     else:
-        auth, note = "none", "No API keys are configured: this service answers loopback clients only, as tenant 'local'."
-    queues = sorted(set(settings.family_queues.values()))
+        auth = "none"
+        note = "No API keys are configured: this service answers loopback clients only, as tenant 'local'."
+    queues = settings.queues(FAMILIES)
     rows = "".join(f'<tr data-queue="{html.escape(q)}"><td>{html.escape(q)}</td>' + "<td>…</td>" * 5 + "</tr>"
                    for q in queues)
     page = Template(_file("index.html")).safe_substitute(

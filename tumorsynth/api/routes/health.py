@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from ...jobs import keys
 from ..deps import ServicesDep
 
 router = APIRouter(tags=["health"])
@@ -31,7 +32,7 @@ def _checks(services) -> dict[str, str]:
     except Exception as exc:
         checks["object_store"] = f"unreachable: {type(exc).__name__}"
     try:
-        seen = services.redis.zrangebyscore("ts:workers", time.time() - services.settings.lease_seconds, "+inf")
+        seen = services.redis.zrangebyscore(keys.WORKERS, time.time() - services.settings.lease_seconds, "+inf")
         checks["workers"] = "ok" if seen else "no worker has reported in"
     except Exception as exc:
         checks["workers"] = f"unknown: {type(exc).__name__}"

@@ -6,11 +6,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import RedirectResponse, StreamingResponse
 
 from ...errors import Conflict, NotFound
 from ...schemas import Job, JobList
 from ..deps import JobIdDep, JobsDep, ServicesDep, SettingsDep, StoreDep, SubmissionsDep, TenantDep
+from ..downloads import object_response
 from ..events import EventStream, job_events
 from ..live import cached_preview
 from ..render import job_view
@@ -85,10 +85,5 @@ def get_output(job_id: JobIdDep, name: str, tenant: TenantDep, jobs: JobsDep, st
     out = next((o for o in rec.outputs if o.name == name), None)
     if out is None:
         raise NotFound(f"job {job_id} has no output '{name}'")
-    url = store.presigned_get_url(out.key, settings.presign_expiry_seconds)
-    if url is not None and not url.startswith(settings.public_url):
-        return RedirectResponse(url, status_code=307)
     media = "application/json" if name.endswith(".json") else "application/gzip"
-    return StreamingResponse(store.iter_chunks(out.key), media_type=media,
-                             headers={"Content-Disposition": f'attachment; filename="{name}"',
-                                      "Content-Length": str(out.size)})
+    return object_response(store, settings, out.key, name, media, out.size)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from ...jobs.outbox import Outbox
 from ...jobs.records import rfc3339
-from ...webhooks.outbox import Outbox
 from ..deps import JobIdDep, JobsDep, ServicesDep, TenantDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

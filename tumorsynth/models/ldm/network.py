@@ -50,31 +50,35 @@ class MaskConditionedLDM(nn.Module):
         self.mask_channels = mask_channels
         self.num_classes = num_classes
         self.downsampling = 2 ** (len(ae_channels) - 1)
-        self.autoencoder = AutoencoderKL(
+        # The MONAI constructor arguments, kept (plain JSON values) so a MONAI bundle can rebuild the same networks.
+        self.autoencoder_args = dict(
             spatial_dims=spatial_dims,
             in_channels=image_channels,
             out_channels=image_channels,
             latent_channels=latent_channels,
-            channels=tuple(ae_channels),
-            num_res_blocks=ae_num_res_blocks,
-            attention_levels=tuple(ae_attention_levels),
+            channels=list(ae_channels),
+            num_res_blocks=ae_num_res_blocks if isinstance(ae_num_res_blocks, int) else list(ae_num_res_blocks),
+            attention_levels=list(ae_attention_levels),
             norm_num_groups=ae_norm_num_groups,
             with_encoder_nonlocal_attn=False,
             with_decoder_nonlocal_attn=False,
             use_flash_attention=True,
         )
-        self.unet = DiffusionModelUNet(
+        self.unet_args = dict(
             spatial_dims=spatial_dims,
             in_channels=latent_channels + mask_channels,
             out_channels=latent_channels,
-            channels=tuple(unet_channels),
-            num_res_blocks=unet_num_res_blocks,
-            attention_levels=tuple(unet_attention_levels),
-            num_head_channels=unet_num_head_channels,
+            channels=list(unet_channels),
+            num_res_blocks=unet_num_res_blocks if isinstance(unet_num_res_blocks, int) else list(unet_num_res_blocks),
+            attention_levels=list(unet_attention_levels),
+            num_head_channels=(unet_num_head_channels if isinstance(unet_num_head_channels, int)
+                               else list(unet_num_head_channels)),
             norm_num_groups=unet_norm_num_groups,
             num_class_embeds=num_classes + 1,
             use_flash_attention=True,
         )
+        self.autoencoder = AutoencoderKL(**self.autoencoder_args)
+        self.unet = DiffusionModelUNet(**self.unet_args)
         # 1 / std of the training latents, so the diffusion sees unit-variance latents; set by the trainer.
         self.register_buffer("scale_factor", torch.tensor(1.0))
 

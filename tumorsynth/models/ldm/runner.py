@@ -75,7 +75,8 @@ class LDMGenerator:
                 mapping: GridMapping, mask) -> GeneratedVolume:
         if params.output_grid == "input":
             data = mapping.from_grid(image, order=1)
-            return GeneratedVolume(modality, index, data.astype(np.float32), np.array(mask.affine, dtype=np.float64), mask)
+            affine = np.array(mask.affine, dtype=np.float64)
+            return GeneratedVolume(modality, index, data.astype(np.float32), affine, mask)
         return GeneratedVolume(modality, index, image.astype(np.float32), mapping.grid_affine.copy(), None)
 
     def _class_index(self, tumor_class: str | None) -> int:
@@ -110,7 +111,8 @@ class LDMGenerator:
             self.entry.sampler(params.sampler)
         except KeyError:
             names = ", ".join(s.name for s in self.entry.samplers)
-            raise InvalidRequest.for_field("sampler", f"'{params.sampler}' is not offered; choose one of {names}")
+            raise InvalidRequest.for_field(
+                "sampler", f"'{params.sampler}' is not offered; choose one of {names}") from None
         try:
             return make_scheduler(params.sampler or self.entry.default_sampler, params.steps, self.schedule)
         except ValueError as exc:

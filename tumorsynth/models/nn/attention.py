@@ -8,8 +8,9 @@ The LDM family builds its attention from MONAI's blocks rather than from a copy 
 MONAI 1.6.1: ``monai/networks/blocks/selfattention.py`` (``SABlock.forward``) and ``crossattention.py``
 (``CrossAttentionBlock.forward``) call ``F.scaled_dot_product_attention(query=q, key=k, value=v, scale=self.scale,
 ...)`` when built with ``use_flash_attention=True``, and otherwise an explicit einsum + softmax.
-``SpatialAttentionBlock`` (the attention of ``AutoencoderKL`` and of ``DiffusionModelUNet``'s levels and middle block) wraps ``SABlock`` and
-passes ``use_flash_attention`` through, so both networks are built with ``use_flash_attention=True``.
+``SpatialAttentionBlock`` (the attention of ``AutoencoderKL`` and of ``DiffusionModelUNet``'s levels and middle
+block) wraps ``SABlock`` and passes ``use_flash_attention`` through, so both networks are built with
+``use_flash_attention=True``.
 
 ``explicit_attention`` is the reference ``softmax(Q Kᵀ / √d) V`` that a test holds SDPA to.
 """

@@ -65,7 +65,7 @@ class Discriminator(nn.Module):
             raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
         self.num_classes = num_classes
         resolutions = [2 ** i for i in range(int(np.log2(resolution)), 2, -1)]
-        channels = {r: min(channel_base // r, channel_max) for r in resolutions + [4]}
+        channels = {r: min(channel_base // r, channel_max) for r in [*resolutions, 4]}
         self.blocks = nn.ModuleList(
             DiscriminatorBlock(channels[r] if r < resolution else 0, channels[r], channels[r // 2], img_channels,
                                conv_clamp)

@@ -11,6 +11,7 @@ global mean (the reference's), ψ = 0 would give every class the same image.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -31,7 +32,7 @@ class MappingNetwork(nn.Module):
         features = [z_dim + (w_dim if num_classes > 0 else 0)] + [w_dim] * num_layers
         self.layers = nn.ModuleList(
             FullyConnected(a, b, activation="lrelu", lr_multiplier=lr_multiplier)
-            for a, b in zip(features[:-1], features[1:])
+            for a, b in itertools.pairwise(features)
         )
         self.register_buffer("w_avg", torch.zeros(max(1, num_classes), w_dim))
 

@@ -1,4 +1,5 @@
-"""The ``direct`` sampler: one forward pass per sample, each from its own seed, with truncation toward the class mean."""
+"""The ``direct`` sampler: one forward pass per sample, each from its own seed, with truncation toward the class
+mean."""
 
 from __future__ import annotations
 

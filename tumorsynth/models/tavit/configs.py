@@ -64,7 +64,7 @@ def input_specs(flair: bool) -> list[dict]:
     specs = [{"name": "t1", "kind": "image", "required": True}]
     if flair:
         specs.append({"name": "flair", "kind": "image", "required": True})
-    return specs + [{"name": "mask", "kind": "mask", "required": False}]
+    return [*specs, {"name": "mask", "kind": "mask", "required": False}]
 
 
 def image_inputs(config: dict) -> list[str]:

@@ -17,7 +17,7 @@ from ...imaging.geometry import GridMapping, fit_to_grid
 
 
 def zscore_brain(volume: np.ndarray) -> np.ndarray:
-    """Z-score over the non-zero voxels, 0 elsewhere; the same as ``training.brats.normalise`` of one channel."""
+    """Z-score over the non-zero voxels, 0 elsewhere; the same as ``data.brats.normalise`` of one channel."""
     volume = np.asarray(volume, dtype=np.float32)
     out = np.zeros_like(volume)
     inside = volume != 0

@@ -29,7 +29,7 @@ ROI_MM = 128.0
 CLASSES = ["LGG", "HGG"]
 MODALITIES = ["flair"]
 MASKGIT_STEPS = {"default_steps": 8, "min_steps": 4, "max_steps": 16}
-# ROI intensities: z-scores over the brain (``training.brats.normalise``), clipped to ±Z_CLIP and divided by it.
+# ROI intensities: z-scores over the brain (``data.brats.normalise``), clipped to ±Z_CLIP and divided by it.
 Z_CLIP = 5.0
 
 

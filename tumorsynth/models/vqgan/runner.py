@@ -100,7 +100,8 @@ class VQGANGenerator:
             spec = self.entry.sampler(params.sampler)
         except KeyError:
             names = ", ".join(s.name for s in self.entry.samplers)
-            raise InvalidRequest.for_field("sampler", f"'{params.sampler}' is not offered; choose one of {names}")
+            raise InvalidRequest.for_field(
+                "sampler", f"'{params.sampler}' is not offered; choose one of {names}") from None
         if spec.name == "ar" and self.network.ar is None:
             raise InvalidRequest.for_field("sampler", f"{self.entry.id} has no autoregressive transformer")
         if spec.name != "ar" and not spec.min_steps <= int(params.steps) <= spec.max_steps:

@@ -30,12 +30,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from ..data.brats import find_subjects, load_subject
 from ..models.base import GenerationParams
 from ..models.registry import ModelEntry
 from ..models.tavit.configs import image_inputs
 from ..models.tavit.runner import TAViTGenerator
 from ..models.tavit.slices import zscore_brain
-from .brats import find_subjects, load_subject
 
 METRICS = ("nmse", "psnr", "ncc", "ssim")
 REGIONS = ("tumour", "healthy")

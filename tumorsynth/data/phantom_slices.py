@@ -24,7 +24,8 @@ from scipy import ndimage
 
 from .brats import find_subjects, load_subject
 from .slices import prepare, tumour_levels
-from .stylegan2_card import SIMULATED_NOTE
+
+SIMULATED_NOTE = "SLICES.json"  # how each class was made; the StyleGAN2 trainer copies it into the model card
 
 HOW = {
     "meningioma": "SIMULATED: a homogeneously enhancing extra-axial hemisphere (radius 8-20 mm) painted on the outer "

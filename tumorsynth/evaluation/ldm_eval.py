@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..data.brats import find_subjects
+from ..data.subjects import prepare_subject
 from ..imaging.geometry import centred_affine
 from ..models.base import GenerationParams
 from ..models.ldm.runner import LDMGenerator
 from ..models.registry import ModelEntry
-from ..evaluation.anatomy import anatomy, mean_pairwise_r, pearson_in, summarise, tissue_region
-from .brats import find_subjects
-from .ldm import prepare_subject
+from .anatomy import anatomy, mean_pairwise_r, pearson_in, summarise, tissue_region
 
 MS_SSIM_WEIGHTS = (0.5, 0.5)  # two scales: the model grids (32–128 voxels a side) are too small for MONAI's five
 
@@ -100,24 +100,24 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
     fake = torch.stack(generated)
     anatomy_report = anatomy_and_effects(sample, real.cpu().numpy(), fake.numpy(), labels, classes, entry,
                                          seed, sample_r)
-    pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)  # noqa: E731 — MMD on 2× downsampled volumes
+    pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)
     mmd = {m: float(MMDMetric(y_mapping=pool)(fake[:, c:c + 1], real[:, c:c + 1].cpu()))
            for c, m in enumerate(mods)}
     fidelity, fid_value = None, None
     if feature_weights and len(chosen) > 1:
-        from ..evaluation.features import extract_features, fid, load_medicalnet
+        from .features import extract_features, fid, load_medicalnet
 
         medicalnet = load_medicalnet(feature_weights)
         fid_value = fid(extract_features(medicalnet, real.cpu()), extract_features(medicalnet, fake))
     if fidelity_epochs > 0:
         # Mask fidelity: a segmenter trained on the real held-out volumes segments the synthetic ones; Dice against
         # the masks they were conditioned on (the real segmenter's own Dice on real data is the ceiling).
-        from ..evaluation.features import (
+        from .features import (
             extract_features,
             fid,
             train_feature_classifier,
         )
-        from ..evaluation.fidelity import mask_dice, train_segmenter
+        from .fidelity import mask_dice, train_segmenter
 
         masks = torch.from_numpy(np.stack(labels))
         segmenter = train_segmenter(real.cpu(), masks, epochs=fidelity_epochs, seed=seed)
@@ -174,7 +174,7 @@ def anatomy_and_effects(sample, real: np.ndarray, fake: np.ndarray, labels, clas
             class_r.append(pearson_in(lgg, hgg, lab > 0))
     real_core = {c: [float(x[f][lab == 1].mean()) for x, lab, k in zip(real, labels, classes)
                      if k == c and (lab == 1).any()] for c in ("LGG", "HGG")} if f is not None else {}
-    nanmean = lambda v: float(np.nanmean(v)) if len(v) and not np.all(np.isnan(v)) else float("nan")  # noqa: E731
+    nanmean = lambda v: float(np.nanmean(v)) if len(v) and not np.all(np.isnan(v)) else float("nan")
     return {
         "real": summarise(real_rows), "generated": summarise(fake_rows),
         "between_samples_r": {"generated_same_mask": nanmean(sample_r), "real_between_subjects": real_r},

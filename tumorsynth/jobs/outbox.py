@@ -1,4 +1,5 @@
-"""The webhook outbox in Redis: deliveries are written in the same transaction as the job transition they report.
+"""The webhook outbox in Redis: deliveries are written in the same transaction as the job transition they report
+(``JobStore.update``), so it lives beside the store; ``webhooks.deliver`` sends them.
 
 ``ts:webhook:{id}`` holds a delivery (its fixed body, attempts, state); ``ts:webhooks:due`` orders pending ones by
 when they are next due; ``ts:job:{job_id}:webhooks`` lists a job's deliveries. A delivery loop claims due ones by
@@ -12,10 +13,10 @@ import json
 import secrets
 import time
 
-from ..jobs.records import JobRecord, rfc3339
+from . import keys
+from .records import JobRecord, rfc3339
 
-P = "ts:webhook"
-DUE = "ts:webhooks:due"
+DUE = keys.WEBHOOKS_DUE
 KEEP_SECONDS = 7 * 24 * 3600  # a finished delivery's record is kept this long
 EVENTS = ("job.started", "job.succeeded", "job.failed", "job.canceled")
 DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.canceled")
@@ -28,12 +29,8 @@ return ids
 """
 
 
-def delivery_key(delivery_id: str) -> str:
-    return f"{P}:{delivery_id}"
-
-
-def job_deliveries_key(job_id: str) -> str:
-    return f"ts:job:{job_id}:webhooks"
+delivery_key = keys.webhook
+job_deliveries_key = keys.job_webhooks
 
 
 def event_for(before: str | None, rec: JobRecord) -> str | None:

@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tumorsynth.data.brats import find_subjects, load_subject
+from tumorsynth.data.phantoms import generate_phantoms, make_subject
 from tumorsynth.imaging.templates import BRATS_SHAPE, _load, load_templates
-from tumorsynth.training.brats import find_subjects, load_subject
-from tumorsynth.training.phantoms import generate_phantoms, make_subject
 
 SMALL = (96, 96, 62)
 MODALITIES = ("t1", "t1c", "t2", "flair")

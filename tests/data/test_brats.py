@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tumorsynth.training.brats import crop_to_nonzero, find_subjects, load_subject, normalise
+from tumorsynth.data.brats import crop_to_nonzero, find_subjects, load_subject, normalise
 
 SHAPE = (12, 10, 8)
 AFFINE = np.array([[-1.0, 0, 0, 90], [0, -1.0, 0, 120], [0, 0, 1.0, -70], [0, 0, 0, 1]])
