@@ -1,4 +1,5 @@
-"""A queued job whose message a failover lost is sent again; one whose message waits, or that is fresh, is not."""
+"""A queued job whose message a failover lost (or stranded in kombu's unacked hash) is sent again, once; one whose
+message waits, or that is fresh, is not."""
 
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ def test_lost_messages_are_resent_once(redis_server):
     waiting = _queued(ctx, queue, age=100)
     dispatcher.send(waiting.id, "ldm")  # its message waits in the queue
     fresh = _queued(ctx, queue, age=1)  # too young to tell
-    assert requeue_orphans(ctx, dispatcher, after_seconds=30) == [lost.id]
-    assert ctx.redis.llen(queue) == 2
+    stranded = _queued(ctx, queue, age=100)  # delivered to a worker that lost its connection: only in "unacked"
+    ctx.redis.hset("unacked", f"tag-{stranded.id}", f'[{{"headers": {{"argsrepr": "(\'{stranded.id}\',)"}}}}, "", "{queue}"]')
+    assert sorted(requeue_orphans(ctx, dispatcher, after_seconds=30)) == sorted([lost.id, stranded.id])
+    assert ctx.redis.llen(queue) == 3
     assert requeue_orphans(ctx, dispatcher, after_seconds=30) == [], "a resent job was sent again"
-    assert fresh.id not in ctx.redis.lrange(queue, 0, -1)[0].decode() + ctx.redis.lrange(queue, 0, -1)[1].decode()
+    assert fresh.id.encode() not in b"".join(ctx.redis.lrange(queue, 0, -1))
+    ctx.redis.hdel("unacked", f"tag-{stranded.id}")

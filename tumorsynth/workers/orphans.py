@@ -2,12 +2,13 @@
 
 Behind Sentinel, a failover can lose what the dead primary had not yet passed to its replica. A submission is
 acknowledged only once its record and message are on a replica (``WAIT``), but a worker's ``BRPOP`` that took the
-message, followed by the primary's death before kombu recorded it as unacked on the replica, leaves the job
-``queued`` with no message anywhere: it would wait forever. The reaper looks for jobs queued longer than
-``after_seconds`` whose id is in neither their queue nor kombu's unacked hash, and sends them again.
+message, followed by the primary's death, leaves the job ``queued`` with its message at best in kombu's ``unacked``
+hash, which is given back only after the visibility timeout (hours), at worst nowhere. The reaper looks for jobs
+queued longer than ``after_seconds`` whose id is not in their queue, and sends them again.
 
 A message sent twice is harmless: ``JobStore.claim`` runs a job once (a second message finds it leased or
-finished). So a false positive (a message in a worker's hands at the instant of the check) costs one no-op claim.
+finished). So a false positive (a message prefetched by a worker still busy with another job) costs one no-op
+claim, and lets an idle worker take the job sooner.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from ..jobs.dispatch import Dispatcher
 from .context import WorkerContext
 
 log = logging.getLogger(__name__)
-UNACKED = "unacked"  # kombu's Redis transport: delivery tag → [message, exchange, routing key]
 
 
-def _in_flight(r, queue: str) -> bytes:
-    """Every message body waiting in ``queue`` or delivered and not yet acknowledged, as one byte string."""
-    return b"\n".join([*r.lrange(queue, 0, -1), *r.hvals(UNACKED)])
+def _waiting(r, queue: str) -> bytes:
+    """Every message waiting in ``queue`` (Celery's Redis list; the job id is in each one's ``argsrepr`` header)."""
+    return b"\n".join(r.lrange(queue, 0, -1))
 
 
 def requeue_orphans(ctx: WorkerContext, dispatcher: Dispatcher, after_seconds: float) -> list[str]:
@@ -36,7 +36,7 @@ def requeue_orphans(ctx: WorkerContext, dispatcher: Dispatcher, after_seconds: f
                  for j in r.zrangebyscore(keys.queued(queue), "-inf", horizon)]
         if not stale:
             continue
-        messages = _in_flight(r, queue)
+        messages = _waiting(r, queue)
         for job_id in stale:
             if job_id.encode() in messages:
                 continue
