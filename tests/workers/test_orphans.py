@@ -3,6 +3,7 @@ message waits, or that is fresh, is not."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -30,7 +31,8 @@ def test_lost_messages_are_resent_once(redis_server):
     dispatcher.send(waiting.id, "ldm")  # its message waits in the queue
     fresh = _queued(ctx, queue, age=1)  # too young to tell
     stranded = _queued(ctx, queue, age=100)  # delivered to a worker that lost its connection: only in "unacked"
-    ctx.redis.hset("unacked", f"tag-{stranded.id}", f'[{{"headers": {{"argsrepr": "(\'{stranded.id}\',)"}}}}, "", "{queue}"]')
+    message = json.dumps([{"headers": {"argsrepr": f"('{stranded.id}',)"}}, "", queue])
+    ctx.redis.hset("unacked", f"tag-{stranded.id}", message)
     assert sorted(requeue_orphans(ctx, dispatcher, after_seconds=30)) == sorted([lost.id, stranded.id])
     assert ctx.redis.llen(queue) == 3
     assert requeue_orphans(ctx, dispatcher, after_seconds=30) == [], "a resent job was sent again"
