@@ -9,9 +9,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tumorsynth.settings import REPO_ROOT
 
 
+@pytest.mark.timeout(900)  # a whole cluster started, killed and drained: beyond the suite's 300 s
 def test_failover_loses_doubles_and_500s_nothing(tmp_path):
     out = tmp_path / "failover.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")} | {"OMP_NUM_THREADS": "1"}

@@ -9,9 +9,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tumorsynth.settings import REPO_ROOT
 
 
+@pytest.mark.timeout(900)  # a whole cluster started, killed and drained: beyond the suite's 300 s
 def test_workers_scale_out_and_take_only_their_models_queues(tmp_path):
     out = tmp_path / "scaling.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")} | {"OMP_NUM_THREADS": "1"}

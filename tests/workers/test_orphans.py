@@ -33,8 +33,8 @@ def test_lost_messages_are_resent_once(redis_server):
     stranded = _queued(ctx, queue, age=100)  # delivered to a worker that lost its connection: only in "unacked"
     message = json.dumps([{"headers": {"argsrepr": f"('{stranded.id}',)"}}, "", queue])
     ctx.redis.hset("unacked", f"tag-{stranded.id}", message)
-    assert sorted(requeue_orphans(ctx, dispatcher, after_seconds=30)) == sorted([lost.id, stranded.id])
+    assert sorted(requeue_orphans(ctx, dispatcher, after_seconds=30, queues=[queue])) == sorted([lost.id, stranded.id])
     assert ctx.redis.llen(queue) == 3
-    assert requeue_orphans(ctx, dispatcher, after_seconds=30) == [], "a resent job was sent again"
+    assert requeue_orphans(ctx, dispatcher, after_seconds=30, queues=[queue]) == [], "a resent job was sent again"
     assert fresh.id.encode() not in b"".join(ctx.redis.lrange(queue, 0, -1))
     ctx.redis.hdel("unacked", f"tag-{stranded.id}")

@@ -28,10 +28,11 @@ def _waiting(r, queue: str) -> bytes:
     return b"\n".join(r.lrange(queue, 0, -1))
 
 
-def requeue_orphans(ctx: WorkerContext, dispatcher: Dispatcher, after_seconds: float) -> list[str]:
+def requeue_orphans(ctx: WorkerContext, dispatcher: Dispatcher, after_seconds: float, queues: list[str]) -> list[str]:
+    """Resend the orphans of ``queues`` (the ones this worker consumes: every queue has a worker looking after it)."""
     r, sent = ctx.redis, []
     horizon = time.time() - after_seconds
-    for queue in sorted(set(ctx.settings.family_queues.values())):
+    for queue in sorted(set(queues)):
         stale = [j.decode() if isinstance(j, bytes) else str(j)
                  for j in r.zrangebyscore(keys.queued(queue), "-inf", horizon)]
         if not stale:

@@ -63,7 +63,7 @@ def start_parent_services(ctx: WorkerContext, dispatcher: Dispatcher, queues: li
                 reap_once(ctx, dispatcher)
                 if time.monotonic() >= next_orphan_sweep:
                     next_orphan_sweep = time.monotonic() + orphan_after / 2
-                    requeue_orphans(ctx, dispatcher, orphan_after)
+                    requeue_orphans(ctx, dispatcher, orphan_after, queues)
             except Exception:
                 log.warning("worker supervision loop failed; retrying", exc_info=True)
             time.sleep(interval)
