@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from importlib import metadata
 
+from ..models.families import family_names
 from ..models.registry import ModelRegistry
 from ..settings import Settings
 
@@ -76,7 +77,8 @@ def resolve_queues(spec: str, settings: Settings, registry: ModelRegistry) -> li
                              "queues with --queues")
         return queues_for_models(settings, registry)
     named = [q.strip() for q in spec.split(",") if q.strip()]
-    for family, queue in sorted(settings.family_queues.items()):
+    for family in family_names():
+        queue = settings.queue_for(family)
         if queue in named and family not in installed:
             log.warning("queue %s carries %s jobs but this worker has no %s checkpoint: they fail here; give each "
                         "family its own queue (TUMORSYNTH_FAMILY_QUEUES) and start workers with --queues auto",
