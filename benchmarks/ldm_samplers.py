@@ -102,10 +102,11 @@ def monai_reference(net, entry, cond, latent_shape, generator, steps):
             self.unet = unet
 
         def forward(self, x, timesteps, context=None, class_labels=None, **kw):
-            return self.unet(x, timesteps=timesteps, class_labels=torch.zeros(len(x), dtype=torch.long))
+            labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
+            return self.unet(x, timesteps=timesteps, class_labels=labels)
 
     inferer = LatentDiffusionInferer(scheduler, scale_factor=float(net.scale_factor))
-    noise = torch.randn(latent_shape, generator=generator)
+    noise = torch.randn(latent_shape, generator=generator, device=cond.device)
     return inferer.sample(noise, autoencoder_model=net.autoencoder, diffusion_model=Unconditional(net.unet),
                           scheduler=scheduler, conditioning=cond, mode="concat", verbose=False)
 

@@ -55,7 +55,9 @@ def embedded_service(work: Path, model_dir: Path, timeout: float):
     """`tumorsynth serve` as a user starts it, with nothing configured but a storage folder and the model folder."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")}
-    env |= {"TUMORSYNTH_STORAGE_DIR": str(work / "storage"), "TUMORSYNTH_MODEL_DIR": str(model_dir)}
+    env |= {"TUMORSYNTH_STORAGE_DIR": str(work / "storage"), "TUMORSYNTH_MODEL_DIR": str(model_dir),
+            # the whole load is one tenant's: the per-tenant cap (100 outstanding jobs) would refuse most of it
+            "TUMORSYNTH_MAX_ACTIVE_JOBS_PER_TENANT": "1000000"}
     proc = subprocess.Popen([sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)], env=env,
                             stdout=open(work / "serve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:

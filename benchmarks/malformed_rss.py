@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.hammer import ApiProcess, fire, rss_kib, shots
 from tumorsynth.embedded.redis_server import free_port
 from tumorsynth.jobs import keys
+from tumorsynth.workers.celery_app import queue_lists
 
 AUTH = {"Authorization": "Bearer bench-key"}
 
@@ -72,7 +73,7 @@ def main() -> None:
         r = redis.Redis.from_url(re.search(r"embedded Redis on (redis://\S+)", (tmp / "api.log").read_text()).group(1))
         jobs = list(r.scan_iter(keys.job("*")))
         print(f"\nafter {sent} malformed requests: {len(stored)} objects stored, {len(jobs)} job records, "
-              f"queue 'gpu' holds {r.llen('gpu')}")
+              f"queue 'gpu' holds {sum(r.llen(q) for q in queue_lists('gpu'))}")
         growth = (after[-1] - after[0]) / 1024
         print(f"RSS: {rss0 / 1024:.1f} MiB at start, {after[0] / 1024:.1f} after the warm-up round, "
               f"{after[-1] / 1024:.1f} after {args.rounds} more rounds: {growth:+.1f} MiB "

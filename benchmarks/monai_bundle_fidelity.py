@@ -62,7 +62,7 @@ def main() -> None:
     (tmp / "mask.nii.gz").write_bytes(mask_bytes)
     export_bundle(entry, tmp / "bundle")
     runs: dict[str, list[np.ndarray]] = {"service ddim-50": [], "service dpm++-15": [], "bundle ddim-50 (MONAI)": []}
-    secs = {k: 0.0 for k in runs}
+    secs = dict.fromkeys(runs, 0.0)
     for seed in range(a.seeds):
         for name, fn in (("service ddim-50", lambda s: service(entry, mask_bytes, "ddim", 50, s, a.tumor_class)),
                          ("service dpm++-15", lambda s: service(entry, mask_bytes, "dpm++", 15, s, a.tumor_class)),

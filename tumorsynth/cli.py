@@ -142,7 +142,7 @@ def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. L
 
         b = client.wait_batch(b["id"], timeout=timeout, on_update=update)
     if b["manifest"] is None:
-        console.print(f"[red]batch {b['status']}[/red]")
+        console.print(f"[red]batch {b['status']}[/red] {(b.get('error') or {}).get('message', '')}")
         raise typer.Exit(1)
     manifest = client.download_batch(b, out, layout=layout)
     console.print(f"[green]{b['request_counts']['succeeded']} subjects; manifest {manifest}[/green]")

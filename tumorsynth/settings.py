@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,15 @@ class Settings(BaseSettings):
 
     model_dir: Path = REPO_ROOT / "checkpoints"
     device: str = "auto"
+    # Serving on the device (issue 15; workers/batching.py, models/precision.py). precision: auto = bf16 weights on
+    # CUDA, fp32 elsewhere. Jobs of one model, sampler and steps share a batch of up to batch_max_samples samples
+    # (fewer where GPU memory is short), waiting at most batch_max_wait_ms for partners; batch_invariant makes a job
+    # bit-identical alone and batched on the CPU (slower decoding). output_writers: threads encoding and uploading.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    batch_max_samples: int = Field(8, ge=1)
+    batch_max_wait_ms: float = Field(200.0, ge=0)
+    batch_invariant: bool = False
+    output_writers: int = Field(4, ge=1)
 
     # Upload limits: refused with a 4xx before anything is stored.
     max_request_bytes: int = 256 * 1024**2
@@ -82,6 +92,11 @@ class Settings(BaseSettings):
     # Queue per model family where it is not DEFAULT_QUEUE, e.g. {"stylegan2": "cpu"} (families: models/families.py).
     family_queues: dict[str, str] = {}
     idempotency_ttl_seconds: int = 24 * 3600
+    # Per tenant, queued + running: jobs and work (num_samples × steps) beyond which a job submission is a 429.
+    max_active_jobs_per_tenant: int = Field(100, ge=1)
+    max_active_work_per_tenant: int = Field(256_000, ge=1)
+    # A job whose outputs would need more memory than this (voxels × modalities × samples × 4 bytes) is a 422.
+    max_job_output_bytes: int = Field(4 * 1024**3, ge=1)
     storage_retries: int = 4
 
     # Webhooks (Standard Webhooks signatures). Secrets are "whsec_<base64>"; a tenant's own secret wins over the

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import ALPHA, make_settings
 from tests.imaging.malformed import corpus as file_corpus
+from tests.support.services import queue_depth
 from tumorsynth.jobs import keys as redis_keys
 
 from .bad_requests import BOUNDARY, MODEL, file, multipart, req
@@ -85,11 +86,11 @@ def test_a_valid_submission_is_seen_by_the_same_check(guarded):
 
     client, services = guarded
     before = snapshot(services)
-    queued = services.redis.llen("parked")
+    queued = queue_depth(services.redis, "parked")
     r = client.post("/v1/jobs", content=multipart(req({"model": MODEL}), file("mask", mask_bytes((24, 28, 20)))),
                     headers=FORM)
     assert r.status_code == 202, r.text
     keys, objects = snapshot(services)
     new_objects = set(objects) - set(before[1])
     assert [k for k, _ in new_objects] == [f"tenants/alpha/jobs/{r.json()['id']}/inputs/mask.nii.gz"]
-    assert redis_keys.job(r.json()['id']).encode() in keys and services.redis.llen("parked") == queued + 1
+    assert redis_keys.job(r.json()['id']).encode() in keys and queue_depth(services.redis, "parked") == queued + 1

@@ -61,7 +61,7 @@ def test_bids_download_passes_the_validator_and_pybids_reads_it(client, done, tm
     report = validate(root)
     assert report["errors"] == [], report
     sidecar = json.loads((root / "sub-LGG0000/anat/sub-LGG0000_ce-gadolinium_desc-synthetic_T1w.json").read_text())
-    assert list(sidecar)[0] == "Synthetic" and sidecar["Synthetic"] is True and sidecar["Modality"] == "t1c"
+    assert next(iter(sidecar)) == "Synthetic" and sidecar["Synthetic"] is True and sidecar["Modality"] == "t1c"
     assert sidecar["CheckpointSha256"] == generated["CheckpointSha256"] and sidecar["SkullStripped"] is True
     # the second mask was binary: its label table says so; the first keeps BraTS 2023's three regions
     assert (root / "sub-LGG0001/anat/sub-LGG0001_desc-synthetic_dseg.tsv").read_text().splitlines()[1:] == \
@@ -84,8 +84,8 @@ def test_the_bids_manifest_loads_in_monai_and_torchio(client, done, tmp_path):
     assert all(r["image"] == str(tmp_path / "ds" / "bids" / r["bids_image"]) for r in rows)
     assert all(r["image"].startswith(str(tmp_path / "ds" / "bids" / r["participant_id"] / "anat")) for r in rows)
     header = (tmp_path / "ds" / "manifest.csv").read_text().splitlines()[0]
-    assert header == ("subject_id,class,modality,image,mask,model,checkpoint_sha256,sampler,steps,seed,synthetic,intensity,"
-                      "participant_id,bids_image,bids_mask")
+    assert header == ("subject_id,class,modality,image,mask,model,checkpoint_sha256,sampler,steps,seed,synthetic,"
+                      "intensity,participant_id,bids_image,bids_mask")
 
     from monai.data import Dataset
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged

@@ -80,12 +80,13 @@ def test_balanced_batch_runs_and_its_manifest_loads_in_monai_and_torchio(client,
     assert subjects[1]["image"].shape == (1, *SHAPE)
 
 
-def test_batch_cancel_cancels_its_jobs_and_counts_them(client):
-    # no worker consumes "parked"-free queues here? The session worker runs; cancel right after submitting.
+def test_batch_cancel_cancels_its_jobs_and_counts_them(client, worker):
     c = api(client)
     batch = c.submit_batch({"model": MODEL, "class_counts": {"LGG": 0, "HGG": 3}, "target": "balance",
                             "masks": "upload", "sampler": {"name": "ddpm", "steps": 1000}},
                            masks=[mask_bytes(SHAPE)])
+    assert batch["status"] == "planning" and batch["request_counts"]["total"] == 3
+    wait_for(lambda: c.batch(batch["id"])["status"] != "planning", timeout=120, what="the worker planned it")
     r = client.post(f"/v1/batches/{batch['id']}/cancel", headers=ALPHA)
     assert r.status_code == 202
     done = wait_for(lambda: (b := c.batch(batch["id"]))["status"] == "canceled" and b, timeout=120)
@@ -126,12 +127,14 @@ def test_mask_bank_upload_and_bank_masks_in_a_batch(client, worker):
     assert len(rows) == 1 and rows[0]["mask"].endswith("mask.nii.gz")
 
 
-def test_a_batch_passes_its_options_to_every_job(client):
+def test_a_batch_passes_its_options_to_every_job(client, worker):
     batch = client.post("/v1/batches", json={"model": "vqgan/tiny@1", "class_counts": {"LGG": 0, "HGG": 0},
                                              "total_per_class": 1, "seed": 5,
                                              "options": {"temperature": 0.5, "top_k": 8}}, headers=ALPHA)
     assert batch.status_code == 202, batch.text
-    jobs = [client.get(f"/v1/jobs/{j}", headers=ALPHA).json() for j in batch.json()["jobs"]]
+    planned = wait_for(lambda: (b := api(client).batch(batch.json()["id"]))["status"] != "planning" and b,
+                       timeout=120, what="the worker planned it")
+    jobs = [client.get(f"/v1/jobs/{j}", headers=ALPHA).json() for j in planned["jobs"]]
     assert len(jobs) == 2 and all(j["request"]["options"] == {"temperature": 0.5, "choice_temperature": 4.5,
                                                               "guidance": 0.0, "top_k": 8} for j in jobs)
     client.post(f"/v1/batches/{batch.json()['id']}/cancel", headers=ALPHA)

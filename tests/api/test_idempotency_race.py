@@ -16,7 +16,7 @@ import redis
 
 from tests.conftest import ALPHA, make_settings
 from tests.support.hammer import ApiProcess
-from tests.support.services import settings_env
+from tests.support.services import queue_depth, settings_env
 from tests.support.volumes import mask_bytes
 from tumorsynth.embedded.redis_server import free_port
 from tumorsynth.jobs import keys
@@ -68,7 +68,7 @@ def test_concurrent_identical_requests_with_one_key_make_one_job(api):
     assert len(ids) == 1, f"{len(ids)} jobs for one key"
     assert jobs_of(r) - before == ids
     assert sum(a.headers.get("idempotent-replayed") == "true" for a in answers) == N - 1
-    assert r.llen("parked-idem") == len(jobs_of(r))  # one message per job, none for a replay
+    assert queue_depth(r, "parked-idem") == len(jobs_of(r))  # one message per job, none for a replay
 
 
 def test_concurrent_different_bodies_with_one_key_make_one_job_and_refuse_the_rest(api):

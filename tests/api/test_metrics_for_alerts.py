@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tumorsynth.api.metrics import render_api_metrics, render_metrics
 from tumorsynth.embedded.redis_server import RedisServer, free_port
-from tumorsynth.settings import Settings
 from tumorsynth.jobs.outbox import Outbox
+from tumorsynth.settings import Settings
 from tumorsynth.workers import gpu_memory
 
 

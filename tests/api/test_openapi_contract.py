@@ -31,7 +31,7 @@ def operations(spec):
 OPERATION_IDS = {
     "livez", "readyz", "list_models", "submit_job", "list_jobs", "get_job", "cancel_job", "preview", "events",
     "get_output", "submit_batch", "get_batch", "cancel_batch", "get_manifest", "signed_object", "queues",
-    "deliveries", "list_masks", "add_mask", "delete_mask",
+    "deliveries", "list_masks", "add_mask", "delete_mask", "dataset_index", "dataset_file", "dataset_zip",
 }
 
 

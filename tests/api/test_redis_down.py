@@ -1,7 +1,8 @@
 """The job store out of reach: a real API process on a Redis of its own, which the test freezes (SIGSTOP) and then
-kills. Job reads, lists, ``/metrics``, ``/v1/queues`` and event streams answer 503 problem+json with Retry-After within the
-Redis socket timeout (2 s), not a 500 after 10–20 s; and 200 again once Redis is back. ``/metrics/api`` answers 200
-with ``tumorsynth_redis_up 0`` in that time (the Redis alert reads it; a failed scrape reads as the API down).
+kills. Job reads, lists, ``/metrics``, ``/v1/queues`` and event streams answer 503 problem+json with Retry-After
+within the Redis socket timeout (2 s), not a 500 after 10–20 s; and 200 again once Redis is back. ``/metrics/api``
+answers 200 with ``tumorsynth_redis_up 0`` in that time (the Redis alert reads it; a failed scrape reads as the API
+down).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import redis
 
 from tests.conftest import ALPHA, make_settings
 from tests.support.hammer import ApiProcess, fire, rss_kib, shots
-from tests.support.services import settings_env
+from tests.support.services import queue_depth, settings_env
 from tumorsynth.embedded.redis_server import free_port
 from tumorsynth.jobs import keys
 
@@ -48,4 +48,4 @@ def test_rss_stays_bounded_and_nothing_is_kept(redis_server, s3_endpoint, model_
     assert store.list("") == []
     ours = tuple(f"{keys.PREFIX}{n}".encode() for n in ("job", "tenant", "queued"))
     assert [k for k in r.scan_iter() if k.startswith(ours)] == []
-    assert all(r.llen(q) == 0 for q in set(s.family_queues.values()))
+    assert all(queue_depth(r, q) == 0 for q in set(s.family_queues.values()))

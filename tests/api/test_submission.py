@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import ALPHA, make_settings
+from tests.support.services import queue_depth
 from tests.support.volumes import mask_bytes
 from tumorsynth.jobs import keys
 
@@ -32,7 +33,7 @@ def parked(redis_server, s3_endpoint, model_dir):
 
 def counts(services, tenant="alpha"):
     return (services.redis.zcard(keys.tenant_jobs(tenant)), len(services.store.list(f"tenants/{tenant}/")),
-            services.redis.llen("parked"))
+            queue_depth(services.redis, "parked"))
 
 
 def test_cancel_of_a_queued_job_is_immediate(parked):

@@ -13,7 +13,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tumorsynth.models.families import family_names
 from tumorsynth.settings import Settings
+from tumorsynth.workers.celery_app import queue_lists
 
 from .paths import KUBERNETES
 
@@ -94,18 +96,21 @@ def test_keda_scales_the_worker_on_the_celery_queue_it_consumes():
     worker = by_kind("Deployment")[so["spec"]["scaleTargetRef"]["name"]]
     args = containers(worker)[-1]["args"]
     consumed = set(args[args.index("--queues") + 1].split(","))
-    queues = set(Settings().family_queues.values())
+    queues = set(Settings().queues(family_names()))
     assert so["spec"]["minReplicaCount"] >= 1  # workers also run the reaper and webhook deliveries
     assert "replicas" not in worker["spec"], "KEDA owns the worker count"
+    lists = {name for q in queues & consumed for name in queue_lists(q)}
     for trigger in so["spec"]["triggers"]:
         meta = trigger["metadata"]
         assert trigger["type"] == "redis-sentinel" and set(meta) <= SENTINEL_SCALER_KEYS, meta
-        assert meta["listName"] in queues & consumed, (meta["listName"], queues, consumed)
+        assert meta["listName"] in lists, (meta["listName"], lists)
         assert all(isinstance(v, str) for v in meta.values())
         assert int(meta["listLength"]) >= 1
         url = by_kind("ConfigMap")["tumorsynth-settings"]["data"]["TUMORSYNTH_REDIS_URL"]
         hosts, master = re.fullmatch(r"sentinel://([^/]+)/(\w+)", url).groups()
         assert meta["addresses"] == hosts and meta["sentinelMaster"] == master
+    # every priority level of the consumed queues is watched (a tenant's second job waits at level 1, ...)
+    assert {t["metadata"]["listName"] for t in so["spec"]["triggers"]} == lists
 
 
 def test_settings_and_secrets_name_real_settings_and_existing_secrets():

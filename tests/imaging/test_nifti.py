@@ -12,14 +12,14 @@ import pytest
 from tests.support.volumes import load, nifti_bytes, oblique_affine
 from tumorsynth.errors import InvalidUpload, PayloadTooLarge
 from tumorsynth.imaging.labels import to_brats2023, to_regions, validate_mask
-from tumorsynth.imaging.nifti import read_volume, write_nifti, write_sidecar
+from tumorsynth.imaging.nifti import VolumeLimits, read_volume, write_nifti, write_sidecar
 
 from .malformed import CORPUS_LIMITS, _bomb, corpus, valid_variants
 
 
-def outcome(raw: bytes) -> tuple[int, str]:
+def outcome(raw: bytes, labels: bool = False) -> tuple[int, str]:
     try:
-        vol = read_volume(raw, field="mask", limits=CORPUS_LIMITS)
+        vol = read_volume(raw, field="mask", limits=CORPUS_LIMITS, labels=labels)
         validate_mask(vol, field="mask")
     except (InvalidUpload, PayloadTooLarge) as exc:
         return exc.status, exc.message
@@ -36,6 +36,7 @@ def test_malformed_upload_is_refused_with_a_message_naming_the_field(name, raw, 
     got, message = outcome(raw)
     assert got == status, f"{name}: {got} {message}"
     assert message.startswith("mask: ") and len(message) > 20
+    assert outcome(raw, labels=True) == (got, message), name  # read as uint8 labels: the same refusal
 
 
 @pytest.mark.parametrize("name,raw,convention", valid_variants(), ids=[v[0] for v in valid_variants()])
@@ -44,6 +45,26 @@ def test_valid_variants_are_read(name, raw, convention):
     assert vol.shape == (24, 20, 16) and np.isfinite(vol.affine).all()
     assert validate_mask(vol).convention == convention
     assert vol.compressed == (raw[:2] == b"\x1f\x8b") and vol.size == len(raw)
+    as_labels = read_volume(raw, field="mask", limits=CORPUS_LIMITS, labels=True)
+    assert as_labels.data.dtype == np.uint8 and np.array_equal(as_labels.data, np.rint(vol.data))
+    assert validate_mask(as_labels).convention == convention and np.array_equal(as_labels.affine, vol.affine)
+
+
+def test_a_float64_mask_is_read_as_labels_in_memory_of_its_voxel_count():
+    """Issue 14 #6: memory follows the voxels (1 byte each as labels), not the declared float64 (8 bytes each)."""
+    shape = (256, 256, 128)  # 8 Mi voxels: 64 MiB as float64, ~70 kB gzipped
+    data = np.zeros(shape, np.float64)
+    data[100:140, 90:150, 40:80] = 2.0
+    data[110:130, 100:140, 50:70] = 1.0
+    raw = nifti_bytes(data, np.eye(4))
+    limits = VolumeLimits(max_decompressed_bytes=128 << 20, max_voxels=16 << 20, max_dim=512)
+    tracemalloc.start()
+    vol = read_volume(raw, field="mask", limits=limits, labels=True)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    voxels = int(np.prod(shape))
+    assert vol.data.dtype == np.uint8 and validate_mask(vol).labels == [1, 2]
+    assert peak < voxels + (12 << 20), f"peak {peak / 2**20:.1f} MiB for {voxels / 2**20:.0f} MiB of labels"
 
 
 def test_gzip_bomb_is_refused_in_bounded_memory():

@@ -39,7 +39,7 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, wait: float = 60.0) -> "Orthanc":
+    def start(self, wait: float = 60.0) -> Orthanc:
         exe = shutil.which("Orthanc")
         assert exe, "Orthanc missing: apt-get install orthanc (make test does)"
         self.root.mkdir(parents=True, exist_ok=True)

@@ -32,9 +32,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """``tumorsynth worker`` in its own process group, so a test can SIGKILL it like a machine dying."""
 
-    def __init__(self, settings: Settings, log_path: Path, queues: str = "gpu", extra_env: dict | None = None):
+    def __init__(self, settings: Settings, log_path: Path, queues: str = "gpu", extra_env: dict | None = None,
+                 args: tuple[str, ...] = ()):
         self.settings, self.log_path, self.queues = settings, log_path, queues
-        self.extra_env = extra_env or {}
+        self.extra_env, self.args = extra_env or {}, tuple(args)  # args: more ``tumorsynth worker`` options
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: float = 120.0) -> WorkerProcess:
@@ -42,7 +43,8 @@ class WorkerProcess:
         self.log = open(self.log_path, "ab")
         before = time.time()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tumorsynth.cli", "worker", "--queues", self.queues, "--loglevel", "INFO"],
+            [sys.executable, "-m", "tumorsynth.cli", "worker", "--queues", self.queues, "--loglevel", "INFO",
+             *self.args],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         r = connect(self.settings.redis_url)
         deadline = time.monotonic() + wait
@@ -101,3 +103,10 @@ def uvicorn_in_thread(app, **config):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def queue_depth(r: redis.Redis, queue: str) -> int:
+    """Messages on a Celery queue: its Redis lists at every priority level (``celery_app.queue_lists``)."""
+    from tumorsynth.workers.celery_app import queue_lists
+
+    return sum(int(r.llen(name)) for name in queue_lists(queue))

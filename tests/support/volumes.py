@@ -50,3 +50,28 @@ def load(data: bytes) -> nib.Nifti1Image:
 
 def as_file(data: bytes) -> io.BytesIO:
     return io.BytesIO(data)
+
+
+def float64_mask_gz(shape=(512, 512, 256)) -> bytes:
+    """Issue 14 #6's hostile upload: a float64 mask whose voxels fill ``max_voxels`` (64 Mi at 512×512×256, 512 MiB
+    decompressed) and gzip to ~0.5 MB. Written slice by slice, so making it costs a slice of memory, not 512 MiB."""
+    import zlib
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(np.float64)
+    hdr.set_sform(np.eye(4), code=1)
+    hdr.set_qform(np.eye(4), code=1)
+    hdr.set_xyzt_units("mm", "sec")
+    hdr["vox_offset"] = 352
+    gz = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [gz.compress(hdr.binaryblock + b"\0" * 4)]
+    x, y, z = shape
+    for k in range(z):
+        plane = np.zeros((x, y), np.float64)
+        if z // 3 <= k < 2 * z // 3:
+            plane[x // 3:2 * x // 3, y // 3:2 * y // 3] = 2.0  # oedema
+            plane[x // 3 + 8:2 * x // 3 - 8, y // 3 + 8:2 * y // 3 - 8] = 1.0  # and a core
+        out.append(gz.compress(plane.tobytes(order="F")))
+    out.append(gz.flush())
+    return b"".join(out)

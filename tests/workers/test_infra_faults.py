@@ -65,7 +65,9 @@ def test_s3_dark_during_upload_retries_then_fails_with_nothing_listed(redis_serv
     """The line to S3 is cut at the job's second output upload; every retry after that finds it dark."""
     proxy = CuttableProxy(s3_endpoint, pattern=rb"^PUT \S+/outputs/", cut_at=2)
     try:
-        with stack(redis_server, s3_endpoint, model_dir, storage_retries=4) as st:
+        # One writer thread: the uploads go one after the other, so the retries counted are the cut upload's alone
+        # (with several writers each volume in flight retries too, and still nothing is listed).
+        with stack(redis_server, s3_endpoint, model_dir, storage_retries=4, output_writers=1) as st:
             worker_settings = st.settings.model_copy(update={"s3_endpoint": proxy.endpoint})
             w = WorkerProcess(worker_settings, tmp_path / "worker.log", queues=st.settings.queue_for("ldm")).start()
             try:

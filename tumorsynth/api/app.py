@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from .. import __version__
@@ -41,13 +43,13 @@ def _document_job_request(app: FastAPI) -> None:
     """``JobRequest`` travels as a JSON form field, so FastAPI does not list it; add it to the components."""
     generate = app.openapi
 
-    def openapi() -> dict:
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()  # FastAPI's, cached on the app
             defs = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(defs.pop("$defs", {}))
             components["JobRequest"] = defs
-        return app.openapi_schema
+        return app.openapi_schema or {}
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]

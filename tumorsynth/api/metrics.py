@@ -24,6 +24,7 @@ from ..jobs import keys, stats
 from ..models.families import FAMILIES
 from ..pacs import outbox as pacs_outbox
 from ..workers import gpu_memory
+from ..workers.celery_app import queue_lists
 from ..workers.supervision import WORKERS, worker_key
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def queues_view(r, settings) -> list[dict]:
     for q in queues:
         oldest = r.zrange(stats.queued_key(q), 0, 0, withscores=True)
         out.append({
-            "name": q, "depth": int(r.llen(q)), "queued_jobs": int(r.zcard(stats.queued_key(q))),
+            "name": q, "depth": sum(int(r.llen(name)) for name in queue_lists(q)),
+            "queued_jobs": int(r.zcard(stats.queued_key(q))),
             "oldest_queued_seconds": round(now - oldest[0][1], 3) if oldest else 0.0,
             "running": running.get(q, 0),
             "workers_online": sum(1 for w in workers if q in w.get("queues", [])),

@@ -54,7 +54,7 @@ class Services:
         jobs = JobStore(client)
         store = make_store(settings)
         registry = ModelRegistry(settings.model_dir)
-        dispatcher = CeleryDispatcher(create_celery(settings), settings)
+        dispatcher = CeleryDispatcher(create_celery(settings, publish_timeout=settings.redis_timeout_seconds), settings)
         submissions = JobService(jobs, store, registry, dispatcher, settings)
         bank = MaskBank(store, VolumeLimits.from_settings(settings))
         batches = BatchService(jobs, submissions, store, registry, masks=bank.make)

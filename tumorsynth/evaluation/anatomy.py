@@ -20,21 +20,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-TISSUE_Z = 0.1
+from ..imaging.tissue import tissue_region
+
 MRI_OFFSET = 4.0  # z + 4: a positive, MRI-like scale on which ratios mean something
 SHELL_MM = (3.0, 15.0)  # "surrounding tissue": this far outside the tumour
-
-
-def tissue_region(image: np.ndarray) -> np.ndarray:
-    """Boolean (X, Y, Z) region of tissue in a (C, X, Y, Z) z-scored volume with background 0."""
-    raw = (np.abs(image) > TISSUE_Z).any(axis=0)
-    closed = ndimage.binary_closing(raw, iterations=2)
-    filled = ndimage.binary_fill_holes(closed)
-    labels, n = ndimage.label(filled)
-    if n == 0:
-        return filled
-    sizes = ndimage.sum_labels(filled, labels, index=np.arange(1, n + 1))
-    return labels == (1 + int(np.argmax(sizes)))
 
 
 def _mean(img: np.ndarray, region: np.ndarray) -> float:

@@ -45,7 +45,7 @@ class Study:
     when: dt.datetime
 
     @classmethod
-    def new(cls, uid_root: str, job_id: str, model_id: str, checkpoint_sha256: str) -> "Study":
+    def new(cls, uid_root: str, job_id: str, model_id: str, checkpoint_sha256: str) -> Study:
         return cls(uid_root, job_id, model_id, checkpoint_sha256, generate_uid(uid_root), generate_uid(uid_root),
                    dt.datetime.now(dt.UTC).replace(microsecond=0))
 

@@ -5,7 +5,7 @@ scales: ``unit`` maps the brain's 0.5–99.5th percentiles to [0, 1] (nnU-Net / 
 style), ``scanner`` puts the brain back on a typical scanner scale, non-negative int16, with the mean and standard
 deviation per contrast measured on the checkpoint's training data (``config.json`` ``intensity.scanner``).
 
-The brain is found as the evaluation finds tissue (``evaluation.anatomy.tissue_region``: any contrast off zero, closed,
+The brain is found as the evaluation finds tissue (``imaging.tissue.tissue_region``: any contrast off zero, closed,
 filled, largest component), over all contrasts of one sample together, so every contrast of a sample shares it.
 Outside it every scale writes 0.
 """
@@ -21,14 +21,14 @@ INT16_MAX = 32767
 
 def brain_region(volumes: list[np.ndarray]) -> np.ndarray:
     """Boolean brain region shared by one sample's contrasts (each (X, Y, Z) or (X, Y))."""
-    from ..evaluation.anatomy import TISSUE_Z, tissue_region
+    from .tissue import TISSUE_Z, tissue_region
 
     stack = np.stack([np.asarray(v, dtype=np.float32) for v in volumes])
     if stack.ndim == 3:  # 2D slices: (C, X, Y) -> (C, X, Y, 1)
         stack = stack[..., None]
     region = tissue_region(stack) if stack.shape[-1] > 2 else np.zeros(stack.shape[1:], bool)
     if not region.any():  # a slice or a thin slab: closing erodes it away, so take tissue as it is
-        region = (np.abs(stack) > TISSUE_Z).any(axis=0)
+        region = np.asarray((np.abs(stack) > TISSUE_Z).any(axis=0))
     return region.reshape(np.shape(volumes[0]))
 
 

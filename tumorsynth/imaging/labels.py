@@ -32,14 +32,20 @@ class MaskInfo:
 
 
 def _labels_of(data: np.ndarray, field: str) -> tuple[np.ndarray, np.ndarray]:
-    if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
+    fractional = data.dtype.kind == "f" and not np.array_equal(data, np.round(data))
+    lo, hi = float(data.min()), float(data.max())
+    check_label_values(fractional, lo, hi, field)
+    return label_counts(data, int(hi))
+
+
+def check_label_values(fractional: bool, lo: float, hi: float, field: str) -> None:
+    """Labels are whole numbers within 0…255 (checked here on an array, and chunk by chunk by the NIfTI reader)."""
+    if fractional:
         raise InvalidUpload.for_field(field, "the mask holds non-integer values; a mask holds integer labels "
                                              "(BraTS 2019 {0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1})")
-    lo, hi = float(data.min()), float(data.max())
     if lo < 0 or hi > 255:
         raise InvalidUpload.for_field(field, f"the mask holds labels from {lo:g} to {hi:g}; allowed are BraTS 2019 "
                                              "{0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1}")
-    return label_counts(data, int(hi))
 
 
 SMALL_LABEL_MAX = 15  # up to this label, count by comparison; beyond, one bincount

@@ -1,5 +1,10 @@
 """Balanced augmentation batches: plan how many of each class to make, fan out into jobs, count, write a manifest.
 
+``POST /v1/batches`` only checks the request (and any uploaded masks), stores the record in state ``planning`` and
+queues a planning task: making bank masks takes seconds per subject, too long for a request (issue 14, #10). A
+worker then makes the masks and submits the jobs (``batch_planning.BatchPlanner``); a batch it cannot plan ends
+``failed`` with an error saying why.
+
 No Celery chords (their callback can be lost on Redis): every job carries its ``batch_id`` and the job store counts
 terminal transitions into ``ts:batch:{id}:counts`` in the same transaction that records them. Whoever reads a batch
 whose counts reach the total builds the manifest, once (a Redis lock), from the job records.
@@ -8,22 +13,26 @@ whose counts reach the total builds the manifest, once (a Redis lock), from the 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
 from collections.abc import Callable
 from typing import Annotated, Literal, cast
 
+import redis
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from ..errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from ..imaging.intensity import native_scale, scale_errors
+from ..imaging.labels import validate_mask
+from ..imaging.nifti import read_volume
 from ..models.options import check_options
 from ..schemas import Options
 from ..storage.keys import batch_key
 from ..storage.retry import with_retries
-from .bids import DatasetFile, add_bids_columns, dataset_files, participant_labels
 from . import keys as redis_keys
+from .bids import DatasetFile, add_bids_columns, dataset_files, participant_labels
 from .records import new_id, now, rfc3339
 from .store import JobStore
 
@@ -68,6 +77,9 @@ counts_key = redis_keys.batch_counts
 
 
 
+PLANNING = redis_keys.BATCHES_PLANNING  # zset: batch id → when it was queued for planning (reconciliation reads it)
+
+
 class BatchRecord(BaseModel):
     id: str
     tenant: str
@@ -79,6 +91,10 @@ class BatchRecord(BaseModel):
     cancel_requested: bool = False
     manifest: dict[str, str] | None = None  # {"csv": key, "json": key}
     error: dict | None = None
+    state: Literal["planning", "planned", "failed"] = "planned"  # records from before planning in workers: planned
+    uploads: list[str] = []  # object keys of the masks uploaded with the batch, until it is planned
+    plan_attempts: int = 0  # planning tasks started (a planner that kills its worker is redelivered: capped)
+    resends: int = 0  # planning tasks sent again after the broker lost one (reconciliation)
 
 
 MaskProvider = Callable[[str, str, int, int], list[bytes]]  # (tenant, class, n, seed) → NIfTI masks
@@ -94,21 +110,48 @@ class BatchService:
     def _save(self, rec: BatchRecord) -> None:
         self.r.set(redis_keys.batch(rec.id), rec.model_dump_json())
 
-    def get(self, tenant: str, batch_id: str) -> BatchRecord:
+    def load(self, batch_id: str) -> BatchRecord | None:
         raw = self.r.get(redis_keys.batch(batch_id)) if isinstance(batch_id, str) and len(batch_id) < 80 else None
-        rec = None if raw is None else BatchRecord.model_validate_json(raw)
+        return None if raw is None else BatchRecord.model_validate_json(raw)
+
+    def get(self, tenant: str, batch_id: str) -> BatchRecord:
+        rec = self.load(batch_id)
         if rec is None or rec.tenant != tenant:
             raise NotFound(f"no batch '{batch_id}'")
         return rec
 
+    def update(self, batch_id: str, fn: Callable[[BatchRecord], BatchRecord | None]) -> BatchRecord | None:
+        """Apply ``fn`` atomically (WATCH/MULTI): the planner's writes and a client's cancel never undo each other."""
+        key = redis_keys.batch(batch_id)
+        while True:
+            with self.r.pipeline() as p:
+                try:
+                    p.watch(key)
+                    raw = p.get(key)
+                    rec = None if raw is None else fn(BatchRecord.model_validate_json(raw))
+                    if rec is None:
+                        p.unwatch()
+                        return None
+                    p.multi()
+                    p.set(key, rec.model_dump_json())
+                    p.execute()
+                    return rec
+                except redis.WatchError:
+                    continue
+
     def counts(self, rec: BatchRecord) -> dict[str, int]:
         counts = cast(dict[bytes, bytes], self.r.hgetall(counts_key(rec.id)))
         raw = {k.decode(): int(v) for k, v in counts.items()}
-        return {"total": len(rec.subjects), "succeeded": raw.get("succeeded", 0), "failed": raw.get("failed", 0),
+        total = sum(rec.plan.values()) if rec.state == "planning" else len(rec.subjects)
+        return {"total": total, "succeeded": raw.get("succeeded", 0), "failed": raw.get("failed", 0),
                 "canceled": raw.get("canceled", 0)}
 
     @staticmethod
     def status(rec: BatchRecord, counts: dict[str, int]) -> str:
+        if rec.state == "planning":
+            return "canceling" if rec.cancel_requested else "planning"
+        if rec.state == "failed":
+            return "failed"
         done = counts["succeeded"] + counts["failed"] + counts["canceled"]
         if done < counts["total"]:
             return "canceling" if rec.cancel_requested else "running"
@@ -118,6 +161,7 @@ class BatchService:
 
     # ----- submission ----------------------------------------------------------------------------------------------
     def submit(self, tenant: str, req: BatchRequest, uploaded: list[bytes] | None = None) -> BatchRecord:
+        """Check the request, store it in state ``planning`` and queue its planning; a worker makes the jobs."""
         entry = self.registry.get(req.model)
         unknown = sorted(set(req.class_counts) - set(entry.classes))
         if unknown:
@@ -134,70 +178,65 @@ class BatchService:
         if req.intensity and (why := scale_errors(entry.config, entry.id, req.intensity,
                                                   req.modalities or entry.modalities)):
             raise InvalidRequest.for_field("intensity", why)
-        needs_mask = any(i.kind == "mask" and i.required for i in entry.inputs)
-        if needs_mask and req.masks == "upload" and not uploaded:
-            raise InvalidRequest.for_field("masks", "masks: upload needs file parts named 'mask'")
-        # every mask first: a class whose masks cannot be made is a 422 before anything is stored or queued
-        masks_by_class = {cls: self._masks(tenant, cls, n, req, uploaded) if needs_mask else [None] * n
-                          for cls, n in wanted.items()}
+        uploads = self._checked_uploads(req, uploaded) if needs_mask(entry) else []
+        if needs_mask(entry) and req.masks == "bank" and self.masks is None:
+            raise ServiceUnavailable("this service has no mask bank configured; upload masks with the batch")
         rec = BatchRecord(id=new_id("batch"), tenant=tenant, model=entry.id, request=req.model_dump(),
-                          plan=wanted, created_at=now())
-        self._save(rec)
-        self.r.zadd(redis_keys.tenant_batches(tenant), {rec.id: round(rec.created_at * 1000)})
+                          plan=wanted, created_at=now(), state="planning")
+        rec.uploads = [batch_key(tenant, rec.id, f"upload-{k}.nii.gz") for k in range(len(uploads))]
         try:
-            i = 0
-            for cls, n in wanted.items():
-                masks = masks_by_class[cls]
-                for k in range(n):
-                    seed = req.seed * 100003 + i
-                    body = {"model": entry.id, "num_samples": 1, "seed": seed, "tumor_class": cls}
-                    if req.modalities:
-                        body["modalities"] = req.modalities
-                    if req.sampler:
-                        body["sampler"] = req.sampler
-                    if req.options:
-                        body["options"] = req.options
-                    if req.intensity:
-                        body["intensity"] = req.intensity
-                    files = {"mask": masks[k]} if masks[k] is not None else {}
-                    sub = self.submissions.submit(tenant, json.dumps(body), files, batch_id=rec.id)
-                    rec.subjects.append({"subject_id": f"{rec.id}-{cls}-{k:04d}", "class": cls,
-                                         "job_id": sub.record.id, "seed": seed})
-                    i += 1
-        except Exception:
-            rec.cancel_requested = True
-            rec.error = {"code": "submission_failed", "message": "the batch could not be queued in full"}
+            for key, raw in zip(rec.uploads, uploads, strict=True):
+                with_retries(functools.partial(self.store.put_bytes, key, raw, "application/gzip"), attempts=4)
             self._save(rec)
-            self._cancel_jobs(rec)
-            raise
-        self._save(rec)
+            self.r.zadd(redis_keys.tenant_batches(tenant), {rec.id: round(rec.created_at * 1000)})
+            self.r.zadd(PLANNING, {rec.id: rec.created_at})
+            self.submissions.dispatcher.send_plan(rec.id, entry.family)
+        except Exception as exc:
+            self._undo(rec)
+            log.exception("batch submission failed after validation")
+            raise ServiceUnavailable(f"could not queue the batch ({type(exc).__name__}); nothing was kept, "
+                                     "retry") from exc
         return rec
 
-    def _masks(self, tenant: str, cls: str, n: int, req: BatchRequest, uploaded: list[bytes] | None) -> list[bytes]:
-        if req.masks == "upload":
-            if not uploaded:
-                raise InvalidRequest.for_field("masks", '"masks": "upload" needs mask file parts in the request')
-            return [uploaded[k % len(uploaded)] for k in range(n)]
-        if self.masks is None:
-            raise ServiceUnavailable("this service has no mask bank configured; upload masks with the batch")
+    def _checked_uploads(self, req: BatchRequest, uploaded: list[bytes] | None) -> list[bytes]:
+        """Uploaded masks pass the job submission's checks here, so a bad one is a 422 now, not a failed batch."""
+        if req.masks != "upload":
+            return []
+        if not uploaded:
+            raise InvalidRequest.for_field("masks", "masks: upload needs file parts named 'mask'")
+        for raw in uploaded:
+            validate_mask(read_volume(raw, field="mask", limits=self.submissions.limits, labels=True),
+                          field="mask")
+        return uploaded
+
+    def _undo(self, rec: BatchRecord) -> None:
+        for key in rec.uploads:
+            try:
+                self.store.delete(key)
+            except Exception:
+                log.warning("could not delete %s", key)
         try:
-            return self.masks(tenant, cls, n, req.seed)
-        except ValueError as exc:  # the bank's masks of this class cannot be placed in the template brain
-            raise InvalidRequest.for_field(
-                "masks", f"class {cls}: no bank mask of this class could be placed ({exc}); list the bank with "
-                "GET /v1/masks and delete the masks that are too large, or upload masks with the batch") from exc
+            self.r.delete(redis_keys.batch(rec.id))
+            self.r.zrem(redis_keys.tenant_batches(rec.tenant), rec.id)
+            self.r.zrem(PLANNING, rec.id)
+        except Exception:
+            log.warning("could not undo batch record %s", rec.id)
 
     # ----- cancel --------------------------------------------------------------------------------------------------
     def cancel(self, tenant: str, batch_id: str) -> BatchRecord:
         rec = self.get(tenant, batch_id)
-        if self.status(rec, self.counts(rec)) in ("succeeded", "completed_with_errors", "canceled"):
+        if self.status(rec, self.counts(rec)) in ("succeeded", "completed_with_errors", "canceled", "failed"):
             raise Conflict(f"batch {batch_id} has finished; nothing to cancel")
-        rec.cancel_requested = True
-        self._save(rec)
-        self._cancel_jobs(rec)
+
+        def ask(fresh: BatchRecord) -> BatchRecord:
+            fresh.cancel_requested = True  # a planner still at work sees it before its next job and stops
+            return fresh
+
+        rec = self.update(batch_id, ask) or rec
+        self.cancel_jobs(rec)
         return rec
 
-    def _cancel_jobs(self, rec: BatchRecord) -> None:
+    def cancel_jobs(self, rec: BatchRecord) -> None:
         for s in rec.subjects:
             try:
                 self.jobs.cancel(rec.tenant, s["job_id"])
@@ -208,7 +247,7 @@ class BatchService:
     def ensure_manifest(self, rec: BatchRecord) -> BatchRecord:
         """Build the manifest once every job has finished (idempotent; one builder at a time)."""
         counts = self.counts(rec)
-        if rec.manifest is not None or self.status(rec, counts) in ("running", "canceling"):
+        if rec.manifest is not None or self.status(rec, counts) in ("running", "canceling", "planning", "failed"):
             return rec
         lock = self.r.lock(redis_keys.batch_manifest_lock(rec.id), timeout=120, blocking_timeout=60)
         if not lock.acquire():
@@ -261,6 +300,10 @@ class BatchService:
                 self._datasets.pop(next(iter(self._datasets)))
             self._datasets[rec.id] = dataset_files(rec.id, rows)
         return self._datasets[rec.id]
+
+
+def needs_mask(entry) -> bool:
+    return any(i.kind == "mask" and i.required for i in entry.inputs)
 
 
 def to_csv(rows: list[dict]) -> bytes:

@@ -8,6 +8,11 @@ from typing import Protocol
 
 
 class Dispatcher(Protocol):
-    def send(self, job_id: str, family: str, queue: str | None = None) -> None:
-        """Queue ``job_id`` (its record already written) on ``queue``, else the queue of its model ``family``."""
+    def send(self, job_id: str, family: str, queue: str | None = None, priority: int = 0) -> None:
+        """Queue ``job_id`` (its record already written) on ``queue``, else the queue of its model ``family``;
+        ``priority`` 0 runs first, 9 last (``jobs.fairness``)."""
+        ...
+
+    def send_plan(self, batch_id: str, family: str) -> None:
+        """Queue the planning of batch ``batch_id`` (its record already written) on its model family's queue."""
         ...

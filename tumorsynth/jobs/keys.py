@@ -53,6 +53,9 @@ def tenant_batches(tenant: str) -> str:
     return f"{PREFIX}tenant:{tenant}:batches"
 
 
+BATCHES_PLANNING = f"{PREFIX}batches:planning"  # zset: batch id → when it was queued for planning (reconciliation)
+
+
 # operational statistics (jobs/stats.py)
 STATS_STATUS = f"{PREFIX}stats:status"  # hash "model\tstatus" → jobs now in that status
 STATS_FAILURES = f"{PREFIX}stats:failures"  # hash "model\tcode" → failed jobs
@@ -65,6 +68,10 @@ def stats_histogram(name: str, model: str) -> str:
 
 
 REPLICATION_FENCE = f"{PREFIX}replication-fence"  # counter written before WAIT (jobs/connection.py)
+
+
+def tenant_load(tenant: str) -> str:
+    return f"{PREFIX}load:{tenant}"  # hash: jobs, work (samples × steps) of the tenant's queued and running jobs
 
 
 def queued(queue: str) -> str:

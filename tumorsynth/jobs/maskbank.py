@@ -35,7 +35,7 @@ class MaskBank:
         self.store, self.limits = store, limits
 
     def add(self, tenant: str, tumor_class: str, raw: bytes) -> dict:
-        vol = read_volume(raw, field="mask", limits=self.limits)
+        vol = read_volume(raw, field="mask", limits=self.limits, labels=True)
         info = validate_mask(vol, field="mask")
         if vol.shape != BANK_SHAPE:
             raise InvalidUpload.for_field("mask", f"bank masks are on the BraTS grid {list(BANK_SHAPE)} (1 mm); this "
@@ -78,7 +78,7 @@ class MaskBank:
             info = self.store.stat(obj.key)  # S3 listings carry no user metadata
             if info is None or (info.metadata or {}).get("class") != tumor_class:
                 continue
-            vol = read_volume(self.store.get_bytes(obj.key), field="mask", limits=self.limits)
+            vol = read_volume(self.store.get_bytes(obj.key), field="mask", limits=self.limits, labels=True)
             out.append(np.rint(np.asarray(vol.data)).astype(np.uint8))
         return out
 

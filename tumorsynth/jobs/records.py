@@ -88,6 +88,7 @@ class JobRecord(BaseModel):
     completed_steps: int = 0
     total_steps: int = 0
     attempts: int = 0
+    resends: int = 0  # times the reaper queued it again after its broker message was lost (reconciliation)
     lease: Lease | None = None
     error: dict[str, str] | None = None
     run_seconds: float | None = None

@@ -24,8 +24,10 @@ from ..storage.base import ObjectStore
 from ..storage.keys import input_key
 from ..storage.retry import with_retries
 from ..webhooks.targets import check_request as check_webhook
+from . import fairness
 from .connection import wait_for_replicas
 from .dispatch import Dispatcher
+from .memory import check_output_memory, output_shape
 from .records import JobRecord, StoredInput, new_id
 from .store import JobStore
 from .validation import (
@@ -53,9 +55,11 @@ class Submission:
     replayed: bool  # an Idempotency-Key matched an earlier identical request
 
 
-def read_inputs(files: dict[str, bytes], limits: VolumeLimits) -> dict[str, Volume]:
-    """Every file through the safe reader; co-registered files must share shape and affine."""
-    vols = {name: read_volume(raw, field=name, limits=limits) for name, raw in files.items()}
+def read_inputs(files: dict[str, bytes], limits: VolumeLimits,
+                masks: frozenset[str] = frozenset()) -> dict[str, Volume]:
+    """Every file through the safe reader (``masks``: the names read as uint8 labels); co-registered files must share
+    shape and affine."""
+    vols = {name: read_volume(raw, field=name, limits=limits, labels=name in masks) for name, raw in files.items()}
     reference = None
     for name, vol in vols.items():
         if reference is None:
@@ -86,7 +90,10 @@ class JobService:
         raise_if(check_against_model(req, entry) + check_files(sorted(files), entry)
                  + check_webhook(req, tenant, self.settings)
                  + delivery_errors(req, tenant, self.settings))
-        vols = read_inputs(files, self.limits)
+        vols = read_inputs(files, self.limits, frozenset(i.name for i in entry.inputs if i.kind == "mask"))
+        check_output_memory(output_shape([v.shape for v in vols.values()], req.output_grid, entry.output_shape),
+                            len(req.modalities or entry.modalities), req.num_samples,
+                            self.settings.max_job_output_bytes)
         inputs: list[StoredInput] = []
         job_id = new_id("job")
         for name, vol in vols.items():
@@ -107,10 +114,12 @@ class JobService:
         rec = JobRecord(id=job_id, tenant=tenant, model=entry.id, family=entry.family,
                         queue=self.settings.queue_for(entry.family), request=normalised(req, entry),
                         inputs=inputs, idempotency_key=idempotency_key, body_sha256=body_sha, batch_id=batch_id)
+        if batch_id is None:  # a batch's jobs are bounded by the batch limit, and queue behind the tenant's others
+            self._check_caps(tenant, rec, idempotency_key)
         try:
             self._store_inputs(inputs, files)
             self.jobs.create(rec)
-            self.dispatcher.send(rec.id, rec.family)
+            self.dispatcher.send(rec.id, rec.family, priority=fairness.priority(self.jobs.r, tenant))
             if idempotency_key is not None:
                 self.jobs.confirm_idempotency(tenant, idempotency_key, body_sha, job_id, self.idem_ttl)
             self._on_replicas(rec.id)
@@ -136,6 +145,16 @@ class JobService:
             raise NotReplicated(
                 f"the job store could not copy the job to {wanted} replica(s) within {s.redis_ack_timeout_seconds} "
                 "s (a failover or a lagging replica); nothing was kept, retry after the Retry-After seconds")
+
+    def _check_caps(self, tenant: str, rec: JobRecord, idempotency_key: str | None) -> None:
+        s = self.settings
+        try:
+            fairness.check_caps(self.jobs.r, tenant, fairness.work_of(rec), s.max_active_jobs_per_tenant,
+                                s.max_active_work_per_tenant)
+        except fairness.TenantBusy:
+            if idempotency_key is not None:
+                self.jobs.release_idempotency(tenant, idempotency_key)
+            raise
 
     def _claim_key(self, tenant: str, key: str, body_sha: str, job_id: str) -> JobRecord | None:
         """None once this request owns the key; else the job of the request that does, after waiting for it.

@@ -8,7 +8,7 @@ upper bound), as Prometheus expects.
 
 from __future__ import annotations
 
-from . import keys
+from . import fairness, keys
 
 STATUS = keys.STATS_STATUS
 FAILURES = keys.STATS_FAILURES
@@ -35,6 +35,7 @@ def record_transition(pipe, before: str | None, rec) -> None:
     after = rec.status
     if before == after:
         return
+    fairness.record_transition(pipe, before, rec)
     if before is not None:
         pipe.hincrby(STATUS, f"{rec.model}\t{before}", -1)
     pipe.hincrby(STATUS, f"{rec.model}\t{after}", 1)
@@ -56,5 +57,6 @@ def record_transition(pipe, before: str | None, rec) -> None:
 
 
 def record_deletion(pipe, rec) -> None:
+    fairness.record_deletion(pipe, rec)
     pipe.hincrby(STATUS, f"{rec.model}\t{rec.status}", -1)
     pipe.zrem(queued_key(rec.queue), rec.id)

@@ -256,6 +256,24 @@ class JobStore:
 
         return self.update(job_id, release)
 
+    def mark_resent(self, job_id: str, queued_before: float, max_resends: int) -> JobRecord | None:
+        """Reconciliation: a job still ``queued`` since ``queued_before`` whose message is on no broker queue is
+        counted as re-sent (the caller sends it) — or failed once it was re-sent ``max_resends`` times. None: it
+        moved on meanwhile (claimed, canceled, queued afresh), so nothing is to be sent."""
+
+        def resend(rec: JobRecord) -> JobRecord | None:
+            if rec.status != "queued" or rec.lease is not None or rec.updated_at > queued_before:
+                return None
+            if rec.resends >= max_resends:
+                rec.move("failed")
+                rec.error = {"code": "lost_in_queue", "message": (
+                    f"the job's queue message was lost {rec.resends} times (broker failures); it is not queued "
+                    "again. Submit it again, or contact the operators.")}
+                return rec
+            rec.resends += 1
+            return rec
+
+        return self.update(job_id, resend)
 
     # ----- idempotency -------------------------------------------------------------------------------------------
     def reserve_idempotency(self, tenant: str, key: str, body_sha256: str, job_id: str,

@@ -13,13 +13,13 @@ import zipfile
 
 import httpx
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, SegmentationStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, SegmentationStorage
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
 from .destinations import DimseDestination, StowDestination
 
-TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+TRANSFER_SYNTAXES: list[str | UID] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 SOP_CLASSES = [MRImageStorage, SegmentationStorage]  # what imaging/dicom.py writes
 STOW_BATCH = 64
 

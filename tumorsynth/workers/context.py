@@ -1,9 +1,11 @@
-"""What a worker process holds: settings, the job store, the object store and the model registry."""
+"""What a worker process holds: settings, the job store, the object store, the model registry, the batcher and the
+output writer threads."""
 
 from __future__ import annotations
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -16,6 +18,7 @@ from ..models.registry import ModelRegistry
 from ..settings import Settings
 from ..storage import make_store
 from ..storage.base import ObjectStore
+from .batching import Batcher
 
 
 @dataclass
@@ -43,6 +46,16 @@ class WorkerContext:
     @cached_property
     def limits(self) -> VolumeLimits:
         return VolumeLimits.from_settings(self.settings)
+
+    @cached_property
+    def batcher(self) -> Batcher:
+        """Shared by the task threads of a ``--pool threads`` worker process (workers/batching.py)."""
+        return Batcher(self.settings.batch_max_samples, self.settings.batch_max_wait_ms / 1000)
+
+    @cached_property
+    def writers(self) -> ThreadPoolExecutor:
+        """Threads that encode and upload outputs (ISA-L and the S3 client release the GIL)."""
+        return ThreadPoolExecutor(self.settings.output_writers, thread_name_prefix="tumorsynth-writer")
 
     @cached_property
     def worker_id(self) -> str:

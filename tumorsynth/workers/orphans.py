@@ -1,4 +1,9 @@
-"""Queued jobs whose queue message is gone: sent again.
+"""Behind Sentinel: queued jobs whose queue message a failover took away, sent again.
+
+``workers/reconcile.py`` resends jobs whose message is on no list and in no worker's hands (kombu's ``unacked``).
+A failover adds a case it counts as held: a message delivered to a worker whose connection died with the primary
+stays in ``unacked`` until the visibility timeout (hours). This sweep, run only with a ``sentinel://`` URL, ignores
+``unacked``.
 
 Behind Sentinel, a failover can lose what the dead primary had not yet passed to its replica. A submission is
 acknowledged only once its record and message are on a replica (``WAIT``), but a worker's ``BRPOP`` that took the
@@ -18,14 +23,16 @@ import time
 
 from ..jobs import keys
 from ..jobs.dispatch import Dispatcher
+from .celery_app import queue_lists
 from .context import WorkerContext
 
 log = logging.getLogger(__name__)
 
 
 def _waiting(r, queue: str) -> bytes:
-    """Every message waiting in ``queue`` (Celery's Redis list; the job id is in each one's ``argsrepr`` header)."""
-    return b"\n".join(r.lrange(queue, 0, -1))
+    """Every message waiting in ``queue``'s lists (one per priority level; the job id is in each message's
+    ``argsrepr`` header)."""
+    return b"\n".join(m for name in queue_lists(queue) for m in r.lrange(name, 0, -1))
 
 
 def requeue_orphans(ctx: WorkerContext, dispatcher: Dispatcher, after_seconds: float, queues: list[str]) -> list[str]:

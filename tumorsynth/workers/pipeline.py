@@ -7,12 +7,14 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 
 from ..errors import JobCanceled, LeaseLost, TumorsynthError
 from ..imaging.labels import validate_mask
 from ..imaging.nifti import Volume, read_volume
+from ..jobs.memory import check_output_memory, output_shape
 from ..jobs.records import JobRecord
 from ..models.base import GenerationParams
 from ..models.loader import load_generator
@@ -80,7 +82,8 @@ def read_inputs(ctx: WorkerContext, rec: JobRecord) -> dict[str, Volume]:
     for item in rec.inputs:
         fetch = functools.partial(ctx.store.get_bytes, item.key)
         raw = with_retries(fetch, attempts=ctx.settings.storage_retries)
-        out[item.name] = read_volume(raw, field=item.name, limits=ctx.limits)
+        out[item.name] = read_volume(raw, field=item.name, limits=ctx.limits,
+                                     labels=item.label_convention is not None)  # a mask: uint8 labels
     return out
 
 
@@ -107,20 +110,30 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
     writer: OutputWriter | None = None
     with heartbeat(ctx, job_id, token):
         try:
-            entry = ctx.registry.get(rec.model)
-            params = params_for(rec, entry)
-            generator = load_generator(entry, s.device)
-            inputs = read_inputs(ctx, rec)
-            total = generator.total_steps(params)
-            ctx.jobs.progress(job_id, token, 0, total, s.lease_seconds)
-
             def progress(done: int, of: int) -> None:
                 now = ctx.jobs.progress(job_id, token, done, of, s.lease_seconds)
                 if now.status == "canceling":
                     raise JobCanceled(f"job {job_id} canceled at step {done}/{of}")
 
-            volumes = generator.generate(params, inputs, progress)
-            writer = OutputWriter(ctx.store, rec, entry, params, s.storage_retries, s.dicom_uid_root)
+            with ctx.batcher.preparing() as span:  # jobs waiting to be batched may wait for this one
+                entry = ctx.registry.get(rec.model)
+                params = params_for(rec, entry)
+                generator = load_generator(entry, s.device, precision=s.precision, batch_invariant=s.batch_invariant)
+                inputs = read_inputs(ctx, rec)
+                check_output_memory(output_shape([v.shape for v in inputs.values()], params.output_grid,
+                                                 entry.output_shape),
+                                    len(params.modalities), params.num_samples, s.max_job_output_bytes)
+                total = generator.total_steps(params)
+                ctx.jobs.progress(job_id, token, 0, total, s.lease_seconds)
+                if batches(generator, s):  # workers/batching.py: sampled with whatever partners are waiting
+                    batching: Any = generator  # a family with prepare/sample_batch/finish (models/ldm/runner.py)
+                    job = batching.prepare(params, inputs)
+                    images = ctx.batcher.sample(generator, job, params.num_samples, progress, span)
+                    volumes = batching.finish(job, images)
+                else:
+                    span.end()
+                    volumes = generator.generate(params, inputs, progress)
+            writer = OutputWriter(ctx.store, rec, entry, params, s.storage_retries, ctx.writers, s.dicom_uid_root)
             mask = None
             if "mask" in inputs:
                 mask = (inputs["mask"], validate_mask(inputs["mask"]).convention)
@@ -149,6 +162,12 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
             log.exception("job %s failed", job_id)
             _discard(writer)
             return _fail(ctx, job_id, token, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def batches(generator, settings) -> bool:
+    """Whether this job goes through the batcher: the family samples in batches (``sample_batch``) and batches of
+    more than one sample are allowed."""
+    return hasattr(generator, "sample_batch") and settings.batch_max_samples > 1
 
 
 def _discard(writer: OutputWriter | None) -> None:

@@ -1,7 +1,8 @@
-"""Threads in a worker's main process: presence (workers online) and the reaper of lapsed leases.
+"""Threads in a worker's main process: presence (workers online), the reaper of lapsed leases, reconciliation.
 
 Redis redelivers an unacked task only after the visibility timeout (hours); a job whose worker died is instead
-noticed when its lease lapses (seconds) and requeued here, up to the attempt cap.
+noticed when its lease lapses (seconds) and requeued here, up to the attempt cap. A queued job whose broker message
+was lost is re-sent by ``reconcile`` (every ``lease_seconds``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import socket
 import threading
 import time
 
-from ..jobs import keys
+from ..jobs import fairness, keys
+from ..jobs.connection import is_sentinel
 from ..jobs.dispatch import Dispatcher
 from . import inventory
 from .context import WorkerContext
 from .orphans import requeue_orphans
+from .reconcile import reconcile_batches, reconcile_once
 
 log = logging.getLogger(__name__)
 WORKERS = keys.WORKERS
@@ -43,25 +46,32 @@ def reap_once(ctx: WorkerContext, dispatcher: Dispatcher) -> list[str]:
             continue
         log.warning("job %s: lease lapsed (attempt %d) → %s", job_id, rec.attempts, rec.status)
         if rec.status == "queued":
-            dispatcher.send(rec.id, rec.family, rec.queue)  # where it was queued first
+            # where it was queued first, at its tenant's level
+            dispatcher.send(rec.id, rec.family, rec.queue, priority=fairness.priority(ctx.redis, rec.tenant))
             requeued.append(rec.id)
     return requeued
 
 
 def start_parent_services(ctx: WorkerContext, dispatcher: Dispatcher, queues: list[str]) -> threading.Thread:
     interval = ctx.settings.reaper_interval_seconds
-    orphan_after = max(30.0, 3 * ctx.settings.lease_seconds)  # far beyond a BRPOP→unacked hand-over
-    next_orphan_sweep = time.monotonic() + orphan_after / 2
-
+    last_reconcile = 0.0
+    # Behind Sentinel only: jobs whose message a failover stranded in kombu's unacked hash (reconcile counts those
+    # as held by a worker, and kombu gives them back only after the visibility timeout: hours).
+    orphan_after = max(30.0, 3 * ctx.settings.lease_seconds) if is_sentinel(ctx.settings.redis_url) else None
+    next_orphan_sweep = time.monotonic() + (orphan_after or 0.0) / 2
     has = {"gpus": inventory.gpus(), "models": inventory.models(ctx.registry), "versions": inventory.versions()}
 
     def loop() -> None:
-        nonlocal next_orphan_sweep
+        nonlocal last_reconcile, next_orphan_sweep
         while True:
             try:
                 announce(ctx, queues, has)
                 reap_once(ctx, dispatcher)
-                if time.monotonic() >= next_orphan_sweep:
+                if time.monotonic() - last_reconcile >= ctx.settings.lease_seconds:
+                    last_reconcile = time.monotonic()
+                    reconcile_once(ctx, dispatcher, queues)
+                    reconcile_batches(ctx, dispatcher, queues)
+                if orphan_after is not None and time.monotonic() >= next_orphan_sweep:
                     next_orphan_sweep = time.monotonic() + orphan_after / 2
                     requeue_orphans(ctx, dispatcher, orphan_after, queues)
             except Exception:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 from celery import signals
 
-from ..pacs.deliver import start_pacs_deliverer
 from ..jobs.outbox import Outbox
+from ..pacs.deliver import start_pacs_deliverer
 from ..settings import get_settings
 from ..webhooks.deliver import start_deliverer
-from .celery_app import RUN_JOB, CeleryDispatcher, create_celery
+from .celery_app import PLAN_BATCH, RUN_JOB, CeleryDispatcher, create_celery
 from .context import WorkerContext
 from .gpu_memory import start_publisher as start_gpu_publisher
 from .supervision import start_parent_services
@@ -19,14 +20,20 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 app = create_celery(settings)
 _ctx: WorkerContext | None = None
+_planner = None
+_ctx_lock = threading.Lock()
 
 
 def context() -> WorkerContext:
-    """One per worker process, created after fork (no Redis sockets or CUDA shared with the parent)."""
+    """One per worker process, created after fork (no Redis sockets or CUDA shared with the parent). With
+    ``--pool threads`` the task threads share it, and so one batcher and one set of writer threads."""
     global _ctx
-    if _ctx is None:
-        _ctx = WorkerContext(settings)
-    return _ctx
+    with _ctx_lock:
+        if _ctx is None:
+            ctx = WorkerContext(settings)
+            _ = (ctx.batcher, ctx.writers)  # built here, under the lock: cached_property does not lock on 3.12+
+            _ctx = ctx
+        return _ctx
 
 
 @app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -36,6 +43,29 @@ def run_job(job_id: str) -> str:
     )
 
     return run(context(), job_id)
+
+
+@app.task(name=PLAN_BATCH, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def plan_batch(batch_id: str) -> str:
+    """Make a batch's masks and submit its jobs (``jobs.batch_planning``); the API only queued it."""
+    return planner().plan(batch_id)
+
+
+def planner():
+    """One per worker process: the batch service with a job submitter that queues through this Celery app."""
+    global _planner
+    if _planner is None:
+        from ..jobs.batch_planning import BatchPlanner
+        from ..jobs.batches import BatchService
+        from ..jobs.maskbank import MaskBank
+        from ..jobs.service import JobService
+
+        ctx, s = context(), settings
+        submissions = JobService(ctx.jobs, ctx.store, ctx.registry, CeleryDispatcher(app, s), s)
+        bank = MaskBank(ctx.store, ctx.limits)
+        _planner = BatchPlanner(BatchService(ctx.jobs, submissions, ctx.store, ctx.registry, masks=bank.make),
+                                s.max_attempts)
+    return _planner
 
 
 @signals.worker_process_init.connect

@@ -121,7 +121,7 @@ class Client:
             batch = self.batch(batch_id)
             if on_update:
                 on_update(batch)
-            if batch["manifest"] is not None or batch["status"] in ("canceled",):
+            if batch["manifest"] is not None or batch["status"] in ("canceled", "failed"):
                 return batch
             if time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} still {batch['status']} after {timeout:.0f}s")

@@ -32,7 +32,10 @@ def _media(path: str) -> str:
 
 
 def _made(store: ObjectStore, f: DatasetFile) -> bytes:
-    return f.content if f.content is not None else made_from_sidecar(f, store.get_bytes(f.sidecar_of))
+    if f.content is not None:
+        return f.content
+    assert f.sidecar_of is not None, f.path  # dataset_files gives every file one or the other
+    return made_from_sidecar(f, store.get_bytes(f.sidecar_of))
 
 
 @router.get("/{batch_id}/dataset")

@@ -97,8 +97,10 @@ class MaskConditionedLDM(nn.Module):
         return z_mu * self.scale_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, L, x, y, z) → images (B, C, X, Y, Z)."""
-        return self.autoencoder.decode(z / self.scale_factor)
+        """Scaled latents (B, L, x, y, z) → images (B, C, X, Y, Z). The unscaling is done in fp32 (a bf16 network
+        keeps ``scale_factor`` in fp32), then in the decoder's own dtype."""
+        dtype = next(self.autoencoder.decoder.parameters()).dtype
+        return self.autoencoder.decode((z.float() / self.scale_factor.float()).to(dtype))
 
     def condition(self, mask: torch.Tensor) -> torch.Tensor:
         """Region channels at image resolution (B, 3, X, Y, Z) → their fractions per latent voxel (B, 3, x, y, z)."""

@@ -7,15 +7,19 @@ latent-resolution condition → reverse diffusion in latent space → decoder �
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from ...errors import InvalidRequest
+from ...imaging import grid_torch
 from ...imaging.geometry import GridMapping, fit_to_grid
 from ...imaging.labels import to_regions
 from ..base import GeneratedVolume, GenerationParams, ProgressFn
 from ..checkpoints import load_into
 from ..options import check_options
+from ..precision import batch_invariance, make_batch_invariant, weights_dtype
 from ..registry import ModelEntry
 from .configs import build_network
 from .sampler import reverse_process
@@ -25,11 +29,35 @@ Z_LIMIT = 10.0  # decoded z-scores beyond ±10 are artefacts of an untrained or 
 DECODE_BATCH = 2  # volumes decoded at once; the decoder at full resolution is the memory peak
 
 
+@dataclass
+class LDMJob:
+    """One job's share of a batch: its request, geometry and condition (on the device)."""
+
+    params: GenerationParams
+    modalities: tuple[str, ...]
+    mapping: GridMapping
+    mask: object  # imaging.nifti.Volume
+    cond: torch.Tensor  # (1, 3, x, y, z)
+    class_index: int
+
+
+class _AllStopped(Exception):
+    """Every job of a batch stopped (canceled or lease lost): stop sampling."""
+
+
 class LDMGenerator:
-    def __init__(self, entry: ModelEntry, device: str | torch.device):
+    def __init__(self, entry: ModelEntry, device: str | torch.device, precision: str = "auto",
+                 batch_invariant: bool = False):
         self.entry = entry
         self.device = torch.device(device)
-        self.network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
+        self.dtype = weights_dtype(precision, self.device)
+        network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
+        scale = network.scale_factor.clone()
+        self.network = network.to(self.dtype)
+        self.network.scale_factor = scale  # fp32: the latent scale is not rounded to bf16
+        self.batch_invariant = batch_invariant
+        if batch_invariant:
+            make_batch_invariant(self.network)
         self.grid_shape = tuple(int(n) for n in entry.output_shape)
         self.fov_mm = tuple(float(f) for f in entry.config["fov_mm"])
         self.schedule = dict(entry.config.get("schedule", {}))
@@ -40,44 +68,86 @@ class LDMGenerator:
     def generate(
         self, params: GenerationParams, inputs: dict, progress: ProgressFn
     ) -> list[GeneratedVolume]:
+        job = self.prepare(params, inputs)
+        images = self.sample_batch([job], [progress])[0]
+        if isinstance(images, BaseException):
+            raise images
+        return self.finish(job, images)
+
+    # A job in three parts, so that a worker can sample several jobs as one batch (workers/batching.py):
+    # prepare (checks, mask → model grid → condition), sample_batch (one reverse process for all), finish (back to
+    # the input grid, to the host).
+
+    def batch_key(self, params: GenerationParams) -> tuple:
+        """Jobs with equal keys can share a batch: one scheduler, one number of steps."""
+        return (params.sampler or self.entry.default_sampler, int(params.steps))
+
+    def prepare(self, params: GenerationParams, inputs: dict) -> LDMJob:
         modalities = self._check(params)
-        scheduler = self._scheduler(params)
+        self._scheduler(params)  # refuses a bad sampler or step count before anything is sampled
         mask = inputs.get("mask")
         if mask is None:
             raise InvalidRequest.for_field("mask", "this model needs a tumour mask input named 'mask'")
         labels = _labels_3d(mask.data)
         mapping = fit_to_grid(labels.shape, mask.affine, self.grid_shape, self.fov_mm)
         with torch.inference_mode():
-            images = self._sample(params, scheduler, mapping.to_grid(labels, order=0), progress)
-        return [
-            self._output(images[i, self.entry.modalities.index(m)], m, i, params, mapping, mask)
-            for i in range(params.num_samples)
-            for m in modalities
-        ]
+            grid_labels = grid_torch.to_grid(mapping, torch.from_numpy(labels).to(self.device), order=0)
+            regions = torch.from_numpy(to_regions(grid_labels.cpu().numpy()))[None].to(self.device, self.dtype)
+            cond = self.network.condition(regions)  # (1, 3, x, y, z)
+        return LDMJob(params, modalities, mapping, mask, cond, self._class_index(params.tumor_class))
 
-    def _sample(
-        self, params: GenerationParams, scheduler, grid_labels: np.ndarray, progress: ProgressFn
-    ) -> np.ndarray:
-        """Model-grid images (N, C, X, Y, Z) as z-scores for labels on the model grid."""
-        net, n = self.network, params.num_samples
-        regions = torch.from_numpy(to_regions(grid_labels))[None].to(self.device)  # (1, 3, X, Y, Z)
-        cond = net.condition(regions).expand(n, -1, -1, -1, -1)  # (N, 3, x, y, z)
-        class_labels = torch.full((n,), self._class_index(params.tumor_class), device=self.device, dtype=torch.long)
-        shape = (n, net.latent_channels, *net.latent_shape(self.grid_shape))
-        generators = [torch.Generator(self.device).manual_seed(params.seed + i) for i in range(n)]
-        sampled = reverse_process(
-            lambda z, t: net.denoise(z, t, cond, class_labels), scheduler, shape, generators, self.device, progress
-        )
-        chunks = [net.decode(z) for z in sampled.latents.split(DECODE_BATCH)]  # (b, C, X, Y, Z) each
-        return torch.cat(chunks).clamp_(-Z_LIMIT, Z_LIMIT).float().cpu().numpy()
+    def sample_batch(self, jobs: list[LDMJob], progress: list[ProgressFn]) -> list[torch.Tensor | BaseException]:
+        """Model-grid z-scores (n, C, X, Y, Z) on the device for each job, or what its progress raised (e.g.
+        ``JobCanceled``: that job leaves the batch, the others go on). Sample i of a job draws from its own
+        generator (seed + i), so what the batch holds besides it changes no random draw."""
+        net = self.network
+        sizes = [j.params.num_samples for j in jobs]
+        cond = torch.cat([j.cond.expand(n, -1, -1, -1, -1) for j, n in zip(jobs, sizes)])
+        class_labels = torch.tensor([j.class_index for j, n in zip(jobs, sizes) for _ in range(n)],
+                                    device=self.device, dtype=torch.long)
+        generators = [torch.Generator(self.device).manual_seed(j.params.seed + i) for j in jobs
+                      for i in range(j.params.num_samples)]
+        shape = (sum(sizes), net.latent_channels, *net.latent_shape(self.grid_shape))
+        stopped: list[BaseException | None] = [None] * len(jobs)
 
-    def _output(self, image: np.ndarray, modality: str, index: int, params: GenerationParams,
-                mapping: GridMapping, mask) -> GeneratedVolume:
-        if params.output_grid == "input":
-            data = mapping.from_grid(image, order=1)
-            affine = np.array(mask.affine, dtype=np.float64)
-            return GeneratedVolume(modality, index, data.astype(np.float32), affine, mask)
-        return GeneratedVolume(modality, index, image.astype(np.float32), mapping.grid_affine.copy(), None)
+        def report(done: int, total: int) -> None:
+            for k, fn in enumerate(progress):
+                if stopped[k] is None:
+                    try:
+                        fn(done, total)
+                    except Exception as exc:  # this job stops (canceled, lease lost); its partners go on
+                        stopped[k] = exc
+            if all(stopped):
+                raise _AllStopped()
+
+        def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return net.denoise(z.to(self.dtype), t, cond, class_labels).float()  # scheduler arithmetic in fp32
+
+        with torch.inference_mode(), batch_invariance(self.batch_invariant):
+            try:
+                sampled = reverse_process(denoise, self._scheduler(jobs[0].params), shape, generators, self.device,
+                                          report)
+            except _AllStopped:
+                return list(stopped)  # type: ignore[arg-type]
+            latents = sampled.latents.to(self.dtype)
+            chunks = [net.decode(z) for z in latents.split(DECODE_BATCH)]  # (b, C, X, Y, Z) each
+            images = torch.cat(chunks).float().clamp_(-Z_LIMIT, Z_LIMIT)
+        return [stop or part for stop, part in zip(stopped, images.split(sizes))]
+
+    def finish(self, job: LDMJob, images: torch.Tensor) -> list[GeneratedVolume]:
+        """The requested contrasts, mapped back to the mask's grid on the device (or left on the model grid)."""
+        channels = [self.entry.modalities.index(m) for m in job.modalities]
+        with torch.inference_mode():
+            picked = images[:, channels]
+            if job.params.output_grid == "input":
+                picked = grid_torch.from_grid(job.mapping, picked, order=1)
+            data = picked.cpu().numpy()
+        if job.params.output_grid == "input":
+            affine, reference = np.array(job.mask.affine, dtype=np.float64), job.mask
+        else:
+            affine, reference = job.mapping.grid_affine, None
+        return [GeneratedVolume(m, i, data[i, c], affine.copy(), reference)
+                for i in range(job.params.num_samples) for c, m in enumerate(job.modalities)]
 
     def _class_index(self, tumor_class: str | None) -> int:
         """Index 0 is 'unconditional'; class k of ``classes`` is k + 1."""
@@ -125,4 +195,6 @@ def _labels_3d(data: np.ndarray) -> np.ndarray:
         data = data.reshape(data.shape[:3])
     if data.ndim != 3:
         raise InvalidRequest.for_field("mask", f"the mask must be a 3D volume, got shape {data.shape}")
+    if data.dtype.kind in "iub":  # stored labels: no rounding pass over the volume
+        return data.astype(np.int16, copy=False)
     return np.rint(data).astype(np.int16)
