@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+
 from tumorsynth.jobs import keys
 from tumorsynth.jobs.connection import connect
 from tumorsynth.settings import Settings
