@@ -170,7 +170,8 @@ def summarise(subs: Submissions, done: dict, listed_ids: list[str], logs: list[P
 
 
 def passed(r: dict) -> bool:
-    return r["lost"] == r["doubled"] == r["phantom"] == r["server_errors"] == 0 and r["unavailable_s"] < 120
+    return (r["lost"] == r["doubled"] == r["phantom"] == r["server_errors"] == 0 and r["unavailable_s"] < 120
+            and r["accepted"] == r["requested"])
 
 
 def table(results: list[dict], args) -> str:
@@ -209,7 +210,8 @@ def run(args, ack_replicas: int) -> dict:
     settings = Settings(redis_url=group.url, s3_endpoint=endpoint, s3_access_key="test", s3_secret_key="test-secret",
                         s3_bucket="failover", model_dir=work / "models", lease_seconds=6.0, heartbeat_seconds=1.0,
                         reaper_interval_seconds=1.0, url_signing_key="benchmark-signing-key-0123456789",
-                        redis_ack_replicas=ack_replicas)
+                        redis_ack_replicas=ack_replicas,
+                        max_active_jobs_per_tenant=100_000)  # this measures failover, not the per-tenant cap
     from tumorsynth.storage import make_store
 
     make_store(settings).ensure_bucket()
@@ -261,6 +263,7 @@ def run(args, ack_replicas: int) -> dict:
         moto.stop()
         group.stop()
         finished.set()
+    r["requested"] = args.jobs
     return r | {"ack_replicas": ack_replicas, "logs": str(work), "passed": passed(r)}
 
 
