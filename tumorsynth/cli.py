@@ -46,12 +46,21 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
 
 
 @app.command()
-def worker(queues: str = "gpu", concurrency: int = 1,
+def worker(queues: Annotated[str, typer.Option(help="comma-separated queues, or auto: those of the families "
+                                               "with a checkpoint in TUMORSYNTH_MODEL_DIR")] = "auto",
+           concurrency: int = 1,
            pool: Annotated[str, typer.Option(help="prefork (default; can survive a crashing job), solo, threads")]
            = "prefork", loglevel: str = "INFO") -> None:
     """Run a Celery worker consuming the given queues (one per GPU is the rule)."""
+    from .models.registry import ModelRegistry
+    from .workers.inventory import resolve_queues
     from .workers.tasks import app as celery
 
+    try:
+        queues = ",".join(resolve_queues(queues, get_settings(), ModelRegistry(get_settings().model_dir)))
+    except ValueError as exc:
+        console.print(f"[red]refusing to start:[/red] {exc}")
+        raise typer.Exit(2) from exc
     celery.worker_main(["worker", "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
                         "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
 

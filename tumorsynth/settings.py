@@ -27,6 +27,10 @@ class Settings(BaseSettings):
 
     # Broker and job store. None: `tumorsynth serve` starts an embedded Redis server and sets it.
     redis_url: str | None = None
+    # A submission is acknowledged once its record and queue message are on this many replicas (Redis WAIT), else
+    # 503. None: 1 behind Sentinel (sentinel://...), 0 for one Redis. The wait is bounded by the timeout.
+    redis_ack_replicas: int | None = Field(None, ge=0, le=16)
+    redis_ack_timeout_seconds: float = Field(1.0, gt=0, le=30)
     # How long one Redis command may wait in the API before the request is a 503 (a frozen or unreachable Redis).
     redis_timeout_seconds: float = Field(2.0, gt=0, le=30)
     # Open GET /v1/jobs/{id}/events streams per tenant in one API process; one more is a 429.
@@ -121,6 +125,23 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         return None if v is None else v.expanduser().resolve()
+
+    @field_validator("redis_url", mode="after")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        from .jobs.connection import parse_sentinel
+
+        if v:
+            parse_sentinel(v)  # a malformed sentinel:// URL is refused at start-up, naming what to change
+        return v
+
+    @property
+    def ack_replicas(self) -> int:
+        from .jobs.connection import is_sentinel
+
+        if self.redis_ack_replicas is not None:
+            return self.redis_ack_replicas
+        return 1 if is_sentinel(self.redis_url) else 0
 
     @field_validator("webhook_secret", "webhook_tenant_secrets", mode="after")
     @classmethod

@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 
 from tumorsynth.jobs import keys
+from tumorsynth.jobs.connection import connect
 from tumorsynth.settings import Settings
 
 
@@ -47,7 +48,7 @@ class WorkerProcess:
             [sys.executable, "-m", "tumorsynth.cli", "worker", "--queues", self.queues, "--loglevel", "INFO",
              *self.args],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        r = redis.Redis.from_url(self.settings.redis_url)
+        r = connect(self.settings.redis_url)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

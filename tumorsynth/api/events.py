@@ -12,12 +12,12 @@ import logging
 from collections import Counter
 
 import redis
-import redis.asyncio as aioredis
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..errors import TooManyEventStreams
+from ..jobs.connection import connect_async
 from ..jobs.store import events_channel
 from ..schemas import TERMINAL
 
@@ -71,7 +71,7 @@ async def job_events(settings, jobs, rec, request):
     gets a 503 until the store is back).
     """
     t = settings.redis_timeout_seconds
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=t, socket_connect_timeout=min(t, 1.0))
+    client = connect_async(settings.redis_url, socket_timeout=t, socket_connect_timeout=min(t, 1.0))
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         async for event in _changes(pubsub, jobs, rec, request):

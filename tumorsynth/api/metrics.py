@@ -93,9 +93,19 @@ class RedisCollector:
         yield from (qlen, oldest, running, online)
 
         up = GaugeMetricFamily("celery_worker_up", "1 while the worker heart-beats", labels=["hostname"])
+        info = GaugeMetricFamily("tumorsynth_worker_info", "What an online worker announced (always 1)",
+                                 labels=["worker", "host", "queues", "gpus", "tumorsynth_version", "torch_version"])
+        installed = GaugeMetricFamily("tumorsynth_worker_model_installed", "Checkpoints an online worker holds",
+                                      labels=["worker", "model"])
         for w in online_workers(r, self.settings):
             up.add_metric([w["id"]], 1)
-        yield up
+            versions = w.get("versions") or {}
+            info.add_metric([w["id"], str(w.get("host", "")), ",".join(w.get("queues", [])),
+                             ",".join(g["name"] for g in w.get("gpus") or []) or "none",
+                             versions.get("tumorsynth", ""), versions.get("torch", "")], 1)
+            for m in w.get("models") or []:
+                installed.add_metric([w["id"], m["id"]], 1)
+        yield from (up, info, installed)
         gpu = GaugeMetricFamily("tumorsynth_worker_gpu_memory_bytes", "CUDA memory of the worker's pool processes "
                                 "(kind: allocated, reserved; total: the device's size); absent on CPU",
                                 labels=["worker", "device", "kind"])

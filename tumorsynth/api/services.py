@@ -10,6 +10,7 @@ from redis.retry import Retry
 
 from ..imaging.nifti import VolumeLimits
 from ..jobs.batches import BatchService
+from ..jobs.connection import connect
 from ..jobs.dispatch import Dispatcher
 from ..jobs.maskbank import MaskBank
 from ..jobs.service import JobService
@@ -30,8 +31,8 @@ def redis_client(settings: Settings) -> redis.Redis:
     t = settings.redis_timeout_seconds
     if not settings.redis_url:
         raise RuntimeError("TUMORSYNTH_REDIS_URL is not set (tumorsynth serve sets it for the embedded Redis)")
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=t, socket_connect_timeout=min(t, 1.0),
-                                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+    return connect(settings.redis_url, socket_timeout=t, socket_connect_timeout=min(t, 1.0),
+                   retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
 
 
 @dataclass

@@ -67,6 +67,9 @@ def stats_histogram(name: str, model: str) -> str:
     return f"{PREFIX}stats:hist:{name}:{model}"
 
 
+REPLICATION_FENCE = f"{PREFIX}replication-fence"  # counter written before WAIT (jobs/connection.py)
+
+
 def tenant_load(tenant: str) -> str:
     return f"{PREFIX}load:{tenant}"  # hash: jobs, work (samples × steps) of the tenant's queued and running jobs
 

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from ..storage.keys import input_key
 from ..storage.retry import with_retries
 from ..webhooks.targets import check_request as check_webhook
 from . import fairness
+from .connection import wait_for_replicas
 from .dispatch import Dispatcher
 from .memory import check_output_memory, output_shape
 from .records import JobRecord, StoredInput, new_id
@@ -39,7 +41,12 @@ from .validation import (
 
 log = logging.getLogger(__name__)
 IDEMPOTENCY_CLAIM_SECONDS = 300  # an unconfirmed claim (its submitter died mid-way) frees the key after this
+UNDO_RETRY_SECONDS = 120  # a refused submission's record is deleted once the store is back (before orphans are resent)
 IDEMPOTENCY_WAIT_SECONDS = 30  # how long a concurrent request with the same key waits for the first one's job
+
+
+class NotReplicated(Exception):
+    """WAIT answered fewer replicas than required: the job might not survive a failover."""
 
 
 @dataclass
@@ -115,12 +122,29 @@ class JobService:
             self.dispatcher.send(rec.id, rec.family, priority=fairness.priority(self.jobs.r, tenant))
             if idempotency_key is not None:
                 self.jobs.confirm_idempotency(tenant, idempotency_key, body_sha, job_id, self.idem_ttl)
+            self._on_replicas(rec.id)
+        except NotReplicated as exc:
+            self._undo(tenant, rec, idempotency_key)
+            raise ServiceUnavailable(str(exc)) from exc
         except Exception as exc:
             self._undo(tenant, rec, idempotency_key)
             log.exception("job submission failed after validation")
             raise ServiceUnavailable(f"could not queue the job ({type(exc).__name__}); nothing was kept, retry") \
                 from exc
         return Submission(rec, replayed=False)
+
+    def _on_replicas(self, job_id: str) -> None:
+        """Acknowledge only what a failover cannot lose: the record, its queue message and its idempotency key on
+        ``ack_replicas`` replicas (Redis WAIT), or undo the submission and answer 503."""
+        s = self.settings
+        wanted = s.ack_replicas
+        timeout = min(s.redis_ack_timeout_seconds, 0.8 * s.redis_timeout_seconds)  # WAIT ends before the socket does
+        if wanted and wait_for_replicas(self.jobs.r, wanted, timeout) < wanted:
+            log.warning("job %s: not on %d replica(s) within %.1f s; undone, 503", job_id, wanted,
+                        s.redis_ack_timeout_seconds)
+            raise NotReplicated(
+                f"the job store could not copy the job to {wanted} replica(s) within {s.redis_ack_timeout_seconds} "
+                "s (a failover or a lagging replica); nothing was kept, retry after the Retry-After seconds")
 
     def _check_caps(self, tenant: str, rec: JobRecord, idempotency_key: str | None) -> None:
         s = self.settings
@@ -164,9 +188,29 @@ class JobService:
             except Exception:
                 log.warning("could not delete %s", item.key)
         try:
-            self.jobs.delete(rec)
-            if idempotency_key:
-                self.jobs.release_idempotency(tenant, idempotency_key)
+            self._forget(tenant, rec, idempotency_key)
         except Exception:
-            log.warning("could not undo job record %s", rec.id)
+            # The job store went away mid-submission (a failover): the record may survive on a replica and be run
+            # although the client was told 503. Keep trying in the background until the store answers again.
+            log.warning("could not undo job record %s yet; retrying in the background", rec.id)
+            threading.Thread(target=self._forget_later, args=(tenant, rec, idempotency_key), daemon=True,
+                             name=f"undo-{rec.id}").start()
+
+    def _forget(self, tenant: str, rec: JobRecord, idempotency_key: str | None) -> None:
+        self.jobs.delete(rec)
+        if idempotency_key:
+            self.jobs.release_idempotency(tenant, idempotency_key)
+
+    def _forget_later(self, tenant: str, rec: JobRecord, idempotency_key: str | None) -> None:
+        deadline = time.monotonic() + UNDO_RETRY_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                self._forget(tenant, rec, idempotency_key)
+                log.warning("job record %s undone after the job store came back", rec.id)
+                return
+            except Exception:
+                continue
+        log.error("job record %s could not be undone in %d s: it may run although its client got a 503", rec.id,
+                  UNDO_RETRY_SECONDS)
 

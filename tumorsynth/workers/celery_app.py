@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from ..jobs.connection import celery_broker
 from ..jobs.dispatch import Dispatcher
 from ..settings import Settings, get_settings
 
@@ -37,13 +38,14 @@ def create_celery(settings: Settings | None = None, publish_timeout: float | Non
             "TUMORSYNTH_VISIBILITY_TIMEOUT_SECONDS must exceed TUMORSYNTH_JOB_TIME_LIMIT_SECONDS, "
             "or Redis redelivers long jobs while they still run"
         )
-    app = Celery("tumorsynth", broker=settings.redis_url, include=["tumorsynth.workers.tasks"])
+    broker, sentinel_options = celery_broker(settings.redis_url, settings.redis_timeout_seconds)
+    app = Celery("tumorsynth", broker=broker, include=["tumorsynth.workers.tasks"])
     app.conf.update(
         task_ignore_result=True,  # the job store, not Celery's result backend, is the source of truth
         task_acks_late=True,
         task_reject_on_worker_lost=True,  # bounded by our own attempt cap (JobStore.claim)
         worker_prefetch_multiplier=1,
-        broker_transport_options=transport_options(settings, publish_timeout),
+        broker_transport_options=sentinel_options | transport_options(settings, publish_timeout),
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         task_time_limit=settings.job_time_limit_seconds + 60,

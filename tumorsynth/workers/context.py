@@ -12,6 +12,7 @@ from functools import cached_property
 import redis
 
 from ..imaging.nifti import VolumeLimits
+from ..jobs.connection import connect
 from ..jobs.store import JobStore
 from ..models.registry import ModelRegistry
 from ..settings import Settings
@@ -28,7 +29,7 @@ class WorkerContext:
     def redis(self) -> redis.Redis:
         if not self.settings.redis_url:
             raise RuntimeError("TUMORSYNTH_REDIS_URL is not set (tumorsynth serve sets it for the embedded Redis)")
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=10, health_check_interval=30)
+        return connect(self.settings.redis_url, socket_timeout=10, health_check_interval=30)
 
     @cached_property
     def jobs(self) -> JobStore:

@@ -21,6 +21,7 @@ from ..models.loader import load_generator
 from ..models.registry import ModelEntry
 from ..storage.retry import with_retries
 from .context import WorkerContext
+from .durable import finish
 from .outputs import OutputWriter
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
             if "mask" in inputs:
                 mask = (inputs["mask"], validate_mask(inputs["mask"]).convention)
             outputs = writer.write(volumes, mask)
-            ctx.jobs.finish(job_id, token, "succeeded", outputs=outputs, completed_steps=total, total_steps=total)
+            finish(ctx, job_id, token, "succeeded", outputs=outputs, completed_steps=total, total_steps=total)
             writer.sweep_other_attempts()
             return "succeeded"
         except LeaseLost:
@@ -146,7 +147,7 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
             return "lease_lost"
         except JobCanceled:
             _discard(writer)
-            ctx.jobs.finish(job_id, token, "canceled")
+            finish(ctx, job_id, token, "canceled")
             return "canceled"
         except TumorsynthError as exc:
             _discard(writer)
@@ -176,7 +177,7 @@ def _discard(writer: OutputWriter | None) -> None:
 
 def _fail(ctx: WorkerContext, job_id: str, token: int, code: str, message: str) -> str:
     try:
-        ctx.jobs.finish(job_id, token, "failed", error={"code": code, "message": message})
+        finish(ctx, job_id, token, "failed", error={"code": code, "message": message})
     except LeaseLost:
         return "lease_lost"
     return "failed"

@@ -31,5 +31,6 @@ async def api_metrics(services: ServicesDep) -> Response:
 def queues(services: ServicesDep, tenant: TenantDep) -> dict:
     """Per queue: depth, oldest queued age, running jobs, workers online (the same for every tenant)."""
     return {"queues": queues_view(services.redis, services.settings),
-            "workers": [{k: w.get(k) for k in ("id", "queues", "device", "host", "seen_at")}
+            "workers": [{k: w.get(k) for k in ("id", "queues", "device", "host", "seen_at", "gpus", "models",
+                                                     "versions")}
                         for w in online_workers(services.redis, services.settings)]}
