@@ -194,3 +194,23 @@ def test_cli_passes_init_from_to_the_trainer(phantom_dir, tmp_path):
                                  "--work", str(tmp_path / "work"), "--device", "cpu"])
     assert isinstance(r.exception, ValueError) and "network differs" in str(r.exception), r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_enhancing_voxels_and_labels_weigh_what_the_config_says(phantom_dir, tmp_path):
+    """``enhancing_weight`` adds to the L1's weight of label-3 voxels only; ``seg_class_weights`` reaches the
+    segmenter's Dice + CE, and a list of the wrong length is refused naming the setting."""
+    plain = Trainer(config(tumour_weight=1.0), phantom_dir, tmp_path / "a", tmp_path / "wa")
+    rim = Trainer(config(tumour_weight=1.0, enhancing_weight=8.0, seg_class_weights=[1.0, 1.0, 1.0, 5.0]),
+                  phantom_dir, tmp_path / "b", tmp_path / "wb")
+    labels = torch.tensor([[[0, 2], [1, 3]]])  # background, oedema, necrosis, enhancing
+    y = torch.zeros(1, 1, 2, 2)
+    pred = torch.tensor([[[[1.0, 1.0], [1.0, 2.0]]]])  # the enhancing voxel is the one most wrong
+    _, _, w_plain = plain._l1(pred, y, labels)
+    _, _, w_rim = rim._l1(pred, y, labels)
+    assert float(w_plain) == pytest.approx((1 + 2 + 2 + 2 * 2) / 7)  # weights 1, 2, 2, 2
+    assert float(w_rim) == pytest.approx((1 + 2 + 2 + 10 * 2) / 15)  # the enhancing voxel 1 + 1 + 8
+    for weight in (rim.seg_loss.cross_entropy.weight, rim.seg_loss.dice.class_weight):
+        assert torch.equal(weight, torch.tensor([1.0, 1.0, 1.0, 5.0]))
+    assert plain.seg_loss.cross_entropy.weight is None
+    with pytest.raises(ValueError, match="seg_class_weights needs 4"):
+        Trainer(config(seg_class_weights=[1.0, 5.0]), phantom_dir, tmp_path / "c", tmp_path / "wc")

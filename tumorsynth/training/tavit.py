@@ -12,7 +12,9 @@ Both networks train in one loop, each on its own loss: the segmenter with Dice +
 labels; TA-ViT with L1 (+ SSIM) on the T1C, conditioned per slice on the true regions with probability
 ``teacher_forcing`` and otherwise on the segmenter's (detached) prediction, which is what it meets in serving. The L1
 weighs each voxel of the whole tumour ``1 + tumour_weight`` times a healthy one (tumour is about 1 % of the brain; an
-unweighted loss lets the network ignore enhancement). With ``cosine`` the learning rate falls from ``lr`` to 0 over
+unweighted loss lets the network ignore enhancement), and each enhancing-tumour voxel ``enhancing_weight`` more on top
+(the rim is a small share of the tumour, and it is where T1C differs most from T1). ``seg_class_weights`` weighs the
+segmenter's Dice and cross-entropy per label (MONAI's ``DiceCELoss(weight=...)``), so the rare enhancing label is predicted at all. With ``cosine`` the learning rate falls from ``lr`` to 0 over
 the run along a half cosine, a function of the step alone, so a resumed run follows the same schedule.
 
 Training state is saved after every epoch in ``work_dir/state.pt``; ``resume=True`` continues from it. Every epoch
@@ -51,6 +53,7 @@ from .configs import load_config
 from .intensity_stats import record_scanner_stats
 
 log = logging.getLogger(__name__)
+ENHANCING = 3  # BraTS 2023 label of the enhancing tumour
 
 
 @dataclass
@@ -68,6 +71,8 @@ class TAViTTrainConfig:
     weight_decay: float = 1e-4
     ssim_weight: float = 0.0
     tumour_weight: float = 0.0  # the L1's extra weight on whole-tumour voxels
+    enhancing_weight: float = 0.0  # and on enhancing-tumour voxels (label 3) on top of it
+    seg_class_weights: list[float] | None = None  # the segmenter's Dice + CE weight per label (background first)
     cosine: bool = False  # learning rate: a half cosine from lr to 0 over the run
     healthy_slice_step: int = 1  # train on every n-th slice without tumour
     tumour_slice_step: int = 1  # and on every n-th slice with tumour
@@ -182,7 +187,13 @@ class Trainer(ResumableTrainer):
             self.net = build_network(self.model_config).to(self.device)
         self.net.check_grid(self.model_config["output"]["shape"])
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        class_weights = None if cfg.seg_class_weights is None else torch.tensor(cfg.seg_class_weights,
+                                                                                 dtype=torch.float32)
+        if class_weights is not None and len(class_weights) != len(self.model_config["labels"]):
+            raise ValueError(f"seg_class_weights needs {len(self.model_config['labels'])} weights, one per label "
+                             f"({', '.join(self.model_config['labels'])}); got {len(class_weights)}")
+        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True,
+                                   weight=None if class_weights is None else class_weights.to(self.device))
         self.ssim = SSIMLoss(spatial_dims=2, data_range=cfg.ssim_range, win_size=7) if cfg.ssim_weight > 0 else None
         self.state = {"epoch": 0, "metrics": []}
         if cfg.init_from:
@@ -256,7 +267,7 @@ class Trainer(ResumableTrainer):
         """Plain L1, L1 over the whole tumour (0 without tumour), and the tumour-weighted L1 that is trained on."""
         err = (pred - y).abs()[:, 0]  # (B, H, W)
         tumour = (labels > 0).float()
-        weights = 1 + self.cfg.tumour_weight * tumour
+        weights = 1 + self.cfg.tumour_weight * tumour + self.cfg.enhancing_weight * (labels == ENHANCING).float()
         return (err.mean(), (err * tumour).sum() / tumour.sum().clamp(min=1),
                 (err * weights).sum() / weights.sum())
 
@@ -372,7 +383,13 @@ def model_card(config: dict, cfg: TAViTTrainConfig, last: dict, trained_on: str)
     if cfg.tumour_weight:
         departures.append(f"- Tumour-weighted L1 (our choice; the paper's tumour awareness is its segmentation "
                           f"conditioning, which is kept): whole-tumour voxels weigh {1 + cfg.tumour_weight:g}× a "
-                          "healthy voxel.")
+                          "healthy voxel" + (f", enhancing-tumour voxels {1 + cfg.tumour_weight + cfg.enhancing_weight:g}×"
+                                             if cfg.enhancing_weight else "") + ".")
+    if cfg.seg_class_weights:
+        departures.append("- Segmenter's Dice + cross-entropy weighted per label (our choice; the enhancing rim is a small "
+                          "share of the tumour and an unweighted segmenter never predicted it): "
+                          + ", ".join(f"{name} {w:g}" for name, w in zip(config["labels"], cfg.seg_class_weights))
+                          + ".")
     if cfg.healthy_slice_step > 1 or cfg.tumour_slice_step > 1:
         def every(n: int) -> str:
             return "every" if n <= 1 else f"every {n}{'nd' if n == 2 else 'rd' if n == 3 else 'th'}"
