@@ -13,11 +13,11 @@ import tempfile
 import threading
 import time
 import zipfile
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..jobs.records import rfc3339
 from ..jobs.store import JobStore
 from ..storage.retry import with_retries
+from ..webhooks.claim_loop import run_claim_loop
 from .outbox import PacsOutbox
 from .send import DeliveryError, send
 
@@ -100,25 +100,9 @@ class PacsDeliverer:
         self.jobs.update(d["job_id"], put)
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
-        stop = stop or threading.Event()
-        in_flight: set[Future] = set()
-        with ThreadPoolExecutor(PARALLEL, thread_name_prefix="pacs") as pool:
-            while not stop.is_set():
-                in_flight = {f for f in in_flight if not f.done()}
-                free = PARALLEL - len(in_flight)
-                try:
-                    for d in self.outbox.claim_due(self.claim_seconds, limit=free) if free else []:
-                        in_flight.add(pool.submit(self._attempt_logged, d))
-                except Exception:
-                    log.warning("PACS delivery loop failed; retrying", exc_info=True)
-                stop.wait(self.settings.webhook_poll_seconds)
-
-    def _attempt_logged(self, d: dict) -> None:
-        try:
-            self.attempt(d)
-        except Exception as exc:  # Redis out of reach while saving: the claim lapses and the delivery is due again
-            log.warning("PACS delivery of job %s: attempt not recorded (%s: %s)", d["job_id"], type(exc).__name__,
-                        exc)
+        """Claim due deliveries as pool threads free up (``webhooks.claim_loop``)."""
+        run_claim_loop(lambda limit: self.outbox.claim_due(self.claim_seconds, limit=limit), self.attempt, PARALLEL,
+                       self.settings.webhook_poll_seconds, "pacs", stop)
 
 
 def start_pacs_deliverer(r, store, settings) -> threading.Thread:

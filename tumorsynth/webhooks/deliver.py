@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import httpx
 
 from .. import __version__
 from . import signing
+from .claim_loop import run_claim_loop
 from .deadline import DeadlineTransport, deadline
 from .targets import TargetRefused, check_target, system_resolver
 
@@ -105,26 +106,9 @@ class Deliverer:
             return resp.status_code
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
-        """Claim due deliveries as pool threads free up; never wait for one delivery before starting another."""
-        stop = stop or threading.Event()
-        in_flight: set[Future] = set()
-        with ThreadPoolExecutor(PARALLEL, thread_name_prefix="webhook") as pool:
-            while not stop.is_set():
-                in_flight = {f for f in in_flight if not f.done()}
-                free = PARALLEL - len(in_flight)
-                try:
-                    for d in self.outbox.claim_due(self.claim_seconds, limit=free) if free else []:
-                        in_flight.add(pool.submit(self._attempt_logged, d))
-                except Exception:
-                    log.warning("webhook delivery loop failed; retrying", exc_info=True)
-                stop.wait(self.settings.webhook_poll_seconds)
-
-    def _attempt_logged(self, d: dict) -> None:
-        try:
-            self.attempt(d)
-        except Exception as exc:  # e.g. Redis out of reach while saving: the claim lapses, the delivery is due again
-            log.warning("webhook %s for job %s: attempt not recorded (%s: %s)", d["id"], d["job_id"],
-                        type(exc).__name__, exc)
+        """Claim due deliveries as pool threads free up (``webhooks.claim_loop``)."""
+        run_claim_loop(lambda limit: self.outbox.claim_due(self.claim_seconds, limit=limit), self.attempt, PARALLEL,
+                       self.settings.webhook_poll_seconds, "webhook", stop)
 
 
 def start_deliverer(outbox: DeliveryQueue, settings) -> threading.Thread:
