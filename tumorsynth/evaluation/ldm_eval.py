@@ -43,7 +43,7 @@ def held_out(entry: ModelEntry, data_dir, n: int):
 
 def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 2, sampler: str | None = None,
                  steps: int | None = None, device: str = "cpu", seed: int = 0, fidelity_epochs: int = 0,
-                 feature_weights: str | None = None) -> dict:
+                 feature_weights: str | None = None, options: dict | None = None) -> dict:
     from monai.metrics import (
         MAEMetric,
         MMDMetric,
@@ -83,7 +83,8 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
 
     def sample(lab, n, seed_, tumor_class):
         params = GenerationParams(num_samples=n, seed=seed_, sampler=sampler, steps=steps, modalities=tuple(mods),
-                                  output_grid="model", tumor_class=tumor_class)
+                                  output_grid="model", tumor_class=tumor_class,
+                                  options=dict(options or {}) if tumor_class else {})
         outs = gen.generate(params, {"mask": GridMask(lab, affine)}, lambda done, total: None)
         return torch.stack([torch.from_numpy(np.stack([o.data for o in outs if o.sample_index == k]))
                             for k in range(n)])  # (n, C, X, Y, Z)
@@ -129,6 +130,7 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
             fid_value = fid(extract_features(extractor, real.cpu()), extract_features(extractor, fake))
     return {
         "model": entry.id, "trained_on": entry.trained_on, "subjects": [s.id for s in chosen],
+        "options": dict(options or {}),
         "mask_fidelity_dice": fidelity, "fid": fid_value,
         "fid_features": ("MedicalNet resnet10 (local weights)" if feature_weights else "in-house LGG/HGG classifier")
         if fid_value is not None else None,
