@@ -40,6 +40,7 @@ def tumour_centre(seg: np.ndarray | None, image: np.ndarray) -> np.ndarray:
 def roi_mapping(in_shape: Sequence[int], affine: np.ndarray, centre: np.ndarray, grid: Sequence[int],
                 spacing: Sequence[float]) -> GridMapping:
     """The grid of ``grid`` voxels of ``spacing`` mm centred on voxel ``centre``, along the input's voxel axes."""
+    in_shape3, grid3 = _three(in_shape, "in_shape"), _three(grid, "grid")
     affine = np.asarray(affine, dtype=np.float64)
     in_spacing = np.linalg.norm(affine[:3, :3], axis=0)
     step = np.asarray(spacing, dtype=np.float64) / in_spacing
@@ -47,7 +48,7 @@ def roi_mapping(in_shape: Sequence[int], affine: np.ndarray, centre: np.ndarray,
     voxel_map = np.eye(4)
     voxel_map[:3, :3] = np.diag(step)
     voxel_map[:3, 3] = offset
-    return GridMapping(_three(in_shape, "in_shape"), _three(grid, "grid"), step, offset, affine @ voxel_map)
+    return GridMapping(in_shape3, grid3, step, offset, affine @ voxel_map)
 
 
 def _three(shape: Sequence[int], name: str) -> tuple[int, int, int]:
