@@ -8,6 +8,7 @@ latent-resolution condition → reverse diffusion in latent space → decoder �
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,11 @@ from .configs import build_network
 from .sampler import reverse_process
 from .schedulers import make_scheduler
 
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+    from ...imaging.nifti import Volume
+
 Z_LIMIT = 10.0  # decoded z-scores beyond ±10 are artefacts of an untrained or diverging model
 DECODE_BATCH = 2  # volumes decoded at once; the decoder at full resolution is the memory peak
 
@@ -36,7 +42,7 @@ class LDMJob:
     params: GenerationParams
     modalities: tuple[str, ...]
     mapping: GridMapping
-    mask: object  # imaging.nifti.Volume
+    mask: Volume
     cond: torch.Tensor  # (1, 3, x, y, z)
     class_index: int
     guidance: float = 0.0  # classifier-free guidance weight on the class (options.py); 0 = off
@@ -191,7 +197,7 @@ class LDMGenerator:
         options = check_options(self.entry.options, params.options, self.entry.id)  # refuses undeclared ones
         return wanted, options
 
-    def _scheduler(self, params: GenerationParams):
+    def _scheduler(self, params: GenerationParams) -> SchedulerMixin:
         try:
             self.entry.sampler(params.sampler)
         except KeyError:
