@@ -87,7 +87,7 @@ class LDMGenerator:
 
     def batch_key(self, params: GenerationParams) -> tuple:
         """Jobs with equal keys can share a batch: one scheduler, one number of steps."""
-        guidance = float(check_options(self.entry.options, params.options, self.entry.id).get("guidance", 0.0))
+        guidance = float(check_options(self.entry.options, params.options, self.entry.id).get("guidance") or 0.0)
         guidance = guidance if params.tumor_class else 0.0  # as prepare() decides
         return (params.sampler or self.entry.default_sampler, int(params.steps), guidance)
 
@@ -105,7 +105,7 @@ class LDMGenerator:
             cond = self.network.condition(regions)  # (1, 3, x, y, z)
         class_index = self._class_index(params.tumor_class)
         # without a class both passes would be the unconditional one: (1 + w)·u − w·u = u, so skip the second
-        guidance = float(options.get("guidance", 0.0)) if class_index else 0.0
+        guidance = float(options.get("guidance") or 0.0) if class_index else 0.0
         return LDMJob(params, modalities, mapping, mask, cond, class_index, guidance)
 
     def sample_batch(self, jobs: list[LDMJob], progress: list[ProgressFn]) -> list[torch.Tensor | BaseException]:
