@@ -127,3 +127,14 @@ def test_fir_filter_made_while_serving_still_trains():
     x = torch.ones(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
     upsample2d(x).sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_batch_size_follows_the_device_and_the_feature_size():
+    from tumorsynth.models.stylegan2.sampler import GPU_BATCH, batch_size_for
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    demo, paper = build_network(PRESETS["demo"]), build_network(PRESETS["paper"])
+    assert batch_size_for(paper, gpu) == batch_size_for(demo, gpu) == GPU_BATCH  # reads no GPU: shapes only
+    assert batch_size_for(paper, cpu) == 1 < batch_size_for(demo, cpu) < GPU_BATCH
+    with pytest.raises(ValueError, match="batch_size"):
+        sample_slices(demo, 0, [1], batch_size=0)

@@ -48,7 +48,8 @@ class MappingNetwork(nn.Module):
             x = torch.cat([x, y], dim=1)
         for layer in self.layers:
             x = layer(x)  # (B, W)
-        rows = labels if self.embed is not None else torch.zeros(len(x), dtype=torch.long, device=x.device)
+        rows = labels if self.embed is not None and labels is not None else \
+            torch.zeros(len(x), dtype=torch.long, device=x.device)
         if update_w_avg:
             self._track(x.detach(), rows)
         if truncation_psi != 1:
@@ -169,12 +170,11 @@ class Generator(nn.Module):
         self.z_dim, self.w_dim = z_dim, w_dim
         self.block_resolutions = [2 ** i for i in range(2, int(np.log2(resolution)) + 1)]
         channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
-        self.blocks = nn.ModuleList()
-        for r in self.block_resolutions:
-            in_ch = channels[r // 2] if r > 4 else 0
-            self.blocks.append(SynthesisBlock(in_ch, channels[r], w_dim, r, img_channels, conv_clamp))
+        blocks = [SynthesisBlock(channels[r // 2] if r > 4 else 0, channels[r], w_dim, r, img_channels, conv_clamp)
+                  for r in self.block_resolutions]
+        self.blocks = nn.ModuleList(blocks)
         # Consecutive blocks share the w of the torgb/conv0 boundary, as ``SynthesisNetwork`` counts them.
-        self.num_ws = sum(b.num_ws - 1 for b in self.blocks) + 1
+        self.num_ws = sum(b.num_ws - 1 for b in blocks) + 1
         self.mapping = MappingNetwork(z_dim, num_classes, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier,
                                       w_avg_beta)
         self.synthesis_dtype, self.channels_last = torch.float32, False
@@ -218,6 +218,7 @@ class Generator(nn.Module):
                 if isinstance(m, FullyConnected):
                     m.float()
             if channels_last:
-                block.to(memory_format=torch.channels_last)
+                # Module.to takes memory_format at run time; torch's overloads do not declare it
+                block.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.synthesis_dtype, self.channels_last = dtype, channels_last
         return self

@@ -115,6 +115,21 @@ def demodulation(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
     return (styles.float().square() @ wsq.T + 1e-8).rsqrt()
 
 
+def fuse_modulation(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Fused for one sample: the grouped convolution is then a plain one. For B > 1 on a GPU unfused: a grouped
+    convolution over B weight copies (151 M values per 512-channel layer at batch 64) is what kept the generator at
+    73 images/s, while a batched convolution with one weight is what cuDNN runs fastest (bf16 tensor cores
+    included). On the CPU the faster of the two follows the cost of the scaling (benchmarks/stylegan2_throughput.py:
+    at batch 4, 512 channels at 32 px 0.20 s fused vs 0.17 s unfused, 64 channels at 256 px 0.23 vs 0.45 s), so it
+    is fused where a sample's O·I·k² weights are fewer than its (I + O)·H·W activations."""
+    b, i, h, w = x.shape
+    if b == 1:
+        return True
+    if x.device.type != "cpu":
+        return False
+    return weight[0].numel() * weight.shape[0] < (i + weight.shape[0]) * h * w
+
+
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
                      padding: int = 0, fused: bool | None = None) -> torch.Tensor:
     """Per-sample modulated (and demodulated) convolution.
@@ -124,19 +139,15 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
     Two equal computations, as stylegan2-ada-pytorch's ``fused_modconv``: *fused* scales the weights per sample and
     runs one grouped convolution (groups = B); *unfused* scales the activations by the styles, runs one ordinary
-    convolution with the shared weight and scales its output by the demodulation factors. ``fused=None`` picks
-    fused for one sample only: there the grouped convolution is a plain one and the O·I·k² weights cost less to scale
-    than the (I + O)·H·W activations; for B > 1 the grouped convolution over B weight copies (151 M values per
-    512-channel layer at batch 64) is what kept the generator at 73 images/s, while a batched convolution with one
-    weight is what cuDNN and oneDNN run fastest (bf16 tensor cores included). Styles and the demodulation factors
-    are computed in float32 whatever the activations' dtype.
+    convolution with the shared weight and scales its output by the demodulation factors. ``fused=None`` picks with
+    ``fuse_modulation``. Styles and the demodulation factors are computed in float32 whatever the activations' dtype.
     """
     b, i, h, w_ = x.shape
     o = weight.shape[0]
     styles = styles.float()
     dcoefs = demodulation(weight, styles) if demodulate else None  # (B, O)
     if fused is None:
-        fused = b == 1
+        fused = fuse_modulation(x, weight)
     if not fused:
         x = x * styles.to(x.dtype).reshape(b, i, 1, 1)
         x = F.conv2d(x, weight.to(x.dtype), padding=padding)  # (B, O, H', W')

@@ -45,8 +45,9 @@ class StyleGAN2Generator:
         self.entry = entry
         self.device = torch.device(device)
         self.dtype = weights_dtype(precision, self.device)
-        network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
-        self.network = network.synthesis_to(self.dtype, channels_last=self.device.type == "cuda")
+        network = build_network(entry.config)
+        load_into(network, entry, self.device)  # in place: the Generator it returns is typed as a Module
+        self.network = network.requires_grad_(False).synthesis_to(self.dtype, channels_last=self.device.type == "cuda")
         self.shape = tuple(int(n) for n in entry.output_shape)
         self.affine = centred_affine(self.shape, entry.output_spacing)
         self.sampling = dict(entry.config.get("sampling", {}))
@@ -67,7 +68,10 @@ class StyleGAN2Generator:
 
     def _truncation(self, params: GenerationParams) -> float:
         """ψ from the request's options (the API's check, models/options.py), default the checkpoint's."""
-        return float(check_options(self.entry.options, params.options, self.entry.id)["truncation"])
+        value = check_options(self.entry.options, params.options, self.entry.id)["truncation"]
+        if value is None:  # not reached: the option has a default (options.py)
+            raise InvalidRequest.for_field("options.truncation", "give a truncation ψ within [0, 1]")
+        return float(value)
 
     def _class_index(self, tumor_class: str | None) -> int:
         classes = self.entry.classes
