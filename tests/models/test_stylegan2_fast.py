@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 
 from tests.support import stylegan2_previous as previous
@@ -16,7 +17,7 @@ from tumorsynth.models.checkpoints import load_into
 from tumorsynth.models.registry import entry_at
 from tumorsynth.models.stylegan2.configs import PRESETS, build_network, create_untrained
 from tumorsynth.models.stylegan2.generator import Generator
-from tumorsynth.models.stylegan2.layers import FullyConnected, modulated_conv2d, upsample2d
+from tumorsynth.models.stylegan2.layers import FullyConnected, modulated_conv2d, upsample2d, upsample_conv3x3
 from tumorsynth.models.stylegan2.runner import StyleGAN2Generator, to_unit, to_voxels
 from tumorsynth.models.stylegan2.sampler import sample_slices, seeded_inputs
 
@@ -138,3 +139,17 @@ def test_batch_size_follows_the_device_and_the_feature_size():
     assert batch_size_for(paper, cpu) == 1 < batch_size_for(demo, cpu) < GPU_BATCH
     with pytest.raises(ValueError, match="batch_size"):
         sample_slices(demo, 0, [1], batch_size=0)
+
+
+@pytest.mark.parametrize("n,groups", [(2, 1), (4, 1), (5, 1), (8, 2)])
+def test_upsampling_convolution_at_the_low_resolution_equals_upsample_then_convolve(n, groups):
+    torch.manual_seed(n)
+    x = torch.randn(2, 6, n, n, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 6 // groups, 3, 3, dtype=torch.float64, requires_grad=True)
+    before = F.conv2d(upsample2d(x), weight, padding=1, groups=groups)
+    ours = upsample_conv3x3(x, weight, groups)
+    assert ours.shape == (2, 4, 2 * n, 2 * n)
+    torch.testing.assert_close(ours, before, rtol=1e-10, atol=1e-10)  # border included
+    g = torch.randn_like(before)
+    torch.testing.assert_close(torch.autograd.grad((ours * g).sum(), [x, weight]),
+                               torch.autograd.grad((before * g).sum(), [x, weight]))  # it trains the same

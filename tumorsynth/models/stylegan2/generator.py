@@ -83,9 +83,7 @@ class SynthesisLayer(nn.Module):
         """``noise`` (B, 1, R, R): this layer's noise maps drawn beforehand (``noise_mode='random'``); else drawn
         here from ``generator``."""
         styles = self.affine(w)  # (B, I)
-        if self.up:
-            x = upsample2d(x)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1)  # (B, O, R, R)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1, up=self.up)  # (B, O, R, R)
         if noise_mode == "random":
             if noise is None:
                 noise = torch.randn(self.noise_shape(x.shape[0]), device=x.device, dtype=x.dtype, generator=generator)

@@ -66,6 +66,47 @@ def downsample2d(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, _fir_kernel(c, 1.0, x.device, x.dtype), stride=2, padding=1, groups=c)
 
 
+def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """``conv2d(upsample2d(x), weight, padding=1, groups=groups)`` with the 3×3 convolution run at the low resolution:
+    a quarter of the multiply-adds of the synthesis' up-sampling layers (60 % of the 256 px generator's).
+
+    Convolutions commute, so the 3×3 convolution of the *uncropped* up-sampled image is the FIR filter applied to a
+    stride-2 transposed convolution of x (stylegan2-ada-pytorch's order). The trained network saw the cropped image
+    zero-padded instead, which differs on the output's border: the ring of up-sampled values just outside the crop
+    is subtracted back out, by 3×3 convolutions of four thin strips (only x's border rows and columns make that
+    ring), so the result equals the previous order within float rounding.
+
+    x (B, I, n, n), weight (O, I / groups, 3, 3) → (B, O, 2n, 2n).
+    """
+    b, i, n, _ = x.shape
+    o, m = weight.shape[0], 2 * n
+    flipped = weight.reshape(groups, o // groups, i // groups, 3, 3).transpose(1, 2).flip([3, 4])
+    v = F.conv_transpose2d(x, flipped.reshape(i, o // groups, 3, 3), stride=2, groups=groups)  # (B, O, m+1, m+1)
+    y = F.conv2d(v, _fir_kernel(o, 4.0, x.device, x.dtype), padding=1, groups=o)  # (B, O, m, m)
+    top, bottom, left, right = _upsampled_ring(x)  # (B, I, m + 2) each
+    s_top, s_bottom = x.new_zeros(b, i, 3, m + 2), x.new_zeros(b, i, 3, m + 2)  # ring rows -1..1 and m-2..m
+    s_top[:, :, 0], s_bottom[:, :, 2] = top, bottom
+    s_top[:, :, 1:, 0], s_top[:, :, 1:, -1] = left[:, :, 1:3], right[:, :, 1:3]
+    s_bottom[:, :, :2, 0], s_bottom[:, :, :2, -1] = left[:, :, m - 1:m + 1], right[:, :, m - 1:m + 1]
+    s_left, s_right = x.new_zeros(b, i, m, 3), x.new_zeros(b, i, m, 3)  # ring rows 0..m-1, columns -1..1, m-2..m
+    s_left[..., 0], s_right[..., 2] = left[:, :, 1:m + 1], right[:, :, 1:m + 1]
+    # in place on the border only (autograd allows it: a convolution keeps its inputs, not its output)
+    y[:, :, :1] -= F.conv2d(s_top, weight, groups=groups)
+    y[:, :, -1:] -= F.conv2d(s_bottom, weight, groups=groups)
+    y[:, :, 1:-1, :1] -= F.conv2d(s_left, weight, groups=groups)
+    y[:, :, 1:-1, -1:] -= F.conv2d(s_right, weight, groups=groups)
+    return y
+
+
+def _upsampled_ring(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows -1 and 2n, columns -1 and 2n of the uncropped ×2 up-sampled x (each (B, C, 2n + 2), from -1 to 2n): the
+    first and last rows (columns) of x, each up-sampled alone, since the 4-tap filter reaches no further."""
+    k = _fir_kernel(x.shape[1], 4.0, x.device, x.dtype)
+    c = x.shape[1]
+    up = lambda part: F.conv_transpose2d(part, k, stride=2, groups=c)  # uncropped: padding 0
+    return up(x[:, :, :1])[:, :, 0], up(x[:, :, -1:])[:, :, 3], up(x[..., :1])[..., 0], up(x[..., -1:])[..., 3]
+
+
 class FullyConnected(nn.Module):
     """Equalised-LR linear layer (``FullyConnectedLayer``)."""
 
@@ -131,8 +172,8 @@ def fuse_modulation(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
-                     padding: int = 0, fused: bool | None = None) -> torch.Tensor:
-    """Per-sample modulated (and demodulated) convolution.
+                     padding: int = 0, fused: bool | None = None, up: bool = False) -> torch.Tensor:
+    """Per-sample modulated (and demodulated) convolution, of ``upsample2d(x)`` when ``up`` (3×3, padding 1).
 
     x (B, I, H, W), weight (O, I, k, k), styles (B, I). Demodulation rescales each output channel's weights to unit
     L2 norm, so a unit-variance input gives (about) a unit-variance output, replacing AdaIN's instance norm.
@@ -150,11 +191,11 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         fused = fuse_modulation(x, weight)
     if not fused:
         x = x * styles.to(x.dtype).reshape(b, i, 1, 1)
-        x = F.conv2d(x, weight.to(x.dtype), padding=padding)  # (B, O, H', W')
+        x = upsample_conv3x3(x, weight.to(x.dtype)) if up else F.conv2d(x, weight.to(x.dtype), padding=padding)
         return x * dcoefs.to(x.dtype).reshape(b, o, 1, 1) if dcoefs is not None else x
     w = weight.float().unsqueeze(0) * styles.reshape(b, 1, i, 1, 1)  # (B, O, I, k, k)
     if dcoefs is not None:
         w = w * dcoefs.reshape(b, o, 1, 1, 1)
-    out = F.conv2d(x.reshape(1, b * i, h, w_), w.reshape(b * o, i, *weight.shape[2:]).to(x.dtype), padding=padding,
-                   groups=b)
+    x, w = x.reshape(1, b * i, h, w_), w.reshape(b * o, i, *weight.shape[2:]).to(x.dtype)
+    out = upsample_conv3x3(x, w, groups=b) if up else F.conv2d(x, w, padding=padding, groups=b)
     return out.reshape(b, o, *out.shape[2:])
