@@ -109,22 +109,26 @@ def check(fp32: Generator, bf16: Generator | None, device: torch.device, trained
 
 
 def modconv_rows(net: Generator, batch: int, device: torch.device, repeat: int) -> None:
-    """A wide layer at a low resolution and the top layer: seconds fused vs unfused, and what ``fuse_modulation``
-    picks."""
-    print(f"{'modulated conv (fp32)':50} {'fused':>11} {'unfused':>11}  {'picks':9}")
+    """A wide layer at a low resolution, the top up-sampling layer and the top layer, in seconds: the previous code
+    (grouped, after ``upsample2d``), ours fused and unfused, and which of the two ``fuse_modulation`` picks."""
+    print(f"{'modulated conv (fp32), seconds':50} {'previous':>11} {'fused':>11} {'unfused':>11}  picks")
     layers = net.noise_layers()
-    for layer in (layers[len(layers) // 2], layers[-1]):
+    for layer in (layers[len(layers) // 2], layers[-2], layers[-1]):
         w = layer.weight.float()
         o, i = w.shape[:2]
-        r = layer.resolution
+        r = layer.resolution // 2 if layer.up else layer.resolution
         for b in sorted({1, batch}):
             x = torch.randn(b, i, r, r, device=device)
             s = torch.rand(b, i, device=device) + 0.5
+            old = (lambda: previous.modulated_conv2d(previous.upsample2d(x), w, s, padding=1)) if layer.up else \
+                (lambda: previous.modulated_conv2d(x, w, s, padding=1))
             with torch.inference_mode():
-                fused = best_of(lambda: modulated_conv2d(x, w, s, padding=1, fused=True), device, repeat)
-                unfused = best_of(lambda: modulated_conv2d(x, w, s, padding=1, fused=False), device, repeat)
+                times = [best_of(old, device, repeat)] + [
+                    best_of(lambda f=f: modulated_conv2d(x, w, s, padding=1, fused=f, up=layer.up), device, repeat)
+                    for f in (True, False)]
             pick = "fused" if fuse_modulation(x, w) else "unfused"
-            print(f"{f'{i}→{o} @ {r} px, batch {b}':50} {fused:11.5f} {unfused:11.5f}  {pick:9} s")
+            what = f"{i}→{o} {'up ' if layer.up else ''}@ {layer.resolution} px, batch {b}"
+            print(f"{what:50} {times[0]:11.5f} {times[1]:11.5f} {times[2]:11.5f}  {pick}")
 
 
 def main() -> None:

@@ -84,13 +84,15 @@ def test_demo_checkpoint_loads_unchanged_and_gives_the_previous_slices(demo):
         torch.testing.assert_close(ours, before, rtol=1e-4, atol=1e-4)
 
 
-def test_bf16_synthesis_stays_within_tolerance_of_fp32(demo):
+@pytest.mark.parametrize("channels_last", [False, True])  # True: as served on CUDA
+def test_bf16_synthesis_stays_within_tolerance_of_fp32(demo, channels_last):
     ours = build_network(entry_at(DEMO).config)
     ours.load_state_dict(demo.state_dict())
-    ours.eval().requires_grad_(False).synthesis_to(torch.bfloat16)
+    ours.eval().requires_grad_(False).synthesis_to(torch.bfloat16, channels_last)
     assert list(ours.state_dict()) == list(demo.state_dict())  # same keys: a bf16 copy saves as the checkpoint
     block = ours.synthesis_blocks()[-1]
     assert block.conv1.weight.dtype == torch.bfloat16 and block.torgb.bias.dtype == torch.bfloat16
+    assert block.conv1.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert all(m.weight.dtype == torch.float32 for m in ours.modules() if isinstance(m, FullyConnected))
     seeds = list(range(100, 116))
     fp32 = sample_slices(demo, 1, seeds)
