@@ -131,6 +131,18 @@ def modconv_rows(net: Generator, batch: int, device: torch.device, repeat: int) 
             print(f"{what:50} {times[0]:11.5f} {times[1]:11.5f} {times[2]:11.5f}  {pick}")
 
 
+def compiled_rows(net: Generator, seeds: list[int], device: torch.device, repeat: int) -> None:
+    """Eager against ``torch.compile`` (elementwise chains fused; CUDA graphs left out: the draws are per seed)."""
+    eager = best_of(lambda: sample_slices(net, 0, seeds, device=device), device, repeat)
+    compiled = torch.compile(net, mode="max-autotune-no-cudagraphs", dynamic=False)
+    t = time.perf_counter()
+    sample_slices(compiled, 0, seeds, device=device)  # the compiled module forwards attributes
+    warm = time.perf_counter() - t
+    fast = best_of(lambda: sample_slices(compiled, 0, seeds, device=device), device, repeat)
+    row(f"sampling: eager → compiled (warm-up {warm:.0f} s)", [len(seeds) / eager, len(seeds) / fast, None],
+        "images/s")
+
+
 def main() -> None:
     global CLOCK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -142,6 +154,8 @@ def main() -> None:
     ap.add_argument("--previous-images", type=int, default=None,
                     help="images for the previous path's timing (default: the batch; it is per image anyway)")
     ap.add_argument("--bf16-on-cpu", action="store_true", help="also build and time bf16 on the CPU")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torch.compile of ours (bf16 on CUDA) on the batch's fixed shapes")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = ap.parse_args()
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -177,6 +191,8 @@ def main() -> None:
                  if n else None for n in nets]
         row("sampling + slices to host voxels", [n_prev / t_prev_job, *[batch / t if t else None for t in t_job]],
             "images/s")
+        if args.compile:
+            compiled_rows(bf16 or fp32, seeds, device, repeat)
     if cuda:
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
 
