@@ -45,9 +45,8 @@ class StyleGAN2Generator:
         self.entry = entry
         self.device = torch.device(device)
         self.dtype = weights_dtype(precision, self.device)
-        network = build_network(entry.config)
-        load_into(network, entry, self.device)  # in place: the Generator it returns is typed as a Module
-        self.network = network.requires_grad_(False).synthesis_to(self.dtype, channels_last=self.device.type == "cuda")
+        network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
+        self.network = network.synthesis_to(self.dtype, channels_last=self.device.type == "cuda")
         self.shape = tuple(int(n) for n in entry.output_shape)
         self.affine = centred_affine(self.shape, entry.output_spacing)
         self.sampling = dict(entry.config.get("sampling", {}))
