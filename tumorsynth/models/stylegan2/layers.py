@@ -175,7 +175,7 @@ def fuse_modulation(x: torch.Tensor, weight: torch.Tensor) -> bool:
     convolution over B weight copies (151 M values per 512-channel layer at batch 64) is what kept the generator at
     73 images/s, while a batched convolution with one weight is what cuDNN runs fastest (bf16 tensor cores
     included). On the CPU the faster of the two follows the cost of the scaling (benchmarks/stylegan2_throughput.py:
-    at batch 4, 512 channels at 32 px 0.20 s fused vs 0.17 s unfused, 64 channels at 256 px 0.23 vs 0.45 s), so it
+    at batch 4, 512 channels at 32 px 0.24 s fused vs 0.17 s unfused, 64 channels at 256 px 0.29 vs 0.37 s), so it
     is fused where a sample's O·I·k² weights are fewer than its (I + O)·H·W activations."""
     b, i, h, w = x.shape
     if b == 1:
