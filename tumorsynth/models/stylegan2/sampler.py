@@ -14,7 +14,7 @@ import torch
 
 from .generator import Generator
 
-GPU_BATCH = 64  # seeds per forward pass on a GPU: 256 px in bf16 needs ~3 GB at 64
+GPU_BATCH = 64  # seeds per forward pass on a GPU (the batch; the benchmark prints its peak memory)
 CPU_FEATURE_BYTES = 8 * 2**20  # on the CPU: a batch's largest feature map about within the caches
 
 
