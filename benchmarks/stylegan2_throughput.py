@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,7 +39,13 @@ from tumorsynth.models.checkpoints import load_into  # noqa: E402
 from tumorsynth.models.registry import entry_at  # noqa: E402
 from tumorsynth.models.stylegan2.configs import build_network, create_untrained  # noqa: E402
 from tumorsynth.models.stylegan2.generator import Generator  # noqa: E402
-from tumorsynth.models.stylegan2.layers import fuse_modulation, modulated_conv2d  # noqa: E402
+from tumorsynth.models.stylegan2.layers import (  # noqa: E402
+    fuse_modulation,
+    low_resolution_pays,
+    modulated_conv2d,
+    upsample2d,
+    upsample_conv3x3,
+)
 from tumorsynth.models.stylegan2.runner import to_unit, to_voxels  # noqa: E402
 from tumorsynth.models.stylegan2.sampler import sample_slices, seeded_inputs  # noqa: E402
 
@@ -143,6 +150,23 @@ def compiled_rows(net: Generator, seeds: list[int], device: torch.device, repeat
         "images/s")
 
 
+def up_rows(net: Generator, batch: int, device: torch.device, repeat: int) -> None:
+    """Every up-sampling layer's 3×3 convolution (unmodulated): up-sample then convolve (the previous order) against
+    the convolution at the low resolution with the border corrected, and which ``up_conv3x3`` runs."""
+    print(f"\n{'up-sampling 3×3 conv (fp32), seconds':50} {'up, conv':>11} {'low-res':>11}  picks")
+    for layer in net.noise_layers():
+        if not layer.up:
+            continue
+        w = layer.weight.float()
+        o, i = w.shape[:2]
+        x = torch.randn(batch, i, layer.resolution // 2, layer.resolution // 2, device=device)
+        with torch.inference_mode():
+            before = best_of(lambda: F.conv2d(upsample2d(x), w, padding=1), device, repeat)
+            low = best_of(lambda: upsample_conv3x3(x, w), device, repeat)
+            picks = "low-res" if low_resolution_pays(x) else "up, conv"
+        print(f"{f'{i}→{o} from {x.shape[-1]} px, batch {batch}':50} {before:11.5f} {low:11.5f}  {picks}")
+
+
 def main() -> None:
     global CLOCK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -171,6 +195,7 @@ def main() -> None:
 
     print()
     modconv_rows(fp32, batch, device, repeat)
+    up_rows(fp32, batch, device, repeat)
     print(f"\n{'':50} {'previous':>11} {'ours fp32':>11} {'ours bf16':>11}  {'unit':9} ratios to previous")
     seeds = list(range(1000, 1000 + batch))
     nets = [fp32, bf16]

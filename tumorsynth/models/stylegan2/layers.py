@@ -99,17 +99,18 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> 
 
 
 def up_conv3x3(x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """``conv2d(upsample2d(x), weight, padding=1, groups=groups)`` by whichever order is faster for x's size.
-
-    ``upsample_conv3x3`` adds ~16 small operations (the ring) to save 3/4 of the convolution, which pays on large
-    inputs only. Measured per layer on this CPU (one thread; benchmarks/stylegan2_throughput.py prints the top one):
-    from 32 px up it is 2-2.7× faster at 64-512 channels; from 16 px 1.6× faster at 64 channels but 10 % slower at
-    512; from 8 px and 4 px slower (3-6× at 512 channels, where oneDNN's transposed convolution is poor). So: from 32
-    px, or from 16 px at up to 64 input channels per group."""
-    n, per_group = x.shape[-1], x.shape[1] // groups
-    if n >= 32 or (n >= 16 and per_group <= 64):
+    """``conv2d(upsample2d(x), weight, padding=1, groups=groups)`` by whichever order is faster for x's size."""
+    if low_resolution_pays(x):
         return upsample_conv3x3(x, weight, groups)
     return F.conv2d(upsample2d(x), weight, padding=1, groups=groups)
+
+
+def low_resolution_pays(x: torch.Tensor) -> bool:
+    """Whether ``upsample_conv3x3`` is the faster order for x: it adds ~16 small operations (the ring) to save 3/4 of
+    the convolution, which pays on large inputs only. Measured per layer on this CPU (one thread, the up-sampling rows
+    of benchmarks/stylegan2_throughput.py, batches of 4 at 256 px and 16 at 64 px): from 4 px 2.1-2.2× slower, from
+    8 px 1.1-1.5× slower, from 16 px 1.1-1.5× faster, from 32 px and up 1.6-2.4× faster. So: from 16 px."""
+    return x.shape[-1] >= 16
 
 
 def _upsampled_ring(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,7 +176,7 @@ def fuse_modulation(x: torch.Tensor, weight: torch.Tensor) -> bool:
     convolution over B weight copies (151 M values per 512-channel layer at batch 64) is what kept the generator at
     73 images/s, while a batched convolution with one weight is what cuDNN runs fastest (bf16 tensor cores
     included). On the CPU the faster of the two follows the cost of the scaling (benchmarks/stylegan2_throughput.py:
-    at batch 4, 512 channels at 32 px 0.24 s fused vs 0.17 s unfused, 64 channels at 256 px 0.29 vs 0.37 s), so it
+    at batch 4, 512 channels at 32 px 0.24 s fused vs 0.17 s unfused, 64 channels at 256 px 0.30 vs 0.38 s), so it
     is fused where a sample's O·I·k² weights are fewer than its (I + O)·H·W activations."""
     b, i, h, w = x.shape
     if b == 1:
