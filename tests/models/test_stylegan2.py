@@ -141,8 +141,8 @@ def test_seeded_sampling_is_deterministic_and_independent_of_the_batch(net):
     torch.testing.assert_close(a[1:], c)
     assert not torch.allclose(a[0], a[1])
     calls = []
-    sample_slices(net, 2, [1, 2, 3], progress=lambda d, t: calls.append((d, t)))
-    assert calls == [(1, 3), (2, 3), (3, 3)]
+    sample_slices(net, 2, [1, 2, 3], progress=lambda d, t: calls.append((d, t)), batch_size=2)
+    assert calls == [(2, 3), (3, 3)]  # once per batch
     with pytest.raises(ValueError, match="truncation"):
         sample_slices(net, 0, [1], truncation=1.5)
 
@@ -169,7 +169,7 @@ def test_runner_makes_single_slice_volumes_in_unit_range(entry):
     runner = StyleGAN2Generator(entry, "cpu")
     steps = []
     out = runner.generate(params(num_samples=3), {}, lambda d, t: steps.append(d))
-    assert steps == [1, 2, 3] and runner.total_steps(params(num_samples=3)) == 3
+    assert steps == [3] and runner.total_steps(params(num_samples=3)) == 3  # one batch
     assert [v.sample_index for v in out] == [0, 1, 2] and {v.modality for v in out} == {"slice"}
     for v in out:
         assert v.data.shape == (16, 16, 1) and v.data.dtype == np.float32
@@ -178,7 +178,8 @@ def test_runner_makes_single_slice_volumes_in_unit_range(entry):
     again = runner.generate(params(num_samples=1, options={"truncation": 0.7}), {}, lambda d, t: None)
     first = runner.generate(params(num_samples=1), {}, lambda d, t: None)
     assert not np.array_equal(again[0].data, first[0].data)
-    np.testing.assert_array_equal(first[0].data, out[0].data)
+    # a seed's slice alone equals it in a batch within float rounding (batched kernels round by batch size)
+    np.testing.assert_allclose(first[0].data, out[0].data, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kw,field", [

@@ -10,6 +10,8 @@ background, so translation and cutout fill with -1 (the reference fills with 0, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -61,7 +63,7 @@ def diff_augment(x: torch.Tensor, policy: tuple[str, ...] | list[str] = POLICIES
     unknown = set(policy) - set(POLICIES)
     if unknown:
         raise ValueError(f"unknown DiffAugment policies {sorted(unknown)}; choose from {', '.join(POLICIES)}")
-    ops = {"color": color, "translation": translation, "cutout": cutout}
+    ops: dict[str, Callable[..., torch.Tensor]] = {"color": color, "translation": translation, "cutout": cutout}
     for name in policy:
         x = ops[name](x, generator=generator)
     return x

@@ -14,4 +14,5 @@ FAMILY = Family(
     trainer="tumorsynth.training.stylegan2:Trainer",
     train_config="tumorsynth.training.stylegan2:StyleGAN2TrainConfig",
     options=OPTIONS,
+    runtime_options=("precision",),  # StyleGAN2Generator(entry, device, precision)
 )

@@ -23,6 +23,8 @@ from .layers import FullyConnected, bias_act, modulated_conv2d, normalize_2nd_mo
 
 
 class MappingNetwork(nn.Module):
+    w_avg: torch.Tensor  # (max(1, classes), W) buffer
+
     def __init__(self, z_dim: int, num_classes: int, w_dim: int, num_ws: int, num_layers: int = 8,
                  lr_multiplier: float = 0.01, w_avg_beta: float = 0.995):
         super().__init__()
@@ -46,7 +48,8 @@ class MappingNetwork(nn.Module):
             x = torch.cat([x, y], dim=1)
         for layer in self.layers:
             x = layer(x)  # (B, W)
-        rows = labels if self.embed is not None else torch.zeros(len(x), dtype=torch.long, device=x.device)
+        rows = labels if self.embed is not None and labels is not None else \
+            torch.zeros(len(x), dtype=torch.long, device=x.device)
         if update_w_avg:
             self._track(x.detach(), rows)
         if truncation_psi != 1:
@@ -63,6 +66,8 @@ class MappingNetwork(nn.Module):
 class SynthesisLayer(nn.Module):
     """Modulated 3×3 convolution (optionally after ×2 up-sampling) + per-pixel noise + bias + leaky ReLU."""
 
+    noise_const: torch.Tensor  # (R, R) buffer
+
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool = False,
                  conv_clamp: float | None = None):
         super().__init__()
@@ -74,20 +79,23 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``noise`` (B, 1, R, R): this layer's noise maps drawn beforehand (``noise_mode='random'``); else drawn
+        here from ``generator``."""
         styles = self.affine(w)  # (B, I)
-        if self.up:
-            x = upsample2d(x)
-        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1)  # (B, O, R, R)
+        x = modulated_conv2d(x, self.weight, styles, demodulate=True, padding=1, up=self.up)  # (B, O, R, R)
         if noise_mode == "random":
-            noise = torch.randn((x.shape[0], 1, self.resolution, self.resolution), device=x.device, dtype=x.dtype,
-                                generator=generator)
-            x = x + noise * self.noise_strength
+            if noise is None:
+                noise = torch.randn(self.noise_shape(x.shape[0]), device=x.device, dtype=x.dtype, generator=generator)
+            x = x + noise.to(x.dtype) * self.noise_strength
         elif noise_mode == "const":
             x = x + self.noise_const * self.noise_strength
         elif noise_mode != "none":
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
         return bias_act(x, self.bias, "lrelu", clamp=self.conv_clamp)
+
+    def noise_shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, 1, self.resolution, self.resolution)
 
 
 class ToImage(nn.Module):
@@ -104,7 +112,7 @@ class ToImage(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False)
-        return bias_act(x, self.bias, "linear", clamp=self.conv_clamp)
+        return bias_act(x, self.bias, "linear", clamp=self.conv_clamp).float()  # the image sum stays float32
 
 
 class SynthesisBlock(nn.Module):
@@ -122,14 +130,22 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToImage(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_ws = 2 if self.first else 3  # ws consumed: conv0 (unless first), conv1, torgb
 
+    def layers(self) -> list[SynthesisLayer]:
+        return [self.conv1] if self.first else [self.conv0, self.conv1]
+
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, noise_mode: str,
-                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None,
+                noise: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``noise``: one map per layer of ``layers()``, or None to draw them as the layers run."""
         w_iter = iter(ws.unbind(1))
+        noise_iter = iter(noise or [])
         if self.first:
-            x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)  # (B, C, 4, 4)
+            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)  # (B, C, 4, 4)
         else:
-            x = self.conv0(x, next(w_iter), noise_mode, generator)
-        x = self.conv1(x, next(w_iter), noise_mode, generator)
+            if x is None:
+                raise ValueError("a block after the first needs the previous block's features")
+            x = self.conv0(x, next(w_iter), noise_mode, generator, next(noise_iter, None))
+        x = self.conv1(x, next(w_iter), noise_mode, generator, next(noise_iter, None))
         y = self.torgb(x, next(w_iter))
         img = y if img is None else upsample2d(img) + y
         return x, img
@@ -152,26 +168,55 @@ class Generator(nn.Module):
         self.z_dim, self.w_dim = z_dim, w_dim
         self.block_resolutions = [2 ** i for i in range(2, int(np.log2(resolution)) + 1)]
         channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
-        self.blocks = nn.ModuleList()
-        for r in self.block_resolutions:
-            in_ch = channels[r // 2] if r > 4 else 0
-            self.blocks.append(SynthesisBlock(in_ch, channels[r], w_dim, r, img_channels, conv_clamp))
+        blocks = [SynthesisBlock(channels[r // 2] if r > 4 else 0, channels[r], w_dim, r, img_channels, conv_clamp)
+                  for r in self.block_resolutions]
+        self.blocks = nn.ModuleList(blocks)
         # Consecutive blocks share the w of the torgb/conv0 boundary, as ``SynthesisNetwork`` counts them.
-        self.num_ws = sum(b.num_ws - 1 for b in self.blocks) + 1
+        self.num_ws = sum(b.num_ws - 1 for b in blocks) + 1
         self.mapping = MappingNetwork(z_dim, num_classes, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier,
                                       w_avg_beta)
+        self.synthesis_dtype, self.channels_last = torch.float32, False
 
-    def synthesis(self, ws: torch.Tensor, noise_mode: str = "random",
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-        x = img = None
-        start = 0
-        for block in self.blocks:
-            x, img = block(x, img, ws[:, start:start + block.num_ws], noise_mode, generator)  # img (B, C, r, r)
-            start += block.num_ws - 1
+    def synthesis_blocks(self) -> list[SynthesisBlock]:
+        return [b for b in self.blocks if isinstance(b, SynthesisBlock)]
+
+    def noise_layers(self) -> list[SynthesisLayer]:
+        """The layers that take a noise map, in the order they run (and draw it)."""
+        return [layer for block in self.synthesis_blocks() for layer in block.layers()]
+
+    def synthesis(self, ws: torch.Tensor, noise_mode: str = "random", generator: torch.Generator | None = None,
+                  noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``noise``: maps (B, 1, r, r) for ``noise_layers()`` in order, drawn beforehand; None draws them here."""
+        x: torch.Tensor | None = None
+        img: torch.Tensor | None = None
+        start = used = 0
+        for block in self.synthesis_blocks():
+            n = len(block.layers())
+            maps = noise[used:used + n] if noise is not None else None
+            x, img = block(x, img, ws[:, start:start + block.num_ws], noise_mode, generator, maps)  # img (B, C, r, r)
+            start, used = start + block.num_ws - 1, used + n
+        assert img is not None  # a resolution >= 4 makes at least one block
         return img
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None, truncation_psi: float = 1.0,
                 noise_mode: str = "random", generator: torch.Generator | None = None,
-                update_w_avg: bool = False) -> torch.Tensor:
+                update_w_avg: bool = False, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
         ws = self.mapping(z, labels, truncation_psi, update_w_avg)  # (B, num_ws, W)
-        return self.synthesis(ws, noise_mode, generator)
+        return self.synthesis(ws, noise_mode, generator, noise)
+
+    def synthesis_to(self, dtype: torch.dtype, channels_last: bool = False) -> Generator:
+        """Store the synthesis network's convolution weights, biases and constant in ``dtype`` (bf16 for serving on a
+        GPU: cast once here, not by autocast at every call) and run its features in it. The mapping network, the
+        affine layers that make the styles, the demodulation factors and the summed image stay float32: they are
+        small, and the styles set every layer's gain. ``channels_last`` stores 4D weights NHWC, the layout cuDNN's
+        bf16 convolutions run natively."""
+        for block in self.synthesis_blocks():
+            block.to(dtype)
+            for m in block.modules():
+                if isinstance(m, FullyConnected):
+                    m.float()
+            if channels_last:
+                # Module.to takes memory_format at run time; torch's overloads do not declare it
+                block.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.synthesis_dtype, self.channels_last = dtype, channels_last
+        return self

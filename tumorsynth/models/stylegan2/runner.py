@@ -4,6 +4,9 @@ One job: class → ``num_samples`` slices from seeds ``seed``, ``seed + 1``, …
 in [0, 1] → single-slice NIfTI volumes (H, W, 1) whose affine has the nominal pixel spacing and the slice's centre at
 the world origin. There is no input volume, so ``output_grid`` has nothing to map back to.
 
+Serving numerics: bf16 synthesis weights on CUDA (``precision="auto"``, models/precision.py), NHWC there; slices
+go to [0, 1] and to voxel order on the device, for the whole batch, and come to the host in one copy.
+
 Request option (``params.options``): ``truncation`` ψ in [0, 1] (default from the checkpoint's ``sampling``, 1 = none):
 w is pulled toward the class's mean w, trading variety for typicality.
 """
@@ -18,6 +21,7 @@ from ...imaging.geometry import centred_affine
 from ..base import GeneratedVolume, GenerationParams, ProgressFn
 from ..checkpoints import load_into
 from ..options import check_options
+from ..precision import weights_dtype
 from ..registry import ModelEntry
 from .configs import build_network
 from .sampler import sample_slices
@@ -28,17 +32,21 @@ def to_unit(images: torch.Tensor) -> np.ndarray:
     return ((images[:, 0].float().clamp(-1, 1) + 1) / 2).cpu().numpy().astype(np.float32)
 
 
-def to_voxels(image: np.ndarray) -> np.ndarray:
-    """A displayed slice (rows top to bottom, as PNG sets store them) → (X, Y, 1) voxels, the inverse of the
-    ``np.rot90`` with which previews (``imaging.preview``) and the training slices of BraTS volumes are shown."""
-    return np.ascontiguousarray(np.rot90(image, k=-1)[..., None], dtype=np.float32)
+def to_voxels(images: torch.Tensor) -> np.ndarray:
+    """Displayed slices (N, 1, H, W) in the network's range (rows top to bottom, as PNG sets store them) → (N, X, Y, 1)
+    voxels in [0, 1], float32, in one host copy: the inverse of the ``np.rot90`` with which previews
+    (``imaging.preview``) and the training slices of BraTS volumes are shown, done on the images' device."""
+    unit = (images[:, 0].float().clamp(-1, 1) + 1) / 2  # (N, H, W), as to_unit
+    return torch.rot90(unit, k=-1, dims=(1, 2)).unsqueeze(-1).contiguous().cpu().numpy()  # (N, X, Y, 1)
 
 
 class StyleGAN2Generator:
-    def __init__(self, entry: ModelEntry, device: str | torch.device):
+    def __init__(self, entry: ModelEntry, device: str | torch.device, precision: str = "auto"):
         self.entry = entry
         self.device = torch.device(device)
-        self.network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
+        self.dtype = weights_dtype(precision, self.device)
+        network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
+        self.network = network.synthesis_to(self.dtype, channels_last=self.device.type == "cuda")
         self.shape = tuple(int(n) for n in entry.output_shape)
         self.affine = centred_affine(self.shape, entry.output_spacing)
         self.sampling = dict(entry.config.get("sampling", {}))
@@ -54,13 +62,15 @@ class StyleGAN2Generator:
         with torch.inference_mode():
             images = sample_slices(self.network, label, seeds, truncation,
                                    self.sampling.get("noise_mode", "random"), progress, self.device)
-        slices = to_unit(images)  # (N, H, W)
-        return [GeneratedVolume(modality, i, to_voxels(slices[i]), self.affine.copy(), None)
-                for i in range(params.num_samples)]
+            voxels = to_voxels(images)  # (N, X, Y, 1)
+        return [GeneratedVolume(modality, i, voxels[i], self.affine.copy(), None) for i in range(params.num_samples)]
 
     def _truncation(self, params: GenerationParams) -> float:
         """ψ from the request's options (the API's check, models/options.py), default the checkpoint's."""
-        return float(check_options(self.entry.options, params.options, self.entry.id)["truncation"])
+        value = check_options(self.entry.options, params.options, self.entry.id)["truncation"]
+        if value is None:  # not reached: the option has a default (options.py)
+            raise InvalidRequest.for_field("options.truncation", "give a truncation ψ within [0, 1]")
+        return float(value)
 
     def _class_index(self, tumor_class: str | None) -> int:
         classes = self.entry.classes
