@@ -18,6 +18,7 @@ from safetensors import safe_open
 
 from tumorsynth.imaging.geometry import fit_to_grid
 from tumorsynth.imaging.labels import to_regions
+from tumorsynth.models.loader import clear_cache, load_generator
 from tumorsynth.models.registry import entry_at
 from tumorsynth.models.tavit import slices, volumes
 from tumorsynth.models.tavit.configs import build_network, model_config
@@ -101,6 +102,16 @@ def test_bf16_weights_stay_within_tolerance_of_fp32():
     rms, ref_rms = np.sqrt(np.mean(diff**2)), np.sqrt(np.mean(ref[brain] ** 2))
     assert rms < 0.01 * ref_rms and np.abs(diff).max() < 0.25, (rms / ref_rms, np.abs(diff).max())
     assert rms > 0  # bf16 really ran
+
+
+def test_the_precision_setting_reaches_tavit_through_the_loader():
+    """The worker passes ``Settings.precision`` to ``load_generator``; TA-ViT takes it (``RUNTIME_OPTIONS``)."""
+    clear_cache()
+    try:
+        assert load_generator(entry_at(DEMO), "cpu", precision="bf16", batch_invariant=False).dtype == torch.bfloat16
+        assert load_generator(entry_at(DEMO), "cpu", precision="auto").dtype == torch.float32  # fp32 off CUDA
+    finally:
+        clear_cache()
 
 
 def test_state_dict_keys_and_shapes_are_the_checkpoints():

@@ -10,7 +10,7 @@ from .families import FAMILIES
 from .registry import ModelEntry
 
 # Serving options a family's constructor takes besides (entry, device): models/precision.py
-RUNTIME_OPTIONS = {"ldm": ("precision", "batch_invariant")}
+RUNTIME_OPTIONS = {"ldm": ("precision", "batch_invariant"), "tavit": ("precision",)}
 
 _cache: dict[tuple, Generator] = {}
 _lock = threading.Lock()
