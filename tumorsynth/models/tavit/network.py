@@ -78,7 +78,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class SelfAttention(nn.Module):
     """Multi-head self-attention on the project's SDPA kernel (``models.nn.attention.attention``)."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"the token width {dim} must divide by num_heads {num_heads}")
@@ -99,7 +99,7 @@ class AdaLNZeroBlock(nn.Module):
     last layer zeroed (``TAViT.initialize_adaln_zero``) every gate is 0 and the block is the identity.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(dim, num_heads)

@@ -37,12 +37,13 @@ Z_LIMIT = 10.0  # z-scores beyond ±10 are artefacts of an untrained or divergin
 
 
 class TAViTGenerator:
-    def __init__(self, entry: ModelEntry, device: str | torch.device, precision: str = "auto"):
+    def __init__(self, entry: ModelEntry, device: str | torch.device, precision: str = "auto") -> None:
         self.entry = entry
         self.device = torch.device(device)
         self.dtype = weights_dtype(precision, self.device)
-        network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False)
-        self.network = network.to(self.dtype)
+        network = build_network(entry.config)
+        load_into(network, entry, self.device)  # in place (its return is typed as a plain Module)
+        self.network = network.requires_grad_(False).to(self.dtype)
         self.grid = tuple(int(n) for n in entry.output_shape)
         self.fov_mm = tuple(float(f) for f in entry.config["fov_mm"])
         self.image_inputs = image_inputs(entry.config)
