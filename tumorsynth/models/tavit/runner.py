@@ -1,12 +1,12 @@
 """Serve a TA-ViT checkpoint: T1 (+ FLAIR) volume in, synthetic T1C volume out, in the T1's geometry.
 
-One job: each input volume → z-scores over its non-zero voxels (``volumes.zscore_brain``) → the slice grid (in-plane
-resampling only, ``slices.slice_mapping``) → the slices holding brain, in ``slice_batches`` batches (one progress step
-each, so a cancel lands between batches) → tumour regions, predicted by the segmenter or taken from the user's mask →
-TA-ViT → T1C slices → back to the T1's shape and affine, 0 where the T1 is 0. A ``slice_context`` network gets each
-slice with its neighbours as extra channels (``volumes.with_context``). For a ``residual`` network only its residual,
-T1C − T1, goes back through the in-plane resampling and is added to the z-scored T1 at the input's own resolution:
-healthy anatomy keeps the T1's detail instead of the slice grid's.
+One job: each input volume → z-scores over its non-zero voxels (``volumes.zscore_brain``; numpy's on the CPU) → the
+slice grid (in-plane resampling only, ``slices.slice_mapping``) → the slices holding brain, in ``slice_batches``
+batches (one progress step each, so a cancel lands between batches) → tumour regions, predicted by the segmenter or
+taken from the user's mask → TA-ViT → T1C slices → back to the T1's shape and affine, 0 where the T1 is 0. A
+``slice_context`` network gets each slice with its neighbours as extra channels (``volumes.with_context``). For a
+``residual`` network only its residual, T1C − T1, goes back through the in-plane resampling and is added to the
+z-scored T1 at the input's own resolution: healthy anatomy keeps the T1's detail instead of the slice grid's.
 
 All of it runs in torch on the job's device (issue 15): the volumes go to the device once, the slice batches are
 queued without waiting for each other's outputs, and the T1C comes back once. On CUDA the weights are bf16
@@ -31,7 +31,7 @@ from ..precision import weights_dtype
 from ..registry import ModelEntry
 from . import volumes as vol
 from .configs import build_network, image_inputs
-from .slices import slice_mapping
+from .slices import slice_mapping, zscore_brain
 
 Z_LIMIT = 10.0  # z-scores beyond ±10 are artefacts of an untrained or diverging model
 
@@ -62,9 +62,7 @@ class TAViTGenerator:
         arrays = {name: _volume_3d(inputs, name, self.entry.id) for name in self.image_inputs}
         t1 = inputs["t1"]
         mapping = slice_mapping(arrays["t1"].shape, t1.affine, self.grid, self.fov_mm)
-        raw_t1 = self._to_device(arrays["t1"], np.float32)
-        images = torch.stack([vol.zscore_brain(raw_t1 if name == "t1" else self._to_device(arrays[name], np.float32))
-                              for name in self.image_inputs])  # (C, X, Y, Z)
+        images = torch.stack([self._zscored(arrays[name]) for name in self.image_inputs])  # (C, X, Y, Z)
         grid_images = vol.to_grid(mapping, images)  # (C, H, W, Z)
         regions = None
         if inputs.get("mask") is not None:
@@ -80,12 +78,19 @@ class TAViTGenerator:
             data = images[0] + vol.from_grid(mapping, grid_t1c - grid_images[0])
         else:
             data = vol.from_grid(mapping, grid_t1c)
-        data = data.masked_fill_(raw_t1 == 0, 0.0)
+        data = data.masked_fill_(self._to_device(arrays["t1"] == 0), 0.0)
         return [GeneratedVolume("t1c", 0, _host(data), np.array(t1.affine, dtype=np.float64), t1)]
 
-    def _to_device(self, array: np.ndarray, dtype: type[np.floating]) -> torch.Tensor:
-        """Host array → tensor on the device (float32 on the host first, as the previous path's numpy did)."""
+    def _to_device(self, array: np.ndarray, dtype: type[np.generic] | None = None) -> torch.Tensor:
+        """Host array → tensor on the device (cast on the host first, as the previous path's numpy did)."""
         return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(self.device)
+
+    def _zscored(self, array: np.ndarray) -> torch.Tensor:
+        """A volume's z-scores over its non-zero voxels on the device. On the CPU numpy's (``slices``) is ~7× faster
+        than torch's masked reductions (23 vs 156 ms of CPU for 240×240×155), and already where the data is."""
+        if self.device.type == "cpu":
+            return torch.from_numpy(zscore_brain(array))
+        return vol.zscore_brain(self._to_device(array, np.float32))
 
     def _synthesise(self, slices: torch.Tensor, regions: torch.Tensor | None, brain: torch.Tensor,
                     progress: ProgressFn) -> torch.Tensor:
