@@ -84,14 +84,17 @@ def resample(volume: torch.Tensor, dst_shape: tuple[int, ...], matrix: np.ndarra
     The products run in float64 on CUDA (cheap there, and immune to TF32) and in float32 on the CPU.
     """
     work = torch.float64 if volume.device.type == "cuda" else torch.float32
-    out = volume.to(work)
-    for axis, (n_dst, m, o) in enumerate(zip(dst_shape, matrix, offset)):
-        weights = linear_weights(out.shape[out.ndim - 3 + axis], int(n_dst), float(m), float(o))
-        if weights.shape[0] == weights.shape[1] and np.array_equal(weights, np.eye(len(weights))):
-            continue  # the slice axis: one output slice per input slice
-        w = torch.from_numpy(weights).to(out.device, work)
-        out = torch.movedim(torch.tensordot(w, out, dims=([1], [out.ndim - 3 + axis])), 0, out.ndim - 3 + axis)
-    return out.to(volume.dtype)
+    src = volume.shape[-3:]
+    weights = [linear_weights(int(n_src), int(n_dst), float(m), float(o))
+               for n_src, n_dst, m, o in zip(src, dst_shape, matrix, offset)]
+    out = volume
+    for axis, w in enumerate(weights):
+        if w.shape[0] == w.shape[1] and np.array_equal(w, np.eye(len(w))):
+            continue  # the slice axis, and in-plane where the grid is the input's: nothing to compute
+        dim = volume.ndim - 3 + axis
+        out = torch.movedim(torch.tensordot(torch.from_numpy(w).to(out.device, work), out.to(work), dims=([1], [dim])),
+                            0, dim)
+    return out.to(volume.dtype)  # ``volume`` itself where every axis is the identity
 
 
 def linear_weights(n_src: int, n_dst: int, matrix: float, offset: float) -> np.ndarray:
