@@ -128,7 +128,10 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
                                                                       "local .pth file instead of the in-house "
                                                                       "classifier")] = None,
              montage: Annotated[Path | None, typer.Option(help="also write a PNG: real subjects beside samples "
-                                                               "from their masks, three planes")] = None) -> None:
+                                                               "from their masks, three planes")] = None,
+             guidance: Annotated[float | None, typer.Option(help="classifier-free guidance weight on the class "
+                                                                 "(the model's `guidance` option; default: the "
+                                                                 "checkpoint's)")] = None) -> None:
     """Autoencoder reconstruction (PSNR, SSIM, MAE per contrast) and sample diversity/realism (MS-SSIM, MMD)."""
     from .evaluation.ldm_eval import evaluate_ldm, format_report
     from .models.loader import resolve_device
@@ -138,7 +141,8 @@ def eval_ldm(model: str, data: Annotated[Path, typer.Option(exists=True, file_ok
     entry = ModelRegistry(get_settings().model_dir).get(model)
     report = evaluate_ldm(entry, data, subjects=subjects, samples=samples, sampler=sampler, steps=steps,
                           device=resolve_device(device), fidelity_epochs=fidelity_epochs,
-                          feature_weights=feature_weights)
+                          feature_weights=feature_weights,
+                          options=None if guidance is None else {"guidance": guidance})
     typer.echo(format_report(report))
     if out:
         out.write_text(json.dumps(report, indent=2))

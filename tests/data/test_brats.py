@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tumorsynth.data.brats import crop_to_nonzero, find_subjects, load_subject, normalise
+from tumorsynth.data.brats import crop_to_nonzero, find_subjects, load_nifti, load_subject, normalise
 
 SHAPE = (12, 10, 8)
 AFFINE = np.array([[-1.0, 0, 0, 90], [0, -1.0, 0, 120], [0, 0, 1.0, -70], [0, 0, 0, 1]])
@@ -132,3 +132,15 @@ def test_crop_keeps_every_voxel_at_its_world_point():
     assert tight.box == (slice(2, 10), slice(2, 8), slice(1, 7)) and tight.affine is None
     with pytest.raises(ValueError, match="all zero"):
         crop_to_nonzero(np.zeros(SHAPE))
+
+
+def test_load_nifti_reads_nifti1_and_nifti2_and_names_any_other_format(tmp_path):
+    _write(tmp_path / "one.nii.gz", _image(1))
+    nib.save(nib.Nifti2Image(_image(2), AFFINE), tmp_path / "two.nii")
+    nib.save(nib.AnalyzeImage(_image(3), AFFINE), tmp_path / "analyze.img")
+    for name, value in (("one.nii.gz", 1), ("two.nii", 2)):
+        img = load_nifti(tmp_path / name)
+        np.testing.assert_allclose(img.affine, AFFINE)
+        np.testing.assert_array_equal(img.get_fdata(dtype=np.float32), _image(value))
+    with pytest.raises(ValueError, match=r"not a NIfTI-1 or NIfTI-2 image .*AnalyzeImage"):
+        load_nifti(tmp_path / "analyze.img")

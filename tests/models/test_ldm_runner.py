@@ -160,3 +160,55 @@ def test_mask_channels_for_each_convention():
     np.testing.assert_array_equal(to_regions(binary.astype(np.float32))[..., 0, 0],
                                   [[0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
     assert to_regions(brats2023).dtype == np.float32
+
+
+def test_classifier_free_guidance_extrapolates_from_the_unconditional_pass(live_generator, mask):
+    """guidance w: (1 + w)·conditional − w·unconditional at every step. w = 0 is the unguided sample; without a
+    class it is a no-op (both passes would be unconditional); jobs with other weights never share a batch; and a
+    guided step runs the class's pass and the unconditional (class 0) pass on the same latents and mask in one
+    batch, each as it would run alone."""
+    def run(tumor_class, **options) -> np.ndarray:
+        p = params(num_samples=1, tumor_class=tumor_class, output_grid="model", modalities=("t1",),
+                   options=options)
+        return live_generator.generate(p, {"mask": mask}, lambda d, t: None)[0].data
+
+    plain = run("HGG")
+    np.testing.assert_array_equal(run("HGG", guidance=0.0), plain)
+    guided = run("HGG", guidance=3.0)
+    assert np.abs(guided - plain).max() > 1e-4
+    np.testing.assert_array_equal(run("HGG", guidance=3.0), guided)  # deterministic
+    np.testing.assert_array_equal(run(None, guidance=3.0), run(None))
+    key = live_generator.batch_key
+    assert key(params(tumor_class="HGG", options={"guidance": 2.0})) != key(params(tumor_class="HGG"))
+    assert key(params(options={"guidance": 2.0})) == key(params())  # no class: no guidance
+    with pytest.raises(InvalidRequest) as exc:
+        run("HGG", guidance=-1.0)
+    assert exc.value.errors[0].field == "options.guidance"
+
+    # the arithmetic, on one denoiser call: capture what the sampler is given
+    net = live_generator.network
+    seen: list[torch.Tensor] = []
+    labels_seen: list[list[int]] = []
+    original = net.denoise
+
+    def spy(z, t, cond, class_labels, unet=None):
+        labels_seen.append(class_labels.tolist())
+        out = original(z, t, cond, class_labels, unet)
+        seen.append(out.detach().clone())
+        if len(seen) == 1:
+            seen.append(torch.stack([original(z[i:i + 1], t[i:i + 1], cond[i:i + 1], class_labels[i:i + 1])[0]
+                                     for i in range(len(z))]))
+        return out
+
+    net.denoise = spy
+    try:
+        job = live_generator.prepare(params(num_samples=1, tumor_class="HGG", steps=5, options={"guidance": 1.0}),
+                                     {"mask": mask})
+        assert job.guidance == 1.0 and job.class_index == 2
+        live_generator.sample_batch([job], [lambda d, t: None])
+    finally:
+        del net.denoise
+    both = seen[0]
+    assert labels_seen[0] == [2, 0]
+    assert both.shape[0] == 2  # conditional and unconditional passes in one batch
+    torch.testing.assert_close(both, seen[1], atol=1e-5, rtol=1e-4)  # the batch changes neither pass

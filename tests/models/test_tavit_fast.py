@@ -105,7 +105,7 @@ def test_bf16_weights_stay_within_tolerance_of_fp32():
 
 
 def test_the_precision_setting_reaches_tavit_through_the_loader():
-    """The worker passes ``Settings.precision`` to ``load_generator``; TA-ViT takes it (``RUNTIME_OPTIONS``)."""
+    """The worker passes ``Settings.precision`` to ``load_generator``; TA-ViT declares it (``runtime_options``)."""
     clear_cache()
     try:
         assert load_generator(entry_at(DEMO), "cpu", precision="bf16", batch_invariant=False).dtype == torch.bfloat16

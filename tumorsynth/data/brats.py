@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import nibabel as nib
 import numpy as np
@@ -55,6 +55,17 @@ class Subject:
     label_convention: str | None  # from subjects.csv, else what the naming's BraTS release uses
     tumor_class: str | None = None  # "HGG", "LGG" or unknown
     naming: str | None = None
+
+
+# What load_subject returns ("class" is a keyword, hence the functional form).
+LoadedSubject = TypedDict("LoadedSubject", {
+    "id": str,
+    "image": np.ndarray,  # float32 (C, X, Y, Z)
+    "seg": "np.ndarray | None",  # uint8, BraTS 2023 labels
+    "affine": np.ndarray,  # float64 (4, 4)
+    "class": "str | None",
+    "modalities": tuple[str, ...],
+})
 
 
 class Crop(NamedTuple):
@@ -109,22 +120,32 @@ def find_subjects(root: str | Path) -> list[Subject]:
     return subjects
 
 
-def load_subject(subject: Subject, modalities: Sequence[str] = MODALITIES) -> dict:
+def load_nifti(path: str | Path) -> nib.Nifti1Image:
+    """``nib.load`` of a ``.nii``/``.nii.gz`` file, typed as the NIfTI image it is (nibabel types it as any image
+    file, which has no affine or voxel data)."""
+    img = nib.load(path)
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image is a subclass
+        raise ValueError(f"{path} is not a NIfTI-1 or NIfTI-2 image (nibabel reads it as {type(img).__name__})")
+    return img
+
+
+def load_subject(subject: Subject, modalities: Sequence[str] = MODALITIES) -> LoadedSubject:
     """``image`` float32 (C, X, Y, Z) in the order of ``modalities``; ``seg`` uint8 in BraTS 2023 labels or None."""
     if not modalities:
         raise ValueError("modalities is empty; name at least one of t1, t1c, t2, flair")
     missing = [m for m in modalities if m not in subject.paths]
     if missing:
         raise ValueError(f"subject {subject.id!r} has no {missing} image; it has {sorted(subject.paths)}")
-    images, affine = [], None
+    images: list[np.ndarray] = []
+    affine = None
     for modality in modalities:
-        img = nib.load(subject.paths[modality])
+        img = load_nifti(subject.paths[modality])
         _check_geometry(subject, modality, img, images[0].shape if images else None, affine)
         affine = img.affine if affine is None else affine
         images.append(img.get_fdata(dtype=np.float32))
     seg = None
     if subject.seg is not None:
-        img = nib.load(subject.seg)
+        img = load_nifti(subject.seg)
         _check_geometry(subject, "seg", img, images[0].shape if images else None, affine)
         seg = _read_labels(subject, img)
     return {
@@ -176,17 +197,20 @@ def crop_to_nonzero(image: np.ndarray, seg: np.ndarray | None = None, margin: in
         occupied = occupied | (np.asarray(seg) != 0)
     if not occupied.any():
         raise ValueError("the image is all zero: there is nothing to crop to")
-    box = []
-    for axis in range(3):
-        hit = np.flatnonzero(occupied.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, spatial[axis])))
-    box = tuple(box)
+    x, y, z = (_occupied_span(occupied, axis, margin) for axis in range(3))
+    box = (x, y, z)
     cropped_affine = None
     if affine is not None:
         shift = np.eye(4)
         shift[:3, 3] = [s.start for s in box]
         cropped_affine = np.asarray(affine, dtype=np.float64) @ shift
-    return Crop(image[(..., *box)], None if seg is None else np.asarray(seg)[box], box, cropped_affine)
+    return Crop(image[..., x, y, z], None if seg is None else np.asarray(seg)[box], box, cropped_affine)
+
+
+def _occupied_span(occupied: np.ndarray, axis: int, margin: int) -> slice:
+    """The indices along ``axis`` where ``occupied`` (3D) holds a voxel, ``margin`` wider, within the array."""
+    hit = np.flatnonzero(occupied.any(axis=tuple(a for a in range(3) if a != axis)))
+    return slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, occupied.shape[axis]))
 
 
 def _parse_name(name: str) -> tuple[str, str, str] | None:
@@ -199,12 +223,12 @@ def _parse_name(name: str) -> tuple[str, str, str] | None:
     return None
 
 
-def _read_subjects_csv(path: Path) -> dict[str, dict[str, str]]:
+def _read_subjects_csv(path: Path) -> dict[str, dict[str, str | None]]:
     if not path.is_file():
         return {}
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    table = {}
+    table: dict[str, dict[str, str | None]] = {}
     for row in rows:
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         if row.get("subject_id"):

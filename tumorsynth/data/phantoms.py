@@ -290,7 +290,7 @@ def _push(anatomy: dict, plan: TumourPlan, box: tuple[slice, ...], spacing: np.n
     a map that grows with r (its slope is at least 1 - push), so tissue is moved, never folded.
     """
     offsets = _offsets_mm(plan, box, spacing)
-    inside = np.clip(1 - sum(o**2 for o in offsets) / np.float32(plan.push_mm**2), 0, None)
+    inside: np.ndarray = np.clip(1 - sum(o**2 for o in offsets) / np.float32(plan.push_mm**2), 0, None)
     keep = 1 - np.float32(plan.push) * inside**2
     coords = np.stack([np.broadcast_to(plan.centre[k] + offsets[k] / spacing[k] * keep, keep.shape)
                        for k in range(3)]).astype(np.float32)

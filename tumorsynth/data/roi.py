@@ -40,6 +40,7 @@ def tumour_centre(seg: np.ndarray | None, image: np.ndarray) -> np.ndarray:
 def roi_mapping(in_shape: Sequence[int], affine: np.ndarray, centre: np.ndarray, grid: Sequence[int],
                 spacing: Sequence[float]) -> GridMapping:
     """The grid of ``grid`` voxels of ``spacing`` mm centred on voxel ``centre``, along the input's voxel axes."""
+    in_shape3, grid3 = _three(in_shape, "in_shape"), _three(grid, "grid")
     affine = np.asarray(affine, dtype=np.float64)
     in_spacing = np.linalg.norm(affine[:3, :3], axis=0)
     step = np.asarray(spacing, dtype=np.float64) / in_spacing
@@ -47,8 +48,13 @@ def roi_mapping(in_shape: Sequence[int], affine: np.ndarray, centre: np.ndarray,
     voxel_map = np.eye(4)
     voxel_map[:3, :3] = np.diag(step)
     voxel_map[:3, 3] = offset
-    return GridMapping(tuple(int(n) for n in in_shape), tuple(int(n) for n in grid), step, offset,
-                       affine @ voxel_map)
+    return GridMapping(in_shape3, grid3, step, offset, affine @ voxel_map)
+
+
+def _three(shape: Sequence[int], name: str) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise ValueError(f"{name} must hold 3 voxel counts (X, Y, Z), got {tuple(shape)}")
+    return int(shape[0]), int(shape[1]), int(shape[2])
 
 
 def extract_roi(image: np.ndarray, seg: np.ndarray | None, affine: np.ndarray, grid: Sequence[int],
@@ -76,7 +82,8 @@ def load_rois(data_dir: str | Path, classes: Sequence[str], grid: Sequence[int],
         roi, affine = extract_roi(data["image"], data["seg"], data["affine"], grid, spacing, z_clip)
         rois.append(torch.from_numpy(roi))
         affines.append(affine)
-        labels.append(list(classes).index(s.tumor_class) + 1 if s.tumor_class in classes else 0)
+        c = s.tumor_class
+        labels.append(list(classes).index(c) + 1 if c is not None and c in classes else 0)
         if progress:
             progress(i + 1, len(subjects))
     return ROISet([s.id for s in subjects], torch.stack(rois), torch.tensor(labels), affines)

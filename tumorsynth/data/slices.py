@@ -20,13 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .brats import find_subjects, load_subject
+from .brats import find_subjects, load_nifti, load_subject
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".nii", ".nii.gz")
 DEFAULT_CLASS_MAP = {"HGG": "glioma", "LGG": "glioma"}
@@ -61,7 +60,7 @@ def prepare(image: np.ndarray, resolution: int) -> np.ndarray:
 def read_image(path: Path) -> np.ndarray:
     """One slice as a 2D float array (grey levels for PNG/JPEG)."""
     if path.name.endswith((".nii", ".nii.gz")):
-        data = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+        data = np.asarray(load_nifti(path).get_fdata(dtype=np.float32))
         data = data.reshape([n for n in data.shape if n != 1] or [1])
         if data.ndim != 2:
             raise ValueError(f"{path} holds a volume of shape {data.shape}; a slice folder needs 2D slices")

@@ -27,6 +27,8 @@ def prepare_subject(subject: Subject, grid_shape: Sequence[int], fov_mm: Sequenc
     image, seg, affine = normalise(data["image"]), data["seg"], data["affine"]
     if crop:
         cropped = crop_to_nonzero(image, seg, affine=affine)
+        if cropped.affine is None:  # crop_to_nonzero shifts every affine it is given
+            raise RuntimeError(f"subject {subject.id!r}: cropping lost the volume's affine")
         image, seg, affine = cropped.image, cropped.seg, cropped.affine
     mapping = to_grid(image.shape[1:], affine, grid_shape, fov_mm)
     grid_image = mapping.to_grid(image, order=1).astype(np.float32)

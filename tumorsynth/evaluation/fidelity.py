@@ -25,6 +25,13 @@ def build_segmenter(in_channels: int, channels: Sequence[int] = (8, 16, 32), str
                 strides=tuple(strides), num_res_units=num_res_units, norm=("instance", {"affine": True}))
 
 
+def metric_tensor(result: torch.Tensor | Sequence) -> torch.Tensor:
+    """A MONAI metric's value for tensor inputs (its ``__call__`` is typed for list inputs too, which give lists)."""
+    if not isinstance(result, torch.Tensor):
+        raise TypeError(f"expected the metric of a batch tensor, got a {type(result).__name__}; pass tensors")
+    return result
+
+
 def as_regions(masks) -> torch.Tensor:
     """(N, 3, X, Y, Z) float WT/TC/ET from BraTS 2023 label maps (N, X, Y, Z) or from regions already."""
     m = masks if isinstance(masks, torch.Tensor) else torch.from_numpy(np.asarray(masks))
@@ -88,7 +95,8 @@ def dice_per_region(predicted, masks) -> dict[str, float]:
     if pred.shape != truth.shape:
         raise ValueError(f"predictions {tuple(pred.shape)} and masks {tuple(truth.shape)} differ in shape")
     # per case: NaN where the mask lacks the region (ignore_empty), so those cases drop out of the mean
-    per_case = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, truth)  # (N, 3)
+    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)
+    per_case = metric_tensor(dice(pred, truth))  # (N, 3)
     out = {}
     for k, region in enumerate(REGIONS):
         held = per_case[:, k][~torch.isnan(per_case[:, k])]

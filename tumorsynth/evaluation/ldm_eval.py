@@ -19,9 +19,11 @@ from ..data.brats import find_subjects
 from ..data.subjects import prepare_subject
 from ..imaging.geometry import centred_affine
 from ..models.base import GenerationParams
+from ..models.ldm.network import MaskConditionedLDM
 from ..models.ldm.runner import LDMGenerator
 from ..models.registry import ModelEntry
 from .anatomy import anatomy, mean_pairwise_r, pearson_in, summarise, tissue_region
+from .fidelity import metric_tensor
 
 MS_SSIM_WEIGHTS = (0.5, 0.5)  # two scales: the model grids (32–128 voxels a side) are too small for MONAI's five
 
@@ -43,7 +45,7 @@ def held_out(entry: ModelEntry, data_dir, n: int):
 
 def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 2, sampler: str | None = None,
                  steps: int | None = None, device: str = "cpu", seed: int = 0, fidelity_epochs: int = 0,
-                 feature_weights: str | None = None) -> dict:
+                 feature_weights: str | None = None, options: dict | None = None) -> dict:
     from monai.metrics import (
         MAEMetric,
         MMDMetric,
@@ -54,6 +56,8 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
 
     gen = LDMGenerator(entry, device)
     net = gen.network
+    if not isinstance(net, MaskConditionedLDM):  # LDMGenerator types its network as any nn.Module
+        raise TypeError(f"{entry.id}: the LDM generator holds a {type(net).__name__}, not a MaskConditionedLDM")
     grid, fov = tuple(entry.output_shape), tuple(entry.config["fov_mm"])
     mods = list(entry.modalities)
     chosen = held_out(entry, data_dir, subjects)
@@ -72,9 +76,9 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
         t, r = real[:, c:c + 1].float(), recon[:, c:c + 1].float()
         rng = float(t.max() - t.min())
         recon_table[m] = {
-            "psnr": float(PSNRMetric(max_val=rng)(r, t).mean()),
-            "ssim": float(SSIMMetric(spatial_dims=3, data_range=rng, win_size=5)(r, t).mean()),
-            "mae": float(MAEMetric()(r, t).mean()),
+            "psnr": float(metric_tensor(PSNRMetric(max_val=rng)(r, t)).mean()),
+            "ssim": float(metric_tensor(SSIMMetric(spatial_dims=3, data_range=rng, win_size=5)(r, t)).mean()),
+            "mae": float(metric_tensor(MAEMetric()(r, t)).mean()),
         }
     sampler = sampler or entry.default_sampler
     steps = steps or entry.sampler(sampler).default_steps
@@ -83,7 +87,8 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
 
     def sample(lab, n, seed_, tumor_class):
         params = GenerationParams(num_samples=n, seed=seed_, sampler=sampler, steps=steps, modalities=tuple(mods),
-                                  output_grid="model", tumor_class=tumor_class)
+                                  output_grid="model", tumor_class=tumor_class,
+                                  options=dict(options or {}) if tumor_class else {})
         outs = gen.generate(params, {"mask": GridMask(lab, affine)}, lambda done, total: None)
         return torch.stack([torch.from_numpy(np.stack([o.data for o in outs if o.sample_index == k]))
                             for k in range(n)])  # (n, C, X, Y, Z)
@@ -129,6 +134,7 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
             fid_value = fid(extract_features(extractor, real.cpu()), extract_features(extractor, fake))
     return {
         "model": entry.id, "trained_on": entry.trained_on, "subjects": [s.id for s in chosen],
+        "options": dict(options or {}),
         "mask_fidelity_dice": fidelity, "fid": fid_value,
         "fid_features": ("MedicalNet resnet10 (local weights)" if feature_weights else "in-house LGG/HGG classifier")
         if fid_value is not None else None,
@@ -160,7 +166,7 @@ def anatomy_and_effects(sample, real: np.ndarray, fake: np.ndarray, labels, clas
         mask_r.append(pearson_in(*pair, differ))
         mask_r_all.append(pearson_in(*pair))
     # class effect: one mask and one seed, LGG then HGG; the phantoms' LGG core is brighter on FLAIR than HGG's
-    core_flair = {"LGG": [], "HGG": []}
+    core_flair: dict[str, list[float]] = {"LGG": [], "HGG": []}
     class_r = []
     f = mods.index("flair") if "flair" in mods else None
     if {"LGG", "HGG"} <= set(entry.classes) and f is not None:

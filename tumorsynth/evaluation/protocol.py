@@ -9,21 +9,28 @@ class-conditioned model, ROIs of that class, with the real subjects as ROIs on t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
+from ..imaging.nifti import Volume
 from ..models.base import GenerationParams
 from ..models.loader import load_generator
 from ..models.registry import ModelEntry
 from .utility import run_utility, write_report
 
 
-class _GridMask:
-    def __init__(self, labels: np.ndarray, affine: np.ndarray):
-        self.data, self.affine = labels, affine
+def _grid_mask(labels: np.ndarray, affine: np.ndarray) -> Volume:
+    """A mask made on the model grid as the ``Volume`` a generator takes: its labels and affine (all a generator
+    reads of a mask at ``output_grid="model"``), an empty header, and the digest and size of its voxels (there is no
+    uploaded file)."""
+    raw = np.ascontiguousarray(labels).tobytes()
+    return Volume(data=labels, affine=affine, header=nib.Nifti1Header(), nifti_version=1, compressed=False,
+                  sha256=hashlib.sha256(raw).hexdigest(), size=len(raw))
 
 
 def real_on_model_grid(entry: ModelEntry, data_dir, modality: str, max_subjects: int | None = None):
@@ -46,9 +53,9 @@ def real_on_model_grid(entry: ModelEntry, data_dir, modality: str, max_subjects:
         images.append(image[c:c + 1])
         segs.append(seg)
         labels.append(entry.classes.index(s.tumor_class))
-    images = np.stack(images)
-    brain = (images[:, 0] != 0).all(axis=0) if len(images) else None
-    return torch.from_numpy(images), np.asarray(labels), segs, brain
+    stacked = np.stack(images)
+    brain = (stacked[:, 0] != 0).all(axis=0) if len(stacked) else None
+    return torch.from_numpy(stacked), np.asarray(labels), segs, brain
 
 
 def synthesise(entry: ModelEntry, per_class: int, modality: str, segs, labels, brain, seed: int,
@@ -73,7 +80,7 @@ def synthesise(entry: ModelEntry, per_class: int, modality: str, segs, labels, b
             params = GenerationParams(num_samples=1, seed=seed + 1000 * k + i, sampler=sampler,
                                       steps=steps or entry.sampler(sampler).default_steps, modalities=(modality,),
                                       tumor_class=cls, output_grid="model")
-            inputs = {"mask": _GridMask(masks[i], affine)} if masks[i] is not None else {}
+            inputs = {"mask": _grid_mask(masks[i], affine)} if masks[i] is not None else {}
             (vol,) = gen.generate(params, inputs, lambda a, b: None)
             out.append(torch.from_numpy(np.asarray(vol.data, dtype=np.float32))[None])
             out_labels.append(k)

@@ -115,7 +115,8 @@ def inception_score(probs: torch.Tensor) -> float:
 def split_real(labels: torch.Tensor, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A per-class split: about ``heldout_fraction`` of each class is held out for scoring."""
     rng = np.random.default_rng(seed)
-    train, held = [], []
+    train: list[np.int64] = []
+    held: list[np.int64] = []
     for k in labels.unique().tolist():
         idx = rng.permutation(np.nonzero(labels.numpy() == k)[0])
         n = max(1, int(round(len(idx) * heldout_fraction)))
@@ -131,7 +132,8 @@ def generate_like(entry: ModelEntry, labels: torch.Tensor, truncation: float, se
     from ..models.stylegan2.runner import to_unit
     from ..models.stylegan2.sampler import sample_slices
 
-    net = load_into(build_network(entry.config), entry, device).requires_grad_(False)
+    net = build_network(entry.config)
+    load_into(net, entry, device).requires_grad_(False)  # in place: keeps net's type, the Generator
     out = torch.zeros(len(labels), 1, net.resolution, net.resolution)
     with torch.inference_mode():
         for k in labels.unique().tolist():

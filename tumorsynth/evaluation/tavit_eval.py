@@ -52,7 +52,8 @@ class _Upload:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(n) for n in self.data.shape[:3])
+        x, y, z = self.data.shape[:3]
+        return int(x), int(y), int(z)
 
 
 def held_out(entry: ModelEntry, data_dir, n: int):
@@ -110,16 +111,19 @@ def rim_contrast(image: np.ndarray, t1: np.ndarray, enhancing: np.ndarray) -> fl
 def evaluate_subject(gen: TAViTGenerator, subject, use_true_mask: bool = False, keep: bool = False) -> dict:
     names = image_inputs(gen.entry.config)
     data = load_subject(subject, (*names, "t1c"))
+    seg = data["seg"]
+    if seg is None:
+        raise ValueError(f"subject {subject.id!r} has no segmentation: the metrics are per tumour region")
     uploads = {n: _Upload(data["image"][i], data["affine"]) for i, n in enumerate(names)}
     if use_true_mask:
-        uploads["mask"] = _Upload(data["seg"], data["affine"])
+        uploads["mask"] = _Upload(seg, data["affine"])
     params = GenerationParams(num_samples=1, seed=0, sampler="direct", steps=1, modalities=("t1c",))
     pred = gen.generate(params, uploads, lambda done, total: None)[0].data
     true = zscore_brain(data["image"][-1])
     t1 = zscore_brain(data["image"][0])
     brain = data["image"][0] != 0
-    tumour = brain & (data["seg"] > 0)
-    enhancing = brain & (data["seg"] == 3)
+    tumour = brain & (seg > 0)
+    enhancing = brain & (seg == 3)
     data_range = float(true[brain].max() - true[brain].min()) if brain.any() else 1.0
     row = {"id": subject.id, "rim": {"model": rim_contrast(pred, t1, enhancing),
                                      "truth": rim_contrast(true, t1, enhancing)}}
@@ -129,7 +133,7 @@ def evaluate_subject(gen: TAViTGenerator, subject, use_true_mask: bool = False, 
                        "healthy": region_metrics(image, true, brain & ~tumour, data_range, ssim)}
     row |= row["model"]  # the model's rows also at the top level, as before
     if keep:
-        row["volumes"] = {"t1": t1, "t1c": true, "pred": pred, "seg": data["seg"]}
+        row["volumes"] = {"t1": t1, "t1c": true, "pred": pred, "seg": seg}
     return row
 
 
@@ -149,7 +153,8 @@ def evaluate_tavit(entry: ModelEntry, data_dir, subjects: int = 8, device: str =
     if not chosen:
         raise ValueError(f"no subjects with a segmentation under {data_dir}")
     gen = TAViTGenerator(entry, device)
-    rows, shown = [], []
+    rows: list[dict] = []
+    shown: list[tuple[str, dict]] = []
     for s in chosen:
         row = evaluate_subject(gen, s, use_true_mask, keep=montage is not None and len(shown) < montage_subjects)
         volumes = row.pop("volumes", None)

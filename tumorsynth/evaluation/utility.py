@@ -34,14 +34,14 @@ CLASSES = ("LGG", "HGG")  # index 1 is the positive class
 _MONAI_NAMES = {"accuracy": "accuracy", "precision": "precision", "recall": "sensitivity", "f1": "f1 score"}
 
 
-def stratified_folds(labels: Sequence[int], folds: int, seed: int) -> list[np.ndarray]:
+def stratified_folds(labels: Sequence[int] | np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     """Test indices per fold: each class shuffled (seeded) and dealt round-robin; fold sizes differ by one at most."""
-    labels = np.asarray(labels)
+    y = np.asarray(labels)
     rng = np.random.default_rng([seed, 0])
     members: list[list[int]] = [[] for _ in range(folds)]
     dealt = 0
-    for c in np.unique(labels):
-        for i in rng.permutation(np.flatnonzero(labels == c)):
+    for c in np.unique(y):
+        for i in rng.permutation(np.flatnonzero(y == c)):
             members[dealt % folds].append(int(i))
             dealt += 1
     return [np.sort(np.asarray(m, dtype=np.int64)) for m in members]
@@ -61,8 +61,12 @@ def classification_metrics(probabilities, labels) -> dict[str, float]:
     confusion = ConfusionMatrixMetric(include_background=False, metric_name=list(_MONAI_NAMES.values()))
     # one-hot (N, 2); the background channel (LGG) is dropped, so HGG is the positive class
     confusion(torch.nn.functional.one_hot(predicted, 2).float(), torch.nn.functional.one_hot(y, 2).float())
-    values = [float(v) for v in confusion.aggregate()]
-    out = {"auc": float(auc.aggregate())}
+    values = []
+    for v in confusion.aggregate():
+        if isinstance(v, tuple):  # (value, not-NaN count) pairs come only with get_not_nans=True
+            raise TypeError("ConfusionMatrixMetric returned (value, count) pairs; expected one tensor per metric")
+        values.append(float(v))
+    out = {"auc": float(np.asarray(auc.aggregate()))}  # typed as any array-like: a float under the default average
     for name, value in zip(_MONAI_NAMES, values):
         out[name] = 0.0 if math.isnan(value) else value
     return out
@@ -86,9 +90,9 @@ def run_utility(real_images, real_labels, synth_images, synth_labels, folds: int
                          f"{dict(zip(classes, counts.tolist()))}")
     per_fold: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
     splits = stratified_folds(real_y.numpy(), folds, seed)
-    for fold, test in enumerate(splits):
-        train = torch.from_numpy(np.setdiff1d(np.arange(len(real_y)), test))
-        test = torch.from_numpy(test)
+    for fold, test_idx in enumerate(splits):
+        train = torch.from_numpy(np.setdiff1d(np.arange(len(real_y)), test_idx))
+        test = torch.from_numpy(test_idx)
         fold_seed = int(np.random.default_rng([seed, fold + 1]).integers(2**31))  # shared: a paired comparison
         training_sets = {
             "real_only": (real_x[train], real_y[train]),

@@ -24,6 +24,7 @@ import torch
 from ..data.roi import ROISet, load_rois
 from ..models.base import GenerationParams
 from ..models.registry import ModelEntry
+from ..models.vqgan.network import ClassConditionalVQGAN
 from ..models.vqgan.runner import VQGANGenerator
 
 TARGETS = {"recon_r": 0.8, "perplexity": 64.0, "diversity_gap": 0.1}
@@ -56,10 +57,19 @@ def load_held_out(entry: ModelEntry, data_dir: str | Path, max_subjects: int | N
                      entry.config["intensity"]["z_clip"], max_subjects)
 
 
+def _network(gen: VQGANGenerator) -> ClassConditionalVQGAN:
+    """The generator's network, as the VQGAN it is (the runner types it as any ``nn.Module``)."""
+    net = gen.network
+    if not isinstance(net, ClassConditionalVQGAN):
+        raise TypeError(f"{gen.entry.id}: the VQGAN generator holds a {type(net).__name__}, not a "
+                        "ClassConditionalVQGAN")
+    return net
+
+
 @torch.no_grad()
 def reconstruct(gen: VQGANGenerator, rois: torch.Tensor, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Reconstructions (N, C, *grid) and code indices (N, *latent) of ROIs (N, C, *grid)."""
-    vq = gen.network.vqgan.eval()
+    vq = _network(gen).vqgan.eval()
     recons, codes = [], []
     for x in rois.split(batch):
         out = vq(x.to(gen.device))
@@ -88,7 +98,8 @@ def evaluate_vqgan(entry: ModelEntry, data_dir: str | Path, samples: int = 20, s
     held = load_held_out(entry, data_dir, max_subjects)
     recon, codes = reconstruct(gen, held.rois)
     r, p = pearson(recon, held.rois), psnr(recon, held.rois)
-    counts = torch.bincount(codes.flatten(), minlength=gen.network.num_codes).double()
+    num_codes = _network(gen).num_codes
+    counts = torch.bincount(codes.flatten(), minlength=num_codes).double()
     probs = counts / counts.sum()
     perplexity = float(torch.exp(-(probs * torch.log(probs.clamp_min(1e-30))).sum()))
     report: dict = {
@@ -97,7 +108,7 @@ def evaluate_vqgan(entry: ModelEntry, data_dir: str | Path, samples: int = 20, s
                            "r": float(r.mean()), "r_std": float(r.std()) if len(r) > 1 else 0.0,
                            "r_min": float(r.min())},
         "codebook": {"perplexity": perplexity, "codes_used": int((counts > 0).sum()),
-                     "num_codes": int(gen.network.num_codes), "tokens": int(counts.sum())},
+                     "num_codes": int(num_codes), "tokens": int(counts.sum())},
         "diversity": [], "targets": dict(TARGETS),
     }
     generated: dict[str, torch.Tensor] = {}
@@ -191,8 +202,8 @@ def montage(path: str | Path, generated: dict[str, torch.Tensor], real: dict[str
         draw.text((4, y + tile // 2 - 6), label, fill=255)
         for j, vol in enumerate(vols):
             v = vol[0].numpy()
-            c = [n // 2 for n in v.shape]
-            views = [v[:, :, c[2]], v[:, c[1], :], v[c[0], :, :]]  # axial (x, y), coronal (x, z), sagittal (y, z)
+            mid = [n // 2 for n in v.shape]
+            views = [v[:, :, mid[2]], v[:, mid[1], :], v[mid[0], :, :]]  # axial (x, y), coronal (x, z), sagittal (y, z)
             x0 = label_w + j * (3 * tile + 6 * gap)
             for k, view in enumerate(views):
                 grey = np.clip((view - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,6 +19,9 @@ from .registry import (
 )
 
 WEIGHTS_FILE = "model.safetensors"
+
+# The family's own network class comes back out of ``load_into``, so its runner reads typed submodules and buffers.
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
 def save_checkpoint(out_dir: Path, *, config: dict, module: torch.nn.Module, card: str) -> ModelEntry:
@@ -46,7 +50,7 @@ def load_state_dict(entry: ModelEntry, device: str | torch.device = "cpu") -> di
     return load_file(str(entry.weights_path), device=str(device))
 
 
-def load_into(module: torch.nn.Module, entry: ModelEntry, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_into(module: ModuleT, entry: ModelEntry, device: str | torch.device = "cpu") -> ModuleT:
     state = load_state_dict(entry, device)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from .base import Generator
     from .registry import ModelEntry
 
+# Serving options a worker hands the loader (from Settings, workers/pipeline.py; their numerics: precision.py). A
+# family declares in ``runtime_options`` those its generator's constructor takes; the loader drops the others.
+SERVING_OPTIONS = ("precision", "batch_invariant")
+
 
 def load_object(target: str) -> Any:
     """``"package.module:attribute"`` → the attribute, importing the module."""
@@ -33,24 +37,30 @@ def load_object(target: str) -> Any:
 @dataclass(frozen=True)
 class Family:
     """One model family: its name (the ``family`` of a model id), the task it serves, its config presets, and where
-    its network builder, generator (runner) and trainer live; ``options`` are the request options it accepts."""
+    its network builder, generator (runner) and trainer live; ``options`` are the request options it accepts,
+    ``runtime_options`` the serving options (``SERVING_OPTIONS``) its generator takes as keyword arguments."""
 
     name: str
     task: str
     presets: tuple[str, ...]
     configs: str  # module with PRESETS, build_network(config) and create_untrained(out_dir, preset, ...)
-    generator: str  # "module:Class" of the worker's Generator, built as Class(entry, device)
+    generator: str  # "module:Class" of the worker's Generator, built as Class(entry, device, **runtime options)
     trainer: str  # "module:Class" of the trainer (training/), built by the CLI
     train_config: str  # "module:Class" of the trainer's config dataclass (its ``load(spec, **overrides)``)
     options: tuple[OptionSpec, ...] = ()
+    runtime_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (self.name.isascii() and self.name.isalnum() and self.name.islower()):
             raise ValueError(f"family name {self.name!r} must be lower-case letters and digits (it is a model id part)")
         if "tiny" not in self.presets:
             raise ValueError(f"family {self.name}: every family has a 'tiny' preset (the contract test runs it)")
+        unknown = [o for o in self.runtime_options if o not in SERVING_OPTIONS]
+        if unknown:
+            raise ValueError(f"family {self.name}: runtime_options {unknown} are not serving options a worker passes; "
+                             f"choose from {', '.join(SERVING_OPTIONS)}")
 
-    def generator_class(self) -> Callable[[ModelEntry, str], Generator]:
+    def generator_class(self) -> Callable[..., Generator]:
         return load_object(self.generator)
 
     def build_network(self, config: dict) -> Any:

@@ -9,9 +9,6 @@ from .base import Generator
 from .families import FAMILIES
 from .registry import ModelEntry
 
-# Serving options a family's constructor takes besides (entry, device): models/precision.py
-RUNTIME_OPTIONS = {"ldm": ("precision", "batch_invariant"), "tavit": ("precision",)}
-
 _cache: dict[tuple, Generator] = {}
 _lock = threading.Lock()
 
@@ -26,14 +23,15 @@ def resolve_device(requested: str) -> str:
 
 
 def load_generator(entry: ModelEntry, device: str = "auto", **runtime) -> Generator:
-    """``runtime``: serving options (e.g. ``precision``), passed to the families that take them."""
-    options = {k: v for k, v in runtime.items() if k in RUNTIME_OPTIONS.get(entry.family, ())}
+    """``runtime``: serving options (e.g. ``precision``); a family gets those its registration declares in
+    ``runtime_options`` (models/family.py), the others are dropped."""
+    family = FAMILIES.get(entry.family)
+    if family is None:
+        raise CheckpointError(f"{entry.id}: no runtime for model family '{entry.family}'")
+    options = {k: v for k, v in runtime.items() if k in family.runtime_options}
     key = (entry.id, entry.weights_sha256, device, tuple(sorted(options.items())))
     with _lock:
         if key not in _cache:
-            family = FAMILIES.get(entry.family)
-            if family is None:
-                raise CheckpointError(f"{entry.id}: no runtime for model family '{entry.family}'")
             _cache[key] = family.generator_class()(entry, resolve_device(device), **options)
         return _cache[key]
 

@@ -10,13 +10,30 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 
 from .distributed import World, init_world
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from ..models.registry import ModelEntry
+
 log = logging.getLogger(__name__)
+
+# The trainer's config dataclass (``asdict`` goes into state.pt).
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")
+
+
+class Stateful(Protocol):
+    """What a resume saves and restores: modules, optimisers and LR schedulers alike."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state_dict: Any) -> Any: ...
 
 
 def epoch_rng(seed: int, *stream: int, rank: int = 0) -> np.random.Generator:
@@ -54,7 +71,7 @@ def perceptual_loss(weights_path: str | None, weight: float, device):
                           pretrained=True, pretrained_path=str(path)).to(device)
 
 
-class ResumableTrainer:
+class ResumableTrainer(Generic[ConfigT]):
     """``work_dir/state.pt`` (written atomically after every epoch) and ``work_dir/metrics.jsonl``.
 
     Subclasses set ``cfg``, ``work_dir``, ``device``, ``state`` (a dict with ``metrics``) and ``on_epoch``, and name
@@ -62,8 +79,14 @@ class ResumableTrainer:
     """
 
     world: World = World()
+    cfg: ConfigT
+    work_dir: Path
+    device: torch.device
+    amp: bool
+    state: dict[str, Any]
+    on_epoch: Callable[[dict], None] | None
 
-    def _resumable(self) -> dict[str, object]:
+    def _resumable(self) -> dict[str, Stateful]:
         raise NotImplementedError
 
     # ----- torchrun / DDP / bf16 -------------------------------------------------------------------------------------
@@ -87,7 +110,7 @@ class ResumableTrainer:
             self._ddp[name] = self.world.wrap(module)
         return self._ddp[name]
 
-    def _write_on_main(self, write: Callable[[], object]):
+    def _write_on_main(self, write: Callable[[], ModelEntry]) -> ModelEntry:
         """Rank 0 runs ``write`` (which saves and returns a ModelEntry); every rank returns that entry, the others
         reading it from where rank 0 wrote it."""
         from ..models.registry import entry_at

@@ -15,14 +15,13 @@ import json
 import sys
 from collections.abc import Sequence
 
-import nibabel as nib
 import numpy as np
 
-from ..data.brats import MODALITIES, Subject, find_subjects
+from ..data.brats import MODALITIES, Subject, find_subjects, load_nifti
 
 
 def subject_stats(subject: Subject, modality: str) -> tuple[float, float] | None:
-    data = np.asarray(nib.load(subject.paths[modality]).dataobj, dtype=np.float32)
+    data = np.asarray(load_nifti(subject.paths[modality]).dataobj, dtype=np.float32)
     brain = data[data > 0]
     return (float(brain.mean()), float(brain.std())) if brain.size else None
 

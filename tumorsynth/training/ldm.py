@@ -24,10 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..data.brats import MODALITIES, find_subjects
 from ..data.subjects import prepare_subject, split
@@ -36,7 +39,7 @@ from ..models.checkpoints import save_checkpoint
 from ..models.ldm.configs import PRESETS, build_network
 from ..models.ldm.schedulers import make_scheduler
 from ..models.registry import ModelEntry
-from .common import ResumableTrainer, ema_with_warmup, epoch_rng, perceptual_loss
+from .common import ResumableTrainer, Stateful, ema_with_warmup, epoch_rng, perceptual_loss
 from .configs import load_config
 from .intensity_stats import record_scanner_stats
 from .ldm_card import describe_data, model_card
@@ -147,7 +150,7 @@ def augment(images: torch.Tensor, regions: torch.Tensor, cfg: LDMTrainConfig) ->
     """TorchIO flips and scaling of each (image, regions) pair, with torch's global RNG (seeded per epoch)."""
     import torchio as tio
 
-    transforms = []
+    transforms: list[tio.Transform] = []
     if cfg.flip:
         transforms.append(tio.RandomFlip(axes=(0,), flip_probability=0.5))
     if cfg.scale_range > 0:
@@ -159,9 +162,17 @@ def augment(images: torch.Tensor, regions: torch.Tensor, cfg: LDMTrainConfig) ->
     out_i, out_r = [], []
     for img, reg in zip(images, regions):
         subject = t(tio.Subject(image=tio.ScalarImage(tensor=img), regions=tio.LabelMap(tensor=reg)))
-        out_i.append(subject["image"].data.float())
-        out_r.append(subject["regions"].data.float())
+        out_i.append(subject.get_scalar_image("image").data.float())
+        out_r.append(subject.get_label_map("regions").data.float())
     return torch.stack(out_i), torch.stack(out_r)
+
+
+def _ddpm(scheduler: SchedulerMixin) -> DDPMScheduler:
+    """The training scheduler, typed as the DDPM one ``make_scheduler("ddpm", ...)`` builds (its noise and velocity
+    maths are the DDPM scheduler's, not every diffusers scheduler's)."""
+    if not isinstance(scheduler, DDPMScheduler):
+        raise TypeError(f"expected a DDPMScheduler for training, got {type(scheduler).__name__}")
+    return scheduler
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -204,7 +215,7 @@ def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     return kl.sum(dim=list(range(1, kl.ndim))).mean()
 
 
-class Trainer(ResumableTrainer):
+class Trainer(ResumableTrainer[LDMTrainConfig]):
     def __init__(self, cfg: LDMTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None, progress=None):
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
@@ -248,12 +259,12 @@ class Trainer(ResumableTrainer):
         self.state = {"stage": 1, "epoch": 0, "metrics": [], "scale_factor": None}
         if cfg.init_from:
             self.init_weights(Path(cfg.init_from))
-        self.train_scheduler = make_scheduler("ddpm", 1000, self.model_config["schedule"])
+        self.train_scheduler = _ddpm(make_scheduler("ddpm", 1000, self.model_config["schedule"]))
 
 
-    def _resumable(self) -> dict[str, object]:
-        parts = {"net": self.net, "disc": self.disc, "opt_ae": self.opt_ae, "opt_d": self.opt_d,
-                 "opt_unet": self.opt_unet, "warmup": self.warmup}
+    def _resumable(self) -> dict[str, Stateful]:
+        parts: dict[str, Stateful] = {"net": self.net, "disc": self.disc, "opt_ae": self.opt_ae,
+                                      "opt_d": self.opt_d, "opt_unet": self.opt_unet, "warmup": self.warmup}
         return parts | ({"ema": self.ema} if self.ema is not None else {})
 
     def init_weights(self, checkpoint_dir: Path) -> None:
@@ -363,7 +374,9 @@ class Trainer(ResumableTrainer):
         for i, idx in enumerate(batches):
             z0 = latents[idx] * net.scale_factor
             noise = torch.randn_like(z0)
-            t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), device=self.device)
+            # diffusers annotates timesteps as the legacy IntTensor; it takes randint's int64 tensor
+            t = cast(torch.IntTensor, torch.randint(0, sched.config["num_train_timesteps"], (len(idx),),
+                                                    device=self.device))
             z_t = sched.add_noise(z0, noise, t)
             y = labels[idx].clone()
             y[torch.rand(len(idx), device=self.device) < cfg.class_dropout] = 0
@@ -407,7 +420,10 @@ class Trainer(ResumableTrainer):
         latents, conds, labels = self.cache_latents(data, train_idx)
         if self.state["scale_factor"] is None:
             self.state["scale_factor"] = float(1.0 / latents.std().clamp_min(1e-6))
-        self.net.scale_factor.fill_(self.state["scale_factor"])
+        scale_factor = self.net.scale_factor  # a buffer: nn.Module types it as Tensor | Module
+        if not isinstance(scale_factor, torch.Tensor):
+            raise TypeError(f"the LDM's scale_factor is a {type(scale_factor).__name__}, not a buffer")
+        scale_factor.fill_(self.state["scale_factor"])
         self.net.autoencoder.requires_grad_(False)
         while self.state["epoch"] < cfg.diffusion_epochs:
             e = self.state["epoch"]

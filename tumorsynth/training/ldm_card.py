@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def describe_data(data_dir: Path, data: Prepared, train_idx) -> str:
-    counts = {}
+    counts: dict[int, int] = {}
     for i in train_idx:
         c = int(data.classes[i])
         counts[c] = counts.get(c, 0) + 1

@@ -43,7 +43,7 @@ from ..models.registry import ModelEntry
 from ..models.stylegan2.augment import POLICIES, diff_augment
 from ..models.stylegan2.configs import PRESETS, build_network, model_config
 from ..models.stylegan2.discriminator import Discriminator
-from .common import ResumableTrainer, epoch_rng
+from .common import ResumableTrainer, Stateful, epoch_rng
 from .configs import load_config
 from .stylegan2_card import describe_data, model_card
 
@@ -103,7 +103,7 @@ def lazy_adam(params, lr: float, betas: tuple[float, float], interval: int) -> t
     return torch.optim.Adam(params, lr=lr * c, betas=(betas[0] ** c, betas[1] ** c), eps=1e-8)
 
 
-class Trainer(ResumableTrainer):
+class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
     def __init__(self, cfg: StyleGAN2TrainConfig, data_dir: Path, out_dir: Path, work_dir: Path,
                  device: str = "cpu", on_epoch: Callable[[dict], None] | None = None, progress=None):
         if cfg.preset not in PRESETS:
@@ -135,7 +135,7 @@ class Trainer(ResumableTrainer):
         return load_slices(self.data_dir, res, cfg.classes, modality=cfg.modality, class_map=cfg.class_map,
                            per_subject=cfg.slices_per_subject, max_per_class=cfg.max_per_class)
 
-    def _resumable(self) -> dict[str, object]:
+    def _resumable(self) -> dict[str, Stateful]:
         return {"G": self.G, "G_ema": self.G_ema, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d}
 
     def _D(self, img: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

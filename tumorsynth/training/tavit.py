@@ -48,7 +48,7 @@ from ..models.registry import ModelEntry
 from ..models.tavit.configs import build_network, image_inputs, model_config
 from ..models.tavit.network import regions_from_labels, regions_from_probabilities
 from ..models.tavit.slices import brain_slices, context_index, slice_mapping, to_slices
-from .common import ResumableTrainer, epoch_rng
+from .common import ResumableTrainer, Stateful, epoch_rng
 from .configs import load_config
 from .intensity_stats import record_scanner_stats
 
@@ -171,7 +171,7 @@ def dice(pred: torch.Tensor, true: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
 
 
-class Trainer(ResumableTrainer):
+class Trainer(ResumableTrainer[TAViTTrainConfig]):
     def __init__(self, cfg: TAViTTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None, progress=None):
         from monai.losses import DiceCELoss, SSIMLoss
@@ -200,7 +200,7 @@ class Trainer(ResumableTrainer):
             entry = self._load_weights(Path(cfg.init_from), self.net, self.model_config)
             self.state.update(init_from=str(cfg.init_from), init_sha256=entry.weights_sha256)
 
-    def _resumable(self) -> dict[str, object]:
+    def _resumable(self) -> dict[str, Stateful]:
         return {"net": self.net, "opt": self.opt}
 
     # ----- one epoch -----------------------------------------------------------------------------------------------

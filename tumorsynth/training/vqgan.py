@@ -57,7 +57,7 @@ from ..models.vqgan.configs import (
 from ..models.vqgan.losses import gradient_loss
 from ..models.vqgan.masking import hybrid_mask, random_replace
 from ..models.vqgan.transformer import masked_token_loss
-from .common import ResumableTrainer, epoch_rng, perceptual_loss
+from .common import ResumableTrainer, Stateful, epoch_rng, perceptual_loss
 from .configs import load_config
 from .intensity_stats import record_scanner_stats
 
@@ -119,7 +119,7 @@ def flip_some(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return torch.where(which.view(-1, *[1] * (x.ndim - 1)).to(x.device), x.flip(2), x)
 
 
-class Trainer(ResumableTrainer):
+class Trainer(ResumableTrainer[VQGANTrainConfig]):
     def __init__(self, cfg: VQGANTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
                  on_epoch: Callable[[dict], None] | None = None, progress=None):
         if cfg.preset not in PRESETS:
@@ -162,7 +162,7 @@ class Trainer(ResumableTrainer):
         return params + (list(self.net.ar.parameters()) if self.net.ar is not None else [])
 
 
-    def _resumable(self) -> dict[str, object]:
+    def _resumable(self) -> dict[str, Stateful]:
         return {"net": self.net, "disc": self.disc, "opt_vq": self.opt_vq, "opt_d": self.opt_d, "opt_tf": self.opt_tf}
 
     def _task(self, label: str, total: int):

@@ -14,4 +14,5 @@ FAMILY = Family(
     trainer="tumorsynth.training.ldm:Trainer",
     train_config="tumorsynth.training.ldm:LDMTrainConfig",
     options=OPTIONS,
+    runtime_options=("precision", "batch_invariant"),  # LDMGenerator(entry, device, precision, batch_invariant)
 )

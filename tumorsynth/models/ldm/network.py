@@ -16,6 +16,7 @@ with ``MaskConditionedLDM(**config["network"])``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,8 @@ from torch import nn
 
 
 class MaskConditionedLDM(nn.Module):
+    scale_factor: torch.Tensor  # () buffer, registered in __init__
+
     def __init__(
         self,
         *,
@@ -51,7 +54,7 @@ class MaskConditionedLDM(nn.Module):
         self.num_classes = num_classes
         self.downsampling = 2 ** (len(ae_channels) - 1)
         # The MONAI constructor arguments, kept (plain JSON values) so a MONAI bundle can rebuild the same networks.
-        self.autoencoder_args = dict(
+        self.autoencoder_args: dict[str, Any] = dict(
             spatial_dims=spatial_dims,
             in_channels=image_channels,
             out_channels=image_channels,
@@ -64,7 +67,7 @@ class MaskConditionedLDM(nn.Module):
             with_decoder_nonlocal_attn=False,
             use_flash_attention=True,
         )
-        self.unet_args = dict(
+        self.unet_args: dict[str, Any] = dict(
             spatial_dims=spatial_dims,
             in_channels=latent_channels + mask_channels,
             out_channels=latent_channels,

@@ -8,6 +8,7 @@ latent-resolution condition → reverse diffusion in latent space → decoder �
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,11 @@ from .configs import build_network
 from .sampler import reverse_process
 from .schedulers import make_scheduler
 
+if TYPE_CHECKING:
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+    from ...imaging.nifti import Volume
+
 Z_LIMIT = 10.0  # decoded z-scores beyond ±10 are artefacts of an untrained or diverging model
 DECODE_BATCH = 2  # volumes decoded at once; the decoder at full resolution is the memory peak
 
@@ -36,9 +42,10 @@ class LDMJob:
     params: GenerationParams
     modalities: tuple[str, ...]
     mapping: GridMapping
-    mask: object  # imaging.nifti.Volume
+    mask: Volume
     cond: torch.Tensor  # (1, 3, x, y, z)
     class_index: int
+    guidance: float = 0.0  # classifier-free guidance weight on the class (options.py); 0 = off
 
 
 class _AllStopped(Exception):
@@ -80,10 +87,12 @@ class LDMGenerator:
 
     def batch_key(self, params: GenerationParams) -> tuple:
         """Jobs with equal keys can share a batch: one scheduler, one number of steps."""
-        return (params.sampler or self.entry.default_sampler, int(params.steps))
+        guidance = float(check_options(self.entry.options, params.options, self.entry.id).get("guidance", 0.0))
+        guidance = guidance if params.tumor_class else 0.0  # as prepare() decides
+        return (params.sampler or self.entry.default_sampler, int(params.steps), guidance)
 
     def prepare(self, params: GenerationParams, inputs: dict) -> LDMJob:
-        modalities = self._check(params)
+        modalities, options = self._check(params)
         self._scheduler(params)  # refuses a bad sampler or step count before anything is sampled
         mask = inputs.get("mask")
         if mask is None:
@@ -94,7 +103,10 @@ class LDMGenerator:
             grid_labels = grid_torch.to_grid(mapping, torch.from_numpy(labels).to(self.device), order=0)
             regions = torch.from_numpy(to_regions(grid_labels.cpu().numpy()))[None].to(self.device, self.dtype)
             cond = self.network.condition(regions)  # (1, 3, x, y, z)
-        return LDMJob(params, modalities, mapping, mask, cond, self._class_index(params.tumor_class))
+        class_index = self._class_index(params.tumor_class)
+        # without a class both passes would be the unconditional one: (1 + w)·u − w·u = u, so skip the second
+        guidance = float(options.get("guidance", 0.0)) if class_index else 0.0
+        return LDMJob(params, modalities, mapping, mask, cond, class_index, guidance)
 
     def sample_batch(self, jobs: list[LDMJob], progress: list[ProgressFn]) -> list[torch.Tensor | BaseException]:
         """Model-grid z-scores (n, C, X, Y, Z) on the device for each job, or what its progress raised (e.g.
@@ -120,8 +132,16 @@ class LDMGenerator:
             if all(stopped):
                 raise _AllStopped()
 
+        guidance = jobs[0].guidance  # batch_key: one weight per batch
+
         def denoise(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return net.denoise(z.to(self.dtype), t, cond, class_labels).float()  # scheduler arithmetic in fp32
+            if not guidance:
+                return net.denoise(z.to(self.dtype), t, cond, class_labels).float()  # scheduler arithmetic in fp32
+            # the unconditional pass (class 0, same mask) batched alongside the conditional one
+            both = net.denoise(torch.cat([z, z]).to(self.dtype), torch.cat([t, t]) if t.ndim else t,
+                               torch.cat([cond, cond]), torch.cat([class_labels, torch.zeros_like(class_labels)]))
+            conditional, unconditional = both.float().chunk(2)
+            return (1 + guidance) * conditional - guidance * unconditional
 
         with torch.inference_mode(), batch_invariance(self.batch_invariant):
             try:
@@ -160,8 +180,9 @@ class LDMGenerator:
             )
         return classes.index(tumor_class) + 1
 
-    def _check(self, params: GenerationParams) -> tuple[str, ...]:
-        """Refuse what this model cannot do; return the modalities to write (all when none are named)."""
+    def _check(self, params: GenerationParams) -> tuple[tuple[str, ...], dict]:
+        """Refuse what this model cannot do; return the modalities to write (all when none are named) and the
+        request's options with the checkpoint's defaults."""
         wanted = tuple(params.modalities) or self.entry.modalities
         unknown = [m for m in wanted if m not in self.entry.modalities]
         if unknown:
@@ -173,10 +194,10 @@ class LDMGenerator:
             raise InvalidRequest.for_field("output_grid", f"'{params.output_grid}' is neither 'input' nor 'model'")
         if params.num_samples < 1:
             raise InvalidRequest.for_field("num_samples", f"at least 1 sample is needed, got {params.num_samples}")
-        check_options(self.entry.options, params.options, self.entry.id)  # none declared: refuses any given
-        return wanted
+        options = check_options(self.entry.options, params.options, self.entry.id)  # refuses undeclared ones
+        return wanted, options
 
-    def _scheduler(self, params: GenerationParams):
+    def _scheduler(self, params: GenerationParams) -> SchedulerMixin:
         try:
             self.entry.sampler(params.sampler)
         except KeyError:

@@ -13,7 +13,11 @@ steps backwards:
 
 from __future__ import annotations
 
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+# From their modules rather than the package: diffusers' __init__ also names dummy classes (for installs without
+# torch) under TYPE_CHECKING, and a type checker would read those.
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..registry import SamplerSpec
@@ -50,6 +54,7 @@ def make_scheduler(name: str, steps: int, schedule_cfg: dict | None = None) -> S
     if not spec.min_steps <= steps <= spec.max_steps:
         raise ValueError(f"sampler '{name}' takes {spec.min_steps} to {spec.max_steps} steps, got {steps}")
     cfg = SCHEDULE | dict(schedule_cfg or {})
+    scheduler: DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler
     if name == "ddpm":
         scheduler = DDPMScheduler(**cfg, variance_type="fixed_small", clip_sample=False)
     elif name == "ddim":

@@ -41,9 +41,7 @@ class TAViTGenerator:
         self.entry = entry
         self.device = torch.device(device)
         self.dtype = weights_dtype(precision, self.device)
-        network = build_network(entry.config)
-        load_into(network, entry, self.device)  # in place (its return is typed as a plain Module)
-        self.network = network.requires_grad_(False).to(self.dtype)
+        self.network = load_into(build_network(entry.config), entry, self.device).requires_grad_(False).to(self.dtype)
         self.grid = tuple(int(n) for n in entry.output_shape)
         self.fov_mm = tuple(float(f) for f in entry.config["fov_mm"])
         self.image_inputs = image_inputs(entry.config)

@@ -74,7 +74,7 @@ class Decoder(nn.Module):
     @property
     def last_layer(self) -> torch.Tensor:
         """The weight of the output convolution (taming-transformers' adaptive adversarial weight reads its grads)."""
-        return self.net[-1].conv.weight
+        return self.net[-1].get_parameter("conv.weight")  # MONAI's Convolution adds ``conv`` by name
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)  # (B, C, X, Y, Z)
@@ -150,8 +150,12 @@ def importance_target(recon: torch.Tensor, x: torch.Tensor, latent_shape: Sequen
     """Per-token reconstruction difficulty in [0, 1] (B, x, y, z): the L1 error pooled to the token grid, per-volume
     max-normalised."""
     err = (recon.detach() - x).abs().mean(dim=1, keepdim=True)  # (B, 1, X, Y, Z)
-    pooled = F.adaptive_avg_pool3d(err, tuple(latent_shape)) if err.ndim == 5 else \
-        F.adaptive_avg_pool2d(err, tuple(latent_shape))
+    if err.ndim == 5:
+        x_, y_, z_ = latent_shape
+        pooled = F.adaptive_avg_pool3d(err, (x_, y_, z_))
+    else:
+        x_, y_ = latent_shape
+        pooled = F.adaptive_avg_pool2d(err, (x_, y_))
     pooled = pooled[:, 0]
     peak = pooled.flatten(1).amax(dim=1).clamp_min(1e-8)
     return pooled / peak.view(-1, *([1] * (pooled.ndim - 1)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,7 +66,7 @@ class ClassConditionalVQGAN(nn.Module):
         )
         self.latent_shape = self.vqgan.latent_shape(self.grid)
         self.num_tokens = math.prod(self.latent_shape)
-        shared = {"num_codes": num_codes, "num_tokens": self.num_tokens, "num_classes": num_classes,
+        shared: dict[str, Any] = {"num_codes": num_codes, "num_tokens": self.num_tokens, "num_classes": num_classes,
                   "dim": transformer_dim, "heads": transformer_heads, "mlp_ratio": mlp_ratio, "dropout": dropout}
         self.maskgit = TokenTransformer(depth=transformer_depth, causal=False, **shared)
         ar_depth = transformer_depth if ar_depth is None else ar_depth

@@ -42,6 +42,12 @@ class Quantized:
 
 
 class VectorQuantizer(nn.Module):
+    # Buffers (register_buffer in __init__), declared so that they read as tensors rather than "Tensor | Module".
+    ema_count: torch.Tensor  # (K,)
+    ema_sum: torch.Tensor  # (K, code_dim)
+    usage: torch.Tensor  # (K,)
+    initialised: torch.Tensor  # () bool
+
     def __init__(
         self,
         num_codes: int,

@@ -22,6 +22,7 @@ from ..options import check_options
 from ..registry import ModelEntry
 from .configs import build_network
 from .sampler import Sampled, ar_decode, guided, maskgit_decode
+from .transformer import TokenTransformer
 
 DECODE_BATCH = 4
 
@@ -58,8 +59,9 @@ class VQGANGenerator:
         labels = torch.full((n,), label, dtype=torch.long, device=self.device)
         generators = [torch.Generator(self.device).manual_seed(params.seed + i) for i in range(n)]
         if sampler == "ar":
-            sampled: Sampled = ar_decode(net.ar, labels, generators, progress, temperature=options["temperature"],
-                                         top_k=options["top_k"], guidance=options["guidance"])
+            sampled: Sampled = ar_decode(self._ar(), labels, generators, progress,
+                                         temperature=options["temperature"], top_k=options["top_k"],
+                                         guidance=options["guidance"])
         else:
             sampled = maskgit_decode(guided(net.maskgit, labels, options["guidance"]), net.num_tokens, net.mask_id,
                                      int(params.steps), generators, self.device, progress,
@@ -102,8 +104,8 @@ class VQGANGenerator:
             names = ", ".join(s.name for s in self.entry.samplers)
             raise InvalidRequest.for_field(
                 "sampler", f"'{params.sampler}' is not offered; choose one of {names}") from None
-        if spec.name == "ar" and self.network.ar is None:
-            raise InvalidRequest.for_field("sampler", f"{self.entry.id} has no autoregressive transformer")
+        if spec.name == "ar":
+            self._ar()
         if spec.name != "ar" and not spec.min_steps <= int(params.steps) <= spec.max_steps:
             raise InvalidRequest.for_field(
                 "steps", f"{spec.name} takes {spec.min_steps} to {spec.max_steps} steps, got {params.steps}")
@@ -111,3 +113,9 @@ class VQGANGenerator:
             raise InvalidRequest.for_field(
                 "steps", f"ar decodes one token per step: {spec.default_steps} steps, got {params.steps}")
         return spec.name
+
+    def _ar(self) -> TokenTransformer:
+        """The autoregressive transformer, refused when the checkpoint has none (``ar_depth=0``)."""
+        if self.network.ar is None:
+            raise InvalidRequest.for_field("sampler", f"{self.entry.id} has no autoregressive transformer")
+        return self.network.ar

@@ -50,9 +50,10 @@ class SelfAttention(nn.Module):
         if cache is not None:
             if t != 1:
                 raise ValueError(f"a KV-cached step takes one position at a time, got {t}")
-            if cache.keys[layer] is not None:
-                k = torch.cat([cache.keys[layer], k], dim=2)  # (B, H, T_past + 1, Dh)
-                v = torch.cat([cache.values[layer], v], dim=2)
+            past_k, past_v = cache.keys[layer], cache.values[layer]
+            if past_k is not None and past_v is not None:
+                k = torch.cat([past_k, k], dim=2)  # (B, H, T_past + 1, Dh)
+                v = torch.cat([past_v, v], dim=2)
             cache.keys[layer], cache.values[layer] = k, v
             causal = False  # the single query is the newest position: it may see every cached key
         out = attention(q, k, v, causal=causal)  # (B, H, T, Dh)
