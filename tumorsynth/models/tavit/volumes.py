@@ -1,4 +1,4 @@
-"""The runner's volume work as torch on the job's device: ``slices`` (numpy) for serving.
+"""The runner's volume work in torch on the job's device: the serving twins of ``slices`` (numpy).
 
 The runner used to z-score, resample (scipy) and cut slices on the host, then copy each chunk of slices to the
 device and its output back: on an H200 that host work and the copies, not the network, made most of a 240×240×155
