@@ -16,6 +16,8 @@ On the CPU it is a correctness run with the demo checkpoint: it checks that both
 read back with nibabel, and that batched jobs match unbatched ones; its timings are this machine's
 (``--clock cpu`` counts this process's CPU seconds, steadier than wall time on a machine shared with other work).
 Input: examples/masks/example_brats2023_mask.nii.gz (240×240×155, BraTS 2023 labels), as a job reads it.
+Then TA-ViT (benchmarks/gpu_job_tavit.py): one 240×240×155 volume, previous path against ours; ``--family``
+picks the sections (default all).
 """
 
 from __future__ import annotations
@@ -196,11 +198,15 @@ def main() -> None:
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: CPU seconds of this process, for a CPU run on a machine shared with other work "
                          "(threads' work adds up, so it shows work saved, not parallelism)")
+    ap.add_argument("--family", choices=("all", "ldm", "tavit"), default="all", help="which families' sections")
+    ap.add_argument("--tavit-model", default=None, help="TA-ViT checkpoint folder; default: paper on CUDA, demo on CPU")
     args = ap.parse_args()
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     repeat, n_jobs = args.repeat or (3 if cuda else 1), args.jobs or (8 if cuda else 3)
+    if args.family == "tavit":
+        return tavit(device, args, repeat)
     tmp = Path(tempfile.mkdtemp(prefix="ts-gpu-job-"))
     entry = load_entry(args.model, cuda, tmp)
     PARAMS = GenerationParams(num_samples=1, seed=7, sampler=args.sampler, steps=args.steps, modalities=(),
@@ -276,6 +282,15 @@ def main() -> None:
         monai_vs_ours(ours, fp32, entry, job, device, repeat)
     if cuda and args.compile:
         compiled(entry, device, n_jobs, repeat, args.precision)
+    if args.family == "all":
+        tavit(device, args, repeat)
+
+
+def tavit(device, args, repeat: int) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_job_tavit import tavit_section
+
+    tavit_section(device, args.tavit_model, args.precision, repeat, paired, row)
 
 
 def jobs_per_second(gen, mask, store, pool, n: int, device, repeat: int) -> None:

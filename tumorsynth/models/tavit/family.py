@@ -14,4 +14,5 @@ FAMILY = Family(
     trainer="tumorsynth.training.tavit:Trainer",
     train_config="tumorsynth.training.tavit:TAViTTrainConfig",
     options=OPTIONS,
+    runtime_options=("precision",),  # TAViTGenerator(entry, device, precision): bf16 weights on CUDA
 )

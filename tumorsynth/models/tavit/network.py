@@ -78,7 +78,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class SelfAttention(nn.Module):
     """Multi-head self-attention on the project's SDPA kernel (``models.nn.attention.attention``)."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"the token width {dim} must divide by num_heads {num_heads}")
@@ -99,7 +99,7 @@ class AdaLNZeroBlock(nn.Module):
     last layer zeroed (``TAViT.initialize_adaln_zero``) every gate is 0 and the block is the identity.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = SelfAttention(dim, num_heads)
@@ -163,13 +163,25 @@ class TAViT(nn.Module):
             ))
             prev = c
         self.head = Convolution(spatial_dims, prev, out_channels, kernel_size=1, conv_only=True)
+        # position codes by (height, width, device, dtype): built once, not on the host and copied at every call
+        # (a blocking host-to-device copy per slice batch); not a buffer, so the state dict is unchanged
+        self._positions: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
         self.initialize_adaln_zero()
 
     def initialize_adaln_zero(self) -> None:
         """Zero every block's modulation output, so that each gate is 0 and each block starts as the identity."""
-        for block in self.blocks:
-            nn.init.zeros_(block.modulation[-1].weight)
-            nn.init.zeros_(block.modulation[-1].bias)
+        for block in self.modules():
+            if isinstance(block, AdaLNZeroBlock):
+                for p in block.modulation[-1].parameters():  # the last Linear's weight and bias
+                    nn.init.zeros_(p)
+
+    def position_embedding(self, h: torch.Tensor) -> torch.Tensor:
+        """The sin-cos code (1, N, D) of feature maps like ``h`` (B, D, h, w), on its device and in its dtype."""
+        key = (h.shape[-2], h.shape[-1], h.device, h.dtype)
+        if key not in self._positions:
+            with torch.inference_mode(False):  # a normal tensor, usable by training after an inference call
+                self._positions[key] = sincos_position_embedding(h.shape[1], *key[:2]).to(h.device, h.dtype)
+        return self._positions[key]
 
     def encode_condition(self, regions: torch.Tensor) -> torch.Tensor:
         """Tumour regions (B, 3, H, W) → latent segmentation (B, D, H/f, W/f)."""
@@ -188,7 +200,7 @@ class TAViT(nn.Module):
             skips.append(h)  # (B, c_i, H/2^(i+1), W/2^(i+1))
         h = self.bottleneck(h)  # (B, D, h, w)
         height, width = h.shape[-2:]
-        pos = sincos_position_embedding(h.shape[1], height, width).to(h)  # (1, N, D)
+        pos = self.position_embedding(h)  # (1, N, D)
         tokens = rearrange(h, "b d y x -> b (y x) d") + pos  # (B, N, D)
         cond = rearrange(self.encode_condition(regions), "b d y x -> b (y x) d")  # (B, N, D)
         tokens = self.transformer(tokens, cond)
