@@ -249,3 +249,38 @@ def test_torchrun_ranks_hold_identical_weights_and_rank_0_alone_writes(phantom_d
     records = run_two_ranks("ldm", cfg, phantom_dir, tmp_path / "ddp")
     assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")
     assert any(k.startswith("ema.") for k in records[0]["after"])
+
+
+def test_enhancement_l1_is_the_t1c_minus_t1_error_alone():
+    from tumorsynth.training.ldm import enhancement_l1
+
+    x = torch.randn(2, 4, 6, 6, 4)
+    ones = torch.ones(2, 1, 6, 6, 4)
+    assert float(enhancement_l1(x, x, ones)) == 0.0
+    shifted = x.clone()
+    shifted[:, [0, 1]] += 1.0  # T1 and T1C both off by one: the enhancement is intact
+    assert float(enhancement_l1(shifted, x, ones)) == pytest.approx(0.0, abs=1e-6)
+    flat = x.clone()
+    flat[:, 1] = flat[:, 0] + 0.5  # T1C − T1 = 0.5 everywhere
+    target = x.clone()
+    target[:, 1] = target[:, 0] + 2.0
+    assert float(enhancement_l1(flat, target, ones)) == pytest.approx(1.5, rel=1e-5)
+
+
+def test_a_decoder_only_fine_tune_keeps_the_encoder_scale_and_unet(phantom_dir, tmp_path):
+    first = Trainer(config(ae_epochs=1, diffusion_epochs=1), phantom_dir, tmp_path / "m" / "ldm" / "a@1",
+                    tmp_path / "wa").run()
+    rows = []
+    cfg = config(ae_epochs=2, diffusion_epochs=0, init_from=str(first.entry.path), ae_freeze_encoder=True,
+                 ae_enhancement_weight=2.0, ae_region_weights=(1.0, 1.0, 3.0), ae_lr=1e-3, ema_decay=0.0)
+    second = Trainer(cfg, phantom_dir, tmp_path / "m" / "ldm" / "b@1", tmp_path / "wb", on_epoch=rows.append).run()
+    assert [r["stage"] for r in rows] == ["autoencoder", "autoencoder"]
+    a, b = load_state_dict(first.entry), load_state_dict(second.entry)
+    frozen = ("autoencoder.encoder.", "autoencoder.quant_conv_mu.", "autoencoder.quant_conv_log_sigma.", "unet.",
+              "scale_factor")
+    for k in a:
+        if k.startswith(frozen):
+            assert torch.equal(a[k], b[k]), k
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("autoencoder.decoder."))
+    with pytest.raises(ValueError, match="init_from"):
+        Trainer(config(ae_freeze_encoder=True), phantom_dir, tmp_path / "c", tmp_path / "wc")

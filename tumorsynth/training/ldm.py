@@ -72,6 +72,12 @@ class LDMTrainConfig:
     # and the enhancing rim a voxel or two thick, so an autoencoder trained on the plain mean blurs their contrast away,
     # and no diffusion model can then bring it back.
     ae_region_weights: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # L1 between the reconstruction's T1C − T1 and the input's, weighted like the L1 above: contrast enhancement is a
+    # difference between two channels that agree everywhere else, which the per-channel L1 lets a decoder average away.
+    ae_enhancement_weight: float = 0.0
+    # Train only the decoder (and post-quantisation conv) of an --init-from autoencoder: its latents, scale factor and
+    # so its diffusion UNet stay valid, and the decoder learns to bring back what the latents do hold.
+    ae_freeze_encoder: bool = False
     # Train the autoencoder on random crops of this size (None: whole volumes), a fraction of them centred on a tumour
     # voxel (as MONAI's RandCropByPosNegLabel): a convolutional autoencoder learns the same maps from crops at a
     # fraction of the cost, and tumour-centred crops show it the rare tumour voxels far more often.
@@ -209,6 +215,13 @@ def random_crops(images: torch.Tensor, regions: torch.Tensor, size, tumour_fract
     return torch.stack(xs), torch.stack(rs)
 
 
+def enhancement_l1(recon: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted L1 of (T1C − T1) between reconstruction and input (channels in MODALITIES order)."""
+    t1, t1c = MODALITIES.index("t1"), MODALITIES.index("t1c")
+    diff = (recon[:, t1c] - recon[:, t1]) - (x[:, t1c] - x[:, t1])
+    return weighted_mean(diff.abs()[:, None], weights)
+
+
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     """KL(N(μ, σ²) ‖ N(0, 1)) summed over latent voxels, averaged over the batch (as MONAI's tutorials)."""
     kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1)
@@ -241,7 +254,13 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         self.ssim = SSIMLoss(spatial_dims=3, data_range=cfg.ssim_range, win_size=5)
         self.adv = PatchAdversarialLoss(criterion="least_squares")
         self.perceptual = perceptual_loss(cfg.perceptual_weights, cfg.perceptual_weight, self.device)
-        self.opt_ae = torch.optim.Adam(self.net.autoencoder.parameters(), lr=cfg.ae_lr)
+        ae = self.net.autoencoder
+        if cfg.ae_freeze_encoder:
+            if not cfg.init_from:
+                raise ValueError("ae_freeze_encoder needs init_from: the trained encoder to keep")
+            for part in (ae.encoder, ae.quant_conv_mu, ae.quant_conv_log_sigma):
+                part.requires_grad_(False)
+        self.opt_ae = torch.optim.Adam([p for p in ae.parameters() if p.requires_grad], lr=cfg.ae_lr)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
         self.opt_unet = torch.optim.AdamW(self.net.unet.parameters(), lr=cfg.diffusion_lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=False)
@@ -274,6 +293,8 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
             self.ema.module.load_state_dict(self.net.unet.state_dict())
         if self.cfg.init_skip_autoencoder:
             self.state.update(stage=2, epoch=0, init_from=str(checkpoint_dir), init_sha256=entry.weights_sha256)
+        if self.cfg.ae_freeze_encoder:  # same latents: the trained UNet's scale factor stays
+            self.state["scale_factor"] = float(self.net.scale_factor)
 
 
     def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, i: int, n: int) -> None:
@@ -303,7 +324,10 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
             x, r = x.to(self.device), r.to(self.device)
             with self._autocast():
                 recon, z_mu, z_sigma = ae_train(x)
-                l1 = weighted_mean((recon.float() - x).abs(), region_weights(r, cfg.ae_region_weights))
+                weights = region_weights(r, cfg.ae_region_weights)
+                l1 = weighted_mean((recon.float() - x).abs(), weights)
+                if cfg.ae_enhancement_weight:
+                    l1 = l1 + cfg.ae_enhancement_weight * enhancement_l1(recon.float(), x, weights)
                 ssim = self.ssim(recon.float(), x)
                 kl = kl_loss(z_mu.float(), z_sigma.float())
                 loss = l1 + cfg.ssim_weight * ssim + cfg.kl_weight * kl
@@ -417,6 +441,10 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
                 self.save_state()
             self.state.update(stage=2, epoch=0)
             self.save_state()
+        if cfg.diffusion_epochs == 0 and self.state["scale_factor"] is not None:  # nothing to train on latents
+            self.net.scale_factor.fill_(self.state["scale_factor"])
+            entry = self.write_checkpoint(data, train_idx, val_idx, time.time() - t0)
+            return TrainResult(entry, self.state["metrics"])
         latents, conds, labels = self.cache_latents(data, train_idx)
         if self.state["scale_factor"] is None:
             self.state["scale_factor"] = float(1.0 / latents.std().clamp_min(1e-6))
