@@ -210,3 +210,19 @@ def test_init_from_a_checkpoint_starts_g_and_its_ema_from_its_weights(slice_dir,
     result = trainer.run()
     assert result.entry.config["training"]["init_from"]["sha256"] == source.weights_sha256
     assert "G starting from the weights of" in (result.entry.path / "MODEL_CARD.md").read_text()
+
+
+def test_a_wider_discriminator_comes_from_the_config_and_leaves_g_as_the_preset_makes_it(slice_dir, tmp_path):
+    wide = StyleGAN2TrainConfig.load("stylegan2-demo-wide-d")
+    assert (wide.preset, wide.d_channel_base, wide.d_channel_max) == ("demo", 2048, 256)
+    plain = Trainer(config(epochs=1, name="plain"), slice_dir, tmp_path / "plain", tmp_path / "w0")
+    trainer = Trainer(config(epochs=1, name="wide", d_channel_base=1024, d_channel_max=64), slice_dir,
+                      tmp_path / "models" / "stylegan2" / "wide@1", tmp_path / "w1")
+    # tiny preset: min(256 / 16, 32) = 16 channels at 16 px; here min(1024 / 16, 64) = 64
+    assert plain.D.blocks[0].fromrgb.weight.shape[0] == 16 and trainer.D.blocks[0].fromrgb.weight.shape[0] == 64
+    assert {k: v.shape for k, v in trainer.G.state_dict().items()} == \
+        {k: v.shape for k, v in plain.G.state_dict().items()}
+    entry = trainer.run().entry
+    assert entry.config["discriminator"]["channel_base"] == 1024 and entry.config["network"]["channel_base"] == 256
+    assert "discriminator (training only) channels min(1024 / r, 64)" in (entry.path / "MODEL_CARD.md").read_text()
+    StyleGAN2Generator(entry, "cpu")  # servable

@@ -79,6 +79,10 @@ class StyleGAN2TrainConfig:
     augment: list[str] = field(default_factory=list)  # DiffAugment policies for D's inputs: color, translation, cutout
     amp: bool = True  # bf16 autocast on CUDA for the main G and D passes
     init_from: str | None = None  # start G and G_ema from a servable checkpoint's weights (same preset and classes)
+    # D's channels min(d_channel_base / r, d_channel_max) instead of the preset's (D is not kept in the checkpoint, so
+    # a wider D can train against a G of the preset's shape, e.g. one started with ``init_from``)
+    d_channel_base: int | None = None
+    d_channel_max: int | None = None
 
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> StyleGAN2TrainConfig:
@@ -114,6 +118,9 @@ class Trainer(ResumableTrainer):
         self.data = self.load_data()
         self.model_config = model_config(cfg.preset, self.data.classes)
         self.model_config.update(name=cfg.name, version=str(cfg.version))
+        for key in ("channel_base", "channel_max"):
+            if getattr(cfg, f"d_{key}") is not None:
+                self.model_config["discriminator"][key] = int(getattr(cfg, f"d_{key}"))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.G = build_network(self.model_config).to(self.device)
