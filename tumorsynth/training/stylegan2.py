@@ -83,6 +83,8 @@ class StyleGAN2TrainConfig:
     # a wider D can train against a G of the preset's shape, e.g. one started with ``init_from``)
     d_channel_base: int | None = None
     d_channel_max: int | None = None
+    # AC-GAN weight: D also classifies reals (cross-entropy), G is also scored on D's class for its fakes; 0 = off
+    ac_weight: float = 0.0
 
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> StyleGAN2TrainConfig:
@@ -121,6 +123,8 @@ class Trainer(ResumableTrainer):
         for key in ("channel_base", "channel_max"):
             if getattr(cfg, f"d_{key}") is not None:
                 self.model_config["discriminator"][key] = int(getattr(cfg, f"d_{key}"))
+        if cfg.ac_weight > 0:
+            self.model_config["discriminator"]["aux_classifier"] = True
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.G = build_network(self.model_config).to(self.device)
@@ -182,11 +186,15 @@ class Trainer(ResumableTrainer):
             logits = self._D(fake, labels).float()
         self.world.average_(self.G.buffers())  # the tracked mean w: one for all ranks
         loss = F.softplus(-logits).mean()
+        out = {"loss_g": float(loss.detach())}
+        if cfg.ac_weight > 0:
+            assert self.D.last_class_logits is not None
+            ac = F.cross_entropy(self.D.last_class_logits.float(), labels)
+            loss, out["ac_g"] = loss + cfg.ac_weight * ac, float(ac.detach())
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.world.average_gradients(self.G.parameters())
         self.opt_g.step()
-        out = {"loss_g": float(loss.detach())}
         if cfg.pl_weight > 0 and self.state["step"] % cfg.g_reg_interval == 0:
             self.opt_g.zero_grad(set_to_none=True)
             out |= self._path_length()
@@ -217,14 +225,20 @@ class Trainer(ResumableTrainer):
         with torch.no_grad():
             fake, _ = self._generate(len(real), fake_labels)
         with self._autocast():
-            real_logits, fake_logits = self._D(real, labels).float(), self._D(fake, fake_labels).float()
+            real_logits = self._D(real, labels).float()
+            class_logits = self.D.last_class_logits
+            fake_logits = self._D(fake, fake_labels).float()
         loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+        out = {"loss_d": float(loss.detach()), "d_real": float(real_logits.detach().mean()),
+               "d_fake": float(fake_logits.detach().mean())}
+        if cfg.ac_weight > 0:  # on reals only: D learns the classes from true labels, not from G's attempts
+            assert class_logits is not None
+            ac = F.cross_entropy(class_logits.float(), labels)
+            loss, out["ac_d"] = loss + cfg.ac_weight * ac, float(ac.detach())
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.world.average_gradients(self.D.parameters())
         self.opt_d.step()
-        out = {"loss_d": float(loss.detach()), "d_real": float(real_logits.detach().mean()),
-               "d_fake": float(fake_logits.detach().mean())}
         if cfg.r1_gamma > 0 and self.state["step"] % cfg.d_reg_interval == 0:
             real = real.detach().requires_grad_(True)
             (grads,) = torch.autograd.grad(self._D(real, labels).sum(), real, create_graph=True)
