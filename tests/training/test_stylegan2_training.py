@@ -239,6 +239,7 @@ def test_ac_gan_head_classifies_reals_and_scores_g_on_its_classes(slice_dir, tmp
     row = result.metrics[-1]
     assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("ac_d", "ac_g"))
     assert result.entry.config["discriminator"]["aux_classifier"] is True
+    assert "trained on reals, weight 1; G scored on it, weight 1)" in (result.entry.path / "MODEL_CARD.md").read_text()
     plain = Trainer(config(epochs=1, name="plain"), slice_dir, tmp_path / "plain", tmp_path / "w0")
     assert plain.D.aux is None and "aux_classifier" not in plain.model_config["discriminator"]
     StyleGAN2Generator(result.entry, "cpu")  # servable: the head is D's, and D is not in the checkpoint

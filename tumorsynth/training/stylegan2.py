@@ -85,6 +85,7 @@ class StyleGAN2TrainConfig:
     d_channel_max: int | None = None
     # AC-GAN weight: D also classifies reals (cross-entropy), G is also scored on D's class for its fakes; 0 = off
     ac_weight: float = 0.0
+    ac_weight_g: float | None = None  # G's weight, if not ac_weight (at 1 G drew class caricatures, not brains)
 
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> StyleGAN2TrainConfig:
@@ -190,7 +191,8 @@ class Trainer(ResumableTrainer):
         if cfg.ac_weight > 0:
             assert self.D.last_class_logits is not None
             ac = F.cross_entropy(self.D.last_class_logits.float(), labels)
-            loss, out["ac_g"] = loss + cfg.ac_weight * ac, float(ac.detach())
+            weight = cfg.ac_weight if cfg.ac_weight_g is None else cfg.ac_weight_g
+            loss, out["ac_g"] = loss + weight * ac, float(ac.detach())
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.world.average_gradients(self.G.parameters())
