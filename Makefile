@@ -63,13 +63,8 @@ demo-models: install
 	# StyleGAN2: a meningioma/glioma/pituitary slice set from the phantoms (glioma: the phantoms' own tumours;
 	# meningioma, pituitary: simulated masses painted on tumour-free slices, as SLICES.json and the card say)
 	$(VENV)/bin/tumorsynth phantom-slices --data var/phantoms/demo120 --out var/slices/stylegan2-demo120 --per-class 200
-	# two stages (its card): the 110-epoch stylegan2-demo run, then G fine-tuned against a D with an AC-GAN class head
-	rm -rf var/train/stylegan2-stage1
 	$(VENV)/bin/tumorsynth train stylegan2 --data var/slices/stylegan2-demo120 --config stylegan2-demo --device $(DEVICE) \
-		--threads 1 --out var/train/stylegan2-stage1/demo-phantom@1 --work var/train/stylegan2-stage1/work
-	$(VENV)/bin/tumorsynth train stylegan2 --data var/slices/stylegan2-demo120 --config stylegan2-demo-ac --device $(DEVICE) \
-		--threads 1 --init-from var/train/stylegan2-stage1/demo-phantom@1 --out checkpoints/stylegan2/demo-phantom@1 \
-		--work var/train/stylegan2-demo-phantom@1
+		--threads 1 --out checkpoints/stylegan2/demo-phantom@1 --work var/train/stylegan2-demo-phantom@1
 
 bench: install
 	$(PY) benchmarks/submit_and_sample.py
