@@ -10,6 +10,10 @@ interval / (interval + 1)); an EMA generator with a half-life of ``ema_kimg`` th
 probability 1/2 (``xflip``). Classes are drawn for fakes as they occur in the data. With ``augment`` (DiffAugment
 policies, ``models.stylegan2.augment``) the discriminator sees only augmented images, real and generated, in its
 loss, in R1 and in the generator's loss, as data-efficient-gans' StyleGAN2 port does for a few hundred images.
+D's width can differ from the preset's (``d_channel_base``/``d_channel_max``: D is not kept in the checkpoint). With
+``ac_weight`` D also carries an AC-GAN class head (Odena et al. 2017) trained on the reals' labels, and G's loss adds
+D's cross-entropy for the class it was asked for (``ac_weight_g``): a D whose real/fake output learns too slowly to
+guide G still learns, from the labels, the features (the small mass) that tell the classes apart.
 
 State is saved after every epoch in ``work_dir/state.pt``; ``resume=True`` continues from it. Each epoch draws from
 RNG streams derived from (seed, epoch), so a resumed run ends with the same weights as an uninterrupted one.

@@ -2,8 +2,9 @@
 
 After NVlabs/stylegan2-ada-pytorch ``training/networks.py`` (``DiscriminatorBlock`` with ``architecture='resnet'``,
 ``MinibatchStdLayer``, ``DiscriminatorEpilogue``); conditioning is the reference's projection: the class is mapped
-to a vector ``cmap`` and the score is ``<features, cmap> / sqrt(cmap_dim)``. Only training uses it: checkpoints
-keep the (EMA) generator alone.
+to a vector ``cmap`` and the score is ``<features, cmap> / sqrt(cmap_dim)``; optionally (``aux_classifier``)
+an AC-GAN class head on the same features, whose logits the trainer reads from ``last_class_logits``. Only training
+uses D: checkpoints keep the (EMA) generator alone.
 """
 
 from __future__ import annotations
