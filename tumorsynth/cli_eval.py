@@ -71,7 +71,9 @@ def eval_stylegan2(model: str, data: Annotated[Path, typer.Option(exists=True, f
                    samples: Annotated[int, typer.Option(help="held-out real and generated slices scored")] = 300,
                    truncation: float = 1.0, epochs: Annotated[int, typer.Option(help="classifier epochs")] = 15,
                    seed: int = 0, out: Annotated[Path | None, typer.Option(help="write the scores as JSON")] = None,
-                   device: str = "auto") -> None:
+                   device: str = "auto",
+                   montage: Annotated[Path | None, typer.Option(help="PNG: per class, 6 generated slices (at this "
+                                                                     "truncation) beside 6 real ones")] = None) -> None:
     """Inception Score, FID and class agreement of generated vs held-out real slices, with an in-house classifier."""
     from .data.slices import load_slices
     from .evaluation.slice_scores import format_scores, score_slices
@@ -88,6 +90,11 @@ def eval_stylegan2(model: str, data: Annotated[Path, typer.Option(exists=True, f
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
         console.print(f"[green]scores: {out}[/green]")
+    if montage:
+        from .evaluation.slice_montage import stylegan2_montage
+
+        stylegan2_montage(entry, real, montage, truncation=truncation, seed=seed, device=resolve_device(device))
+        console.print(f"[green]montage: {montage}[/green]")
 
 
 @eval_app.command("vqgan")

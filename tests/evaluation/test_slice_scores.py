@@ -82,3 +82,23 @@ def test_eval_command_prints_the_table_and_writes_json(tmp_path, monkeypatch):
     assert "Inception Score" in r.output and "FID" in r.output
     saved = json.loads(out.read_text())
     assert saved["model"] == "stylegan2/t@1" and saved["generated"] == 12 and saved["real_heldout"] == 12
+
+
+def test_montage_puts_each_class_generated_beside_real(tmp_path):
+    from tumorsynth.data.slices import SliceSet
+    from tumorsynth.evaluation.slice_montage import GAP, HEADER_H, LABEL_W, SCALE, stylegan2_montage
+
+    entry = create_untrained(tmp_path / "stylegan2", preset="tiny", seed=0)
+    images, labels = synthetic_slices(4)
+    real = SliceSet(images=images, labels=labels, classes=list(entry.classes))
+    out = stylegan2_montage(entry, real, tmp_path / "m.png", per_class=3)
+    pic = np.asarray(Image.open(out))
+    tile = 16 * SCALE
+    assert pic.shape == (HEADER_H + 3 * (tile + GAP), LABEL_W + 2 * 3 * (tile + GAP) + 4 * GAP)
+    real_x = LABEL_W + 3 * (tile + GAP) + 4 * GAP
+    for k in range(3):  # the first real tile of each row is the class's first real slice, enlarged ×3
+        y = HEADER_H + k * (tile + GAP)
+        first = int(torch.nonzero(labels == k)[0])
+        expected = (images[first, 0].numpy() * 255).round().astype(np.uint8).repeat(SCALE, 0).repeat(SCALE, 1)
+        assert np.array_equal(pic[y:y + tile, real_x:real_x + tile], expected)
+        assert pic[y:y + tile, LABEL_W:LABEL_W + tile].std() > 0  # a generated tile is there

@@ -210,3 +210,36 @@ def test_init_from_a_checkpoint_starts_g_and_its_ema_from_its_weights(slice_dir,
     result = trainer.run()
     assert result.entry.config["training"]["init_from"]["sha256"] == source.weights_sha256
     assert "G starting from the weights of" in (result.entry.path / "MODEL_CARD.md").read_text()
+
+
+def test_a_wider_discriminator_comes_from_the_config_and_leaves_g_as_the_preset_makes_it(slice_dir, tmp_path):
+    wide = StyleGAN2TrainConfig.load("stylegan2-demo-ac")
+    assert (wide.preset, wide.d_channel_base, wide.d_channel_max, wide.ac_weight) == ("demo", 1024, 128, 1.0)
+    plain = Trainer(config(epochs=1, name="plain"), slice_dir, tmp_path / "plain", tmp_path / "w0")
+    trainer = Trainer(config(epochs=1, name="wide", d_channel_base=1024, d_channel_max=64), slice_dir,
+                      tmp_path / "models" / "stylegan2" / "wide@1", tmp_path / "w1")
+    # tiny preset: min(256 / 16, 32) = 16 channels at 16 px; here min(1024 / 16, 64) = 64
+    assert plain.D.blocks[0].fromrgb.weight.shape[0] == 16 and trainer.D.blocks[0].fromrgb.weight.shape[0] == 64
+    assert {k: v.shape for k, v in trainer.G.state_dict().items()} == \
+        {k: v.shape for k, v in plain.G.state_dict().items()}
+    entry = trainer.run().entry
+    assert entry.config["discriminator"]["channel_base"] == 1024 and entry.config["network"]["channel_base"] == 256
+    assert "discriminator (training only) channels min(1024 / r, 64)" in (entry.path / "MODEL_CARD.md").read_text()
+    StyleGAN2Generator(entry, "cpu")  # servable
+
+
+def test_ac_gan_head_classifies_reals_and_scores_g_on_its_classes(slice_dir, tmp_path):
+    trainer = Trainer(config(epochs=1, name="ac", ac_weight=1.0), slice_dir,
+                      tmp_path / "models" / "stylegan2" / "ac@1", tmp_path / "work")
+    assert trainer.D.aux is not None and trainer.D.aux.weight.shape[0] == len(trainer.data.classes)
+    real = trainer.data.images[:4] * 2 - 1
+    logits = trainer.D(real, trainer.data.labels[:4])
+    assert logits.shape == (4,) and trainer.D.last_class_logits.shape == (4, len(trainer.data.classes))
+    result = trainer.run()
+    row = result.metrics[-1]
+    assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("ac_d", "ac_g"))
+    assert result.entry.config["discriminator"]["aux_classifier"] is True
+    assert "trained on reals, weight 1; G scored on it, weight 1)" in (result.entry.path / "MODEL_CARD.md").read_text()
+    plain = Trainer(config(epochs=1, name="plain"), slice_dir, tmp_path / "plain", tmp_path / "w0")
+    assert plain.D.aux is None and "aux_classifier" not in plain.model_config["discriminator"]
+    StyleGAN2Generator(result.entry, "cpu")  # servable: the head is D's, and D is not in the checkpoint

@@ -10,6 +10,10 @@ interval / (interval + 1)); an EMA generator with a half-life of ``ema_kimg`` th
 probability 1/2 (``xflip``). Classes are drawn for fakes as they occur in the data. With ``augment`` (DiffAugment
 policies, ``models.stylegan2.augment``) the discriminator sees only augmented images, real and generated, in its
 loss, in R1 and in the generator's loss, as data-efficient-gans' StyleGAN2 port does for a few hundred images.
+D's width can differ from the preset's (``d_channel_base``/``d_channel_max``: D is not kept in the checkpoint). With
+``ac_weight`` D also carries an AC-GAN class head (Odena et al. 2017) trained on the reals' labels, and G's loss adds
+D's cross-entropy for the class it was asked for (``ac_weight_g``): a D whose real/fake output learns too slowly to
+guide G still learns, from the labels, the features (the small mass) that tell the classes apart.
 
 State is saved after every epoch in ``work_dir/state.pt``; ``resume=True`` continues from it. Each epoch draws from
 RNG streams derived from (seed, epoch), so a resumed run ends with the same weights as an uninterrupted one.
@@ -79,6 +83,13 @@ class StyleGAN2TrainConfig:
     augment: list[str] = field(default_factory=list)  # DiffAugment policies for D's inputs: color, translation, cutout
     amp: bool = True  # bf16 autocast on CUDA for the main G and D passes
     init_from: str | None = None  # start G and G_ema from a servable checkpoint's weights (same preset and classes)
+    # D's channels min(d_channel_base / r, d_channel_max) instead of the preset's (D is not kept in the checkpoint, so
+    # a wider D can train against a G of the preset's shape, e.g. one started with ``init_from``)
+    d_channel_base: int | None = None
+    d_channel_max: int | None = None
+    # AC-GAN weight: D also classifies reals (cross-entropy), G is also scored on D's class for its fakes; 0 = off
+    ac_weight: float = 0.0
+    ac_weight_g: float | None = None  # G's weight, if not ac_weight (at 1 G drew class caricatures, not brains)
 
     @classmethod
     def load(cls, spec: str | Path, **overrides) -> StyleGAN2TrainConfig:
@@ -114,6 +125,11 @@ class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
         self.data = self.load_data()
         self.model_config = model_config(cfg.preset, self.data.classes)
         self.model_config.update(name=cfg.name, version=str(cfg.version))
+        for key in ("channel_base", "channel_max"):
+            if getattr(cfg, f"d_{key}") is not None:
+                self.model_config["discriminator"][key] = int(getattr(cfg, f"d_{key}"))
+        if cfg.ac_weight > 0:
+            self.model_config["discriminator"]["aux_classifier"] = True
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.G = build_network(self.model_config).to(self.device)
@@ -175,11 +191,16 @@ class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
             logits = self._D(fake, labels).float()
         self.world.average_(self.G.buffers())  # the tracked mean w: one for all ranks
         loss = F.softplus(-logits).mean()
+        out = {"loss_g": float(loss.detach())}
+        if cfg.ac_weight > 0:
+            assert self.D.last_class_logits is not None
+            ac = F.cross_entropy(self.D.last_class_logits.float(), labels)
+            weight = cfg.ac_weight if cfg.ac_weight_g is None else cfg.ac_weight_g
+            loss, out["ac_g"] = loss + weight * ac, float(ac.detach())
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.world.average_gradients(self.G.parameters())
         self.opt_g.step()
-        out = {"loss_g": float(loss.detach())}
         if cfg.pl_weight > 0 and self.state["step"] % cfg.g_reg_interval == 0:
             self.opt_g.zero_grad(set_to_none=True)
             out |= self._path_length()
@@ -210,14 +231,20 @@ class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
         with torch.no_grad():
             fake, _ = self._generate(len(real), fake_labels)
         with self._autocast():
-            real_logits, fake_logits = self._D(real, labels).float(), self._D(fake, fake_labels).float()
+            real_logits = self._D(real, labels).float()
+            class_logits = self.D.last_class_logits
+            fake_logits = self._D(fake, fake_labels).float()
         loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+        out = {"loss_d": float(loss.detach()), "d_real": float(real_logits.detach().mean()),
+               "d_fake": float(fake_logits.detach().mean())}
+        if cfg.ac_weight > 0:  # on reals only: D learns the classes from true labels, not from G's attempts
+            assert class_logits is not None
+            ac = F.cross_entropy(class_logits.float(), labels)
+            loss, out["ac_d"] = loss + cfg.ac_weight * ac, float(ac.detach())
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.world.average_gradients(self.D.parameters())
         self.opt_d.step()
-        out = {"loss_d": float(loss.detach()), "d_real": float(real_logits.detach().mean()),
-               "d_fake": float(fake_logits.detach().mean())}
         if cfg.r1_gamma > 0 and self.state["step"] % cfg.d_reg_interval == 0:
             real = real.detach().requires_grad_(True)
             (grads,) = torch.autograd.grad(self._D(real, labels).sum(), real, create_graph=True)

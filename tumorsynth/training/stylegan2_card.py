@@ -60,11 +60,15 @@ def model_card(config: dict, cfg, last: dict, trained_on: str, data_dir: Path, i
         classes = ("\n## Class labels\n\nBraTS-format data holds gliomas only; its subjects were labelled through "
                    f"`class_map` {json.dumps(cfg.class_map)} (LGG and HGG are both gliomas).\n")
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float))
-    net = config["network"]
+    net, disc = config["network"], config["discriminator"]
     augment = (f"DiffAugment ({', '.join(cfg.augment)}) on every image D sees, real and generated"
                if cfg.augment else "no augmentation beyond x-flips")
     pl = f"lazy path length (weight {cfg.pl_weight:g} every {cfg.g_reg_interval})" if cfg.pl_weight > 0 \
         else "no path-length regularisation"
+    ac = ""
+    if getattr(cfg, "ac_weight", 0) > 0:
+        g = cfg.ac_weight if cfg.ac_weight_g is None else cfg.ac_weight_g
+        ac = f" plus an AC-GAN class loss (D's class head trained on reals, weight {cfg.ac_weight:g}; G scored on it, weight {g:g})"
     ema = f"{cfg.ema_kimg:g}" if cfg.ema_kimg is not None else f"{cfg.batch_size * 10 / 32:g}"
     rampup = f", capped at {cfg.ema_rampup:g} × the images seen so far" if cfg.ema_rampup else ""
     if images_seen < UNDERTRAINED_IMAGES:
@@ -80,9 +84,10 @@ def model_card(config: dict, cfg, last: dict, trained_on: str, data_dir: Path, i
 - Output: {res}×{res} slices (NIfTI (H, W, 1), nominal {config['output']['spacing'][0]:g} mm pixels), intensities
   in [0, 1] ({config['intensity']['normalisation']}); classes {', '.join(config['classes'])}.
 - Trained on: {trained_on}.
-- Network: z {net['z_dim']}, w {net['w_dim']}, {net['mapping_layers']} mapping layers, channels min({net['channel_base']} / r, {net['channel_max']}).
+- Network: z {net['z_dim']}, w {net['w_dim']}, {net['mapping_layers']} mapping layers, channels min({net['channel_base']} / r, {net['channel_max']});
+  discriminator (training only) channels min({disc['channel_base']} / r, {disc['channel_max']}).
 - Training: preset `{cfg.preset}`, {cfg.epochs} epochs of batch {cfg.batch_size} ({images_seen:,} images),
-  non-saturating logistic loss, lazy R1 (γ {cfg.r1_gamma:g} every {cfg.d_reg_interval}), {pl}, style mixing
+  non-saturating logistic loss{ac}, lazy R1 (γ {cfg.r1_gamma:g} every {cfg.d_reg_interval}), {pl}, style mixing
   {cfg.style_mixing_prob:g}, {augment}, Adam (lr G {cfg.lr_g:g}, D {cfg.lr_d:g}, β (0, 0.99));
   the checkpoint is the EMA generator (half-life {ema} kimg{rampup}); seed {cfg.seed}; on {_hardware(config)}.
 - Final epoch: {metrics or 'none'}.

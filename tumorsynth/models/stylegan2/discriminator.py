@@ -2,8 +2,9 @@
 
 After NVlabs/stylegan2-ada-pytorch ``training/networks.py`` (``DiscriminatorBlock`` with ``architecture='resnet'``,
 ``MinibatchStdLayer``, ``DiscriminatorEpilogue``); conditioning is the reference's projection: the class is mapped
-to a vector ``cmap`` and the score is ``<features, cmap> / sqrt(cmap_dim)``. Only training uses it: checkpoints
-keep the (EMA) generator alone.
+to a vector ``cmap`` and the score is ``<features, cmap> / sqrt(cmap_dim)``; optionally (``aux_classifier``)
+an AC-GAN class head on the same features, whose logits the trainer reads from ``last_class_logits``. Only training
+uses D: checkpoints keep the (EMA) generator alone.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class MinibatchStd(nn.Module):
 class Discriminator(nn.Module):
     def __init__(self, resolution: int = 256, num_classes: int = 3, img_channels: int = 1, channel_base: int = 32768,
                  channel_max: int = 512, cmap_dim: int | None = None, mbstd_group_size: int = 4,
-                 mbstd_num_channels: int = 1, conv_clamp: float | None = 256.0):
+                 mbstd_num_channels: int = 1, conv_clamp: float | None = 256.0, aux_classifier: bool = False):
         super().__init__()
         if resolution < 8 or resolution & (resolution - 1):
             raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
@@ -78,13 +79,20 @@ class Discriminator(nn.Module):
         self.conv = Conv2d(c4 + mbstd_num_channels, c4, 3, activation="lrelu", conv_clamp=conv_clamp)
         self.fc = FullyConnected(c4 * 16, c4, activation="lrelu")
         self.out = FullyConnected(c4, self.cmap_dim if num_classes > 0 else 1)
+        # AC-GAN (Odena et al. 2017): class logits from the same features, so D must learn what tells the classes
+        # apart (a small mass) from the labels of the reals, not only from what tells reals from fakes
+        self.aux = FullyConnected(c4, num_classes) if aux_classifier and num_classes > 1 else None
+        self.last_class_logits: torch.Tensor | None = None  # (B, K) of the last forward, when ``aux`` is on
 
     def forward(self, img: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         x = None
         for block in self.blocks:
             x = block(x, img)
         x = self.conv(self.mbstd(x))  # (B, C4, 4, 4)
-        x = self.out(self.fc(x.flatten(1)))  # (B, cmap_dim) or (B, 1)
+        h = self.fc(x.flatten(1))  # (B, C4)
+        x = self.out(h)  # (B, cmap_dim) or (B, 1)
+        if self.aux is not None:
+            self.last_class_logits = self.aux(h)
         if self.embed is None:
             return x.squeeze(1)
         cmap = normalize_2nd_moment(self.embed(F.one_hot(labels, self.num_classes).to(img.dtype)))  # (B, cmap_dim)
