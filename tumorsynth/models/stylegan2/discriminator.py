@@ -95,5 +95,7 @@ class Discriminator(nn.Module):
             self.last_class_logits = self.aux(h)
         if self.embed is None:
             return x.squeeze(1)
+        if labels is None:
+            raise ValueError("a class-conditional discriminator needs the images' class labels")
         cmap = normalize_2nd_moment(self.embed(F.one_hot(labels, self.num_classes).to(img.dtype)))  # (B, cmap_dim)
         return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)  # (B,) logits
