@@ -42,17 +42,20 @@ def main() -> None:
     labels = example_mask(SHAPE).astype(np.float32)
     brain = np.zeros(SHAPE, bool)
     brain[48:192, 30:210, 10:150] = True
-    volumes = [GeneratedVolume(m, 0, np.where(brain, rng.normal(size=SHAPE), 0).astype(np.float32), AFFINE)
-               for m in MODALITIES]
+    volumes = [
+        GeneratedVolume(m, 0, np.where(brain, rng.normal(size=SHAPE), 0).astype(np.float32), AFFINE) for m in MODALITIES
+    ]
 
     def nifti() -> int:
         return sum(len(write_nifti(v.data, v.affine)) for v in volumes) + len(write_nifti(labels, AFFINE))
 
     with tempfile.TemporaryDirectory() as tmp:
+
         def dicom() -> int:
             study = Study.new("1.2.826.0.1.3680043.8.498.", "job_bench", "ldm/bench@1", "0" * 64)
-            archive = dicom_archive([(v, v.data) for v in volumes], (labels, AFFINE, "brats2023"), study,
-                                    Path(tmp) / "dicom.zip")
+            archive = dicom_archive(
+                [(v, v.data) for v in volumes], (labels, AFFINE, "brats2023"), study, Path(tmp) / "dicom.zip"
+            )
             return archive.path.stat().st_size, archive.instances
 
         t_nifti, nifti_bytes = best(nifti, args.repeat)

@@ -83,8 +83,11 @@ def submit(url: str, n: int, threads: int, request: dict, mask: bytes, subs: Sub
             while True:
                 sent = time.time()
                 try:
-                    r = http.post("/v1/jobs", data={"request": json.dumps(request | {"seed": i})},
-                                  files={"mask": ("mask.nii.gz", mask)})
+                    r = http.post(
+                        "/v1/jobs",
+                        data={"request": json.dumps(request | {"seed": i})},
+                        files={"mask": ("mask.nii.gz", mask)},
+                    )
                 except httpx.HTTPError:
                     subs.add(sent, 0, None)
                     time.sleep(0.2)
@@ -136,9 +139,13 @@ def listed(url: str) -> list[str]:
 
 def start_api(settings: Settings, work: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port), "--no-worker"],
-                            env=settings_env(settings), stdout=open(work / "api.log", "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port), "--no-worker"],
+        env=settings_env(settings),
+        stdout=open(work / "api.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -150,17 +157,21 @@ def start_api(settings: Settings, work: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"API did not start; see {work / 'api.log'}")
 
 
-def summarise(subs: Submissions, done: dict, listed_ids: list[str], logs: list[Path], t_kill: float,
-              t_failover: float) -> dict:
+def summarise(
+    subs: Submissions, done: dict, listed_ids: list[str], logs: list[Path], t_kill: float, t_failover: float
+) -> dict:
     ids = subs.accepted
     statuses = Counter(done.get(i, {"status": "unfinished"})["status"] for i in ids)
     ended = Counter(m.group(1) for p in logs for m in ENDED.finditer(p.read_text(errors="replace")))
     codes = Counter(status for _, _, status in subs.answers)
     after = [answered for sent, answered, status in subs.answers if status == 202 and sent >= t_kill]
     return {
-        "accepted": len(ids), "statuses": dict(statuses), "lost": len(ids) - statuses["succeeded"],
-        "doubled": sum(1 for i in ids if ended[i] > 1), "rerun": sum(1 for i in ids if done.get(i, {}).get(
-            "attempts", 0) > 1), "phantom": len(set(listed_ids) - set(ids)),
+        "accepted": len(ids),
+        "statuses": dict(statuses),
+        "lost": len(ids) - statuses["succeeded"],
+        "doubled": sum(1 for i in ids if ended[i] > 1),
+        "rerun": sum(1 for i in ids if done.get(i, {}).get("attempts", 0) > 1),
+        "phantom": len(set(listed_ids) - set(ids)),
         "answers": {str(k): v for k, v in sorted(codes.items())},
         "server_errors": sum(v for k, v in codes.items() if k == 0 or (k >= 500 and k != 503)),
         "answers_503": codes.get(503, 0),
@@ -170,30 +181,38 @@ def summarise(subs: Submissions, done: dict, listed_ids: list[str], logs: list[P
 
 
 def passed(r: dict) -> bool:
-    return (r["lost"] == r["doubled"] == r["phantom"] == r["server_errors"] == 0 and r["unavailable_s"] < 120
-            and r["accepted"] == r["requested"])
+    return (
+        r["lost"] == r["doubled"] == r["phantom"] == r["server_errors"] == 0
+        and r["unavailable_s"] < 120
+        and r["accepted"] == r["requested"]
+    )
 
 
 def table(results: list[dict], args) -> str:
     """One column per run: WAIT for a replica (ours), then without it (the baseline), when run."""
     rows = [
-        ("jobs answered 202", lambda r: r["accepted"]), ("ended", lambda r: r["statuses"]),
-        ("lost (202 but not succeeded)", lambda r: r["lost"]), ("doubled (succeeded twice)", lambda r: r["doubled"]),
+        ("jobs answered 202", lambda r: r["accepted"]),
+        ("ended", lambda r: r["statuses"]),
+        ("lost (202 but not succeeded)", lambda r: r["lost"]),
+        ("doubled (succeeded twice)", lambda r: r["doubled"]),
         ("re-run (attempts > 1, ended once)", lambda r: r["rerun"]),
-        ("phantom (listed, never 202)", lambda r: r["phantom"]), ("answers by status", lambda r: r["answers"]),
+        ("phantom (listed, never 202)", lambda r: r["phantom"]),
+        ("answers by status", lambda r: r["answers"]),
         ("500s / connection errors", lambda r: r["server_errors"]),
         ("503 answers (retried)", lambda r: r["answers_503"]),
         ("sentinel failover (kill → new primary)", lambda r: f"{r['sentinel_failover_s']:.2f} s"),
         ("unavailable (kill → first 202 sent after it)", lambda r: f"{r['unavailable_s']:.2f} s"),
         ("result", lambda r: "PASS" if r["passed"] else "FAIL"),
     ]
-    names = ["WAIT 1 replica (ours)", "no WAIT (baseline)"][:len(results)]
+    names = ["WAIT 1 replica (ours)", "no WAIT (baseline)"][: len(results)]
     width = max(len(k) for k, _ in rows)
     cells = [[str(f(r)) for r in results] for _, f in rows]
     col = max(max(len(c) for row in cells for c in row), *(len(n) for n in names))
-    head = (f"failover: {args.jobs} jobs, {args.threads} submitting threads, {args.workers} workers, kill -9 the "
-            f"primary after {args.kill_after} accepted (replication link cut {args.replica_lag} s before), back "
-            f"{args.restart_after} s later as a replica")
+    head = (
+        f"failover: {args.jobs} jobs, {args.threads} submitting threads, {args.workers} workers, kill -9 the "
+        f"primary after {args.kill_after} accepted (replication link cut {args.replica_lag} s before), back "
+        f"{args.restart_after} s later as a replica"
+    )
     lines = [head, "-" * len(head), f"{'':<{width}}  " + "  ".join(f"{n:<{col}}" for n in names)]
     lines += [f"{k:<{width}}  " + "  ".join(f"{c:<{col}}" for c in row) for (k, _), row in zip(rows, cells)]
     return "\n".join(lines)
@@ -207,24 +226,34 @@ def run(args, ack_replicas: int) -> dict:
     create_untrained(work / "models" / "ldm", preset="tiny", name="tiny", version="1", seed=0)
     group = SentinelGroup(work / "redis").start()
     moto, endpoint = start_moto_server()
-    settings = Settings(redis_url=group.url, s3_endpoint=endpoint, s3_access_key="test", s3_secret_key="test-secret",
-                        s3_bucket="failover", model_dir=work / "models", lease_seconds=6.0, heartbeat_seconds=1.0,
-                        reaper_interval_seconds=1.0, url_signing_key="benchmark-signing-key-0123456789",
-                        redis_ack_replicas=ack_replicas,
-                        max_active_jobs_per_tenant=100_000)  # this measures failover, not the per-tenant cap
+    settings = Settings(
+        redis_url=group.url,
+        s3_endpoint=endpoint,
+        s3_access_key="test",
+        s3_secret_key="test-secret",
+        s3_bucket="failover",
+        model_dir=work / "models",
+        lease_seconds=6.0,
+        heartbeat_seconds=1.0,
+        reaper_interval_seconds=1.0,
+        url_signing_key="benchmark-signing-key-0123456789",
+        redis_ack_replicas=ack_replicas,
+        max_active_jobs_per_tenant=100_000,
+    )  # this measures failover, not the per-tenant cap
     from tumorsynth.storage import make_store
 
     make_store(settings).ensure_bucket()
-    workers = [WorkerProcess(settings, work / f"worker-{i}.log", extra_env={"OMP_NUM_THREADS": "1"})
-               for i in range(args.workers)]
+    workers = [
+        WorkerProcess(settings, work / f"worker-{i}.log", extra_env={"OMP_NUM_THREADS": "1"})
+        for i in range(args.workers)
+    ]
     api, finished, restarted = None, threading.Event(), threading.Event()
     try:
         for w in workers:
             w.start()
         api, url = start_api(settings, work)
         subs = Submissions()
-        request = {"model": "ldm/tiny@1", "modalities": ["flair"], "sampler": {"name": "dpm++",
-                                                                                "steps": args.steps}}
+        request = {"model": "ldm/tiny@1", "modalities": ["flair"], "sampler": {"name": "dpm++", "steps": args.steps}}
         killed: dict = {}
 
         def killer() -> None:
@@ -272,15 +301,22 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--kill-after", type=int, default=60, help="kill the primary after this many 202 answers")
     ap.add_argument("--restart-after", type=float, default=5.0, help="seconds before the killed node returns")
-    ap.add_argument("--replica-lag", type=float, default=0.5,
-                    help="seconds the replication link is down (the replica frozen, its link closed) before the "
-                         "kill: what the primary accepted meanwhile dies with it (below Sentinel's 1 s down-after)")
+    ap.add_argument(
+        "--replica-lag",
+        type=float,
+        default=0.5,
+        help="seconds the replication link is down (the replica frozen, its link closed) before the "
+        "kill: what the primary accepted meanwhile dies with it (below Sentinel's 1 s down-after)",
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=1800)
-    ap.add_argument("--baseline", action="store_true",
-                    help="also run without WAIT (TUMORSYNTH_REDIS_ACK_REPLICAS=0) and print both side by side")
+    ap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run without WAIT (TUMORSYNTH_REDIS_ACK_REPLICAS=0) and print both side by side",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log

@@ -81,6 +81,7 @@ def paired(old, new, device, repeat: int):
 
 # ---- the previous path ------------------------------------------------------------------------------------------
 
+
 def prev_prepare(gen: LDMGenerator, mask):
     labels = np.rint(np.asarray(mask.data)).astype(np.int16)
     mapping = fit_to_grid(labels.shape, mask.affine, gen.grid_shape, gen.fov_mm)
@@ -95,14 +96,18 @@ def prev_sample(gen: LDMGenerator, cond, params) -> np.ndarray:
     cls = torch.full((n,), gen._class_index(params.tumor_class), device=gen.device, dtype=torch.long)
     shape = (n, net.latent_channels, *net.latent_shape(gen.grid_shape))
     gens = [torch.Generator(gen.device).manual_seed(params.seed + i) for i in range(n)]
-    z = reverse_process(lambda z, t: net.denoise(z, t, cond, cls), gen._scheduler(params), shape, gens,
-                        gen.device).latents
+    z = reverse_process(
+        lambda z, t: net.denoise(z, t, cond, cls), gen._scheduler(params), shape, gens, gen.device
+    ).latents
     return torch.cat([net.decode(c) for c in z.split(DECODE_BATCH)]).clamp_(-Z_LIMIT, Z_LIMIT).float().cpu().numpy()
 
 
 def prev_from_grid(mapping, images: np.ndarray) -> list[np.ndarray]:
-    return [mapping.from_grid(images[i, c], order=1).astype(np.float32)
-            for i in range(images.shape[0]) for c in range(images.shape[1])]
+    return [
+        mapping.from_grid(images[i, c], order=1).astype(np.float32)
+        for i in range(images.shape[0])
+        for c in range(images.shape[1])
+    ]
 
 
 def prev_encode(volumes, affine) -> list[bytes]:
@@ -114,6 +119,7 @@ def prev_encode(volumes, affine) -> list[bytes]:
 
 
 # ---- ours ---------------------------------------------------------------------------------------------------------
+
 
 def our_encode(volumes, affine, pool: ThreadPoolExecutor) -> list[bytes]:
     return list(pool.map(lambda v: write_nifti(v, affine), volumes))
@@ -195,9 +201,13 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="ours (auto: bf16 on CUDA)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd UNet steps (CUDA)")
     ap.add_argument("--no-monai", action="store_true", help="skip MONAI's LatentDiffusionInferer DDIM-50")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: CPU seconds of this process, for a CPU run on a machine shared with other work "
-                         "(threads' work adds up, so it shows work saved, not parallelism)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: CPU seconds of this process, for a CPU run on a machine shared with other work "
+        "(threads' work adds up, so it shows work saved, not parallelism)",
+    )
     ap.add_argument("--family", choices=("all", "ldm", "tavit"), default="all", help="which families' sections")
     ap.add_argument("--tavit-model", default=None, help="TA-ViT checkpoint folder; default: paper on CUDA, demo on CPU")
     args = ap.parse_args()
@@ -209,16 +219,24 @@ def main() -> None:
         return tavit(device, args, repeat)
     tmp = Path(tempfile.mkdtemp(prefix="ts-gpu-job-"))
     entry = load_entry(args.model, cuda, tmp)
-    PARAMS = GenerationParams(num_samples=1, seed=7, sampler=args.sampler, steps=args.steps, modalities=(),
-                              tumor_class=entry.classes[-1] if entry.classes else None)
+    PARAMS = GenerationParams(
+        num_samples=1,
+        seed=7,
+        sampler=args.sampler,
+        steps=args.steps,
+        modalities=(),
+        tumor_class=entry.classes[-1] if entry.classes else None,
+    )
     mask = read_volume(MASK.read_bytes())
     fp32 = LDMGenerator(entry, device, precision="fp32")
     ours = LDMGenerator(entry, device, precision=args.precision)
     store = LocalStore(tmp / "store", base_url="http://bench", signing_key=b"bench")
     pool = ThreadPoolExecutor(4, thread_name_prefix="writer")
     where = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} CPU threads"
-    print(f"{entry.id} on {device} ({where}), grid {entry.output_shape}, mask {mask.shape}, {args.sampler} "
-          f"{args.steps} steps, {len(entry.modalities)} contrasts + mask written; ours in {ours.dtype}")
+    print(
+        f"{entry.id} on {device} ({where}), grid {entry.output_shape}, mask {mask.shape}, {args.sampler} "
+        f"{args.steps} steps, {len(entry.modalities)} contrasts + mask written; ours in {ours.dtype}"
+    )
 
     # correctness first: our path against the previous one, read back with nibabel
     with torch.inference_mode():
@@ -235,8 +253,10 @@ def main() -> None:
     else:  # measured, not asserted: with untrained weights the size of bf16's deviation says little
         rms = np.sqrt(np.mean([np.mean((a - b) ** 2) for a, b in zip(before[:-1], after[:-1])]))
         ref = np.sqrt(np.mean([np.mean(a**2) for a in before[:-1]]))
-        print(f"check: {ours.dtype} vs fp32 outputs: max |Δ| {worst:.3f} z, RMS Δ {100 * rms / max(ref, 1e-12):.2f} % "
-              "of the outputs' RMS; ours read back bit-exact")
+        print(
+            f"check: {ours.dtype} vs fp32 outputs: max |Δ| {worst:.3f} z, RMS Δ {100 * rms / max(ref, 1e-12):.2f} % "
+            "of the outputs' RMS; ours read back bit-exact"
+        )
 
     print(f"\n{'stage (' + args.clock + ' clock)':52} {'previous':>10} {'ours':>10} {'ratio':>9}")
     dt = str(ours.dtype).removeprefix("torch.")
@@ -254,27 +274,46 @@ def main() -> None:
 
     with torch.inference_mode():
         (t_old_prep, (mapping, cond_old)), (t_new_prep, job) = paired(
-            lambda: prev_prepare(fp32, mask), lambda: ours.prepare(PARAMS, {"mask": mask}), device, repeat)
+            lambda: prev_prepare(fp32, mask), lambda: ours.prepare(PARAMS, {"mask": mask}), device, repeat
+        )
         row("labels → model grid, condition (ours: + scheduler)", t_old_prep, t_new_prep)
         (t_old_s, images_old), (t_new_s, images) = paired(
-            lambda: prev_sample(fp32, cond_old, PARAMS), lambda: ours.sample_batch([job], [lambda d, t: None])[0],
-            device, repeat)
+            lambda: prev_sample(fp32, cond_old, PARAMS),
+            lambda: ours.sample_batch([job], [lambda d, t: None])[0],
+            device,
+            repeat,
+        )
         row("sampling + decoding (host copy before)", t_old_s, t_new_s)
         (t_old_m, vols_old), (t_new_m, vols) = paired(
-            lambda: prev_from_grid(mapping, images_old), lambda: [v.data for v in ours.finish(job, images)],
-            device, repeat)
+            lambda: prev_from_grid(mapping, images_old),
+            lambda: [v.data for v in ours.finish(job, images)],
+            device,
+            repeat,
+        )
         row("model grid → mask grid, to host", t_old_m, t_new_m)
     vols, vols_old = job_outputs(vols, mask), job_outputs(vols_old, mask)
     (t_old_e, blobs_old), (t_new_e, blobs) = paired(
-        lambda: prev_encode(vols_old, mask.affine), lambda: our_encode(vols, mask.affine, pool), device, repeat)
-    row(f"encode {len(vols)} NIfTI ({sum(map(len, blobs_old)) / 1e6:.0f} → {sum(map(len, blobs)) / 1e6:.0f} MB)",
-        t_old_e, t_new_e)
-    (t_old_u, _), (t_new_u, _) = paired(lambda: store_all(store, "u/prev", blobs_old, None),
-                                        lambda: store_all(store, "u/ours", blobs, pool), device, repeat)
+        lambda: prev_encode(vols_old, mask.affine), lambda: our_encode(vols, mask.affine, pool), device, repeat
+    )
+    row(
+        f"encode {len(vols)} NIfTI ({sum(map(len, blobs_old)) / 1e6:.0f} → {sum(map(len, blobs)) / 1e6:.0f} MB)",
+        t_old_e,
+        t_new_e,
+    )
+    (t_old_u, _), (t_new_u, _) = paired(
+        lambda: store_all(store, "u/prev", blobs_old, None),
+        lambda: store_all(store, "u/ours", blobs, pool),
+        device,
+        repeat,
+    )
     row("upload (filesystem store)", t_old_u, t_new_u)
     with torch.inference_mode():
-        (t_old_j, _), (t_new_j, _) = paired(lambda: prev_job(fp32, mask, store, "j/prev"),
-                                            lambda: our_job(ours, mask, store, "j/ours", pool), device, repeat)
+        (t_old_j, _), (t_new_j, _) = paired(
+            lambda: prev_job(fp32, mask, store, "j/prev"),
+            lambda: our_job(ours, mask, store, "j/ours", pool),
+            device,
+            repeat,
+        )
     row("whole job", t_old_j, t_new_j)
 
     jobs_per_second(ours, mask, store, pool, n_jobs, device, repeat)
@@ -335,8 +374,9 @@ def monai_vs_ours(ours, fp32, entry, job, device, repeat) -> None:
     shape = (1, net.latent_channels, *net.latent_shape(fp32.grid_shape))
     cond = job.cond.float()
     with torch.inference_mode():
-        t_monai, _ = timed(lambda: monai_reference(net, entry, cond, shape, torch.Generator(device).manual_seed(0),
-                                                   50), device, repeat)
+        t_monai, _ = timed(
+            lambda: monai_reference(net, entry, cond, shape, torch.Generator(device).manual_seed(0), 50), device, repeat
+        )
         t_ours, _ = timed(lambda: ours.sample_batch([job], [lambda d, t: None]), device, repeat)
     row(f"sampling: MONAI LDM inferer DDIM-50 fp32 → ours {PARAMS.sampler} {PARAMS.steps}", t_monai, t_ours)
 

@@ -52,8 +52,12 @@ def inputs() -> dict[str, Upload]:
     rng = np.random.default_rng(0)
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
     brain = x**2 / 0.55 + y**2 / 0.7 + z**2 / 0.75 < 1
-    images = {n: Upload(np.where(brain, 400 + 80 * rng.standard_normal(shape, dtype=np.float32), 0)
-                        .astype(np.float32), affine) for n in ("t1", "flair")}
+    images = {
+        n: Upload(
+            np.where(brain, 400 + 80 * rng.standard_normal(shape, dtype=np.float32), 0).astype(np.float32), affine
+        )
+        for n in ("t1", "flair")
+    }
     return images | {"mask": Upload(np.asarray(mask.data).reshape(shape), affine)}
 
 
@@ -85,8 +89,9 @@ def sdpa_ops(gen: TAViTGenerator, side: int) -> set[str]:
     return {e.name for e in prof.events() if "scaled_dot_product" in e.name and e.name.startswith("aten::_")}
 
 
-def tavit_section(device: torch.device, model: str | None, precision: str, repeat: int,
-                  paired: Callable, row: Callable) -> None:
+def tavit_section(
+    device: torch.device, model: str | None, precision: str, repeat: int, paired: Callable, row: Callable
+) -> None:
     """``paired`` and ``row`` are gpu_job's: alternating best-of timings and the side-by-side printer."""
     cuda = device.type == "cuda"
     entry = load_entry(model, cuda, Path(tempfile.mkdtemp(prefix="ts-gpu-job-tavit-")))
@@ -95,8 +100,10 @@ def tavit_section(device: torch.device, model: str | None, precision: str, repea
     given = inputs()
     images = {k: given[k] for k in ("t1", "flair")}
     where = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} CPU threads"
-    print(f"\n{entry.id} on {device} ({where}), slice grid {entry.output_shape}, volume {given['t1'].shape}; "
-          f"ours in {ours.dtype}")
+    print(
+        f"\n{entry.id} on {device} ({where}), slice grid {entry.output_shape}, volume {given['t1'].shape}; "
+        f"ours in {ours.dtype}"
+    )
 
     quiet = lambda d, t: None
     before = previous_generate(fp32, PARAMS, images, quiet)[0].data  # also the warm-up of both
@@ -108,19 +115,29 @@ def tavit_section(device: torch.device, model: str | None, precision: str, repea
         after = ours.generate(PARAMS, images, quiet)[0].data
         brain = given["t1"].data != 0
         d = (after - before)[brain]
-        print(f"check: {ours.dtype} vs fp32: max |Δ| {np.abs(d).max():.3f} z, RMS Δ "
-              f"{100 * np.sqrt(np.mean(d**2)) / max(np.sqrt(np.mean(before[brain] ** 2)), 1e-12):.2f} % of the "
-              "output's RMS (untrained weights: says little)")
+        print(
+            f"check: {ours.dtype} vs fp32: max |Δ| {np.abs(d).max():.3f} z, RMS Δ "
+            f"{100 * np.sqrt(np.mean(d**2)) / max(np.sqrt(np.mean(before[brain] ** 2)), 1e-12):.2f} % of the "
+            "output's RMS (untrained weights: says little)"
+        )
 
     print(f"\n{'TA-ViT, one volume':52} {'previous':>10} {'ours':>10} {'ratio':>9}")
     for name, req in (("volume, segmenter's regions", images), ("volume, user's mask", given)):
-        (t_old, _), (t_new, _) = paired(lambda r=req: previous_generate(fp32, PARAMS, r, quiet),
-                                        lambda r=req: ours.generate(PARAMS, r, quiet), device, repeat)
+        (t_old, _), (t_new, _) = paired(
+            lambda r=req: previous_generate(fp32, PARAMS, r, quiet),
+            lambda r=req: ours.generate(PARAMS, r, quiet),
+            device,
+            repeat,
+        )
         row(name, t_old, t_new)
     slices, brain_idx = device_slices(ours, images)
     with torch.inference_mode():
-        (t_old, _), (t_new, _) = paired(lambda: fp32._synthesise(slices, None, brain_idx, quiet),
-                                        lambda: ours._synthesise(slices, None, brain_idx, quiet), device, repeat)
+        (t_old, _), (t_new, _) = paired(
+            lambda: fp32._synthesise(slices, None, brain_idx, quiet),
+            lambda: ours._synthesise(slices, None, brain_idx, quiet),
+            device,
+            repeat,
+        )
     row(f"network, {len(brain_idx)} brain slices (fp32 → {str(ours.dtype).removeprefix('torch.')})", t_old, t_new)
     if cuda:
         ops = sdpa_ops(ours, int(entry.output_shape[0]))

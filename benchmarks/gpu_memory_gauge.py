@@ -2,14 +2,18 @@
 
 Run on a CUDA machine from the repository root: `python benchmarks/gpu_memory_gauge.py`.
 """
+
 import json
 import subprocess
 import sys
 
 sys.path.insert(0, ".")
 try:
-    print(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.used", "--format=csv"], capture_output=True,
-                         text=True).stdout)
+    print(
+        subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.used", "--format=csv"], capture_output=True, text=True
+        ).stdout
+    )
 except FileNotFoundError:
     print("no nvidia-smi")
 try:

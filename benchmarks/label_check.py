@@ -33,8 +33,11 @@ def main() -> None:
     mask = np.asfortranarray(example_mask().astype(np.uint8))  # 240×240×155, as nibabel hands it over
     print(f"mask {mask.shape} {mask.dtype}, Fortran order: {mask.flags.f_contiguous}")
     print(f"{'data':22} {'before ms':>10} {'after ms':>10} {'ratio':>7}")
-    for name, data in (("uint8", mask), ("float32", np.asfortranarray(mask.astype(np.float32))),
-                       ("int16", np.asfortranarray(mask.astype(np.int16)))):
+    for name, data in (
+        ("uint8", mask),
+        ("float32", np.asfortranarray(mask.astype(np.float32))),
+        ("int16", np.asfortranarray(mask.astype(np.int16))),
+    ):
         hi = int(data.max())
         a, b = before(data), label_counts(data, hi)
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1][: len(b[1])], b[1][: len(a[1])])

@@ -80,9 +80,14 @@ def run_method(model_id: str, method: str, n: int, workdir: Path) -> dict:
                 img = monai_reference(net, entry, cond, latent_shape, g, steps)
         seconds.append(time.perf_counter() - t0)
         volumes.append(img[0].float())
-    return {"method": method, "steps": steps, "seconds_per_volume": float(np.mean(seconds)),
-            "unet_evals_per_volume": calls["n"] / len(labels), "peak_rss_mb":
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "volumes": torch.stack(volumes).tolist()}
+    return {
+        "method": method,
+        "steps": steps,
+        "seconds_per_volume": float(np.mean(seconds)),
+        "unet_evals_per_volume": calls["n"] / len(labels),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "volumes": torch.stack(volumes).tolist(),
+    }
 
 
 def monai_reference(net, entry, cond, latent_shape, generator, steps):
@@ -91,9 +96,13 @@ def monai_reference(net, entry, cond, latent_shape, generator, steps):
     from monai.networks.schedulers import DDIMScheduler
 
     s = entry.config["schedule"]
-    scheduler = DDIMScheduler(num_train_timesteps=s.get("num_train_timesteps", 1000), schedule="linear_beta",
-                              beta_start=s.get("beta_start", 1e-4), beta_end=s.get("beta_end", 0.02),
-                              clip_sample=False)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=s.get("num_train_timesteps", 1000),
+        schedule="linear_beta",
+        beta_start=s.get("beta_start", 1e-4),
+        beta_end=s.get("beta_end", 0.02),
+        clip_sample=False,
+    )
     scheduler.set_timesteps(steps)
 
     class Unconditional(torch.nn.Module):  # MONAI's inferer passes no class labels; ours takes index 0 = "unknown"
@@ -107,8 +116,15 @@ def monai_reference(net, entry, cond, latent_shape, generator, steps):
 
     inferer = LatentDiffusionInferer(scheduler, scale_factor=float(net.scale_factor))
     noise = torch.randn(latent_shape, generator=generator, device=cond.device)
-    return inferer.sample(noise, autoencoder_model=net.autoencoder, diffusion_model=Unconditional(net.unet),
-                          scheduler=scheduler, conditioning=cond, mode="concat", verbose=False)
+    return inferer.sample(
+        noise,
+        autoencoder_model=net.autoencoder,
+        diffusion_model=Unconditional(net.unet),
+        scheduler=scheduler,
+        conditioning=cond,
+        mode="concat",
+        verbose=False,
+    )
 
 
 def main() -> None:
@@ -128,28 +144,56 @@ def main() -> None:
     np.save(Path(args.workdir) / "labels.npy", np.stack(labels))
     rows = []
     for method in METHODS:
-        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--masks", str(args.masks),
-                              "--workdir", str(args.workdir), "--method", method],
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--model",
+                args.model,
+                "--masks",
+                str(args.masks),
+                "--workdir",
+                str(args.workdir),
+                "--method",
+                method,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         fake = torch.tensor(row.pop("volumes"))
         pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)
-        row["mmd"] = float(np.mean([float(MMDMetric(y_mapping=pool)(fake[:, c:c + 1], reals[:, c:c + 1]))
-                                    for c in range(reals.shape[1])]))
+        row["mmd"] = float(
+            np.mean(
+                [
+                    float(MMDMetric(y_mapping=pool)(fake[:, c : c + 1], reals[:, c : c + 1]))
+                    for c in range(reals.shape[1])
+                ]
+            )
+        )
         rows.append(row)
     ddpm, ref = rows[0], rows[1]
     default = entry.sampler("dpm++").default_steps
-    print(f"\nLDM samplers on {entry.id} (trained={entry.trained}), {args.masks} unseen phantom masks, one volume "
-          f"at a time, CPU ({torch.get_num_threads()} threads)")
-    print(f"{'method':30} {'steps':>5} {'s/volume':>9} {'UNet evals':>10} {'peak RSS MB':>11} {'MMD':>9} "
-          f"{'vs DDPM':>8} {'vs MONAI':>9}")
+    print(
+        f"\nLDM samplers on {entry.id} (trained={entry.trained}), {args.masks} unseen phantom masks, one volume "
+        f"at a time, CPU ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"{'method':30} {'steps':>5} {'s/volume':>9} {'UNet evals':>10} {'peak RSS MB':>11} {'MMD':>9} "
+        f"{'vs DDPM':>8} {'vs MONAI':>9}"
+    )
     for r in rows:
-        print(f"{r['method']:30} {r['steps']:5d} {r['seconds_per_volume']:9.2f} {r['unet_evals_per_volume']:10.0f} "
-              f"{r['peak_rss_mb']:11.0f} {r['mmd']:9.4f} {ddpm['seconds_per_volume'] / r['seconds_per_volume']:7.1f}× "
-              f"{ref['seconds_per_volume'] / r['seconds_per_volume']:8.2f}×")
+        print(
+            f"{r['method']:30} {r['steps']:5d} {r['seconds_per_volume']:9.2f} {r['unet_evals_per_volume']:10.0f} "
+            f"{r['peak_rss_mb']:11.0f} {r['mmd']:9.4f} {ddpm['seconds_per_volume'] / r['seconds_per_volume']:7.1f}× "
+            f"{ref['seconds_per_volume'] / r['seconds_per_volume']:8.2f}×"
+        )
     ours = next(r for r in rows if r["method"] == "ours, dpm++ default")
-    print(f"\nours = dpm++ at the checkpoint's default of {default} steps; its MMD relative to the MONAI reference: "
-          f"{ours['mmd'] / ref['mmd']:.2f} (target: within 10%)")
+    print(
+        f"\nours = dpm++ at the checkpoint's default of {default} steps; its MMD relative to the MONAI reference: "
+        f"{ours['mmd'] / ref['mmd']:.2f} (target: within 10%)"
+    )
 
 
 if __name__ == "__main__":

@@ -55,11 +55,19 @@ def embedded_service(work: Path, model_dir: Path, timeout: float):
     """`tumorsynth serve` as a user starts it, with nothing configured but a storage folder and the model folder."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")}
-    env |= {"TUMORSYNTH_STORAGE_DIR": str(work / "storage"), "TUMORSYNTH_MODEL_DIR": str(model_dir),
-            # the whole load is one tenant's: the per-tenant cap (100 outstanding jobs) would refuse most of it
-            "TUMORSYNTH_MAX_ACTIVE_JOBS_PER_TENANT": "1000000"}
-    proc = subprocess.Popen([sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)], env=env,
-                            stdout=open(work / "serve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    env |= {
+        "TUMORSYNTH_STORAGE_DIR": str(work / "storage"),
+        "TUMORSYNTH_MODEL_DIR": str(model_dir),
+        # the whole load is one tenant's: the per-tenant cap (100 outstanding jobs) would refuse most of it
+        "TUMORSYNTH_MAX_ACTIVE_JOBS_PER_TENANT": "1000000",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=open(work / "serve.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         Client(url).wait_ready(timeout)
@@ -142,32 +150,48 @@ def summarise(submitted, done, listed, storage, tenant, expected_outputs, wall) 
     created = [ts(j["created_at"]) for j in jobs]
     span = (max(finished) - min(created)) if finished else float("nan")
     return {
-        "n": len(ids), "succeeded": statuses["succeeded"], "statuses": dict(statuses),
+        "n": len(ids),
+        "succeeded": statuses["succeeded"],
+        "statuses": dict(statuses),
         "lost": len(ids) - len(jobs) + len(set(ids) - set(listed)),
-        "listed_extra": len(set(listed) - set(ids)), "listed_twice": len(listed) - len(set(listed)),
+        "listed_extra": len(set(listed) - set(ids)),
+        "listed_twice": len(listed) - len(set(listed)),
         "doubled_attempts": sum(j["attempts"] != 1 for j in jobs),
-        "outputs_mismatch": sum(len(j["outputs"]) != expected_outputs or len({o["name"] for o in j["outputs"]})
-                                != len(j["outputs"]) or (stored[j["id"]] is not None
-                                                         and stored[j["id"]] != len(j["outputs"])) for j in jobs),
+        "outputs_mismatch": sum(
+            len(j["outputs"]) != expected_outputs
+            or len({o["name"] for o in j["outputs"]}) != len(j["outputs"])
+            or (stored[j["id"]] is not None and stored[j["id"]] != len(j["outputs"]))
+            for j in jobs
+        ),
         "submit_ms": {"p50": pct(submit_s, 50) * 1e3, "p99": pct(submit_s, 99) * 1e3, "max": max(submit_s) * 1e3},
         "queue_to_start_s": {"p50": pct(queue_s, 50), "p99": pct(queue_s, 99), "max": max(queue_s, default=0)},
         "run_s": {"p50": pct(run_s, 50), "p99": pct(run_s, 99)},
         "throughput_jobs_per_s": len(jobs) / span if span and span > 0 else float("nan"),
-        "first_submit_to_last_finish_s": span, "wall_s": wall,
+        "first_submit_to_last_finish_s": span,
+        "wall_s": wall,
     }
 
 
 def passed(r: dict) -> bool:
-    return (r["succeeded"] == r["n"] and r["lost"] == 0 and r["listed_extra"] == 0 and r["listed_twice"] == 0
-            and r["doubled_attempts"] == 0 and r["outputs_mismatch"] == 0)
+    return (
+        r["succeeded"] == r["n"]
+        and r["lost"] == 0
+        and r["listed_extra"] == 0
+        and r["listed_twice"] == 0
+        and r["doubled_attempts"] == 0
+        and r["outputs_mismatch"] == 0
+    )
 
 
 def table(r: dict, args) -> str:
     rows = [
-        ("jobs submitted", f"{r['n']}"), ("succeeded", f"{r['succeeded']}  {r['statuses']}"),
+        ("jobs submitted", f"{r['n']}"),
+        ("succeeded", f"{r['succeeded']}  {r['statuses']}"),
         ("lost (not finished or not listed)", f"{r['lost']}"),
-        ("doubled (attempts != 1 / listed twice / extra)",
-         f"{r['doubled_attempts']} / {r['listed_twice']} / {r['listed_extra']}"),
+        (
+            "doubled (attempts != 1 / listed twice / extra)",
+            f"{r['doubled_attempts']} / {r['listed_twice']} / {r['listed_extra']}",
+        ),
         ("outputs mismatched (listed vs expected vs stored)", f"{r['outputs_mismatch']}"),
         ("submit latency p50 / p99 / max", "{p50:.0f} / {p99:.0f} / {max:.0f} ms".format(**r["submit_ms"])),
         ("queue→start p50 / p99 / max", "{p50:.1f} / {p99:.1f} / {max:.1f} s".format(**r["queue_to_start_s"])),
@@ -176,8 +200,10 @@ def table(r: dict, args) -> str:
         ("result", "PASS" if passed(r) else "FAIL"),
     ]
     width = max(len(k) for k, _ in rows)
-    head = (f"load: {r['n']} jobs, {args.threads} submitting threads, {args.model} {args.sampler}×{args.steps}, "
-            f"{'/'.join(args.modalities)}, mask {'×'.join(map(str, SHAPE))}, {args.url or 'embedded default'}")
+    head = (
+        f"load: {r['n']} jobs, {args.threads} submitting threads, {args.model} {args.sampler}×{args.steps}, "
+        f"{'/'.join(args.modalities)}, mask {'×'.join(map(str, SHAPE))}, {args.url or 'embedded default'}"
+    )
     return "\n".join([head, "-" * len(head)] + [f"{k:<{width}}  {v}" for k, v in rows])
 
 
@@ -199,8 +225,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="ts-load-"))
-    request = {"model": args.model, "modalities": args.modalities,
-               "sampler": {"name": args.sampler, "steps": args.steps}}
+    request = {
+        "model": args.model,
+        "modalities": args.modalities,
+        "sampler": {"name": args.sampler, "steps": args.steps},
+    }
     expected_outputs = 2 * (len(args.modalities) + 1)  # each volume and the mask, each with a sidecar
     try:
         with _service(args, work) as (url, storage):

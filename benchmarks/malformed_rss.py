@@ -46,9 +46,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ts-rss-"))
     tiny_models(tmp / "models")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")} | {
-        "TUMORSYNTH_STORAGE_DIR": str(tmp / "storage"), "TUMORSYNTH_MODEL_DIR": str(tmp / "models"),
-        "TUMORSYNTH_API_KEYS": "bench:bench-key", "TUMORSYNTH_MAX_REQUEST_BYTES": str(8 << 20),
-        "TUMORSYNTH_MAX_FILE_BYTES": str(4 << 20), "TUMORSYNTH_MAX_DECOMPRESSED_BYTES": str(32 << 20)}
+        "TUMORSYNTH_STORAGE_DIR": str(tmp / "storage"),
+        "TUMORSYNTH_MODEL_DIR": str(tmp / "models"),
+        "TUMORSYNTH_API_KEYS": "bench:bench-key",
+        "TUMORSYNTH_MAX_REQUEST_BYTES": str(8 << 20),
+        "TUMORSYNTH_MAX_FILE_BYTES": str(4 << 20),
+        "TUMORSYNTH_MAX_DECOMPRESSED_BYTES": str(32 << 20),
+    }
     api = ApiProcess(env, free_port(), tmp / "api.log").start()
     try:
         batch = shots(AUTH)
@@ -72,12 +76,16 @@ def main() -> None:
         stored = [p for p in (tmp / "storage").rglob("*") if p.is_file()]
         r = redis.Redis.from_url(re.search(r"embedded Redis on (redis://\S+)", (tmp / "api.log").read_text()).group(1))
         jobs = list(r.scan_iter(keys.job("*")))
-        print(f"\nafter {sent} malformed requests: {len(stored)} objects stored, {len(jobs)} job records, "
-              f"queue 'gpu' holds {sum(r.llen(q) for q in queue_lists('gpu'))}")
+        print(
+            f"\nafter {sent} malformed requests: {len(stored)} objects stored, {len(jobs)} job records, "
+            f"queue 'gpu' holds {sum(r.llen(q) for q in queue_lists('gpu'))}"
+        )
         growth = (after[-1] - after[0]) / 1024
-        print(f"RSS: {rss0 / 1024:.1f} MiB at start, {after[0] / 1024:.1f} after the warm-up round, "
-              f"{after[-1] / 1024:.1f} after {args.rounds} more rounds: {growth:+.1f} MiB "
-              f"({growth * 1024 / max(args.rounds, 1):+.0f} KiB per round of {len(batch)} requests)")
+        print(
+            f"RSS: {rss0 / 1024:.1f} MiB at start, {after[0] / 1024:.1f} after the warm-up round, "
+            f"{after[-1] / 1024:.1f} after {args.rounds} more rounds: {growth:+.1f} MiB "
+            f"({growth * 1024 / max(args.rounds, 1):+.0f} KiB per round of {len(batch)} requests)"
+        )
     finally:
         api.stop()
 

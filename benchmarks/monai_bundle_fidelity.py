@@ -34,16 +34,24 @@ from tumorsynth.settings import REPO_ROOT
 
 def service(entry, mask_bytes: bytes, sampler: str, steps: int, seed: int, cls: str) -> np.ndarray:
     gen = LDMGenerator(entry, "cpu")
-    params = GenerationParams(num_samples=1, seed=seed, sampler=sampler, steps=steps, modalities=(), tumor_class=cls,
-                              output_grid="model")
+    params = GenerationParams(
+        num_samples=1, seed=seed, sampler=sampler, steps=steps, modalities=(), tumor_class=cls, output_grid="model"
+    )
     vols = gen.generate(params, {"mask": read_volume(mask_bytes, "mask")}, lambda done, total: None)
     return np.stack([v.data for v in vols], -1)  # (X, Y, Z, 4)
 
 
 def bundle(root: Path, mask: Path, out: Path, seed: int, cls: str) -> np.ndarray:
-    args = {"run_id": "run", "config_file": str(root / "configs/inference.json"),
-            "meta_file": str(root / "configs/metadata.json"), "bundle_root": str(root), "mask_path": str(mask),
-            "output_dir": str(out), "seed": seed, "tumor_class": cls}
+    args = {
+        "run_id": "run",
+        "config_file": str(root / "configs/inference.json"),
+        "meta_file": str(root / "configs/metadata.json"),
+        "bundle_root": str(root),
+        "mask_path": str(mask),
+        "output_dir": str(out),
+        "seed": seed,
+        "tumor_class": cls,
+    }
     code = f"import sys; sys.modules['tumorsynth'] = None\nfrom monai.bundle import run\nrun(**{args!r})\n"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     return nib.load(out / f"{mask.name.removesuffix('.nii.gz')}_synthetic.nii.gz").get_fdata().astype(np.float32)
@@ -64,10 +72,14 @@ def main() -> None:
     runs: dict[str, list[np.ndarray]] = {"service ddim-50": [], "service dpm++-15": [], "bundle ddim-50 (MONAI)": []}
     secs = dict.fromkeys(runs, 0.0)
     for seed in range(a.seeds):
-        for name, fn in (("service ddim-50", lambda s: service(entry, mask_bytes, "ddim", 50, s, a.tumor_class)),
-                         ("service dpm++-15", lambda s: service(entry, mask_bytes, "dpm++", 15, s, a.tumor_class)),
-                         ("bundle ddim-50 (MONAI)", lambda s: bundle(tmp / "bundle", tmp / "mask.nii.gz",
-                                                                     tmp / f"out{s}", s, a.tumor_class))):
+        for name, fn in (
+            ("service ddim-50", lambda s: service(entry, mask_bytes, "ddim", 50, s, a.tumor_class)),
+            ("service dpm++-15", lambda s: service(entry, mask_bytes, "dpm++", 15, s, a.tumor_class)),
+            (
+                "bundle ddim-50 (MONAI)",
+                lambda s: bundle(tmp / "bundle", tmp / "mask.nii.gz", tmp / f"out{s}", s, a.tumor_class),
+            ),
+        ):
             t = time.perf_counter()
             runs[name].append(fn(seed))
             secs[name] += time.perf_counter() - t
@@ -85,8 +97,10 @@ def main() -> None:
         for c, m in enumerate(entry.modalities):
             v = np.stack([x[..., c] for x in vols])
             r = np.corrcoef(mean[..., c].ravel(), ref[..., c].ravel())[0, 1]
-            print(f"{name:24} {m:8} {v[:, wt].mean():10.3f} {v[:, ~wt].mean():12.3f} "
-                  f"{(np.abs(v) < 0.1).mean():8.3f} {r:14.3f}")
+            print(
+                f"{name:24} {m:8} {v[:, wt].mean():10.3f} {v[:, ~wt].mean():12.3f} "
+                f"{(np.abs(v) < 0.1).mean():8.3f} {r:14.3f}"
+            )
         print(f"{name:24} {'s/sample':8} {secs[name] / a.seeds:10.1f}")
 
 

@@ -109,8 +109,10 @@ def check(fp32: Generator, bf16: Generator | None, device: torch.device, trained
         if bf16 is not None:
             a, b = to_unit(ours), to_unit(sample_slices(bf16, 1, seeds, 0.7, device=device))
             rel = float(np.sqrt(np.mean((a - b) ** 2) / np.mean(a**2)))
-            print(f"check: bf16 vs fp32 served [0, 1] slices: max |Δ| {np.abs(a - b).max():.3f}, RMS Δ "
-                  f"{100 * rel:.2f} % of the slices' RMS" + ("" if trained else " (untrained weights: indicative)"))
+            print(
+                f"check: bf16 vs fp32 served [0, 1] slices: max |Δ| {np.abs(a - b).max():.3f}, RMS Δ "
+                f"{100 * rel:.2f} % of the slices' RMS" + ("" if trained else " (untrained weights: indicative)")
+            )
             if trained:
                 assert rel < 0.02, rel
 
@@ -127,12 +129,16 @@ def modconv_rows(net: Generator, batch: int, device: torch.device, repeat: int) 
         for b in sorted({1, batch}):
             x = torch.randn(b, i, r, r, device=device)
             s = torch.rand(b, i, device=device) + 0.5
-            old = (lambda: previous.modulated_conv2d(previous.upsample2d(x), w, s, padding=1)) if layer.up else \
-                (lambda: previous.modulated_conv2d(x, w, s, padding=1))
+            old = (
+                (lambda: previous.modulated_conv2d(previous.upsample2d(x), w, s, padding=1))
+                if layer.up
+                else (lambda: previous.modulated_conv2d(x, w, s, padding=1))
+            )
             with torch.inference_mode():
                 times = [best_of(old, device, repeat)] + [
                     best_of(lambda f=f: modulated_conv2d(x, w, s, padding=1, fused=f, up=layer.up), device, repeat)
-                    for f in (True, False)]
+                    for f in (True, False)
+                ]
             pick = "fused" if fuse_modulation(x, w) else "unfused"
             what = f"{i}→{o} {'up ' if layer.up else ''}@ {layer.resolution} px, batch {b}"
             print(f"{what:50} {times[0]:11.5f} {times[1]:11.5f} {times[2]:11.5f}  {pick}")
@@ -146,8 +152,7 @@ def compiled_rows(net: Generator, seeds: list[int], device: torch.device, repeat
     sample_slices(compiled, 0, seeds, device=device)  # the compiled module forwards attributes
     warm = time.perf_counter() - t
     fast = best_of(lambda: sample_slices(compiled, 0, seeds, device=device), device, repeat)
-    row(f"sampling: eager → compiled (warm-up {warm:.0f} s)", [len(seeds) / eager, len(seeds) / fast, None],
-        "images/s")
+    row(f"sampling: eager → compiled (warm-up {warm:.0f} s)", [len(seeds) / eager, len(seeds) / fast, None], "images/s")
 
 
 def up_rows(net: Generator, batch: int, device: torch.device, repeat: int) -> None:
@@ -175,11 +180,18 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a checkpoint folder instead of an untrained preset")
     ap.add_argument("--batch", type=int, default=None, help="images per job (default 64 on CUDA, 16 on CPU)")
     ap.add_argument("--repeat", type=int, default=None, help="runs per timing, best kept (default 5 CUDA, 2 CPU)")
-    ap.add_argument("--previous-images", type=int, default=None,
-                    help="images for the previous path's timing (default: the batch; it is per image anyway)")
+    ap.add_argument(
+        "--previous-images",
+        type=int,
+        default=None,
+        help="images for the previous path's timing (default: the batch; it is per image anyway)",
+    )
     ap.add_argument("--bf16-on-cpu", action="store_true", help="also build and time bf16 on the CPU")
-    ap.add_argument("--compile", action="store_true",
-                    help="also time torch.compile of ours (bf16 on CUDA) on the batch's fixed shapes")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile of ours (bf16 on CUDA) on the batch's fixed shapes",
+    )
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = ap.parse_args()
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -207,15 +219,22 @@ def main() -> None:
         t_draw = best_of(lambda: seeded_inputs(fp32, seeds, "random", device), device, repeat)
         row(f"seeded z + noise draws, {batch} seeds", [None, t_draw, None], "s")
         t_prev = best_of(lambda: previous.sample_slices(fp32, 0, seeds[:n_prev], device=device), device, repeat)
-        t_ours = [best_of(lambda n=n: sample_slices(n, 0, seeds, device=device), device, repeat) if n else None
-                  for n in nets]
+        t_ours = [
+            best_of(lambda n=n: sample_slices(n, 0, seeds, device=device), device, repeat) if n else None for n in nets
+        ]
         row("sampling", [n_prev / t_prev, *[batch / t if t else None for t in t_ours]], "images/s")
-        t_prev_job = best_of(lambda: previous_post(previous.sample_slices(fp32, 0, seeds[:n_prev], device=device)),
-                             device, repeat)
-        t_job = [best_of(lambda n=n: to_voxels(sample_slices(n, 0, seeds, device=device)), device, repeat)
-                 if n else None for n in nets]
-        row("sampling + slices to host voxels", [n_prev / t_prev_job, *[batch / t if t else None for t in t_job]],
-            "images/s")
+        t_prev_job = best_of(
+            lambda: previous_post(previous.sample_slices(fp32, 0, seeds[:n_prev], device=device)), device, repeat
+        )
+        t_job = [
+            best_of(lambda n=n: to_voxels(sample_slices(n, 0, seeds, device=device)), device, repeat) if n else None
+            for n in nets
+        ]
+        row(
+            "sampling + slices to host voxels",
+            [n_prev / t_prev_job, *[batch / t if t else None for t in t_job]],
+            "images/s",
+        )
         if args.compile:
             compiled_rows(bf16 or fp32, seeds, device, repeat)
     if cuda:

@@ -42,14 +42,22 @@ def main() -> None:
     ensure_model(Settings())  # an untrained tiny LDM when no checkpoint is installed (said loudly)
     port = free_port()
     env = dict(os.environ, TUMORSYNTH_STORAGE_DIR=str(tmp / "storage"))
-    server = subprocess.Popen([sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         client = Client(f"http://127.0.0.1:{port}")
         client.wait_ready(240)
         models = [m for m in client.models() if m["task"] == "mask_to_volume"]
-        model = next(m for m in models if m["id"] == args.model) if args.model else \
-            sorted(models, key=lambda m: (not m["trained"], m["id"]))[0]
+        model = (
+            next(m for m in models if m["id"] == args.model)
+            if args.model
+            else sorted(models, key=lambda m: (not m["trained"], m["id"]))[0]
+        )
         mask = one_mb_mask()
         lat = []
         for i in range(args.n):
@@ -59,8 +67,10 @@ def main() -> None:
             client.cancel(job["id"])  # keep the queue empty: this times submission, not sampling
         lat_ms = np.asarray(lat) * 1000
         print(f"\nsubmit latency, {len(mask) / 1e6:.2f} MB uncompressed mask, n={args.n}, model {model['id']}")
-        print(f"  p50 {np.percentile(lat_ms, 50):7.1f} ms   p99 {np.percentile(lat_ms, 99):7.1f} ms   "
-              f"mean {lat_ms.mean():7.1f} ms")
+        print(
+            f"  p50 {np.percentile(lat_ms, 50):7.1f} ms   p99 {np.percentile(lat_ms, 99):7.1f} ms   "
+            f"mean {lat_ms.mean():7.1f} ms"
+        )
         example = write_nifti(example_mask().astype(np.float32), affine_1mm())
         rows = []
         for s in model["samplers"]:
@@ -68,8 +78,7 @@ def main() -> None:
             job = client.wait(job["id"], timeout=7200, poll=0.2)
             rows.append((s["name"], s["default_steps"], job["status"], job["metrics"].get("run_seconds", float("nan"))))
         base = next((r[3] for r in rows if r[0] == "ddpm"), rows[0][3])
-        print(f"\none LDM job per sampler (1 sample, 240×240×155 mask, {model['id']}, "
-              f"trained={model['trained']}, CPU)")
+        print(f"\none LDM job per sampler (1 sample, 240×240×155 mask, {model['id']}, trained={model['trained']}, CPU)")
         print(f"  {'sampler':8} {'steps':>5} {'status':>9} {'run s':>8} {'× faster than ddpm':>19}")
         for name, steps, status, secs in rows:
             print(f"  {name:8} {steps:5d} {status:>9} {secs:8.2f} {base / secs:19.1f}")

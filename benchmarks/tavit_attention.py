@@ -68,13 +68,19 @@ def attention_table(threads: int, repeats: int) -> list[str]:
     matrix_mb = BATCH * HEADS * TOKENS * TOKENS * 4 / 2**20
     rows = {k: run_child(k, threads, repeats) for k in KERNELS}
     sdpa, explicit = rows["sdpa"], rows["explicit"]
-    lines = [(f"attention, {BATCH} slices × {HEADS} heads × {TOKENS} tokens × {WIDTH // HEADS} per head, "
-              f"{threads} threads; the (N, N) weights would take {matrix_mb:.1f} MB"),
-             f"{'kernel':10} {'time ms':>9} {'added RSS MB':>13} {'max |err|':>10}"]
+    lines = [
+        (
+            f"attention, {BATCH} slices × {HEADS} heads × {TOKENS} tokens × {WIDTH // HEADS} per head, "
+            f"{threads} threads; the (N, N) weights would take {matrix_mb:.1f} MB"
+        ),
+        f"{'kernel':10} {'time ms':>9} {'added RSS MB':>13} {'max |err|':>10}",
+    ]
     for name, r in rows.items():
         lines.append(f"{name:10} {r['seconds'] * 1e3:9.1f} {r['added_rss_mb']:13.1f} {r['max_abs_err']:10.2e}")
-    lines.append(f"explicit / sdpa: time {explicit['seconds'] / sdpa['seconds']:.2f}×, added RSS "
-                 f"{explicit['added_rss_mb'] / max(sdpa['added_rss_mb'], 0.1):.2f}×")
+    lines.append(
+        f"explicit / sdpa: time {explicit['seconds'] / sdpa['seconds']:.2f}×, added RSS "
+        f"{explicit['added_rss_mb'] / max(sdpa['added_rss_mb'], 0.1):.2f}×"
+    )
     return lines
 
 
@@ -91,8 +97,9 @@ def throughput_table(repeats: int) -> list[str]:
             seconds = _median_time(lambda net=net, x=x: net(x), repeats)
         mb = sum(p.numel() for p in net.parameters()) * 4 / 2**20
         f = net.tavit.downsampling
-        lines.append(f"{preset:8} {f'{h}×{w}':>8} {(h // f) * (w // f):7d} {mb:11.1f} {batch:6d} "
-                     f"{batch / seconds:9.1f}")
+        lines.append(
+            f"{preset:8} {f'{h}×{w}':>8} {(h // f) * (w // f):7d} {mb:11.1f} {batch:6d} {batch / seconds:9.1f}"
+        )
     return lines
 
 
@@ -111,8 +118,12 @@ def brats_sized_inputs() -> dict[str, Upload]:
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
     brain = x**2 / 0.55 + y**2 / 0.7 + z**2 / 0.75 < 1
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-    return {name: Upload(np.where(brain, 400 + 80 * rng.standard_normal(shape, dtype=np.float32), 0)
-                         .astype(np.float32), affine) for name in ("t1", "flair")}
+    return {
+        name: Upload(
+            np.where(brain, 400 + 80 * rng.standard_normal(shape, dtype=np.float32), 0).astype(np.float32), affine
+        )
+        for name in ("t1", "flair")
+    }
 
 
 def volume_table(presets: list[str]) -> list[str]:
@@ -123,8 +134,10 @@ def volume_table(presets: list[str]) -> list[str]:
     inputs = brats_sized_inputs()
     params = GenerationParams(num_samples=1, seed=0, sampler="direct", steps=1, modalities=("t1c",))
     brain_slices = int((inputs["t1"].data != 0).any(axis=(0, 1)).sum())
-    lines = [f"one 240×240×155 volume (T1 + FLAIR, {brain_slices} brain slices) through TAViTGenerator, untrained",
-             f"{'preset':8} {'load s':>7} {'generate s':>11} {'goal':>6}"]
+    lines = [
+        f"one 240×240×155 volume (T1 + FLAIR, {brain_slices} brain slices) through TAViTGenerator, untrained",
+        f"{'preset':8} {'load s':>7} {'generate s':>11} {'goal':>6}",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         for preset in presets:
             t = time.perf_counter()

@@ -43,12 +43,17 @@ def old_modules(ref: str) -> tuple[types.ModuleType, types.ModuleType]:
     """``imaging/nifti.py`` and ``imaging/labels.py`` as they were at ``ref``, importable side by side with ours."""
     out = []
     for name in ("nifti", "labels"):
-        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:tumorsynth/imaging/{name}.py"], check=True,
-                             capture_output=True, text=True).stdout
+        src = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{ref}:tumorsynth/imaging/{name}.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         module = types.ModuleType(f"old_{name}")
         sys.modules[module.__name__] = module  # dataclasses look their module up there
-        exec(compile(src.replace("from ..errors", "from tumorsynth.errors"), f"{ref}:{name}.py", "exec"),
-             module.__dict__)
+        exec(
+            compile(src.replace("from ..errors", "from tumorsynth.errors"), f"{ref}:{name}.py", "exec"), module.__dict__
+        )
         out.append(module)
     return out[0], out[1]
 
@@ -108,8 +113,13 @@ def main() -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
         res = {}
         for case in ("before", "now"):
-            out = subprocess.run([sys.executable, __file__, "--case", case, "--file", str(path), "--before",
-                                  args.before], check=True, capture_output=True, text=True, env=env).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--case", case, "--file", str(path), "--before", args.before],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=env,
+            ).stdout
             res[case] = json.loads(out.strip().splitlines()[-1])
     b, n = res["before"], res["now"]
     print(f"{'':34}{'before (' + args.before + ')':>26}{'now':>26}")
@@ -118,8 +128,10 @@ def main() -> None:
     print(f"{'  array kept':34}{b['dtype']:>26}{n['dtype']:>26}")
     print(f"{'  job of 1 sample × 4 contrasts':34}{'accepted, unbounded':>26}{n['1_samples']:>26}")
     print(f"{'  job of 4 samples × 4 contrasts':34}{'accepted, unbounded':>26}{n['4_samples']:>26}")
-    print(f"{'worker: 4-sample job outputs':34}{b['outputs_4_samples_gib']:>18.2f} GiB held"
-          f"{'refused (limit ' + format(n['limit_outputs_gib'], '.0f') + ' GiB)':>26}")
+    print(
+        f"{'worker: 4-sample job outputs':34}{b['outputs_4_samples_gib']:>18.2f} GiB held"
+        f"{'refused (limit ' + format(n['limit_outputs_gib'], '.0f') + ' GiB)':>26}"
+    )
 
 
 if __name__ == "__main__":

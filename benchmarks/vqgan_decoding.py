@@ -71,28 +71,37 @@ def main() -> None:
     reals = real_rois(entry, n, args.workdir, args.tumor_class)  # first: it may have to make the phantoms
     rows = []
     for steps in (4, 8, 16):
-        rows.append(run(f"maskgit-{steps}", lambda labels, g, s=steps: maskgit_decode(
-            guided(net.maskgit, labels, 0.0), net.num_tokens, net.mask_id, s, g, "cpu", None)))
+        rows.append(
+            run(
+                f"maskgit-{steps}",
+                lambda labels, g, s=steps: maskgit_decode(
+                    guided(net.maskgit, labels, 0.0), net.num_tokens, net.mask_id, s, g, "cpu", None
+                ),
+            )
+        )
     rows.append(run("ar + KV cache", lambda labels, g: ar_decode(net.ar, labels, g, None, use_cache=True)))
-    rows.append(run("ar, no cache (reference)", lambda labels, g: ar_decode(net.ar, labels, g, None,
-                                                                             use_cache=False)))
+    rows.append(run("ar, no cache (reference)", lambda labels, g: ar_decode(net.ar, labels, g, None, use_cache=False)))
     from monai.metrics import MMDMetric, MultiScaleSSIMMetric
 
     pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)
     for r in rows:
         imgs = r["images"]
         ms = MultiScaleSSIMMetric(spatial_dims=3, data_range=2.0, kernel_size=3, weights=(0.5, 0.5))
-        pairs = [float(ms(imgs[a:a + 1], imgs[b:b + 1]).mean()) for a in range(n) for b in range(a + 1, n)]
+        pairs = [float(ms(imgs[a : a + 1], imgs[b : b + 1]).mean()) for a in range(n) for b in range(a + 1, n)]
         r["ms_ssim"] = float(np.mean(pairs))
         k = min(len(reals), len(imgs))
         r["mmd"] = float(MMDMetric(y_mapping=pool)(imgs[:k], reals[:k])) if k >= 2 else float("nan")
     nocache, cache = rows[-1], rows[-2]
-    print(f"\nVQGAN decoding on {entry.id} (trained={entry.trained}), class {args.tumor_class}, {n} ROIs one at a "
-          f"time, {net.num_tokens} tokens, CPU ({torch.get_num_threads()} threads)")
+    print(
+        f"\nVQGAN decoding on {entry.id} (trained={entry.trained}), class {args.tumor_class}, {n} ROIs one at a "
+        f"time, {net.num_tokens} tokens, CPU ({torch.get_num_threads()} threads)"
+    )
     print(f"{'method':26} {'s/ROI':>7} {'passes':>7} {'MS-SSIM':>8} {'MMD':>9} {'vs no-cache':>11} {'vs KV':>7}")
     for r in rows:
-        print(f"{r['method']:26} {r['s_per_roi']:7.2f} {r['passes']:7.0f} {r['ms_ssim']:8.3f} {r['mmd']:9.4f} "
-              f"{nocache['s_per_roi'] / r['s_per_roi']:10.1f}× {cache['s_per_roi'] / r['s_per_roi']:6.1f}×")
+        print(
+            f"{r['method']:26} {r['s_per_roi']:7.2f} {r['passes']:7.0f} {r['ms_ssim']:8.3f} {r['mmd']:9.4f} "
+            f"{nocache['s_per_roi'] / r['s_per_roi']:10.1f}× {cache['s_per_roi'] / r['s_per_roi']:6.1f}×"
+        )
 
 
 if __name__ == "__main__":

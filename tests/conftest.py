@@ -60,16 +60,29 @@ def model_dir(tmp_path_factory) -> Path:
 
 def make_settings(redis_server, s3_endpoint, model_dir, **overrides) -> Settings:
     base = dict(
-        redis_url=redis_server.url, s3_endpoint=s3_endpoint, s3_access_key="test", s3_secret_key="test-secret",
-        s3_bucket=f"ts-{uuid.uuid4().hex[:10]}", model_dir=model_dir, api_keys=KEYS, lease_seconds=3.0,
-        heartbeat_seconds=0.5, reaper_interval_seconds=0.5, max_attempts=3, public_url="http://testserver",
+        redis_url=redis_server.url,
+        s3_endpoint=s3_endpoint,
+        s3_access_key="test",
+        s3_secret_key="test-secret",
+        s3_bucket=f"ts-{uuid.uuid4().hex[:10]}",
+        model_dir=model_dir,
+        api_keys=KEYS,
+        lease_seconds=3.0,
+        heartbeat_seconds=0.5,
+        reaper_interval_seconds=0.5,
+        max_attempts=3,
+        public_url="http://testserver",
         url_signing_key="test-signing-key",
         # webhooks to loopback receivers, retried quickly
-        webhook_secret=WEBHOOK_SECRET, webhook_allow_private_targets=True, webhook_backoff_seconds=0.4,
-        webhook_poll_seconds=0.1, webhook_timeout_seconds=5,
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_allow_private_targets=True,
+        webhook_backoff_seconds=0.4,
+        webhook_poll_seconds=0.1,
+        webhook_timeout_seconds=5,
         # tenants alpha and beta are shared by the whole session, whose parked jobs never finish: no caps for them
         # (tests/workers/test_fairness.py sets its own, for tenants of its own)
-        max_active_jobs_per_tenant=10**6, max_active_work_per_tenant=10**12,
+        max_active_jobs_per_tenant=10**6,
+        max_active_work_per_tenant=10**12,
     )
     return Settings(**(base | overrides))
 

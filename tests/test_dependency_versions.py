@@ -21,8 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # package: (first safe version, why, required: installed by `pip install -e .` and so must be present)
 MINIMUMS: dict[str, tuple[str, str, bool]] = {
-    "python-multipart": ("0.0.31", "multipart parsing advisories (CVE-2024-24762, CVE-2024-53981 and later); "
-                                   "issue 8's floor", True),
+    "python-multipart": (
+        "0.0.31",
+        "multipart parsing advisories (CVE-2024-24762, CVE-2024-53981 and later); issue 8's floor",
+        True,
+    ),
     "starlette": ("0.49.1", "CVE-2025-62727 (Range header DoS), CVE-2025-54121 (multipart rollover)", True),
     "fastapi": ("0.109.1", "CVE-2024-24762 (form parsing ReDoS)", True),
     "h11": ("0.16.0", "CVE-2025-43859 (chunked-encoding request smuggling)", True),

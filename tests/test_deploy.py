@@ -42,11 +42,10 @@ def test_settings_named_in_compose_exist():
 
 def test_commands_the_images_run_exist():
     for dockerfile in (ROOT / "docker").glob("*.Dockerfile"):
-        cmd = re.search(r'^CMD \[(.*)\]$', dockerfile.read_text(), re.M).group(1)
+        cmd = re.search(r"^CMD \[(.*)\]$", dockerfile.read_text(), re.M).group(1)
         argv = [a.strip().strip('"') for a in cmd.split(",")]
         assert argv[0] == "tumorsynth"
-        r = subprocess.run([sys.executable, "-m", "tumorsynth.cli", argv[1], "--help"], capture_output=True,
-                           text=True)
+        r = subprocess.run([sys.executable, "-m", "tumorsynth.cli", argv[1], "--help"], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         for opt in (a for a in argv[2:] if a.startswith("--")):
             assert opt in r.stdout, f"{dockerfile.name}: {argv[1]} has no {opt}"

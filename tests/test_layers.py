@@ -31,17 +31,30 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     shutil.copytree(ROOT / "tumorsynth", copy, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "jobs" / "upward.py").write_text("from ..api import app\n")
     config = tmp_path / ".importlinter"
-    config.write_text("[importlinter]\nroot_package = tumorsynth\n\n[importlinter:contract:layers]\n"
-                      "name = layers\ntype = layers\nlayers =\n    tumorsynth.api\n    tumorsynth.jobs\n")
+    config.write_text(
+        "[importlinter]\nroot_package = tumorsynth\n\n[importlinter:contract:layers]\n"
+        "name = layers\ntype = layers\nlayers =\n    tumorsynth.api\n    tumorsynth.jobs\n"
+    )
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent)) or "lint-imports"
-    result = subprocess.run([exe, "--no-cache", "--config", str(config)], cwd=tmp_path, capture_output=True,
-                            text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=600)
+    result = subprocess.run(
+        [exe, "--no-cache", "--config", str(config)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+        timeout=600,
+    )
     assert result.returncode != 0 and "tumorsynth.jobs.upward -> tumorsynth.api" in result.stdout
 
 
 def test_redis_keys_are_spelled_in_one_module():
     spelled = re.compile(r"""[bf]?["']ts:""")
-    offenders = [f"{p.relative_to(ROOT)}:{n}" for base in ("tumorsynth", "tests", "benchmarks")
-                 for p in sorted((ROOT / base).rglob("*.py")) if p.name != "keys.py"
-                 for n, line in enumerate(p.read_text().splitlines(), 1) if spelled.search(line)]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for base in ("tumorsynth", "tests", "benchmarks")
+        for p in sorted((ROOT / base).rglob("*.py"))
+        if p.name != "keys.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if spelled.search(line)
+    ]
     assert offenders == [], f"build Redis keys with tumorsynth.jobs.keys, not by hand: {offenders}"

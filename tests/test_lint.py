@@ -1,6 +1,7 @@
 """Static checks in the test run, each with zero findings: ruff (the rules in pyproject.toml) on the package, the
 tests and the benchmarks; mypy on the package. Import layering is tests/test_layers.py. After merging new code,
-run the same commands by hand: ``ruff check --fix .`` then ``ruff check .`` and ``mypy`` (see README)."""
+run the same commands by hand: ``ruff format .``, ``ruff check --fix .`` then ``ruff check .`` and ``mypy``
+(see README)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,30 @@ def run(*cmd: str, timeout: float = 900) -> subprocess.CompletedProcess:
 
 
 def test_ruff_finds_nothing():
-    result = run(str(BIN / "ruff"), "check", "--no-cache", "--output-format", "concise",
-                 "tumorsynth", "tests", "benchmarks", "examples", "clients")
+    result = run(
+        str(BIN / "ruff"),
+        "check",
+        "--no-cache",
+        "--output-format",
+        "concise",
+        "tumorsynth",
+        "tests",
+        "benchmarks",
+        "examples",
+        "clients",
+    )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_ruff_format_would_change_nothing():
+    result = run(
+        str(BIN / "ruff"), "format", "--check", "--no-cache", "tumorsynth", "tests", "benchmarks", "examples", "clients"
+    )
+    assert result.returncode == 0, (
+        "run `.venv/bin/ruff format tumorsynth tests benchmarks examples clients`:\n"
+        + result.stdout[-6000:]
+        + result.stderr[-2000:]
+    )
 
 
 def test_mypy_finds_nothing():

@@ -17,9 +17,25 @@ def test_load_benchmark_loses_and_doubles_nothing(tmp_path, model_dir):
     out = tmp_path / "load.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")}
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "load.py"), "--n", str(N), "--threads", "8",
-         "--model-dir", str(model_dir), "--json", str(out), "--timeout", "600"],
-        env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "load.py"),
+            "--n",
+            str(N),
+            "--threads",
+            "8",
+            "--model-dir",
+            str(model_dir),
+            "--json",
+            str(out),
+            "--timeout",
+            "600",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["passed"] and r["n"] == N and r["succeeded"] == N and r["statuses"] == {"succeeded": N}

@@ -15,8 +15,9 @@ from .cli_common import _logging, _report, console
 from .cli_eval import eval_app
 from .settings import Settings, get_settings
 
-app = typer.Typer(help="Synthetic brain-tumour MRI for data augmentation.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Synthetic brain-tumour MRI for data augmentation.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 models_app = typer.Typer(help="List and create model checkpoints.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
 train_app = typer.Typer(help="Train a model family on BraTS-format data.", no_args_is_help=True)
@@ -28,8 +29,11 @@ ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="TUMORSYNTH_API_
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 8000,
-          worker: Annotated[bool, typer.Option(help="start and supervise a worker process")] = True) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    worker: Annotated[bool, typer.Option(help="start and supervise a worker process")] = True,
+) -> None:
     """Run the API; with no TUMORSYNTH_REDIS_URL, also an embedded Redis server and a supervised worker."""
     from .embedded.serve import serve as run
 
@@ -42,11 +46,17 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
 
 
 @app.command()
-def worker(queues: Annotated[str, typer.Option(help="comma-separated queues, or auto: those of the families "
-                                               "with a checkpoint in TUMORSYNTH_MODEL_DIR")] = "auto",
-           concurrency: int = 1,
-           pool: Annotated[str, typer.Option(help="prefork (default; can survive a crashing job), solo, threads")]
-           = "prefork", loglevel: str = "INFO") -> None:
+def worker(
+    queues: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated queues, or auto: those of the families with a checkpoint in TUMORSYNTH_MODEL_DIR"
+        ),
+    ] = "auto",
+    concurrency: int = 1,
+    pool: Annotated[str, typer.Option(help="prefork (default; can survive a crashing job), solo, threads")] = "prefork",
+    loglevel: str = "INFO",
+) -> None:
     """Run a Celery worker consuming the given queues (one per GPU is the rule)."""
     from .models.registry import ModelRegistry
     from .workers.inventory import resolve_queues
@@ -57,20 +67,40 @@ def worker(queues: Annotated[str, typer.Option(help="comma-separated queues, or 
     except ValueError as exc:
         console.print(f"[red]refusing to start:[/red] {exc}")
         raise typer.Exit(2) from exc
-    celery.worker_main(["worker", "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
-                        "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
+    celery.worker_main(
+        [
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            pool,
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 @app.command()
-def generate(mask: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="tumour mask NIfTI")],
-             out: Annotated[Path, typer.Option(help="folder for the outputs")] = Path("out"),
-             model: str = "", samples: int = 1, seed: int | None = None, sampler: str | None = None,
-             steps: int | None = None, tumor_class: str | None = None, url: Url = "http://127.0.0.1:8000",
-             api_key: ApiKey = None, timeout: float = 3600.0,
-             intensity: Annotated[str | None, typer.Option(help="zscore, unit or scanner")] = None,
-             dicom: Annotated[bool, typer.Option(help="also a DICOM archive (MR series + SEG)")] = False,
-             send_to_pacs: Annotated[bool, typer.Option(help="store the DICOM series at the tenant's PACS")] = False,
-             ) -> None:
+def generate(
+    mask: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="tumour mask NIfTI")],
+    out: Annotated[Path, typer.Option(help="folder for the outputs")] = Path("out"),
+    model: str = "",
+    samples: int = 1,
+    seed: int | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    tumor_class: str | None = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    timeout: float = 3600.0,
+    intensity: Annotated[str | None, typer.Option(help="zscore, unit or scanner")] = None,
+    dicom: Annotated[bool, typer.Option(help="also a DICOM archive (MR series + SEG)")] = False,
+    send_to_pacs: Annotated[bool, typer.Option(help="store the DICOM series at the tenant's PACS")] = False,
+) -> None:
     """Submit a mask-conditioned job to a running service, wait, and download the outputs."""
     from .client import Client
 
@@ -96,17 +126,28 @@ def generate(mask: Annotated[Path, typer.Option(exists=True, dir_okay=False, hel
 
 
 @app.command()
-def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. LGG=76,HGG=259")],
-          out: Annotated[Path, typer.Option(help="folder for the volumes and manifest.csv/json")] = Path("out/batch"),
-          model: str = "", total_per_class: Annotated[int | None, typer.Option(
-              help="bring every class to N (default: balance up to the largest)")] = None,
-          modalities: str | None = None, seed: int = 0,
-          masks: Annotated[list[Path] | None, typer.Option("--mask", exists=True, dir_okay=False,
-                                                           help="masks to use (default: the mask bank)")] = None,
-          sampler: str | None = None, steps: int | None = None, url: Url = "http://127.0.0.1:8000",
-          api_key: ApiKey = None, timeout: float = 24 * 3600.0,
-          layout: Annotated[str, typer.Option(help="bids: OUT/bids is a BIDS derivatives dataset; flat: "
-                                                   "OUT/<subject_id>/ folders")] = "bids") -> None:
+def batch(
+    counts: Annotated[str, typer.Option(help="real cases per class, e.g. LGG=76,HGG=259")],
+    out: Annotated[Path, typer.Option(help="folder for the volumes and manifest.csv/json")] = Path("out/batch"),
+    model: str = "",
+    total_per_class: Annotated[
+        int | None, typer.Option(help="bring every class to N (default: balance up to the largest)")
+    ] = None,
+    modalities: str | None = None,
+    seed: int = 0,
+    masks: Annotated[
+        list[Path] | None,
+        typer.Option("--mask", exists=True, dir_okay=False, help="masks to use (default: the mask bank)"),
+    ] = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    timeout: float = 24 * 3600.0,
+    layout: Annotated[
+        str, typer.Option(help="bids: OUT/bids is a BIDS derivatives dataset; flat: OUT/<subject_id>/ folders")
+    ] = "bids",
+) -> None:
     """A balanced augmentation batch: submit, follow progress, download the volumes and the manifest."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -119,8 +160,12 @@ def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. L
     except ValueError as exc:
         raise typer.BadParameter("write counts as CLASS=N,CLASS=N (e.g. LGG=76,HGG=259)") from exc
     client = Client(url, api_key)
-    request: dict = {"model": model or _default_model(client, "mask_to_volume"), "class_counts": class_counts,
-                     "seed": seed, "masks": "upload" if masks else "bank"}
+    request: dict = {
+        "model": model or _default_model(client, "mask_to_volume"),
+        "class_counts": class_counts,
+        "seed": seed,
+        "masks": "upload" if masks else "bank",
+    }
     request |= {"total_per_class": total_per_class} if total_per_class else {"target": "balance"}
     if modalities:
         request["modalities"] = [m.strip() for m in modalities.split(",")]
@@ -133,8 +178,11 @@ def batch(counts: Annotated[str, typer.Option(help="real cases per class, e.g. L
 
         def update(cur: dict) -> None:
             c = cur["request_counts"]
-            bar.update(task, completed=c["succeeded"] + c["failed"] + c["canceled"],
-                       description=f"{cur['status']} (failed {c['failed']})")
+            bar.update(
+                task,
+                completed=c["succeeded"] + c["failed"] + c["canceled"],
+                description=f"{cur['status']} (failed {c['failed']})",
+            )
 
         b = client.wait_batch(b["id"], timeout=timeout, on_update=update)
     if b["manifest"] is None:
@@ -159,8 +207,12 @@ def _wait(client, job_id: str, timeout: float) -> dict:
 
         def show(job: dict) -> None:
             p = job["progress"]
-            bar.update(task, total=p["total_steps"] or None, completed=p["completed_steps"],
-                       description=f"{job_id[:16]}… {job['status']}")
+            bar.update(
+                task,
+                total=p["total_steps"] or None,
+                completed=p["completed_steps"],
+                description=f"{job_id[:16]}… {job['status']}",
+            )
 
         return client.wait(job_id, timeout=timeout, on_update=show)
 
@@ -177,14 +229,21 @@ def models_list(ctx: typer.Context) -> None:
     for col in ("id", "task", "trained", "classes", "modalities", "sha256"):
         table.add_column(col)
     for e in ModelRegistry(settings.model_dir).list():
-        table.add_row(e.id, e.task, "yes" if e.trained else "[red]NO (untrained)[/red]", ",".join(e.classes),
-                      ",".join(e.modalities), e.weights_sha256[:12])
+        table.add_row(
+            e.id,
+            e.task,
+            "yes" if e.trained else "[red]NO (untrained)[/red]",
+            ",".join(e.classes),
+            ",".join(e.modalities),
+            e.weights_sha256[:12],
+        )
     Console().print(table)
 
 
 @models_app.command("create-untrained")
-def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None = None, seed: int = 0,
-                     out: Path | None = None) -> None:
+def create_untrained(
+    family: str = "ldm", preset: str = "tiny", name: str | None = None, seed: int = 0, out: Path | None = None
+) -> None:
     """Write a randomly initialised checkpoint (plumbing only: its outputs are noise)."""
     from .models.families import FAMILIES, family_names
 
@@ -192,15 +251,18 @@ def create_untrained(family: str = "ldm", preset: str = "tiny", name: str | None
         raise typer.BadParameter(f"family must be one of {', '.join(family_names())}")
     if preset not in FAMILIES[family].presets:
         raise typer.BadParameter(f"preset must be one of {', '.join(FAMILIES[family].presets)}")
-    entry = FAMILIES[family].create_untrained(out or get_settings().model_dir / family, preset=preset, name=name,
-                                              seed=seed)
+    entry = FAMILIES[family].create_untrained(
+        out or get_settings().model_dir / family, preset=preset, name=name, seed=seed
+    )
     typer.echo(f"{entry.id} at {entry.path} (UNTRAINED)")
 
 
 @models_app.command("export")
-def export(model: Annotated[str, typer.Argument(help="an installed model id, e.g. ldm/demo-phantom@1")],
-           out: Annotated[Path, typer.Argument(help="a new or empty folder for the export")],
-           format: Annotated[str, typer.Option("--format", help="monai-bundle")] = "monai-bundle") -> None:
+def export(
+    model: Annotated[str, typer.Argument(help="an installed model id, e.g. ldm/demo-phantom@1")],
+    out: Annotated[Path, typer.Argument(help="a new or empty folder for the export")],
+    format: Annotated[str, typer.Option("--format", help="monai-bundle")] = "monai-bundle",
+) -> None:
     """Export a checkpoint for use outside tumorsynth: an LDM as a MONAI bundle (runs with MONAI alone)."""
     from .errors import ModelNotFound
     from .models.registry import ModelRegistry
@@ -219,15 +281,22 @@ def export(model: Annotated[str, typer.Argument(help="an installed model id, e.g
         export_bundle(entry, out)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    typer.echo(f"{entry.id} → {out} (MONAI bundle: python -m monai.bundle run --config_file "
-               f"{out}/configs/inference.json --meta_file {out}/configs/metadata.json --bundle_root {out})")
+    typer.echo(
+        f"{entry.id} → {out} (MONAI bundle: python -m monai.bundle run --config_file "
+        f"{out}/configs/inference.json --meta_file {out}/configs/metadata.json --bundle_root {out})"
+    )
 
 
 @app.command()
-def phantoms(n: Annotated[int, typer.Option("--n", min=1, help="subjects")] = 20,
-             out: Annotated[Path, typer.Option(help="folder for the BraTS-format subjects")] = Path("var/phantoms"),
-             seed: int = 0, convention: str = "brats2023", naming: str | None = None,
-             hgg_fraction: float = 0.5, workers: int = 1) -> None:
+def phantoms(
+    n: Annotated[int, typer.Option("--n", min=1, help="subjects")] = 20,
+    out: Annotated[Path, typer.Option(help="folder for the BraTS-format subjects")] = Path("var/phantoms"),
+    seed: int = 0,
+    convention: str = "brats2023",
+    naming: str | None = None,
+    hgg_fraction: float = 0.5,
+    workers: int = 1,
+) -> None:
     """BraTS-format phantom subjects: real template anatomy, simulated tumours (NOT patients)."""
     from rich.progress import Progress
 
@@ -235,96 +304,154 @@ def phantoms(n: Annotated[int, typer.Option("--n", min=1, help="subjects")] = 20
 
     with Progress(console=console) as progress:
         task = progress.add_task(f"phantoms → {out}", total=n)
-        paths = generate_phantoms(out, n, seed, convention=convention, naming=naming, hgg_fraction=hgg_fraction,
-                                  workers=workers,
-                                  progress=lambda done, total: progress.update(task, completed=done))
+        paths = generate_phantoms(
+            out,
+            n,
+            seed,
+            convention=convention,
+            naming=naming,
+            hgg_fraction=hgg_fraction,
+            workers=workers,
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
     console.print(f"[green]{len(paths)} subjects in {out}[/green]")
 
 
 @train_app.command("ldm")
-def train_ldm(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
-              config: Annotated[str, typer.Option(help="ldm-tiny | ldm-demo | ldm-paper | a JSON file")] = "ldm-demo",
-              out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/ldm/NAME@VERSION)")]
-              = None,
-              work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
-              resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
-              ae_epochs: int | None = None, diffusion_epochs: int | None = None, threads: int | None = None,
-              init_from: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
-                                                             help="start from this checkpoint's weights")] = None,
-              skip_autoencoder: Annotated[bool, typer.Option(help="with --init-from: keep its autoencoder, train "
-                                                                   "only the diffusion UNet")] = False) -> None:
+def train_ldm(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
+    config: Annotated[str, typer.Option(help="ldm-tiny | ldm-demo | ldm-paper | a JSON file")] = "ldm-demo",
+    out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/ldm/NAME@VERSION)")] = None,
+    work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+    resume: bool = False,
+    device: str = "auto",
+    name: str | None = None,
+    version: str | None = None,
+    ae_epochs: int | None = None,
+    diffusion_epochs: int | None = None,
+    threads: int | None = None,
+    init_from: Annotated[
+        Path | None, typer.Option(exists=True, file_okay=False, help="start from this checkpoint's weights")
+    ] = None,
+    skip_autoencoder: Annotated[
+        bool, typer.Option(help="with --init-from: keep its autoencoder, train only the diffusion UNet")
+    ] = False,
+) -> None:
     """Stage 1 autoencoder, stage 2 conditional diffusion; writes a servable checkpoint with a model card."""
     if skip_autoencoder and not init_from:
         raise typer.BadParameter("--skip-autoencoder needs --init-from (the autoencoder to keep)")
-    cfg = _family("ldm").train_config_class().load(
-        config, name=name, version=version, ae_epochs=ae_epochs, diffusion_epochs=diffusion_epochs,
-        init_from=str(init_from) if init_from else None, init_skip_autoencoder=skip_autoencoder or None)
+    cfg = (
+        _family("ldm")
+        .train_config_class()
+        .load(
+            config,
+            name=name,
+            version=version,
+            ae_epochs=ae_epochs,
+            diffusion_epochs=diffusion_epochs,
+            init_from=str(init_from) if init_from else None,
+            init_skip_autoencoder=skip_autoencoder or None,
+        )
+    )
     _train("ldm", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("vqgan")
-def train_vqgan(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
-                config: Annotated[str, typer.Option(help="vqgan-tiny | vqgan-demo | vqgan-paper | a JSON file")]
-                = "vqgan-demo",
-                out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/vqgan/NAME@VER)")]
-                = None,
-                work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
-                resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
-                threads: int | None = None,
-                init_from: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
-                                                               help="start from this checkpoint's weights")] = None,
-                skip_vqgan: Annotated[bool, typer.Option(help="with --init-from: keep its VQGAN, train only the "
-                                                             "transformers")] = False) -> None:
+def train_vqgan(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
+    config: Annotated[str, typer.Option(help="vqgan-tiny | vqgan-demo | vqgan-paper | a JSON file")] = "vqgan-demo",
+    out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/vqgan/NAME@VER)")] = None,
+    work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+    resume: bool = False,
+    device: str = "auto",
+    name: str | None = None,
+    version: str | None = None,
+    threads: int | None = None,
+    init_from: Annotated[
+        Path | None, typer.Option(exists=True, file_okay=False, help="start from this checkpoint's weights")
+    ] = None,
+    skip_vqgan: Annotated[
+        bool, typer.Option(help="with --init-from: keep its VQGAN, train only the transformers")
+    ] = False,
+) -> None:
     """Stage 1 VQGAN on tumour ROIs, stage 2 class-conditioned transformers (MaskGIT and AR) on its tokens."""
     if skip_vqgan and not init_from:
         raise typer.BadParameter("--skip-vqgan needs --init-from (the VQGAN to keep)")
-    cfg = _family("vqgan").train_config_class().load(config, name=name, version=version,
-                                                     init_from=str(init_from) if init_from else None,
-                                                     init_skip_vqgan=skip_vqgan or None)
+    cfg = (
+        _family("vqgan")
+        .train_config_class()
+        .load(
+            config,
+            name=name,
+            version=version,
+            init_from=str(init_from) if init_from else None,
+            init_skip_vqgan=skip_vqgan or None,
+        )
+    )
     _train("vqgan", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("tavit")
-def train_tavit(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
-                config: Annotated[str, typer.Option(help="tavit-tiny | tavit-demo | tavit-paper | a JSON file")]
-                = "tavit-demo",
-                out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/tavit/NAME@VER)")]
-                = None,
-                work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
-                resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
-                threads: int | None = None,
-                init_from: Annotated[Path | None, typer.Option(exists=True, file_okay=False,
-                                                               help="start from this checkpoint's weights")] = None,
-                ) -> None:
+def train_tavit(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
+    config: Annotated[str, typer.Option(help="tavit-tiny | tavit-demo | tavit-paper | a JSON file")] = "tavit-demo",
+    out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/tavit/NAME@VER)")] = None,
+    work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+    resume: bool = False,
+    device: str = "auto",
+    name: str | None = None,
+    version: str | None = None,
+    threads: int | None = None,
+    init_from: Annotated[
+        Path | None, typer.Option(exists=True, file_okay=False, help="start from this checkpoint's weights")
+    ] = None,
+) -> None:
     """The segmentation predictor and TA-ViT (T1 (+FLAIR) → T1C) on axial slices, trained together."""
-    cfg = _family("tavit").train_config_class().load(config, name=name, version=version,
-                                                     init_from=str(init_from) if init_from else None)
+    cfg = (
+        _family("tavit")
+        .train_config_class()
+        .load(config, name=name, version=version, init_from=str(init_from) if init_from else None)
+    )
     _train("tavit", cfg, data, out, work, resume, device, threads)
 
 
 @train_app.command("stylegan2")
-def train_stylegan2(data: Annotated[Path, typer.Option(exists=True, file_okay=False,
-                                                       help="DIR/<class>/*.png|*.nii.gz, or a BraTS-format folder")],
-                    config: Annotated[str, typer.Option(help="stylegan2-tiny | stylegan2-demo | stylegan2-paper | "
-                                                             "a JSON file")] = "stylegan2-demo",
-                    out: Annotated[Path | None, typer.Option(help="checkpoint folder (default "
-                                                                  "MODEL_DIR/stylegan2/NAME@VER)")] = None,
-                    work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
-                    resume: bool = False, device: str = "auto", name: str | None = None,
-                    version: str | None = None, epochs: int | None = None, threads: int | None = None,
-                    init_from: Annotated[Path | None, typer.Option(
-                        exists=True, file_okay=False, help="start G from this checkpoint's weights (D afresh)")]
-                    = None) -> None:
+def train_stylegan2(
+    data: Annotated[
+        Path, typer.Option(exists=True, file_okay=False, help="DIR/<class>/*.png|*.nii.gz, or a BraTS-format folder")
+    ],
+    config: Annotated[
+        str, typer.Option(help="stylegan2-tiny | stylegan2-demo | stylegan2-paper | a JSON file")
+    ] = "stylegan2-demo",
+    out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/stylegan2/NAME@VER)")] = None,
+    work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+    resume: bool = False,
+    device: str = "auto",
+    name: str | None = None,
+    version: str | None = None,
+    epochs: int | None = None,
+    threads: int | None = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(exists=True, file_okay=False, help="start G from this checkpoint's weights (D afresh)"),
+    ] = None,
+) -> None:
     """Class-conditional StyleGAN2 on 2D slices (class folders, or axial slices of BraTS volumes labelled glioma)."""
-    cfg = _family("stylegan2").train_config_class().load(config, name=name, version=version, epochs=epochs,
-                                                         init_from=str(init_from) if init_from else None)
+    cfg = (
+        _family("stylegan2")
+        .train_config_class()
+        .load(config, name=name, version=version, epochs=epochs, init_from=str(init_from) if init_from else None)
+    )
     _train("stylegan2", cfg, data, out, work, resume, device, threads)
 
 
 @app.command("phantom-slices")
-def phantom_slices(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="phantom/BraTS folder")],
-                   out: Annotated[Path, typer.Option(help="writes OUT/<class>/*.png and OUT/SLICES.json")],
-                   per_class: int = 200, seed: int = 0) -> None:
+def phantom_slices(
+    data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="phantom/BraTS folder")],
+    out: Annotated[Path, typer.Option(help="writes OUT/<class>/*.png and OUT/SLICES.json")],
+    per_class: int = 200,
+    seed: int = 0,
+) -> None:
     """A meningioma/glioma/pituitary slice set for demos: glioma slices are the volumes' own tumours; meningioma and
     pituitary masses are SIMULATED on tumour-free slices (SLICES.json says how)."""
     from .data.phantom_slices import build_slice_set
@@ -339,8 +466,9 @@ def _family(name: str):
     return get_family(name)
 
 
-def _train(family: str, cfg, data: Path, out: Path | None, work: Path | None, resume: bool, device: str,
-           threads: int | None) -> None:
+def _train(
+    family: str, cfg, data: Path, out: Path | None, work: Path | None, resume: bool, device: str, threads: int | None
+) -> None:
     """Run a family's trainer (the one its ``Family`` names) with a progress bar and per-epoch lines; report where
     the checkpoint went."""
     import torch
@@ -363,14 +491,17 @@ def add_train_command(typer_app: typer.Typer, family: str) -> None:
     """``tumorsynth train FAMILY`` with the options every trainer takes, for a family without a command of its own
     (a new family trains from the CLI with no edit here)."""
 
-    def train(data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
-              config: Annotated[str, typer.Option(help="a config in training/configs, or a JSON file")]
-              = f"{family}-demo",
-              out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/FAMILY/NAME@VER)")]
-              = None,
-              work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
-              resume: bool = False, device: str = "auto", name: str | None = None, version: str | None = None,
-              threads: int | None = None) -> None:
+    def train(
+        data: Annotated[Path, typer.Option(exists=True, file_okay=False, help="BraTS-format folder")],
+        config: Annotated[str, typer.Option(help="a config in training/configs, or a JSON file")] = f"{family}-demo",
+        out: Annotated[Path | None, typer.Option(help="checkpoint folder (default MODEL_DIR/FAMILY/NAME@VER)")] = None,
+        work: Annotated[Path | None, typer.Option(help="training state and metrics")] = None,
+        resume: bool = False,
+        device: str = "auto",
+        name: str | None = None,
+        version: str | None = None,
+        threads: int | None = None,
+    ) -> None:
         cfg = _family(family).train_config_class().load(config, name=name, version=version)
         _train(family, cfg, data, out, work, resume, device, threads)
 

@@ -35,29 +35,39 @@ def ensure_model(settings: Settings) -> None:
         entries = [e for e in ModelRegistry(settings.model_dir).list() if e.task == "mask_to_volume"]
     if not any(e.trained for e in entries):
         console.print("[bold red]" + "!" * 78)
-        console.print("[bold red]WARNING: no trained mask-to-volume checkpoint is installed. The demo runs an "
-                      "UNTRAINED network:\nits outputs are noise in the mask's geometry. They show the plumbing, "
-                      "not the method.\nTrain one with `make demo-models` / `tumorsynth train ldm`.")
+        console.print(
+            "[bold red]WARNING: no trained mask-to-volume checkpoint is installed. The demo runs an "
+            "UNTRAINED network:\nits outputs are noise in the mask's geometry. They show the plumbing, "
+            "not the method.\nTrain one with `make demo-models` / `tumorsynth train ldm`."
+        )
         console.print("[bold red]" + "!" * 78)
 
 
 def run_demo(settings: Settings, out: Path, port: int, samples: int = 1) -> list[Path]:
     ensure_model(settings)
     mask = ensure_example_mask()
-    env = dict(os.environ, TUMORSYNTH_STORAGE_DIR=str(settings.storage_dir),
-               TUMORSYNTH_MODEL_DIR=str(settings.model_dir))
+    env = dict(
+        os.environ, TUMORSYNTH_STORAGE_DIR=str(settings.storage_dir), TUMORSYNTH_MODEL_DIR=str(settings.model_dir)
+    )
     log_path = Path(settings.storage_dir).parent / "demo-serve.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")
-    server = subprocess.Popen([sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         client = Client(f"http://127.0.0.1:{port}")
-        console.print(f"starting the service on port {port} (embedded Redis, local storage, one worker; "
-                      f"log: {log_path})…")
+        console.print(
+            f"starting the service on port {port} (embedded Redis, local storage, one worker; log: {log_path})…"
+        )
         client.wait_ready(timeout=240)
-        model = sorted((m for m in client.models() if m["task"] == "mask_to_volume"),
-                       key=lambda m: (not m["trained"], m["id"]))[0]
+        model = sorted(
+            (m for m in client.models() if m["task"] == "mask_to_volume"), key=lambda m: (not m["trained"], m["id"])
+        )[0]
         job = client.submit({"model": model["id"], "num_samples": samples, "seed": 7}, {"mask": mask})
         console.print(f"submitted {job['id']} to {model['id']} with {mask.name}; sampling…")
         job = client.wait(job["id"], timeout=1800)

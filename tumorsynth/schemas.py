@@ -37,24 +37,42 @@ class JobRequest(Strict):
     modalities: list[Annotated[str, StringConstraints(min_length=1, max_length=16)]] | None = Field(None, max_length=8)
     sampler: SamplerChoice | None = None
     output_grid: Literal["input", "model"] = "input"
-    options: Options | None = Field(None, max_length=16, description="the model's sampling options, as "
-                                    "GET /v1/models declares them (name, type, default, bounds); refused per name")
-    truncation: float | None = Field(None, ge=0.0, le=1.0, description="deprecated: options.truncation (StyleGAN2 "
-                                     "truncation ψ: 1 = none, 0 = the class's mean)")
+    options: Options | None = Field(
+        None,
+        max_length=16,
+        description="the model's sampling options, as "
+        "GET /v1/models declares them (name, type, default, bounds); refused per name",
+    )
+    truncation: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="deprecated: options.truncation (StyleGAN2 truncation ψ: 1 = none, 0 = the class's mean)",
+    )
     intensity: Literal["zscore", "unit", "scanner"] | None = Field(
-        None, description="the outputs' intensity scale: 'zscore' over the brain (background 0), 'unit' (brain "
+        None,
+        description="the outputs' intensity scale: 'zscore' over the brain (background 0), 'unit' (brain "
         "0.5-99.5th percentiles to [0, 1]) or 'scanner' (non-negative int16, the checkpoint's typical brain mean and "
-        "SD per contrast); default: the model's own. Every sidecar states it (IntensityScale)")
+        "SD per contrast); default: the model's own. Every sidecar states it (IntensityScale)",
+    )
     formats: list[Literal["nifti", "dicom"]] | None = Field(
-        None, min_length=1, max_length=2, description="'nifti' (the default) and/or 'dicom': MR series + DICOM SEG "
+        None,
+        min_length=1,
+        max_length=2,
+        description="'nifti' (the default) and/or 'dicom': MR series + DICOM SEG "
         "of the mask, marked SYNTHETIC, zipped as one output 'dicom.zip'. The NIfTI files and sidecars are written "
-        "either way (previews, manifests and a failed PACS delivery rely on them)")
-    send_to: Literal["pacs"] | None = Field(None, description="'pacs': after success the DICOM series is stored at "
-                                            "the tenant's configured PACS; see the job's 'delivery'")
+        "either way (previews, manifests and a failed PACS delivery rely on them)",
+    )
+    send_to: Literal["pacs"] | None = Field(
+        None,
+        description="'pacs': after success the DICOM series is stored at "
+        "the tenant's configured PACS; see the job's 'delivery'",
+    )
     webhook: Annotated[str, StringConstraints(max_length=2048)] | None = None
     # Which events are POSTed to ``webhook``; default: the end of the job (succeeded, failed or canceled).
     webhook_events: list[Literal["job.started", "job.succeeded", "job.failed", "job.canceled"]] | None = Field(
-        None, min_length=1, max_length=4)
+        None, min_length=1, max_length=4
+    )
     metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetaValue] | None = Field(None, max_length=32)
 
     @field_validator("modalities")

@@ -30,10 +30,16 @@ def api(redis_server, s3_endpoint, model_dir, tmp_path):
 
 def abort_upload(port: int, path: str, ctype: str, sent: int = 14_000, declared: int = 1_000_000) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {ALPHA['Authorization']}\r\n"
-                   f"Content-Type: {ctype}\r\nContent-Length: {declared}\r\n\r\n").encode())
-        head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"mask\"; filename=\"m.nii.gz\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        s.sendall(
+            (
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {ALPHA['Authorization']}\r\n"
+                f"Content-Type: {ctype}\r\nContent-Length: {declared}\r\n\r\n"
+            ).encode()
+        )
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="mask"; filename="m.nii.gz"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
         s.sendall(head + b"\x1f" * (sent - len(head)))
         time.sleep(0.1)
 
@@ -45,7 +51,7 @@ def test_aborted_uploads_log_one_line_each_and_no_traceback(api):
         path, ctype = [("/v1/jobs", form), ("/v1/masks", form), ("/v1/batches", "application/json")][i % 3]
         abort_upload(api.port, path, ctype)
     time.sleep(1.0)
-    new = api.log_path.read_text()[len(before):]
+    new = api.log_path.read_text()[len(before) :]
     lines = [line for line in new.splitlines() if line.strip()]
     assert "Traceback" not in new and "ERROR" not in new, new[:3000]
     aborted = [line for line in lines if "aborted" in line]

@@ -30,9 +30,16 @@ def guarded(redis_server, s3_endpoint, model_dir):
     from tumorsynth.api.app import create_app
     from tumorsynth.storage import make_store
 
-    s = make_settings(redis_server, s3_endpoint, model_dir, redis_url=redis_server.url.rsplit("/", 1)[0] + "/9",
-                      family_queues=PARKED, max_request_bytes=8 * 1024**2, max_file_bytes=4 * 1024**2,
-                      max_decompressed_bytes=32 * 1024**2)
+    s = make_settings(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/9",
+        family_queues=PARKED,
+        max_request_bytes=8 * 1024**2,
+        max_file_bytes=4 * 1024**2,
+        max_decompressed_bytes=32 * 1024**2,
+    )
     make_store(s).ensure_bucket()
     app = create_app(s)
     app.state.services.redis.flushdb()
@@ -75,8 +82,7 @@ def test_malformed_request_is_refused_and_leaves_no_trace(guarded, case):
 def test_malformed_file_is_refused_through_the_api_and_leaves_no_trace(guarded, name, data, status):
     client, services = guarded
     before = snapshot(services)
-    r = client.post("/v1/jobs", content=multipart(req({"model": MODEL}), file("mask", data)),
-                    headers=FORM)
+    r = client.post("/v1/jobs", content=multipart(req({"model": MODEL}), file("mask", data)), headers=FORM)
     assert_problem(r, status, "mask" if status == 422 else None, name)
     assert snapshot(services) == before, name
 
@@ -87,10 +93,11 @@ def test_a_valid_submission_is_seen_by_the_same_check(guarded):
     client, services = guarded
     before = snapshot(services)
     queued = queue_depth(services.redis, "parked")
-    r = client.post("/v1/jobs", content=multipart(req({"model": MODEL}), file("mask", mask_bytes((24, 28, 20)))),
-                    headers=FORM)
+    r = client.post(
+        "/v1/jobs", content=multipart(req({"model": MODEL}), file("mask", mask_bytes((24, 28, 20)))), headers=FORM
+    )
     assert r.status_code == 202, r.text
     keys, objects = snapshot(services)
     new_objects = set(objects) - set(before[1])
     assert [k for k, _ in new_objects] == [f"tenants/alpha/jobs/{r.json()['id']}/inputs/mask.nii.gz"]
-    assert redis_keys.job(r.json()['id']).encode() in keys and queue_depth(services.redis, "parked") == queued + 1
+    assert redis_keys.job(r.json()["id"]).encode() in keys and queue_depth(services.redis, "parked") == queued + 1

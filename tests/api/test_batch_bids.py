@@ -17,8 +17,12 @@ from tumorsynth.client import Client
 
 MODEL = "ldm/tiny@1"
 SHAPE = (40, 44, 30)
-NAMES = {"t1": "desc-synthetic_T1w", "t1c": "ce-gadolinium_desc-synthetic_T1w", "t2": "desc-synthetic_T2w",
-         "flair": "desc-synthetic_FLAIR"}
+NAMES = {
+    "t1": "desc-synthetic_T1w",
+    "t1c": "ce-gadolinium_desc-synthetic_T1w",
+    "t2": "desc-synthetic_T2w",
+    "flair": "desc-synthetic_FLAIR",
+}
 
 
 def api(client) -> Client:
@@ -36,8 +40,17 @@ def done(app, worker):
     with TestClient(app) as client:
         c = api(client)
         masks = [mask_bytes(SHAPE, "brats2023", seed=1), mask_bytes(SHAPE, "binary", seed=2)]
-        batch = c.submit_batch({"model": MODEL, "class_counts": {"LGG": 0, "HGG": 2}, "target": "balance",
-                                "seed": 3, "masks": "upload", "sampler": {"name": "dpm++", "steps": 5}}, masks=masks)
+        batch = c.submit_batch(
+            {
+                "model": MODEL,
+                "class_counts": {"LGG": 0, "HGG": 2},
+                "target": "balance",
+                "seed": 3,
+                "masks": "upload",
+                "sampler": {"name": "dpm++", "steps": 5},
+            },
+            masks=masks,
+        )
         batch = c.wait_batch(batch["id"], timeout=300, poll=0.3)
         assert batch["status"] == "succeeded", batch
         yield batch
@@ -50,8 +63,10 @@ def test_bids_download_passes_the_validator_and_pybids_reads_it(client, done, tm
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     for label in ("LGG0000", "LGG0001"):
         for suffix in NAMES.values():
-            assert f"sub-{label}/anat/sub-{label}_{suffix}.nii.gz" in files and \
-                f"sub-{label}/anat/sub-{label}_{suffix}.json" in files
+            assert (
+                f"sub-{label}/anat/sub-{label}_{suffix}.nii.gz" in files
+                and f"sub-{label}/anat/sub-{label}_{suffix}.json" in files
+            )
         assert f"sub-{label}/anat/sub-{label}_desc-synthetic_dseg.nii.gz" in files
     description = json.loads((root / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
@@ -64,8 +79,9 @@ def test_bids_download_passes_the_validator_and_pybids_reads_it(client, done, tm
     assert next(iter(sidecar)) == "Synthetic" and sidecar["Synthetic"] is True and sidecar["Modality"] == "t1c"
     assert sidecar["CheckpointSha256"] == generated["CheckpointSha256"] and sidecar["SkullStripped"] is True
     # the second mask was binary: its label table says so; the first keeps BraTS 2023's three regions
-    assert (root / "sub-LGG0001/anat/sub-LGG0001_desc-synthetic_dseg.tsv").read_text().splitlines()[1:] == \
-        ["1\twhole tumour\tWT"]
+    assert (root / "sub-LGG0001/anat/sub-LGG0001_desc-synthetic_dseg.tsv").read_text().splitlines()[1:] == [
+        "1\twhole tumour\tWT"
+    ]
     assert len((root / "sub-LGG0000/anat/sub-LGG0000_desc-synthetic_dseg.tsv").read_text().splitlines()) == 4
 
     from bids import BIDSLayout
@@ -84,21 +100,25 @@ def test_the_bids_manifest_loads_in_monai_and_torchio(client, done, tmp_path):
     assert all(r["image"] == str(tmp_path / "ds" / "bids" / r["bids_image"]) for r in rows)
     assert all(r["image"].startswith(str(tmp_path / "ds" / "bids" / r["participant_id"] / "anat")) for r in rows)
     header = (tmp_path / "ds" / "manifest.csv").read_text().splitlines()[0]
-    assert header == ("subject_id,class,modality,image,mask,model,checkpoint_sha256,sampler,steps,seed,synthetic,"
-                      "intensity,participant_id,bids_image,bids_mask")
+    assert header == (
+        "subject_id,class,modality,image,mask,model,checkpoint_sha256,sampler,steps,seed,synthetic,"
+        "intensity,participant_id,bids_image,bids_mask"
+    )
 
     from monai.data import Dataset
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-    ds = Dataset(rows, transform=Compose([LoadImaged(keys=["image", "mask"]),
-                                          EnsureChannelFirstd(keys=["image", "mask"])]))
+    ds = Dataset(
+        rows, transform=Compose([LoadImaged(keys=["image", "mask"]), EnsureChannelFirstd(keys=["image", "mask"])])
+    )
     item = ds[0]
     assert tuple(item["image"].shape) == (1, *SHAPE) and set(np.unique(item["mask"].numpy())) <= {0, 1, 2, 3}
 
     import torchio as tio
 
-    subjects = tio.SubjectsDataset([tio.Subject(image=tio.ScalarImage(r["image"]), mask=tio.LabelMap(r["mask"]))
-                                    for r in rows])
+    subjects = tio.SubjectsDataset(
+        [tio.Subject(image=tio.ScalarImage(r["image"]), mask=tio.LabelMap(r["mask"])) for r in rows]
+    )
     assert subjects[5]["image"].shape == (1, *SHAPE)
 
 
@@ -121,8 +141,9 @@ def test_flat_layout_and_the_server_manifest_still_work(client, done, tmp_path):
     rows = json.loads((tmp_path / "flat" / "manifest.json").read_text())
     assert all(r["image"].startswith(str((tmp_path / "flat" / r["subject_id"]).resolve())) for r in rows)
     server = client.get(f"/v1/batches/{done['id']}/manifest.json", headers=ALPHA).json()
-    assert all(r["image"].startswith("tenants/alpha/jobs/") and r["bids_image"].startswith(r["participant_id"])
-               for r in server)
+    assert all(
+        r["image"].startswith("tenants/alpha/jobs/") and r["bids_image"].startswith(r["participant_id"]) for r in server
+    )
     with pytest.raises(ValueError, match="layout"):
         api(client).download_batch(done, tmp_path / "x", layout="zip")
 
@@ -135,9 +156,16 @@ def test_dataset_routes_answer_404_for_another_tenant_a_missing_file_or_a_runnin
     assert client.get(f"/v1/batches/{done['id']}/dataset/bids/README", headers=BETA).status_code == 404
     missing = client.get(f"/v1/batches/{done['id']}/dataset/bids/sub-LGG0000/anat/x.nii.gz", headers=ALPHA)
     assert missing.status_code == 404 and "lists them" in missing.json()["detail"]
-    running = api(client).submit_batch({"model": MODEL, "class_counts": {"LGG": 0, "HGG": 1}, "target": "balance",
-                                        "masks": "upload", "sampler": {"name": "ddpm", "steps": 1000}},
-                                       masks=[mask_bytes(SHAPE)])
+    running = api(client).submit_batch(
+        {
+            "model": MODEL,
+            "class_counts": {"LGG": 0, "HGG": 1},
+            "target": "balance",
+            "masks": "upload",
+            "sampler": {"name": "ddpm", "steps": 1000},
+        },
+        masks=[mask_bytes(SHAPE)],
+    )
     r = client.get(f"/v1/batches/{running['id']}/dataset", headers=ALPHA)
     assert r.status_code == 404 and "still running" in r.json()["detail"]
     assert client.post(f"/v1/batches/{running['id']}/cancel", headers=ALPHA).status_code == 202

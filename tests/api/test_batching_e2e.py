@@ -22,8 +22,15 @@ def batching(redis_server, s3_endpoint, model_dir, tmp_path_factory):
     from tumorsynth.storage import make_store
 
     families = dict.fromkeys(("ldm", "vqgan", "tavit", "stylegan2"), QUEUE)  # a queue no other test's worker reads
-    s = make_settings(redis_server, s3_endpoint, model_dir, family_queues=families, batch_invariant=True,
-                      batch_max_wait_ms=3000, batch_max_samples=8)
+    s = make_settings(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        family_queues=families,
+        batch_invariant=True,
+        batch_max_wait_ms=3000,
+        batch_max_samples=8,
+    )
     make_store(s).ensure_bucket()
     log = tmp_path_factory.mktemp("logs") / "batching-worker.log"
     worker = WorkerProcess(s, log, queues=QUEUE, args=("--pool", "threads", "--concurrency", "4"))

@@ -17,8 +17,15 @@ from tests.support.volumes import mask_bytes
 from tumorsynth.settings import REPO_ROOT
 
 CHROMIUM = "/usr/bin/chromium"  # `make test` installs Debian's chromium; Playwright's own download is not used
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 
@@ -43,8 +50,10 @@ def browser():
 
 def _submit(base: str, headers: dict, seed: int) -> str:
     request = {"model": "ldm/tiny@1", "seed": seed, "sampler": {"name": "ddim", "steps": 20}}
-    files = {"request": (None, json.dumps(request), "application/json"),
-             "mask": ("mask.nii.gz", mask_bytes((40, 44, 30)), "application/octet-stream")}
+    files = {
+        "request": (None, json.dumps(request), "application/json"),
+        "mask": ("mask.nii.gz", mask_bytes((40, 44, 30)), "application/octet-stream"),
+    }
     r = httpx.post(f"{base}/v1/jobs", files=files, headers=headers, timeout=60)
     assert r.status_code == 202, r.text
     return r.json()["id"]
@@ -82,8 +91,11 @@ def test_dashboard_shows_queues_jobs_and_preview(live_url, browser, worker):
     img = page.locator("#preview-img")
     expect(img).to_be_visible(timeout=60_000)
     expect(img).to_have_attribute("data-job-id", job_id)
-    size = page.wait_for_function("""() => { const i = document.querySelector('#preview-img');
-        return i.complete && i.naturalWidth > 300 ? [i.naturalWidth, i.naturalHeight] : null; }""", timeout=30_000)
+    size = page.wait_for_function(
+        """() => { const i = document.querySelector('#preview-img');
+        return i.complete && i.naturalWidth > 300 ? [i.naturalWidth, i.naturalHeight] : null; }""",
+        timeout=30_000,
+    )
     width, height = size.json_value()
     assert width > 300 and height > 400  # 3 views × 4 contrasts, as /preview.png renders them
 

@@ -21,8 +21,9 @@ def fetch(client, job, name) -> np.ndarray:
 
 @pytest.mark.parametrize("tumor_class", ["LGG", "HGG"])
 def test_vqgan_demo_makes_rois_of_either_class_and_seeds_differ(client, worker, tumor_class):
-    jobs = [submit(client, {"model": "vqgan/demo-phantom@1", "tumor_class": tumor_class, "seed": s}).json()
-            for s in (1, 2)]
+    jobs = [
+        submit(client, {"model": "vqgan/demo-phantom@1", "tumor_class": tumor_class, "seed": s}).json() for s in (1, 2)
+    ]
     done = [wait_status(client, j["id"], {"succeeded", "failed"}, timeout=180) for j in jobs]
     assert all(d["status"] == "succeeded" for d in done), [d["error"] for d in done]
     a, b = (fetch(client, d, "sample-0_flair.nii.gz").get_fdata() for d in done)

@@ -29,8 +29,9 @@ CAP = 8
 def open_stream(port: int, job_id: str, auth: dict = ALPHA) -> tuple[socket.socket, bytes]:
     """A raw event-stream connection, read up to its first event (or the whole answer when refused)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    s.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: {auth['Authorization']}\r\n\r\n"
-              .encode())
+    s.sendall(
+        f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: {auth['Authorization']}\r\n\r\n".encode()
+    )
     got = b""
     while b"event: status" not in got and b"}" not in got.partition(b"\r\n\r\n")[2]:
         chunk = s.recv(65536)
@@ -43,12 +44,15 @@ def open_stream(port: int, job_id: str, auth: dict = ALPHA) -> tuple[socket.sock
 def start_api(redis_server, s3_endpoint, model_dir, log_path, cap: int) -> tuple[ApiProcess, str]:
     from tumorsynth.storage import make_store
 
-    s = make_settings(redis_server, s3_endpoint, model_dir, family_queues={"ldm": "parked-sse"},
-                      max_event_streams_per_tenant=cap)
+    s = make_settings(
+        redis_server, s3_endpoint, model_dir, family_queues={"ldm": "parked-sse"}, max_event_streams_per_tenant=cap
+    )
     make_store(s).ensure_bucket()
     proc = ApiProcess(settings_env(s), free_port(), log_path).start()
-    files = {"request": (None, json.dumps({"model": "ldm/tiny@1"}), "application/json"),
-             "mask": ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream")}
+    files = {
+        "request": (None, json.dumps({"model": "ldm/tiny@1"}), "application/json"),
+        "mask": ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream"),
+    }
     job = httpx.post(f"{proc.base_url}/v1/jobs", files=files, headers=ALPHA, timeout=30)
     assert job.status_code == 202, job.text
     return proc, job.json()["id"]
@@ -91,9 +95,11 @@ def test_open_streams_of_one_tenant_do_not_slow_another_tenant(api_many):
         for s, _ in streams:
             s.close()
     p99 = statistics.quantiles(busy, n=100)[98]
-    print(f"beta GET /v1/jobs median/p99: {statistics.median(quiet) * 1000:.0f}/"
-          f"{statistics.quantiles(quiet, n=100)[98] * 1000:.0f} ms quiet, {statistics.median(busy) * 1000:.0f}/"
-          f"{p99 * 1000:.0f} ms with {STREAMS} open streams of alpha")
+    print(
+        f"beta GET /v1/jobs median/p99: {statistics.median(quiet) * 1000:.0f}/"
+        f"{statistics.quantiles(quiet, n=100)[98] * 1000:.0f} ms quiet, {statistics.median(busy) * 1000:.0f}/"
+        f"{p99 * 1000:.0f} ms with {STREAMS} open streams of alpha"
+    )
     # p90 and median, not p99: on a shared 2-core machine one sample in 50 can stall for a scheduler hiccup even
     # with no stream open (the figure printed above); held threads made every sample ~3.9 s
     assert statistics.quantiles(busy, n=10)[8] < 0.1 and statistics.median(busy) < 0.05, sorted(busy)

@@ -29,8 +29,13 @@ MODEL = "ldm/tiny@1"
 def api(redis_server, s3_endpoint, model_dir, tmp_path_factory):
     from tumorsynth.storage import make_store
 
-    s = make_settings(redis_server, s3_endpoint, model_dir, redis_url=redis_server.url.rsplit("/", 1)[0] + "/12",
-                      family_queues={"ldm": "parked-idem"})
+    s = make_settings(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/12",
+        family_queues={"ldm": "parked-idem"},
+    )
     make_store(s).ensure_bucket()
     r = redis.Redis.from_url(s.redis_url)
     r.flushdb()
@@ -45,8 +50,10 @@ def fire_together(base_url: str, key: str, seeds: list[int]) -> list[httpx.Respo
     gate = threading.Barrier(len(seeds))
 
     def one(seed: int) -> httpx.Response:
-        files = {"request": (None, json.dumps({"model": MODEL, "seed": seed}), "application/json"),
-                 "mask": ("m.nii.gz", mask, "application/octet-stream")}
+        files = {
+            "request": (None, json.dumps({"model": MODEL, "seed": seed}), "application/json"),
+            "mask": ("m.nii.gz", mask, "application/octet-stream"),
+        }
         with httpx.Client(base_url=base_url, timeout=60) as c:
             gate.wait()
             return c.post("/v1/jobs", files=files, headers=ALPHA | {"Idempotency-Key": key})

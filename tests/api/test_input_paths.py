@@ -33,8 +33,13 @@ BATCH_ID = "batch_0190000000000000000000000000abcd"
 def api(redis_server, s3_endpoint, model_dir, tmp_path_factory):
     from tumorsynth.storage import make_store
 
-    s = make_settings(redis_server, s3_endpoint, model_dir, redis_url=redis_server.url.rsplit("/", 1)[0] + "/13",
-                      family_queues=dict.fromkeys(("ldm", "vqgan", "tavit", "stylegan2"), "parked-inputs"))
+    s = make_settings(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/13",
+        family_queues=dict.fromkeys(("ldm", "vqgan", "tavit", "stylegan2"), "parked-inputs"),
+    )
     store = make_store(s)
     store.ensure_bucket()
     r = redis.Redis.from_url(s.redis_url)
@@ -69,15 +74,18 @@ def test_non_finite_cursor_is_422_naming_the_cursor(api, value):
 def test_non_finite_json_numbers_are_refused_naming_the_field(api, literal):
     client, r, store, _ = api
     job = '{"model": "%s", "metadata": {"study": "x", "dose": %s}}' % (MODEL, literal)
-    resp = client.post("/v1/jobs", content=multipart(req(job), file("mask", mask_bytes((24, 28, 20)))),
-                       headers=FORM)
+    resp = client.post("/v1/jobs", content=multipart(req(job), file("mask", mask_bytes((24, 28, 20)))), headers=FORM)
     problem(resp, 422, "metadata.dose")
     nested = '{"model": "%s", "sampler": {"name": "dpm++", "steps": [%s]}}' % (MODEL, literal)
-    problem(client.post("/v1/jobs", content=multipart(req(nested), file("mask", mask_bytes((24, 28, 20)))),
-                        headers=FORM), 422, "sampler.steps.0")
+    problem(
+        client.post("/v1/jobs", content=multipart(req(nested), file("mask", mask_bytes((24, 28, 20)))), headers=FORM),
+        422,
+        "sampler.steps.0",
+    )
     batch = '{"model": "%s", "class_counts": {"LGG": 1, "HGG": 2}, "seed": %s}' % (MODEL, literal)
-    problem(client.post("/v1/batches", content=batch, headers=ALPHA | {"Content-Type": "application/json"}),
-            422, "seed")
+    problem(
+        client.post("/v1/batches", content=batch, headers=ALPHA | {"Content-Type": "application/json"}), 422, "seed"
+    )
     assert r.zcard(keys.tenant_jobs("alpha")) == 0 and store.list("tenants/alpha/") == []
 
 
@@ -104,12 +112,25 @@ def test_a_bank_grid_mask_with_a_bidi_and_nul_class_is_not_stored(api):
 
 
 # Every route that takes an id, with a suffix that reaches another Redis key of that id, and other shapes.
-ID_ROUTES = [("GET", "/v1/jobs/{job}"), ("POST", "/v1/jobs/{job}/cancel"), ("GET", "/v1/jobs/{job}/preview.png"),
-             ("GET", "/v1/jobs/{job}/events"), ("GET", "/v1/jobs/{job}/outputs/x.nii.gz"),
-             ("GET", "/v1/jobs/{job}/webhooks"), ("GET", "/v1/batches/{batch}"),
-             ("POST", "/v1/batches/{batch}/cancel"), ("GET", "/v1/batches/{batch}/manifest.csv")]
-BAD_IDS = [(f"{JOB_ID}:webhooks", f"{BATCH_ID}:counts"), ("job_x", "batch_x"), (JOB_ID.upper(), BATCH_ID.upper()),
-           ("..", ".."), ("job_%2A", "batch_%2A"), (BATCH_ID, JOB_ID)]
+ID_ROUTES = [
+    ("GET", "/v1/jobs/{job}"),
+    ("POST", "/v1/jobs/{job}/cancel"),
+    ("GET", "/v1/jobs/{job}/preview.png"),
+    ("GET", "/v1/jobs/{job}/events"),
+    ("GET", "/v1/jobs/{job}/outputs/x.nii.gz"),
+    ("GET", "/v1/jobs/{job}/webhooks"),
+    ("GET", "/v1/batches/{batch}"),
+    ("POST", "/v1/batches/{batch}/cancel"),
+    ("GET", "/v1/batches/{batch}/manifest.csv"),
+]
+BAD_IDS = [
+    (f"{JOB_ID}:webhooks", f"{BATCH_ID}:counts"),
+    ("job_x", "batch_x"),
+    (JOB_ID.upper(), BATCH_ID.upper()),
+    ("..", ".."),
+    ("job_%2A", "batch_%2A"),
+    (BATCH_ID, JOB_ID),
+]
 
 
 @pytest.mark.parametrize("method,route", ID_ROUTES, ids=[f"{m} {p}" for m, p in ID_ROUTES])
@@ -121,9 +142,19 @@ def test_ids_not_shaped_as_ids_are_404(api, method, route):
         problem(client.request(method, route.format(job=job, batch=batch), headers=ALPHA), 404)
 
 
-@pytest.mark.parametrize("url", ["http://example.com/\r\nX-Injected: 1", "http://example.com/a b",
-                                 "http://exa\tmple.com/", "http://example.com/\x00", "http://example.com/\x7f",
-                                 "http://example.com/\u202e", " http://example.com/", "http://example.com/\u00a0"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/\r\nX-Injected: 1",
+        "http://example.com/a b",
+        "http://exa\tmple.com/",
+        "http://example.com/\x00",
+        "http://example.com/\x7f",
+        "http://example.com/\u202e",
+        " http://example.com/",
+        "http://example.com/\u00a0",
+    ],
+)
 def test_webhook_url_with_control_characters_or_whitespace_is_refused(api, url):
     client, r, *_ = api
     body = multipart(req(json.dumps({"model": MODEL, "webhook": url})), file("mask", mask_bytes((24, 28, 20))))
@@ -144,9 +175,11 @@ def test_chunked_body_with_content_length_is_400(api):
     client, r, _, proc = api
     payload = multipart(req({"model": MODEL}), file("mask", mask_bytes((24, 28, 20))))
     chunked = f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n"
-    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {ALPHA['Authorization']}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nTransfer-Encoding: chunked\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n")
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {ALPHA['Authorization']}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nTransfer-Encoding: chunked\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n"
+    )
     answer = raw_request(proc, head, chunked)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
     assert b"application/problem+json" in answer and b"Content-Length" in answer

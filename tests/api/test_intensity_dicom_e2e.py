@@ -34,29 +34,34 @@ def download(client, job: dict, name: str) -> bytes:
     return fetch(client, job["id"], name)
 
 
-@pytest.mark.parametrize(("extra", "field", "says"), [
-    ({"intensity": "hounsfield"}, "intensity", "zscore"),
-    ({"intensity": "scanner"}, "intensity", "ldm/tiny@1 records no scanner-scale statistics"),
-    ({"formats": ["dicom", "dicom"]}, "formats", "list each format once"),
-    ({"formats": ["nifti", "dcm"]}, "formats", "dicom"),
-    ({"formats": ["nifti", "dicom"], "send_to": "email"}, "send_to", "pacs"),
-    ({"send_to": "pacs"}, "send_to", 'add "dicom" to formats'),
-    ({"formats": ["nifti", "dicom"], "send_to": "pacs"}, "send_to", "no PACS destination configured"),
-])
+@pytest.mark.parametrize(
+    ("extra", "field", "says"),
+    [
+        ({"intensity": "hounsfield"}, "intensity", "zscore"),
+        ({"intensity": "scanner"}, "intensity", "ldm/tiny@1 records no scanner-scale statistics"),
+        ({"formats": ["dicom", "dicom"]}, "formats", "list each format once"),
+        ({"formats": ["nifti", "dcm"]}, "formats", "dicom"),
+        ({"formats": ["nifti", "dicom"], "send_to": "email"}, "send_to", "pacs"),
+        ({"send_to": "pacs"}, "send_to", 'add "dicom" to formats'),
+        ({"formats": ["nifti", "dicom"], "send_to": "pacs"}, "send_to", "no PACS destination configured"),
+    ],
+)
 def test_bad_output_settings_are_a_422_naming_the_field_and_nothing_is_queued(client, extra, field, says):
     before = client.get("/v1/jobs?limit=200", headers=ALPHA).json()["jobs"]
     r = submit(client, request(**extra), {"mask": mask_bytes(SHAPE)})
     assert r.status_code == 422, r.text
     problem = r.json()
     assert any(e["field"].startswith(field) and says in e["message"] for e in problem["errors"]), problem
-    assert [j["id"] for j in client.get("/v1/jobs?limit=200", headers=ALPHA).json()["jobs"]] == \
-        [j["id"] for j in before]
+    assert [j["id"] for j in client.get("/v1/jobs?limit=200", headers=ALPHA).json()["jobs"]] == [
+        j["id"] for j in before
+    ]
 
 
 def test_unit_scale_and_dicom_archive_in_the_masks_oblique_geometry(client, worker, tmp_path):
     affine = oblique_affine()
-    job = submit(client, request(intensity="unit", formats=["dicom"]),
-                 {"mask": mask_bytes(SHAPE, affine=affine)}).json()
+    job = submit(
+        client, request(intensity="unit", formats=["dicom"]), {"mask": mask_bytes(SHAPE, affine=affine)}
+    ).json()
     assert job["request"]["intensity"] == "unit" and job["request"]["formats"] == ["dicom"]
     done = wait_status(client, job["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded", done["error"]
@@ -92,8 +97,17 @@ def test_unit_scale_and_dicom_archive_in_the_masks_oblique_geometry(client, work
 
 
 def test_scanner_scale_on_the_demo_ldm(client, worker):
-    job = submit(client, {"model": "ldm/demo-phantom@1", "seed": 1, "intensity": "scanner", "modalities": ["t2"],
-                          "sampler": {"name": "ddim", "steps": 10}}, {"mask": mask_bytes(SHAPE)}).json()
+    job = submit(
+        client,
+        {
+            "model": "ldm/demo-phantom@1",
+            "seed": 1,
+            "intensity": "scanner",
+            "modalities": ["t2"],
+            "sampler": {"name": "ddim", "steps": 10},
+        },
+        {"mask": mask_bytes(SHAPE)},
+    ).json()
     done = wait_status(client, job["id"], {"succeeded", "failed"}, timeout=300)
     assert done["status"] == "succeeded", done["error"]
     img = load(download(client, done, "sample-0_t2.nii.gz"))
@@ -108,8 +122,10 @@ def test_scanner_scale_on_the_demo_ldm(client, worker):
 
 def test_a_class_to_roi_job_as_dicom(client, worker, tmp_path):
     """VQGAN: no mask, so no SEG; its ROI as an MR series on the ROI's own grid, z-scores from its clipped range."""
-    job = submit(client, {"model": "vqgan/tiny@1", "tumor_class": "HGG", "seed": 2, "num_samples": 2,
-                          "formats": ["nifti", "dicom"]}).json()
+    job = submit(
+        client,
+        {"model": "vqgan/tiny@1", "tumor_class": "HGG", "seed": 2, "num_samples": 2, "formats": ["nifti", "dicom"]},
+    ).json()
     done = wait_status(client, job["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded", done["error"]
     side = json.loads(download(client, done, "sample-1_flair.json"))
@@ -122,5 +138,4 @@ def test_a_class_to_roi_job_as_dicom(client, worker, tmp_path):
         assert dciodvfy_errors(f) == [], f
     first = pydicom.dcmread(tmp_path / "sample-1" / "flair" / "IM00001.dcm")
     lps = np.diag([-1.0, -1.0, 1.0, 1.0])
-    assert np.allclose([float(v) for v in first.ImagePositionPatient], (lps @ roi.affine @ [0, 0, 0, 1])[:3],
-                       atol=1e-3)
+    assert np.allclose([float(v) for v in first.ImagePositionPatient], (lps @ roi.affine @ [0, 0, 0, 1])[:3], atol=1e-3)

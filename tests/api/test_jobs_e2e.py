@@ -37,8 +37,11 @@ def test_models_are_listed(client):
 @pytest.mark.parametrize("convention", ["brats2019", "brats2023", "binary"])
 def test_mask_in_four_contrasts_out_in_the_masks_geometry(client, worker, convention):
     affine = oblique_affine()
-    r = submit(client, {"model": MODEL, "num_samples": 2, "seed": 11, "sampler": {"name": "ddim", "steps": 30}},
-               {"mask": mask_bytes(SHAPE, convention, affine)})
+    r = submit(
+        client,
+        {"model": MODEL, "num_samples": 2, "seed": 11, "sampler": {"name": "ddim", "steps": 30}},
+        {"mask": mask_bytes(SHAPE, convention, affine)},
+    )
     assert r.status_code == 202, r.text
     job = r.json()
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
@@ -48,7 +51,8 @@ def test_mask_in_four_contrasts_out_in_the_masks_geometry(client, worker, conven
     assert job["attempts"] == 1 and job["progress"]["fraction"] == 1.0
     images = [o for o in job["outputs"] if o["kind"] == "image"]
     assert sorted((o["sample_index"], o["modality"]) for o in images) == sorted(
-        (i, m) for i in (0, 1) for m in ("t1", "t1c", "t2", "flair"))
+        (i, m) for i in (0, 1) for m in ("t1", "t1c", "t2", "flair")
+    )
     for out in images:
         img = load(fetch(client, job["id"], out["name"]))
         assert img.shape == SHAPE and img.get_data_dtype() == np.float32
@@ -87,12 +91,14 @@ def test_cancel_running_job_stops_and_worker_takes_the_next(client, worker):
 
 
 def test_tenants_see_only_their_own_jobs(client, worker):
-    job = submit(client, {"model": MODEL, "sampler": {"name": "dpm++", "steps": 5}},
-                 {"mask": mask_bytes(SHAPE)}).json()
+    job = submit(client, {"model": MODEL, "sampler": {"name": "dpm++", "steps": 5}}, {"mask": mask_bytes(SHAPE)}).json()
     job = wait_status(client, job["id"], {"succeeded"})
     name = job["outputs"][0]["name"]
-    for method, path in [("get", f"/v1/jobs/{job['id']}"), ("post", f"/v1/jobs/{job['id']}/cancel"),
-                         ("get", f"/v1/jobs/{job['id']}/outputs/{name}")]:
+    for method, path in [
+        ("get", f"/v1/jobs/{job['id']}"),
+        ("post", f"/v1/jobs/{job['id']}/cancel"),
+        ("get", f"/v1/jobs/{job['id']}/outputs/{name}"),
+    ]:
         r = client.request(method, path, headers=BETA)
         assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
     assert job["id"] not in {j["id"] for j in client.get("/v1/jobs", headers=BETA).json()["jobs"]}

@@ -10,9 +10,14 @@ from tests.support.volumes import mask_bytes
 
 
 def add(client, tumor_class: str, mask: bytes, headers=ALPHA) -> dict:
-    r = client.post("/v1/masks", headers=headers, files={
-        "request": (None, json.dumps({"tumor_class": tumor_class}), "application/json"),
-        "mask": ("m.nii.gz", mask, "application/octet-stream")})
+    r = client.post(
+        "/v1/masks",
+        headers=headers,
+        files={
+            "request": (None, json.dumps({"tumor_class": tumor_class}), "application/json"),
+            "mask": ("m.nii.gz", mask, "application/octet-stream"),
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()
 

@@ -25,8 +25,11 @@ def r(tmp_path):
 
 def scrape(r, api: bool = False) -> dict:
     text = (render_api_metrics(r) if api else render_metrics(r, Settings(redis_url="redis://unused"))).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def delivery(n: int, state: str, due: float) -> dict:
@@ -59,13 +62,25 @@ def test_unreachable_redis_is_redis_up_zero_on_the_api_view_and_an_error_on_the_
 
 def test_gpu_total_is_the_device_size_not_a_sum_over_pool_processes(r):
     gib = 2**30
-    gpu_memory.publish(r, "gpuhost:1", 11, [{"device": "cuda:0", "allocated": 2 * gib, "reserved": 3 * gib,
-                                             "total": 80 * gib}], ttl_seconds=30)
-    gpu_memory.publish(r, "gpuhost:1", 12, [{"device": "cuda:0", "allocated": 1 * gib, "reserved": 2 * gib,
-                                             "total": 80 * gib}], ttl_seconds=30)
+    gpu_memory.publish(
+        r,
+        "gpuhost:1",
+        11,
+        [{"device": "cuda:0", "allocated": 2 * gib, "reserved": 3 * gib, "total": 80 * gib}],
+        ttl_seconds=30,
+    )
+    gpu_memory.publish(
+        r,
+        "gpuhost:1",
+        12,
+        [{"device": "cuda:0", "allocated": 1 * gib, "reserved": 2 * gib, "total": 80 * gib}],
+        ttl_seconds=30,
+    )
     gpu_memory.publish(r, "oldhost:1", 13, [{"device": "cuda:0", "allocated": gib, "reserved": gib}], ttl_seconds=30)
     m = scrape(r)
-    key = lambda worker, kind: ("tumorsynth_worker_gpu_memory_bytes",
-                                (("device", "cuda:0"), ("kind", kind), ("worker", worker)))
+    key = lambda worker, kind: (
+        "tumorsynth_worker_gpu_memory_bytes",
+        (("device", "cuda:0"), ("kind", kind), ("worker", worker)),
+    )
     assert m[key("gpuhost:1", "total")] == 80 * gib and m[key("gpuhost:1", "reserved")] == 5 * gib
     assert key("oldhost:1", "total") not in m  # no size reported: no series (a 0 would make the ratio infinite)

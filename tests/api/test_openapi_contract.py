@@ -29,9 +29,29 @@ def operations(spec):
 
 # Generated clients name their methods after these: renaming one is a breaking change of the contract.
 OPERATION_IDS = {
-    "livez", "readyz", "list_models", "submit_job", "list_jobs", "get_job", "cancel_job", "preview", "events",
-    "get_output", "submit_batch", "get_batch", "cancel_batch", "get_manifest", "signed_object", "queues",
-    "deliveries", "list_masks", "add_mask", "delete_mask", "dataset_index", "dataset_file", "dataset_zip",
+    "livez",
+    "readyz",
+    "list_models",
+    "submit_job",
+    "list_jobs",
+    "get_job",
+    "cancel_job",
+    "preview",
+    "events",
+    "get_output",
+    "submit_batch",
+    "get_batch",
+    "cancel_batch",
+    "get_manifest",
+    "signed_object",
+    "queues",
+    "deliveries",
+    "list_masks",
+    "add_mask",
+    "delete_mask",
+    "dataset_index",
+    "dataset_file",
+    "dataset_zip",
 }
 
 
@@ -59,9 +79,16 @@ def test_every_operation_answers_errors_as_problem_json(spec):
             assert op["responses"][code]["content"] == {"application/problem+json": {"schema": problem}}, (op_id, code)
 
 
-@pytest.mark.parametrize(("op_id", "status", "model"), [
-    ("submit_batch", "202", "Batch"), ("get_batch", "200", "Batch"), ("cancel_batch", "202", "Batch"),
-    ("add_mask", "201", "BankMask"), ("list_masks", "200", "BankMaskList")])
+@pytest.mark.parametrize(
+    ("op_id", "status", "model"),
+    [
+        ("submit_batch", "202", "Batch"),
+        ("get_batch", "200", "Batch"),
+        ("cancel_batch", "202", "Batch"),
+        ("add_mask", "201", "BankMask"),
+        ("list_masks", "200", "BankMaskList"),
+    ],
+)
 def test_batch_and_bank_routes_are_typed(spec, op_id, status, model):
     _, _, op = operations(spec)[op_id]
     assert op["responses"][status]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
@@ -69,10 +96,18 @@ def test_batch_and_bank_routes_are_typed(spec, op_id, status, model):
 
 def test_the_batch_view_round_trips_through_its_schema():
     """The shape the service builds (jobs.batches.view) is what the schema serialises, aliases included."""
-    raw = {"id": "batch_x", "model": "ldm/tiny@1", "status": "running", "request": {"seed": 1}, "plan": {"LGG": 2},
-           "request_counts": {"total": 2, "succeeded": 1, "failed": 0, "canceled": 0},
-           "created_at": "2026-01-01T00:00:00Z", "error": None, "jobs": ["job_a", "job_b"],
-           "manifest": {"csv": "/v1/batches/batch_x/manifest.csv", "json": "/v1/batches/batch_x/manifest.json"}}
+    raw = {
+        "id": "batch_x",
+        "model": "ldm/tiny@1",
+        "status": "running",
+        "request": {"seed": 1},
+        "plan": {"LGG": 2},
+        "request_counts": {"total": 2, "succeeded": 1, "failed": 0, "canceled": 0},
+        "created_at": "2026-01-01T00:00:00Z",
+        "error": None,
+        "jobs": ["job_a", "job_b"],
+        "manifest": {"csv": "/v1/batches/batch_x/manifest.csv", "json": "/v1/batches/batch_x/manifest.json"},
+    }
     assert Batch.model_validate(raw).model_dump(mode="json", by_alias=True) == raw
     mask = {"id": "mask_x", "class": "LGG", "size": 10, "label_convention": None, "tumour_voxels": None}
     assert BankMask.model_validate(mask).model_dump(by_alias=True) == mask

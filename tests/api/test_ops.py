@@ -24,8 +24,11 @@ def samples(client) -> dict:
 
 
 def test_metrics_and_queues_follow_the_jobs(client, worker):
-    job = submit(client, {"model": MODEL, "seed": 1, "sampler": {"name": "dpm++", "steps": 5}},
-                 {"mask": mask_bytes((40, 44, 30))}).json()
+    job = submit(
+        client,
+        {"model": MODEL, "seed": 1, "sampler": {"name": "dpm++", "steps": 5}},
+        {"mask": mask_bytes((40, 44, 30))},
+    ).json()
     wait_status(client, job["id"], {"succeeded"})
     m = samples(client)
     assert m[("tumorsynth_jobs", (("model", MODEL), ("status", "succeeded")))] >= 1
@@ -41,8 +44,11 @@ def test_metrics_and_queues_follow_the_jobs(client, worker):
 
 
 def test_events_stream_and_preview(client, worker):
-    job = submit(client, {"model": MODEL, "seed": 2, "sampler": {"name": "ddim", "steps": 20}},
-                 {"mask": mask_bytes((40, 44, 30))}).json()
+    job = submit(
+        client,
+        {"model": MODEL, "seed": 2, "sampler": {"name": "ddim", "steps": 20}},
+        {"mask": mask_bytes((40, 44, 30))},
+    ).json()
     seen = []
     with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=ALPHA) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -73,18 +79,25 @@ def test_gpu_memory_gauge_from_worker_readings(client, worker, settings):
     from tumorsynth.workers import gpu_memory
 
     r = redis.Redis.from_url(settings.redis_url)
-    job = submit(client, {"model": MODEL, "seed": 3, "sampler": {"name": "dpm++", "steps": 5}},
-                 {"mask": mask_bytes((40, 44, 30))}).json()
+    job = submit(
+        client,
+        {"model": MODEL, "seed": 3, "sampler": {"name": "dpm++", "steps": 5}},
+        {"mask": mask_bytes((40, 44, 30))},
+    ).json()
     wait_status(client, job["id"], {"succeeded"})
     gauge = {k: v for k, v in samples(client).items() if k[0] == "tumorsynth_worker_gpu_memory_bytes"}
     assert gauge == {}, "a CPU worker publishes no GPU memory"
-    readings = [{"device": "cuda:0", "allocated": 3 * 2**30, "reserved": 4 * 2**30},
-                {"device": "cuda:1", "allocated": 0, "reserved": 2**20}]
+    readings = [
+        {"device": "cuda:0", "allocated": 3 * 2**30, "reserved": 4 * 2**30},
+        {"device": "cuda:1", "allocated": 0, "reserved": 2**20},
+    ]
     gpu_memory.publish(r, "gpuhost:4242", 4243, readings, ttl_seconds=2)
     gpu_memory.publish(r, "gpuhost:4242", 4244, readings[:1], ttl_seconds=2)  # a second pool process
     m = samples(client)
-    key = lambda dev, kind: ("tumorsynth_worker_gpu_memory_bytes",
-                             (("device", dev), ("kind", kind), ("worker", "gpuhost:4242")))
+    key = lambda dev, kind: (
+        "tumorsynth_worker_gpu_memory_bytes",
+        (("device", dev), ("kind", kind), ("worker", "gpuhost:4242")),
+    )
     assert m[key("cuda:0", "allocated")] == 6 * 2**30 and m[key("cuda:0", "reserved")] == 8 * 2**30
     assert m[key("cuda:1", "reserved")] == 2**20
     import time

@@ -15,8 +15,11 @@ CONCURRENT = 4
 
 
 def test_concurrent_first_preview_requests_draw_it_once(client, app, worker):
-    job = submit(client, {"model": "ldm/tiny@1", "seed": 9, "sampler": {"name": "dpm++", "steps": 5}},
-                 {"mask": mask_bytes((40, 44, 30))}).json()
+    job = submit(
+        client,
+        {"model": "ldm/tiny@1", "seed": 9, "sampler": {"name": "dpm++", "steps": 5}},
+        {"mask": mask_bytes((40, 44, 30))},
+    ).json()
     done = wait_status(client, job["id"], {"succeeded", "failed"}, timeout=180)
     assert done["status"] == "succeeded", done["error"]
     store = app.state.services.store
@@ -30,8 +33,9 @@ def test_concurrent_first_preview_requests_draw_it_once(client, app, worker):
     store.put_bytes = counting_put
     try:
         with ThreadPoolExecutor(CONCURRENT) as pool:
-            answers = list(pool.map(lambda _: client.get(f"/v1/jobs/{job['id']}/preview.png", headers=ALPHA),
-                                    range(CONCURRENT)))
+            answers = list(
+                pool.map(lambda _: client.get(f"/v1/jobs/{job['id']}/preview.png", headers=ALPHA), range(CONCURRENT))
+            )
     finally:
         del store.put_bytes
     assert all(a.status_code == 200 and a.content.startswith(b"\x89PNG") for a in answers)

@@ -33,8 +33,10 @@ def api(s3_endpoint, model_dir, tmp_path):
     make_store(s).ensure_bucket()
     proc = ApiProcess(settings_env(s), free_port(), tmp_path / "api.log").start()
     with httpx.Client(base_url=proc.base_url, timeout=30, headers=ALPHA) as client:
-        files = {"request": (None, json.dumps({"model": "ldm/tiny@1"}), "application/json"),
-                 "mask": ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream")}
+        files = {
+            "request": (None, json.dumps({"model": "ldm/tiny@1"}), "application/json"),
+            "mask": ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream"),
+        }
         job = client.post("/v1/jobs", files=files)
         assert job.status_code == 202, job.text
         yield client, redis_server, job.json()["id"], proc
@@ -45,8 +47,15 @@ def api(s3_endpoint, model_dir, tmp_path):
 
 
 def reads(job_id: str) -> list[str]:
-    return [f"/v1/jobs/{job_id}", "/v1/jobs", "/metrics", "/v1/queues", f"/v1/jobs/{job_id}/events",
-            f"/v1/jobs/{job_id}/webhooks", f"/v1/jobs/{job_id}/cancel"]
+    return [
+        f"/v1/jobs/{job_id}",
+        "/v1/jobs",
+        "/metrics",
+        "/v1/queues",
+        f"/v1/jobs/{job_id}/events",
+        f"/v1/jobs/{job_id}/webhooks",
+        f"/v1/jobs/{job_id}/cancel",
+    ]
 
 
 def assert_all_503(client: httpx.Client, job_id: str, how: str) -> None:
@@ -78,8 +87,10 @@ def test_frozen_then_killed_redis_is_503_with_retry_after(api):
         assert time.monotonic() < deadline, "the API did not recover once Redis answered again"
         time.sleep(0.2)
     assert client.get("/v1/jobs").json()["jobs"][0]["id"] == job_id
-    with httpx.Client(base_url=proc.base_url, timeout=10, headers=ALPHA) as sse, \
-            sse.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+    with (
+        httpx.Client(base_url=proc.base_url, timeout=10, headers=ALPHA) as sse,
+        sse.stream("GET", f"/v1/jobs/{job_id}/events") as stream,
+    ):
         lines = stream.iter_lines()
         assert next(lines) == "event: status"
         redis_server.kill()  # an open stream ends with an error event, not a broken connection

@@ -24,9 +24,15 @@ BOUND_MIB = 32
 def test_rss_stays_bounded_and_nothing_is_kept(redis_server, s3_endpoint, model_dir, tmp_path):
     from tumorsynth.storage import make_store
 
-    s = make_settings(redis_server, s3_endpoint, model_dir, redis_url=redis_server.url.rsplit("/", 1)[0] + "/11",
-                      max_request_bytes=8 * 1024**2, max_file_bytes=4 * 1024**2,
-                      max_decompressed_bytes=32 * 1024**2)
+    s = make_settings(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/11",
+        max_request_bytes=8 * 1024**2,
+        max_file_bytes=4 * 1024**2,
+        max_decompressed_bytes=32 * 1024**2,
+    )
     store = make_store(s)
     store.ensure_bucket()
     r = redis.Redis.from_url(s.redis_url)

@@ -26,8 +26,15 @@ def fuzzed_app(redis_server, s3_endpoint, model_dir):
     from tumorsynth.api.app import create_app
     from tumorsynth.storage import make_store
 
-    s = make_settings(redis_server, s3_endpoint, model_dir, redis_url=redis_server.url.rsplit("/", 1)[0] + "/10",
-                      family_queues=PARKED, max_request_bytes=8 * 1024**2, max_file_bytes=4 * 1024**2)
+    s = make_settings(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/10",
+        family_queues=PARKED,
+        max_request_bytes=8 * 1024**2,
+        max_file_bytes=4 * 1024**2,
+    )
     make_store(s).ensure_bucket()
     app = create_app(s)
     app.state.services.redis.flushdb()
@@ -67,8 +74,13 @@ def test_no_server_errors_and_problem_json_for_client_errors(api_schema, mode):
             continue  # a stream; schemathesis cannot know an existing id, and for others it is a plain 404
 
         @given(case=op.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case):
             response = case.call_and_validate(headers=ALPHA, checks=[no_server_error, problem_json_for_client_errors])
             statuses.setdefault(op.label, set()).add(response.status_code)

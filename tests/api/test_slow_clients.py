@@ -27,8 +27,9 @@ SLACK = 3.0
 
 @pytest.fixture(scope="module")
 def api(redis_server, s3_endpoint, model_dir, tmp_path_factory):
-    s = make_settings(redis_server, s3_endpoint, model_dir, header_timeout_seconds=HEADERS_WITHIN,
-                      body_idle_timeout_seconds=BODY_IDLE)
+    s = make_settings(
+        redis_server, s3_endpoint, model_dir, header_timeout_seconds=HEADERS_WITHIN, body_idle_timeout_seconds=BODY_IDLE
+    )
     proc = ApiProcess(settings_env(s), free_port(), tmp_path_factory.mktemp("slow") / "api.log").start()
     yield proc
     proc.stop()
@@ -89,9 +90,11 @@ def test_a_trickle_of_header_bytes_does_not_extend_the_deadline(api):
 
 
 def test_uploads_that_stop_sending_their_body_get_408_and_are_closed(api):
-    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {ALPHA['Authorization']}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 1000000\r\n\r\n"
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"mask\"; filename=\"m.nii.gz\"\r\n\r\n").encode()
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: {ALPHA['Authorization']}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 1000000\r\n\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="mask"; filename="m.nii.gz"\r\n\r\n'
+    ).encode()
     stalled = [connect(api.port, head + b"\x1f" * 1000) for _ in range(20)]
     assert httpx.get(f"{api.base_url}/livez", timeout=5).status_code == 200
     outcomes = [closed_within(s, BODY_IDLE + SLACK) for s in stalled]

@@ -38,13 +38,17 @@ def test_stylegan2_is_listed_as_class_to_slice(client):
 
 @pytest.mark.parametrize("tumor_class", ["meningioma", "glioma", "pituitary"])
 def test_class_jobs_succeed_with_slices_previews_and_sidecars(client, worker, tumor_class):
-    job = submit(client, {"model": MODEL, "tumor_class": tumor_class, "num_samples": 2, "seed": 4,
-                          "truncation": 0.8}).json()
+    job = submit(
+        client, {"model": MODEL, "tumor_class": tumor_class, "num_samples": 2, "seed": 4, "truncation": 0.8}
+    ).json()
     done = wait_status(client, job["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded", done["error"]
     kinds = {o["name"]: o["kind"] for o in done["outputs"]}
-    assert kinds == {f"sample-{i}_slice.{ext}": kind for i in (0, 1)
-                     for ext, kind in (("nii.gz", "image"), ("json", "sidecar"), ("png", "preview"))}
+    assert kinds == {
+        f"sample-{i}_slice.{ext}": kind
+        for i in (0, 1)
+        for ext, kind in (("nii.gz", "image"), ("json", "sidecar"), ("png", "preview"))
+    }
     slices = [load(fetch(client, done, f"sample-{i}_slice.nii.gz")).get_fdata() for i in (0, 1)]
     assert slices[0].shape == (64, 64, 1) and slices[0].min() >= 0 and slices[0].max() <= 1
     assert not np.array_equal(slices[0], slices[1])  # seeds 4 and 5
@@ -58,15 +62,18 @@ def test_class_jobs_succeed_with_slices_previews_and_sidecars(client, worker, tu
     assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
 
 
-@pytest.mark.parametrize("body,files,field", [
-    ({"model": MODEL}, {}, "tumor_class"),
-    ({"model": MODEL, "tumor_class": "HGG"}, {}, "tumor_class"),
-    ({"model": MODEL, "tumor_class": "glioma", "truncation": 1.5}, {}, "truncation"),
-    ({"model": MODEL, "tumor_class": "glioma", "num_samples": 65}, {}, "num_samples"),
-    ({"model": MODEL, "tumor_class": "glioma", "sampler": {"name": "maskgit"}}, {}, "sampler.name"),
-    ({"model": MODEL, "tumor_class": "glioma"}, {"mask": mask_bytes((20, 20, 20))}, "mask"),
-    ({"model": "vqgan/tiny@1", "tumor_class": "LGG", "truncation": 0.5}, {}, "truncation"),
-])
+@pytest.mark.parametrize(
+    "body,files,field",
+    [
+        ({"model": MODEL}, {}, "tumor_class"),
+        ({"model": MODEL, "tumor_class": "HGG"}, {}, "tumor_class"),
+        ({"model": MODEL, "tumor_class": "glioma", "truncation": 1.5}, {}, "truncation"),
+        ({"model": MODEL, "tumor_class": "glioma", "num_samples": 65}, {}, "num_samples"),
+        ({"model": MODEL, "tumor_class": "glioma", "sampler": {"name": "maskgit"}}, {}, "sampler.name"),
+        ({"model": MODEL, "tumor_class": "glioma"}, {"mask": mask_bytes((20, 20, 20))}, "mask"),
+        ({"model": "vqgan/tiny@1", "tumor_class": "LGG", "truncation": 0.5}, {}, "truncation"),
+    ],
+)
 def test_stylegan2_requests_are_checked(client, body, files, field):
     r = submit(client, body, files)
     assert r.status_code == 422, r.text

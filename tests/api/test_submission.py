@@ -22,9 +22,15 @@ def parked(redis_server, s3_endpoint, model_dir):
     from tumorsynth.api.app import create_app
     from tumorsynth.storage import make_store
 
-    s = make_settings(redis_server, s3_endpoint, model_dir, family_queues={"ldm": "parked"},
-                      max_request_bytes=8 * 1024**2, max_file_bytes=4 * 1024**2,
-                      max_decompressed_bytes=32 * 1024**2)
+    s = make_settings(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        family_queues={"ldm": "parked"},
+        max_request_bytes=8 * 1024**2,
+        max_file_bytes=4 * 1024**2,
+        max_decompressed_bytes=32 * 1024**2,
+    )
     make_store(s).ensure_bucket()
     app = create_app(s)
     with TestClient(app) as c:
@@ -32,8 +38,11 @@ def parked(redis_server, s3_endpoint, model_dir):
 
 
 def counts(services, tenant="alpha"):
-    return (services.redis.zcard(keys.tenant_jobs(tenant)), len(services.store.list(f"tenants/{tenant}/")),
-            queue_depth(services.redis, "parked"))
+    return (
+        services.redis.zcard(keys.tenant_jobs(tenant)),
+        len(services.store.list(f"tenants/{tenant}/")),
+        queue_depth(services.redis, "parked"),
+    )
 
 
 def test_cancel_of_a_queued_job_is_immediate(parked):
@@ -62,8 +71,9 @@ def test_list_is_newest_first_and_cursor_paginated(parked):
     ids = [submit(client, {"model": MODEL}, {"mask": mask_bytes()}).json()["id"] for _ in range(5)]
     seen, cursor = [], None
     while True:
-        page = client.get("/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})},
-                          headers=ALPHA).json()
+        page = client.get(
+            "/v1/jobs", params={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=ALPHA
+        ).json()
         seen += [j["id"] for j in page["jobs"]]
         cursor = page["next_cursor"]
         if not cursor:
@@ -75,20 +85,23 @@ def test_list_is_newest_first_and_cursor_paginated(parked):
     assert client.get("/v1/jobs", params={"cursor": "%%%"}, headers=ALPHA).status_code == 422
 
 
-@pytest.mark.parametrize("request_body, files, field", [
-    ({"model": "ldm/none@1"}, "mask", "model"),
-    ({"model": "not a model"}, "mask", "model"),
-    ({"model": MODEL, "tumor_class": "XYZ"}, "mask", "tumor_class"),
-    ({"model": MODEL, "modalities": ["pet"]}, "mask", "modalities"),
-    ({"model": MODEL, "sampler": {"name": "euler"}}, "mask", "sampler.name"),
-    ({"model": MODEL, "sampler": {"name": "dpm++", "steps": 900}}, "mask", "sampler.steps"),
-    ({"model": MODEL, "num_samples": 65}, "mask", "num_samples"),
-    ({"model": MODEL, "num_samples": "two"}, "mask", "num_samples"),
-    ({"model": MODEL, "colour": "red"}, "mask", "colour"),
-    ({"model": MODEL, "webhook": "ftp://x"}, "mask", "webhook"),
-    ({"model": MODEL}, None, "mask"),
-    ({"model": MODEL}, "t1", "t1"),
-])
+@pytest.mark.parametrize(
+    "request_body, files, field",
+    [
+        ({"model": "ldm/none@1"}, "mask", "model"),
+        ({"model": "not a model"}, "mask", "model"),
+        ({"model": MODEL, "tumor_class": "XYZ"}, "mask", "tumor_class"),
+        ({"model": MODEL, "modalities": ["pet"]}, "mask", "modalities"),
+        ({"model": MODEL, "sampler": {"name": "euler"}}, "mask", "sampler.name"),
+        ({"model": MODEL, "sampler": {"name": "dpm++", "steps": 900}}, "mask", "sampler.steps"),
+        ({"model": MODEL, "num_samples": 65}, "mask", "num_samples"),
+        ({"model": MODEL, "num_samples": "two"}, "mask", "num_samples"),
+        ({"model": MODEL, "colour": "red"}, "mask", "colour"),
+        ({"model": MODEL, "webhook": "ftp://x"}, "mask", "webhook"),
+        ({"model": MODEL}, None, "mask"),
+        ({"model": MODEL}, "t1", "t1"),
+    ],
+)
 def test_bad_requests_are_422_naming_the_field_and_keep_nothing(parked, request_body, files, field):
     client, services = parked
     before = counts(services)

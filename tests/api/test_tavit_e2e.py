@@ -24,8 +24,11 @@ def brain(shape=SHAPE, seed=0) -> np.ndarray:
 
 def test_t1_and_flair_in_t1c_out_in_the_t1_geometry(client, worker):
     aff = oblique_affine()
-    files = {"t1": nifti_bytes(brain(), aff), "flair": nifti_bytes(brain(seed=1), aff),
-             "mask": nifti_bytes(mask_array(SHAPE).astype(np.uint8), aff)}
+    files = {
+        "t1": nifti_bytes(brain(), aff),
+        "flair": nifti_bytes(brain(seed=1), aff),
+        "mask": nifti_bytes(mask_array(SHAPE).astype(np.uint8), aff),
+    }
     r = submit(client, {"model": MODEL, "seed": 0}, files)
     assert r.status_code == 202, r.text
     job = wait_status(client, r.json()["id"], {"succeeded", "failed"})
@@ -39,14 +42,21 @@ def test_t1_and_flair_in_t1c_out_in_the_t1_geometry(client, worker):
     assert np.isfinite(img.get_fdata()).all()
 
 
-@pytest.mark.parametrize("files,field", [
-    ({"flair": nifti_bytes(brain(), oblique_affine())}, "t1"),
-    ({"t1": nifti_bytes(brain(), oblique_affine())}, "flair"),
-    ({"t1": nifti_bytes(brain(), oblique_affine()), "flair": nifti_bytes(brain((40, 44, 20)), oblique_affine())},
-     "flair"),
-    ({"t1": nifti_bytes(brain(), oblique_affine()), "flair": nifti_bytes(brain(), np.diag([2.0, 2, 2, 1]))},
-     "flair"),
-])
+@pytest.mark.parametrize(
+    "files,field",
+    [
+        ({"flair": nifti_bytes(brain(), oblique_affine())}, "t1"),
+        ({"t1": nifti_bytes(brain(), oblique_affine())}, "flair"),
+        (
+            {"t1": nifti_bytes(brain(), oblique_affine()), "flair": nifti_bytes(brain((40, 44, 20)), oblique_affine())},
+            "flair",
+        ),
+        (
+            {"t1": nifti_bytes(brain(), oblique_affine()), "flair": nifti_bytes(brain(), np.diag([2.0, 2, 2, 1]))},
+            "flair",
+        ),
+    ],
+)
 def test_missing_or_mismatched_inputs_are_422_naming_them(client, files, field):
     r = submit(client, {"model": MODEL}, files)
     assert r.status_code == 422, r.text

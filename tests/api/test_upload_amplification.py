@@ -32,8 +32,10 @@ def post(client: httpx.Client, raw: bytes, samples: int) -> tuple[httpx.Response
     pid = client.pid  # type: ignore[attr-defined]
     before, _ = rss_kib(pid)
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak restarts from the current RSS
-    files = {"request": (None, json.dumps({"model": "ldm/tiny@1", "num_samples": samples, "seed": 1}),
-                         "application/json"), "mask": ("m.nii.gz", raw, "application/octet-stream")}
+    files = {
+        "request": (None, json.dumps({"model": "ldm/tiny@1", "num_samples": samples, "seed": 1}), "application/json"),
+        "mask": ("m.nii.gz", raw, "application/octet-stream"),
+    }
     r = client.post("/v1/jobs", files=files)
     _, peak = rss_kib(pid)
     return r, (peak - before) / 1024
@@ -42,8 +44,13 @@ def post(client: httpx.Client, raw: bytes, samples: int) -> tuple[httpx.Response
 def test_a_float64_mask_of_512_mib_is_read_in_bounded_memory(redis_server, s3_endpoint, model_dir, tmp_path):
     from tumorsynth.storage import make_store
 
-    s = make_settings(redis_server, s3_endpoint, model_dir, redis_url=redis_server.url.rsplit("/", 1)[0] + "/12",
-                      family_queues={"ldm": "parked-amplification"})
+    s = make_settings(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/12",
+        family_queues={"ldm": "parked-amplification"},
+    )
     assert s.max_voxels == MAX_VOXELS and s.max_decompressed_bytes >= 512 * 1024**2  # within the default limits
     store = make_store(s)
     store.ensure_bucket()

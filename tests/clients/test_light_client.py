@@ -51,21 +51,35 @@ def dependency_closure(requirements: list[str]) -> set[str]:
 def top_level_paths(dist_name: str) -> set[Path]:
     dist = metadata.distribution(dist_name)
     roots = {Path(str(f)).parts[0] for f in dist.files or []}
-    return {Path(dist.locate_file(r)) for r in roots
-            if not r.endswith((".dist-info", ".pth")) and r != ".." and not r.startswith("__")}
+    return {
+        Path(dist.locate_file(r))
+        for r in roots
+        if not r.endswith((".dist-info", ".pth")) and r != ".." and not r.startswith("__")
+    }
 
 
 @pytest.fixture(scope="module")
 def light_venv(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("light-client")
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", work / "wheels",
-        ROOT / "clients" / "python")
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        work / "wheels",
+        ROOT / "clients" / "python",
+    )
     (wheel,) = (work / "wheels").glob("tumorsynth_client-*.whl")
     run(sys.executable, "-m", "venv", work / "venv")
     py = work / "venv" / "bin" / "python"
     run(py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel)
-    declared = metadata.PathDistribution.at(next((work / "venv").glob("lib/python*/site-packages/"
-                                                                       "tumorsynth_client-*.dist-info"))).requires
+    declared = metadata.PathDistribution.at(
+        next((work / "venv").glob("lib/python*/site-packages/tumorsynth_client-*.dist-info"))
+    ).requires
     assert [Requirement(r).name for r in declared or []] == ["httpx"]
     deps = work / "deps"
     deps.mkdir()
@@ -79,8 +93,12 @@ def light_venv(tmp_path_factory) -> Path:
 
 def test_the_venv_has_the_client_and_no_heavy_package(light_venv):
     probe = "import importlib.util as u; print([m for m in %r if u.find_spec(m)])"
-    present = run(light_venv, "-c", probe % ["tumorsynth_client", "httpx", "torch", "numpy", "monai", "fastapi",
-                                             "celery", "redis", "tumorsynth"], cwd="/").stdout
+    present = run(
+        light_venv,
+        "-c",
+        probe % ["tumorsynth_client", "httpx", "torch", "numpy", "monai", "fastapi", "celery", "redis", "tumorsynth"],
+        cwd="/",
+    ).stdout
     assert json.loads(present.replace("'", '"')) == ["tumorsynth_client", "httpx"]
 
 

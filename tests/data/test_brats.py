@@ -51,10 +51,17 @@ def test_finds_both_namings_and_maps_modalities(tmp_path):
     new, old = find_subjects(tmp_path)  # sorted by id: "-" comes before "1"
     assert old.id == "BraTS19_2013_10_1" and new.id == "BraTS-GLI-00000-000"
     assert {m: p.name for m, p in old.paths.items()} == {
-        "t1": "BraTS19_2013_10_1_t1.nii.gz", "t1c": "BraTS19_2013_10_1_t1ce.nii.gz",
-        "t2": "BraTS19_2013_10_1_t2.nii.gz", "flair": "BraTS19_2013_10_1_flair.nii.gz"}
+        "t1": "BraTS19_2013_10_1_t1.nii.gz",
+        "t1c": "BraTS19_2013_10_1_t1ce.nii.gz",
+        "t2": "BraTS19_2013_10_1_t2.nii.gz",
+        "flair": "BraTS19_2013_10_1_flair.nii.gz",
+    }
     assert {m: p.name.rsplit("-", 1)[1] for m, p in new.paths.items()} == {
-        "t1": "t1n.nii.gz", "t1c": "t1c.nii.gz", "t2": "t2w.nii.gz", "flair": "t2f.nii.gz"}
+        "t1": "t1n.nii.gz",
+        "t1c": "t1c.nii.gz",
+        "t2": "t2w.nii.gz",
+        "flair": "t2f.nii.gz",
+    }
     assert old.seg.name == "BraTS19_2013_10_1_seg.nii.gz" and new.seg is None
     assert (old.label_convention, new.label_convention) == ("brats2019", "brats2023")
     assert (old.tumor_class, new.tumor_class) == ("HGG", None)  # from the HGG/ folder; unknown
@@ -66,7 +73,10 @@ def test_class_comes_from_subjects_csv_then_the_id(tmp_path):
     _subject_2023(tmp_path, "Case_9")
     (tmp_path / "subjects.csv").write_text("subject_id,class\nCase_8,hgg\n")
     assert [(s.id, s.tumor_class) for s in find_subjects(tmp_path)] == [
-        ("Case_8", "HGG"), ("Case_9", None), ("Case_LGG_7", "LGG")]
+        ("Case_8", "HGG"),
+        ("Case_9", None),
+        ("Case_LGG_7", "LGG"),
+    ]
 
 
 def test_loads_channels_in_order_and_converts_2019_labels(tmp_path):

@@ -25,8 +25,9 @@ def templates():
 @pytest.fixture(scope="module")
 def subjects(templates):
     """Four subjects of each class."""
-    return {cls: [make_subject(templates, np.random.default_rng([11, i]), cls) for i in range(4)]
-            for cls in ("HGG", "LGG")}
+    return {
+        cls: [make_subject(templates, np.random.default_rng([11, i]), cls) for i in range(4)] for cls in ("HGG", "LGG")
+    }
 
 
 def _healthy_white_matter(subject):
@@ -129,7 +130,8 @@ def test_brats2019_folders_use_2019_names_and_labels(tmp_path):
         sid = folder.name
         assert sid.startswith("Phantom_HGG_")
         assert sorted(f.name for f in folder.iterdir()) == sorted(
-            f"{sid}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair", "seg"))
+            f"{sid}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair", "seg")
+        )
         seg = nib.load(folder / f"{sid}_seg.nii.gz")
         assert seg.get_data_dtype() == np.uint8
         assert {2, 4} <= set(np.unique(np.asanyarray(seg.dataobj))) <= {0, 1, 2, 4}

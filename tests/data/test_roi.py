@@ -19,8 +19,9 @@ def test_the_roi_grid_is_centred_on_the_centre_voxel():
     np.testing.assert_allclose(mapping.grid_affine @ [3.5, 3.5, 3.5, 1], AFFINE @ [*centre, 1])
 
 
-@pytest.mark.parametrize(("in_shape", "grid", "name"), [((40, 48, 36), (8, 8), "grid"),
-                                                        ((40, 48), (8, 8, 8), "in_shape")])
+@pytest.mark.parametrize(
+    ("in_shape", "grid", "name"), [((40, 48, 36), (8, 8), "grid"), ((40, 48), (8, 8, 8), "in_shape")]
+)
 def test_a_shape_without_three_axes_is_refused_by_name(in_shape, grid, name):
     with pytest.raises(ValueError, match=rf"^{name} must hold 3 voxel counts"):
         roi_mapping(in_shape, AFFINE, np.zeros(3), grid, (4.0, 4.0, 4.0))

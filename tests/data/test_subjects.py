@@ -30,8 +30,7 @@ def test_the_ldm_grid_holds_the_brain_and_its_tumour(subject):
 
 def test_the_slice_grid_keeps_every_slice_and_matches_a_direct_mapping(subject):
     data = load_subject(subject, ("t1", "t1c"))
-    image, labels = prepare_subject(subject, (32, 32), (240.0, 240.0), ("t1", "t1c"), to_grid=slice_mapping,
-                                    crop=False)
+    image, labels = prepare_subject(subject, (32, 32), (240.0, 240.0), ("t1", "t1c"), to_grid=slice_mapping, crop=False)
     direct = slice_mapping(data["image"].shape[1:], data["affine"], (32, 32), (240.0, 240.0))
     assert image.shape == (2, 32, 32, data["image"].shape[3])
     np.testing.assert_array_equal(image, direct.to_grid(normalise(data["image"]), order=1).astype(np.float32))

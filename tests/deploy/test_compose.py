@@ -15,24 +15,43 @@ from .paths import COMPOSE, DASHBOARD, DEPLOY, ROOT
 def test_docker_compose_config_accepts_the_file_with_the_example_env():
     exe = shutil.which("docker-compose")
     assert exe, "docker-compose (Debian package; `make test` installs it)"
-    r = subprocess.run([exe, "-f", str(COMPOSE), "--env-file", str(ROOT / ".env.example"), "config", "-q"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [exe, "-f", str(COMPOSE), "--env-file", str(ROOT / ".env.example"), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_docker_compose_config_refuses_a_missing_secret(tmp_path):
     env = tmp_path / ".env"
-    env.write_text("\n".join(line for line in (ROOT / ".env.example").read_text().splitlines()
-                             if not line.startswith("GRAFANA_ADMIN_PASSWORD=")))
-    r = subprocess.run([shutil.which("docker-compose"), "-f", str(COMPOSE), "--env-file", str(env), "config", "-q"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    env.write_text(
+        "\n".join(
+            line
+            for line in (ROOT / ".env.example").read_text().splitlines()
+            if not line.startswith("GRAFANA_ADMIN_PASSWORD=")
+        )
+    )
+    r = subprocess.run(
+        [shutil.which("docker-compose"), "-f", str(COMPOSE), "--env-file", str(env), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in r.stdout + r.stderr
 
 
 def test_monitoring_is_provisioned_from_the_repository():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
-    mounts = {m.split(":")[0]: m.split(":")[1] for s in ("prometheus", "grafana") for m in services[s]["volumes"]
-              if m.startswith("./")}
+    mounts = {
+        m.split(":")[0]: m.split(":")[1]
+        for s in ("prometheus", "grafana")
+        for m in services[s]["volumes"]
+        if m.startswith("./")
+    }
     for src in mounts:
         assert (ROOT / src).is_dir(), src
     assert mounts["./deploy/prometheus"] == "/etc/prometheus/tumorsynth"

@@ -23,9 +23,24 @@ from .paths import KUBERNETES
 VERSIONS = ("1.30.0", "1.37.0")
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
 # KEDA's redis-sentinel scaler parameters (keda.sh/docs/2.16/scalers/redis-sentinel-lists)
-SENTINEL_SCALER_KEYS = {"addresses", "addressesFromEnv", "hosts", "ports", "sentinelMaster", "sentinelMasterFromEnv",
-                        "listName", "listLength", "activationListLength", "databaseIndex", "enableTLS", "unsafeSsl",
-                        "usernameFromEnv", "passwordFromEnv", "sentinelUsernameFromEnv", "sentinelPasswordFromEnv"}
+SENTINEL_SCALER_KEYS = {
+    "addresses",
+    "addressesFromEnv",
+    "hosts",
+    "ports",
+    "sentinelMaster",
+    "sentinelMasterFromEnv",
+    "listName",
+    "listLength",
+    "activationListLength",
+    "databaseIndex",
+    "enableTLS",
+    "unsafeSsl",
+    "usernameFromEnv",
+    "passwordFromEnv",
+    "sentinelUsernameFromEnv",
+    "sentinelPasswordFromEnv",
+}
 
 
 def documents(path: Path) -> list[dict]:
@@ -66,8 +81,9 @@ def test_builtin_objects_validate_strictly_against_kubernetes_schemas(version):
 def test_strict_validation_refuses_a_misspelt_field():
     api = by_kind("Deployment")["tumorsynth-api"]
     bad = yaml.safe_load(yaml.safe_dump(api))
-    bad["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = bad["spec"]["template"]["spec"][
-        "containers"][0].pop("readinessProbe")
+    bad["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = bad["spec"]["template"]["spec"]["containers"][
+        0
+    ].pop("readinessProbe")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(bad, VERSIONS[0], strict=True)
 
@@ -87,8 +103,10 @@ def test_keda_objects_validate_against_keda_crd_models_losing_no_field():
         assert model.model_dump(by_alias=True, exclude_none=True, mode="json") == doc, "a field KEDA does not know"
     misspelt = yaml.safe_load(yaml.safe_dump(keda[0]))
     misspelt["spec"]["minReplicas"] = misspelt["spec"].pop("minReplicaCount")
-    assert keda_model("ScaledObject").model_validate(misspelt).model_dump(
-        by_alias=True, exclude_none=True, mode="json") != misspelt
+    assert (
+        keda_model("ScaledObject").model_validate(misspelt).model_dump(by_alias=True, exclude_none=True, mode="json")
+        != misspelt
+    )
 
 
 def test_keda_scales_the_worker_on_the_celery_queue_it_consumes():
@@ -188,12 +206,15 @@ def test_redis_init_script_is_valid_sh_and_names_the_sentinel_master():
     assert sts["spec"]["replicas"] == 3 and containers(sts)[-1]["command"][-1] == "--sentinel"
 
 
-@pytest.mark.parametrize("pod, sentinel_answer, expect_primary", [
-    ("redis-0", "", "redis-0"),  # first start: no Sentinel answers, pod 0 is the primary
-    ("redis-1", "", "redis-0"),
-    ("redis-0", "redis-2", "redis-2"),  # pod 0 restarting after a failover rejoins as the new primary's replica
-    ("redis-2", "redis-2", "redis-2"),
-])
+@pytest.mark.parametrize(
+    "pod, sentinel_answer, expect_primary",
+    [
+        ("redis-0", "", "redis-0"),  # first start: no Sentinel answers, pod 0 is the primary
+        ("redis-1", "", "redis-0"),
+        ("redis-0", "redis-2", "redis-2"),  # pod 0 restarting after a failover rejoins as the new primary's replica
+        ("redis-2", "redis-2", "redis-2"),
+    ],
+)
 def test_redis_init_script_follows_the_sentinels(tmp_path, pod, sentinel_answer, expect_primary):
     """init.sh run by sh as in the pod. No cluster DNS here, so ``redis-cli`` is a script on PATH that answers
     ``sentinel get-master-addr-by-name`` as a Sentinel does (host, then port), or fails as an unreachable one."""
@@ -204,8 +225,11 @@ def test_redis_init_script_follows_the_sentinels(tmp_path, pod, sentinel_answer,
     bin_dir, conf = tmp_path / "bin", tmp_path / "conf"
     bin_dir.mkdir(), conf.mkdir()
     cli = bin_dir / "redis-cli"
-    cli.write_text(f"#!/bin/sh\nprintf '%s\\n6379\\n' '{sentinel_answer}.{domain}'\n" if sentinel_answer
-                   else "#!/bin/sh\necho 'Could not connect to Redis' >&2\nexit 1\n")
+    cli.write_text(
+        f"#!/bin/sh\nprintf '%s\\n6379\\n' '{sentinel_answer}.{domain}'\n"
+        if sentinel_answer
+        else "#!/bin/sh\necho 'Could not connect to Redis' >&2\nexit 1\n"
+    )
     cli.chmod(0o755)
     script = by_kind("ConfigMap")["redis-scripts"]["data"]["init.sh"].replace("/conf/", f"{conf}/")
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "POD_NAME": pod, "POD_NAMESPACE": "ns"}

@@ -35,8 +35,11 @@ def scrape(client, worker, settings) -> str:
     share this Redis and expect a CPU worker's none)."""
     import redis
 
-    job = submit(client, {"model": MODEL, "seed": 11, "sampler": {"name": "dpm++", "steps": 5}},
-                 {"mask": mask_bytes((40, 44, 30))}).json()
+    job = submit(
+        client,
+        {"model": MODEL, "seed": 11, "sampler": {"name": "dpm++", "steps": 5}},
+        {"mask": mask_bytes((40, 44, 30))},
+    ).json()
     wait_status(client, job["id"], {"succeeded"})
     r = redis.Redis.from_url(settings.redis_url)
     gpu_memory.publish(r, "gpuhost:1", 2, [{"device": "cuda:0", "allocated": 1, "reserved": 2, "total": 8}], 60)
@@ -94,8 +97,12 @@ def test_every_metric_the_rules_and_the_dashboard_read_is_exported(scrape):
 
 
 def succeeded_count(text: str) -> float:
-    return next(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-                if s.name == "tumorsynth_jobs" and s.labels == {"model": MODEL, "status": "succeeded"})
+    return next(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "tumorsynth_jobs" and s.labels == {"model": MODEL, "status": "succeeded"}
+    )
 
 
 def test_prometheus_scrapes_a_running_api_and_answers_for_the_jobs_count(app, scrape, tmp_path):
@@ -109,11 +116,19 @@ def test_prometheus_scrapes_a_running_api_and_answers_for_the_jobs_count(app, sc
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
         before = succeeded_count(httpx.get(f"{base}/metrics").text)  # Prometheus scrapes only after this
-        proc = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as prom:
+
                 def ready() -> bool:
                     assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
                     try:
@@ -138,6 +153,7 @@ def test_prometheus_scrapes_a_running_api_and_answers_for_the_jobs_count(app, sc
                 for expr in (t["expr"] for p in dashboard["panels"] for t in p["targets"]):
                     body = prom.get("/api/v1/query", params={"query": expr}).json()
                     assert body["status"] == "success", (expr, body)
+
                 # the shipped rules load and evaluate against the real series without an error
                 def evaluated() -> list:
                     rules = [r for g in prom.get("/api/v1/rules").json()["data"]["groups"] for r in g["rules"]]
@@ -146,10 +162,14 @@ def test_prometheus_scrapes_a_running_api_and_answers_for_the_jobs_count(app, sc
                 rules = wait_for(evaluated, timeout=30, interval=0.5, what="the rules to be evaluated")
                 assert len(rules) == 8 and all(r["health"] == "ok" for r in rules), rules
                 # and the outage alerts' conditions are false on a healthy service with a worker online
-                for rule in (r for r in rules if r["name"] in {"TumorsynthRedisDown", "TumorsynthApiDown",
-                                                               "TumorsynthNoWorkerForQueue"}):
-                    assert prom.get("/api/v1/query", params={"query": rule["query"]}).json()["data"]["result"] == [], \
+                for rule in (
+                    r
+                    for r in rules
+                    if r["name"] in {"TumorsynthRedisDown", "TumorsynthApiDown", "TumorsynthNoWorkerForQueue"}
+                ):
+                    assert prom.get("/api/v1/query", params={"query": rule["query"]}).json()["data"]["result"] == [], (
                         rule["name"]
+                    )
         finally:
             proc.terminate()
             proc.wait(20)

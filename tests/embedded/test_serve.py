@@ -34,9 +34,13 @@ def test_serve_embedded_then_sigterm_stops_worker_and_redis(tmp_path, model_dir)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")}
     env |= {"TUMORSYNTH_STORAGE_DIR": str(tmp_path / "storage"), "TUMORSYNTH_MODEL_DIR": str(model_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)], env=env,
-                            stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=open(tmp_path / "serve.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _ready(base), timeout=180, what="/readyz 200")
@@ -82,18 +86,43 @@ def test_batch_command_against_the_embedded_service(tmp_path, model_dir):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")}
     env |= {"TUMORSYNTH_STORAGE_DIR": str(tmp_path / "storage"), "TUMORSYNTH_MODEL_DIR": str(model_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)], env=env,
-                            stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=open(tmp_path / "serve.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _ready(base), timeout=180, what="/readyz 200")
         mask = tmp_path / "mask.nii.gz"
         mask.write_bytes(mask_bytes((40, 44, 30)))
         out = tmp_path / "aug"
-        r = CliRunner().invoke(app, ["batch", "--counts", "LGG=1,HGG=2", "--model", "ldm/tiny@1", "--mask",
-                                     str(mask), "--modalities", "flair", "--sampler", "dpm++", "--steps", "5",
-                                     "--url", base, "--out", str(out), "--timeout", "300"])
+        r = CliRunner().invoke(
+            app,
+            [
+                "batch",
+                "--counts",
+                "LGG=1,HGG=2",
+                "--model",
+                "ldm/tiny@1",
+                "--mask",
+                str(mask),
+                "--modalities",
+                "flair",
+                "--sampler",
+                "dpm++",
+                "--steps",
+                "5",
+                "--url",
+                base,
+                "--out",
+                str(out),
+                "--timeout",
+                "300",
+            ],
+        )
         assert r.exit_code == 0, r.output
         rows = json.loads((out / "manifest.json").read_text())
         assert len(rows) == 1 and rows[0]["class"] == "LGG" and os.path.isfile(rows[0]["image"])

@@ -33,9 +33,13 @@ class Serve:
         self.port, self.log = free_port(), log
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")}
         env |= {"TUMORSYNTH_STORAGE_DIR": str(storage), "TUMORSYNTH_MODEL_DIR": str(model_dir)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(self.port),
-                                      "--no-worker"], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(self.port), "--no-worker"],
+            env=env,
+            stdout=open(log, "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.base = f"http://127.0.0.1:{self.port}"
 
     def wait_live(self) -> Serve:
@@ -55,8 +59,10 @@ class Serve:
         return redis.Redis.from_url(found.group(1), socket_connect_timeout=1, socket_timeout=2)
 
     def submit(self) -> str:
-        files = {"request": (None, json.dumps({"model": "ldm/tiny@1"}), "application/json"),
-                 "mask": ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream")}
+        files = {
+            "request": (None, json.dumps({"model": "ldm/tiny@1"}), "application/json"),
+            "mask": ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream"),
+        }
         r = httpx.post(f"{self.base}/v1/jobs", files=files, timeout=30)
         assert r.status_code == 202, r.text
         return r.json()["id"]

@@ -20,9 +20,28 @@ def test_utility_protocol_runs_on_phantoms(tmp_path, monkeypatch):
 
     get_settings.cache_clear()
     out = tmp_path / "report"
-    r = CliRunner().invoke(app, ["eval", "utility", "ldm/t@1", "--data", str(data), "--out", str(out),
-                                 "--per-class", "2", "--folds", "2", "--epochs", "1", "--steps", "5",
-                                 "--device", "cpu"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "utility",
+            "ldm/t@1",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--per-class",
+            "2",
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--steps",
+            "5",
+            "--device",
+            "cpu",
+        ],
+    )
     get_settings.cache_clear()
     assert r.exit_code == 0, r.output
     assert "real + synthetic" in r.output and "auc" in r.output

@@ -74,8 +74,24 @@ def test_eval_command_prints_the_table_and_writes_json(tmp_path, monkeypatch):
     get_settings.cache_clear()
     out = tmp_path / "scores.json"
     try:
-        r = CliRunner().invoke(app, ["eval", "stylegan2", "stylegan2/t@1", "--data", str(tmp_path / "data"),
-                                     "--samples", "12", "--epochs", "2", "--out", str(out), "--device", "cpu"])
+        r = CliRunner().invoke(
+            app,
+            [
+                "eval",
+                "stylegan2",
+                "stylegan2/t@1",
+                "--data",
+                str(tmp_path / "data"),
+                "--samples",
+                "12",
+                "--epochs",
+                "2",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ],
+        )
     finally:
         get_settings.cache_clear()  # later tests see their own settings
     assert r.exit_code == 0, r.output
@@ -100,5 +116,5 @@ def test_montage_puts_each_class_generated_beside_real(tmp_path):
         y = HEADER_H + k * (tile + GAP)
         first = int(torch.nonzero(labels == k)[0])
         expected = (images[first, 0].numpy() * 255).round().astype(np.uint8).repeat(SCALE, 0).repeat(SCALE, 1)
-        assert np.array_equal(pic[y:y + tile, real_x:real_x + tile], expected)
-        assert pic[y:y + tile, LABEL_W:LABEL_W + tile].std() > 0  # a generated tile is there
+        assert np.array_equal(pic[y : y + tile, real_x : real_x + tile], expected)
+        assert pic[y : y + tile, LABEL_W : LABEL_W + tile].std() > 0  # a generated tile is there

@@ -88,7 +88,8 @@ def test_report_is_written(result, tmp_path):
     paths = write_report(result, tmp_path / "report")
     written = json.loads(paths["json"].read_text())
     assert written["arms"]["real_plus_synthetic"]["auc"]["mean"] == pytest.approx(
-        result["arms"]["real_plus_synthetic"]["auc"]["mean"])
+        result["arms"]["real_plus_synthetic"]["auc"]["mean"]
+    )
     with Image.open(paths["png"]) as chart:
         assert chart.format == "PNG" and chart.size[0] > 400
         assert len(chart.getcolors(1 << 16)) > 3  # bars, axes and text, not a blank canvas
@@ -142,8 +143,7 @@ def test_trained_feature_classifier_is_seeded_and_extracts_features(data):
 def test_medicalnet_weights_load_from_a_local_file(tmp_path):
     from monai.networks.nets import resnet10
 
-    source = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type="B",
-                      bias_downsample=False)
+    source = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type="B", bias_downsample=False)
     state = {f"module.{k}": v for k, v in source.state_dict().items()}
     state["module.conv_seg.0.weight"] = torch.zeros(2)  # MedicalNet's segmentation head is dropped
     torch.save({"state_dict": state}, tmp_path / "resnet_10.pth")

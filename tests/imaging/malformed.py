@@ -17,8 +17,9 @@ import numpy as np
 
 from tumorsynth.imaging.nifti import VolumeLimits
 
-CORPUS_LIMITS = VolumeLimits(max_file_bytes=4 * 1024**2, max_decompressed_bytes=32 * 1024**2, max_dim=1024,
-                             max_voxels=64 * 1024**2)
+CORPUS_LIMITS = VolumeLimits(
+    max_file_bytes=4 * 1024**2, max_decompressed_bytes=32 * 1024**2, max_dim=1024, max_voxels=64 * 1024**2
+)
 
 SHAPE = (24, 20, 16)
 
@@ -51,7 +52,19 @@ def _patch(raw: bytes, offset: int, fmt: str, *values) -> bytes:
 
 # NIfTI-1 field offsets (little endian)
 DIM, DATATYPE, BITPIX, PIXDIM, VOX_OFFSET, SCL_SLOPE, XYZT_UNITS, QFORM, SFORM, QUATERN, SROW_X, MAGIC = (
-    40, 70, 72, 76, 108, 112, 123, 252, 254, 256, 280, 344)
+    40,
+    70,
+    72,
+    76,
+    108,
+    112,
+    123,
+    252,
+    254,
+    256,
+    280,
+    344,
+)
 
 
 def _header_only(dims, datatype=2, bitpix=8) -> bytes:
@@ -241,10 +254,16 @@ def valid_variants() -> list[tuple[str, bytes, str]]:
         ("binary", valid_bytes((m > 0).astype(np.uint8)), "binary"),
         ("trailing singleton 4th dim", valid_bytes(m[..., None]), "brats2023"),
         ("multi-member gzip", gzip.compress(valid_bytes()[:500]) + gzip.compress(valid_bytes()[500:]), "brats2023"),
-        ("bgzip-style 1 KiB members", b"".join(gzip.compress(ok[i:i + 1024]) for i in range(0, len(ok), 1024)),
-         "brats2023"),
+        (
+            "bgzip-style 1 KiB members",
+            b"".join(gzip.compress(ok[i : i + 1024]) for i in range(0, len(ok), 1024)),
+            "brats2023",
+        ),
         ("zero padding after the gzip stream", gzip.compress(ok) + b"\x00" * 512, "brats2023"),
-        ("NaN scl_slope (no scaling)", _patch(valid_bytes(m.astype(np.int16)), SCL_SLOPE, "f", float("nan")),
-         "brats2023"),
+        (
+            "NaN scl_slope (no scaling)",
+            _patch(valid_bytes(m.astype(np.int16)), SCL_SLOPE, "f", float("nan")),
+            "brats2023",
+        ),
         ("spatial units unknown", _patch(ok, XYZT_UNITS, "B", 0), "brats2023"),
     ]

@@ -51,8 +51,11 @@ def to_nifti(paths, out):
     return nib.load(out)
 
 
-@pytest.mark.parametrize("affine", [np.diag([-1.0, -1.0, 1.0, 1.0]), oblique_affine(), oblique_affine(
-    spacing=(0.8, 1.1, 3.0), angle_deg=-33.0)], ids=["lps-axial", "oblique", "oblique-anisotropic"])
+@pytest.mark.parametrize(
+    "affine",
+    [np.diag([-1.0, -1.0, 1.0, 1.0]), oblique_affine(), oblique_affine(spacing=(0.8, 1.1, 3.0), angle_deg=-33.0)],
+    ids=["lps-axial", "oblique", "oblique-anisotropic"],
+)
 def test_series_geometry_and_values_round_trip(tmp_path, affine):
     data = volume()
     paths = write(mr_series(data, affine, study(), modality="t1", series_number=1, description="T1"), tmp_path / "s")
@@ -92,22 +95,29 @@ def test_every_file_valid_marked_synthetic_and_seg_has_brats_segments(tmp_path):
         assert str(ds.PatientName) == PATIENT_NAME and ds.PatientID == st.job_id
         assert ds.SeriesDescription.startswith("SYNTHETIC") and ds.StudyInstanceUID == st.study_uid
         # the SEG also lists its source images' equipment (highdicom): ours is there beside it
-        assert any(e.Manufacturer == "tumorsynth" and e.ManufacturerModelName == "ldm/tiny@1"
-                   and SHA in e.ContributionDescription for e in ds.ContributingEquipmentSequence)
+        assert any(
+            e.Manufacturer == "tumorsynth"
+            and e.ManufacturerModelName == "ldm/tiny@1"
+            and SHA in e.ContributionDescription
+            for e in ds.ContributingEquipmentSequence
+        )
         assert ds.FrameOfReferenceUID == st.frame_of_reference_uid
     images = [ds for ds in datasets if ds.SOPClassUID == MRImageStorage]
-    assert all(list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"] and SHA in ds.DerivationDescription
-               for ds in images)
+    assert all(list(ds.ImageType[:2]) == ["DERIVED", "SECONDARY"] and SHA in ds.DerivationDescription for ds in images)
     (seg,) = [ds for ds in datasets if ds.SOPClassUID == SegmentationStorage]
     assert [(s.SegmentNumber, s.SegmentLabel) for s in seg.SegmentSequence] == [
-        (1, "NCR necrotic tumour core"), (2, "ED peritumoural oedema"), (3, "ET enhancing tumour")]
+        (1, "NCR necrotic tumour core"),
+        (2, "ED peritumoural oedema"),
+        (3, "ET enhancing tumour"),
+    ]
     assert seg.ImageType[0] == "DERIVED" and seg.SeriesDescription.startswith("SYNTHETIC")
     # the SEG read back by highdicom, on the mask's own grid, holds the mask's labels voxel for voxel
     import highdicom as hd
 
     vol = hd.seg.Segmentation.from_dataset(seg).get_volume(combine_segments=True)
-    assert np.array_equal(vol.match_geometry(volume_of(labels, affine, st.frame_of_reference_uid)).array,
-                          np.transpose(labels, (2, 1, 0)))
+    assert np.array_equal(
+        vol.match_geometry(volume_of(labels, affine, st.frame_of_reference_uid)).array, np.transpose(labels, (2, 1, 0))
+    )
 
 
 def test_a_binary_mask_is_one_whole_tumour_segment(tmp_path):
@@ -125,8 +135,14 @@ def test_a_binary_mask_is_one_whole_tumour_segment(tmp_path):
 def test_a_2d_output_is_a_one_image_series(tmp_path, shape):
     """StyleGAN2's slices: (H, W, 1) NIfTI volumes, one MR image each."""
     affine = np.diag([0.9, 0.9, 1.0, 1.0])
-    (ds,) = mr_series(np.random.default_rng(2).random(shape, dtype=np.float32), affine, study(), modality="t1c",
-                      series_number=1, description="T1 post-contrast sample 0")
+    (ds,) = mr_series(
+        np.random.default_rng(2).random(shape, dtype=np.float32),
+        affine,
+        study(),
+        modality="t1c",
+        series_number=1,
+        description="T1 post-contrast sample 0",
+    )
     ds.save_as(tmp_path / "slice.dcm", enforce_file_format=True)
     assert dciodvfy_errors(tmp_path / "slice.dcm") == []
     assert (ds.Rows, ds.Columns) == (48, 64) and ds.MRAcquisitionType == "2D"

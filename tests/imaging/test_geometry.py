@@ -10,8 +10,9 @@ from tumorsynth.imaging.geometry import fit_to_grid
 
 def oblique(spacing=(1.2, 0.9, 2.0), angle_deg=17.0, origin=(-80.0, -95.0, -40.0)) -> np.ndarray:
     a = np.deg2rad(angle_deg)
-    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ \
-        np.array([[1, 0, 0], [0, np.cos(a / 2), -np.sin(a / 2)], [0, np.sin(a / 2), np.cos(a / 2)]])
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ np.array(
+        [[1, 0, 0], [0, np.cos(a / 2), -np.sin(a / 2)], [0, np.sin(a / 2), np.cos(a / 2)]]
+    )
     aff = np.eye(4)
     aff[:3, :3] = rot * np.asarray(spacing)
     aff[:3, 3] = origin

@@ -27,8 +27,9 @@ def test_images_match_scipy(in_shape, aff, grid):
     on_grid = rng.random((3, *grid), dtype=np.float32)
     # grid_sample takes float32 coordinates normalised to [-1, 1]: ~1e-5 voxel on a 240-voxel axis
     np.testing.assert_allclose(grid_torch.to_grid(m, torch.from_numpy(image)).numpy(), m.to_grid(image), atol=1e-4)
-    np.testing.assert_allclose(grid_torch.from_grid(m, torch.from_numpy(on_grid)).numpy(), m.from_grid(on_grid),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        grid_torch.from_grid(m, torch.from_numpy(on_grid)).numpy(), m.from_grid(on_grid), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("in_shape,aff,grid", GEOMETRIES)

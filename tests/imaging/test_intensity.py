@@ -7,8 +7,13 @@ import pytest
 
 from tumorsynth.imaging.intensity import apply_scale, brain_region, native_scale, scale_errors
 
-LDM = {"name": "x", "intensity": {"background": 0.0, "scanner": {"t1": {"mean": 600.0, "std": 130.0},
-                                                                  "flair": {"mean": 1000.0, "std": 240.0}}}}
+LDM = {
+    "name": "x",
+    "intensity": {
+        "background": 0.0,
+        "scanner": {"t1": {"mean": 600.0, "std": 130.0}, "flair": {"mean": 1000.0, "std": 240.0}},
+    },
+}
 VQGAN = {"name": "v", "intensity": {"z_clip": 5.0, "range": [-1.0, 1.0]}}
 STYLEGAN2 = {"name": "s", "intensity": {"range": [0.0, 1.0]}}
 

@@ -29,13 +29,22 @@ LIMITS = VolumeLimits(max_file_bytes=1024**2, max_decompressed_bytes=1024**2, ma
 PEAK_BYTES = 8 * 1024**2
 # CI runs a fixed 200 examples per test; TUMORSYNTH_FUZZ_EXAMPLES=5000 searches deeper, with fresh randomness.
 DEEP = int(os.environ.get("TUMORSYNTH_FUZZ_EXAMPLES", "0"))
-SETTINGS = settings(max_examples=DEEP or 200, deadline=None, derandomize=not DEEP, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=DEEP or 200,
+    deadline=None,
+    derandomize=not DEEP,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 NIFTI1 = valid_bytes()
 NIFTI2 = valid_bytes(klass=nib.Nifti2Image)
-SEEDS = {"nifti1": NIFTI1, "nifti2": NIFTI2, "nifti1.gz": gzip.compress(NIFTI1, mtime=0),
-         "nifti2.gz": gzip.compress(NIFTI2, mtime=0)}
+SEEDS = {
+    "nifti1": NIFTI1,
+    "nifti2": NIFTI2,
+    "nifti1.gz": gzip.compress(NIFTI1, mtime=0),
+    "nifti2.gz": gzip.compress(NIFTI2, mtime=0),
+}
 HEADER_DTYPES = {"nifti1": nib.nifti1.header_dtype, "nifti2": nib.nifti2.header_dtype}
 
 
@@ -94,13 +103,18 @@ def test_one_header_field_set_to_any_value_of_its_type(version, compress, data):
     dtype = HEADER_DTYPES[version]
     name = data.draw(st.sampled_from(dtype.names))
     raw = bytearray(SEEDS[version])
-    hdr = np.frombuffer(raw[:dtype.itemsize], dtype=dtype.newbyteorder("<")).copy()
+    hdr = np.frombuffer(raw[: dtype.itemsize], dtype=dtype.newbyteorder("<")).copy()
     field_dtype = dtype.fields[name][0]
     base = field_dtype.base.newbyteorder("<")
-    value = data.draw(st.lists(from_dtype(base), min_size=field_dtype.shape[0] if field_dtype.shape else 1,
-                               max_size=field_dtype.shape[0] if field_dtype.shape else 1))
+    value = data.draw(
+        st.lists(
+            from_dtype(base),
+            min_size=field_dtype.shape[0] if field_dtype.shape else 1,
+            max_size=field_dtype.shape[0] if field_dtype.shape else 1,
+        )
+    )
     hdr[0][name] = value if field_dtype.shape else value[0]
-    raw[:dtype.itemsize] = hdr.tobytes()
+    raw[: dtype.itemsize] = hdr.tobytes()
     out = bytes(raw)
     assert_sound(read_bounded(gzip.compress(out, mtime=0) if compress else out))
 

@@ -28,8 +28,13 @@ def own_bank(redis_server, s3_endpoint, model_dir):
     from tumorsynth.api.app import create_app
     from tumorsynth.storage import make_store
 
-    s = make_settings(redis_server, s3_endpoint, model_dir, redis_url=redis_server.url.rsplit("/", 1)[0] + "/5",
-                      family_queues={"ldm": "parked-plan"})
+    s = make_settings(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/5",
+        family_queues={"ldm": "parked-plan"},
+    )
     make_store(s).ensure_bucket()
     app = create_app(s)
     app.state.services.redis.flushdb()
@@ -50,9 +55,14 @@ def head_filling_mask() -> bytes:
 
 def test_a_head_filling_mask_is_refused_when_uploaded(own_bank):
     client, services = own_bank
-    r = client.post("/v1/masks", headers=ALPHA, files={
-        "request": (None, json.dumps({"tumor_class": "LGG"}), "application/json"),
-        "mask": ("m.nii.gz", head_filling_mask(), "application/octet-stream")})
+    r = client.post(
+        "/v1/masks",
+        headers=ALPHA,
+        files={
+            "request": (None, json.dumps({"tumor_class": "LGG"}), "application/json"),
+            "mask": ("m.nii.gz", head_filling_mask(), "application/octet-stream"),
+        },
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "mask", r.text[:300]
     assert "ml" in r.json()["errors"][0]["message"] and services.store.list("") == []
 
@@ -102,8 +112,12 @@ def test_a_banked_mask_that_cannot_be_placed_fails_the_batch_cleanly(own_bank):
 
     client, services = own_bank
     # banked before uploads were checked: written straight to the store, as the bank stores masks
-    services.store.put_bytes(mask_bank_key("alpha", "mask_0190000000000000000000000000abcd", "mask.nii.gz"),
-                             head_filling_mask(), "application/gzip", {"class": "LGG"})
+    services.store.put_bytes(
+        mask_bank_key("alpha", "mask_0190000000000000000000000000abcd", "mask.nii.gz"),
+        head_filling_mask(),
+        "application/gzip",
+        {"class": "LGG"},
+    )
     before = sorted(o.key for o in services.store.list(""))
     batch = bank_batch(client, class_counts={"LGG": 1, "HGG": 2})
     started = time.monotonic()

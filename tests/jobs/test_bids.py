@@ -35,9 +35,22 @@ def _rows(store_root, modalities, *, with_mask, convention="brats2023", subjects
         if with_mask:
             (job / "mask.nii.gz").write_bytes(write_nifti(np.zeros(shape), np.eye(4)))
             (job / "mask.json").write_bytes(write_sidecar({"LabelConvention": convention}))
-        rows += [{"subject_id": sid, "class": "LGG", "modality": m, "image": f"job{n}/sample-0_{m}.nii.gz",
-                  "mask": f"job{n}/mask.nii.gz" if with_mask else "", "model": "ldm/x@1", "checkpoint_sha256": SHA,
-                  "sampler": "dpm++", "steps": 5, "seed": n, "synthetic": True} for m in modalities]
+        rows += [
+            {
+                "subject_id": sid,
+                "class": "LGG",
+                "modality": m,
+                "image": f"job{n}/sample-0_{m}.nii.gz",
+                "mask": f"job{n}/mask.nii.gz" if with_mask else "",
+                "model": "ldm/x@1",
+                "checkpoint_sha256": SHA,
+                "sampler": "dpm++",
+                "steps": 5,
+                "seed": n,
+                "synthetic": True,
+            }
+            for m in modalities
+        ]
     return add_bids_columns(rows, participant_labels([{"subject_id": s, "class": "LGG"} for s in subjects]))
 
 
@@ -48,12 +61,14 @@ def _materialise(store_root, files, out):
         if f.key is not None:
             path.write_bytes((store_root / f.key).read_bytes())
         else:
-            path.write_bytes(f.content if f.content is not None else
-                             made_from_sidecar(f, (store_root / f.sidecar_of).read_bytes()))
+            path.write_bytes(
+                f.content if f.content is not None else made_from_sidecar(f, (store_root / f.sidecar_of).read_bytes())
+            )
 
 
-@pytest.mark.parametrize("modalities,with_mask", [(("t1", "t1c", "t2", "flair"), True), (("flair",), False),
-                                                  (("slice",), False)])
+@pytest.mark.parametrize(
+    "modalities,with_mask", [(("t1", "t1c", "t2", "flair"), True), (("flair",), False), (("slice",), False)]
+)
 def test_every_family_s_batch_is_a_valid_bids_derivative(tmp_path, modalities, with_mask):
     rows = _rows(tmp_path / "store", modalities, with_mask=with_mask, subjects=("s-LGG-0", "s-LGG-1"))
     files = dataset_files("batch_x", rows)
@@ -75,7 +90,9 @@ def test_sidecars_keep_the_jobs_provenance_and_masks_get_their_label_table(tmp_p
     fields = json.loads(made_from_sidecar(side, (tmp_path / "store" / side.sidecar_of).read_bytes()))
     assert list(fields)[:3] == ["Synthetic", "Model", "Modality"] and fields["SkullStripped"] is True
     table = by_path["bids/sub-LGG0000/anat/sub-LGG0000_desc-synthetic_dseg.tsv"]
-    assert made_from_sidecar(table, (tmp_path / "store" / table.sidecar_of).read_bytes()).decode() == \
-        "index\tname\tabbreviation\n1\twhole tumour\tWT\n"
+    assert (
+        made_from_sidecar(table, (tmp_path / "store" / table.sidecar_of).read_bytes()).decode()
+        == "index\tname\tabbreviation\n1\twhole tumour\tWT\n"
+    )
     description = json.loads(by_path["bids/dataset_description.json"].content)
     assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["CheckpointSha256"] == SHA

@@ -22,11 +22,14 @@ def test_celery_gets_kombus_form_and_the_master_name():
     assert celery_broker("redis://x:6379/0", 2.0) == ("redis://x:6379/0", {})
 
 
-@pytest.mark.parametrize("url, says", [
-    ("sentinel://h1:26379", "name the master group"),
-    ("sentinel:///mymaster", "at least one sentinel"),
-    ("sentinel://h1:26379/mymaster/x", "must be a number"),
-])
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("sentinel://h1:26379", "name the master group"),
+        ("sentinel:///mymaster", "at least one sentinel"),
+        ("sentinel://h1:26379/mymaster/x", "must be a number"),
+    ],
+)
 def test_malformed_sentinel_urls_are_refused_with_the_fix(url, says):
     with pytest.raises(ValueError, match=says):
         Settings(redis_url=url)

@@ -24,12 +24,14 @@ from tumorsynth.models.tavit.slices import (
 )
 
 
-def previous_generate(gen: TAViTGenerator, params: GenerationParams, inputs: dict,
-                      progress: ProgressFn) -> list[GeneratedVolume]:
+def previous_generate(
+    gen: TAViTGenerator, params: GenerationParams, inputs: dict, progress: ProgressFn
+) -> list[GeneratedVolume]:
     """``TAViTGenerator.generate`` as it was; ``gen`` must hold fp32 weights (``precision="fp32"``)."""
     if gen.dtype != torch.float32:
-        raise ValueError(f"the previous path ran fp32 weights; build the generator with precision='fp32', not "
-                         f"{gen.dtype}")
+        raise ValueError(
+            f"the previous path ran fp32 weights; build the generator with precision='fp32', not {gen.dtype}"
+        )
     gen._check(params)
     volumes = {name: _volume_3d(inputs, name, gen.entry.id) for name in gen.image_inputs}
     t1 = inputs["t1"]
@@ -53,8 +55,9 @@ def previous_generate(gen: TAViTGenerator, params: GenerationParams, inputs: dic
     return [GeneratedVolume("t1c", 0, data.astype(np.float32), np.array(t1.affine, dtype=np.float64), t1)]
 
 
-def _synthesise(gen: TAViTGenerator, slices: np.ndarray, regions: np.ndarray | None, brain: np.ndarray,
-                progress: ProgressFn) -> np.ndarray:
+def _synthesise(
+    gen: TAViTGenerator, slices: np.ndarray, regions: np.ndarray | None, brain: np.ndarray, progress: ProgressFn
+) -> np.ndarray:
     out = np.zeros((slices.shape[0], *slices.shape[2:]), np.float32)
     batches = np.array_split(brain, gen.slice_batches)
     for done, batch in enumerate(batches, 1):

@@ -39,8 +39,9 @@ def _follows(entry, tumor_class: str, seeds=(0, 1, 2)) -> dict[str, float]:
     gen = LDMGenerator(entry, "cpu")
     rows = []
     for seed in seeds:
-        params = GenerationParams(num_samples=1, seed=seed, sampler="dpm++", steps=20, modalities=("t1c", "flair"),
-                                  tumor_class=tumor_class)
+        params = GenerationParams(
+            num_samples=1, seed=seed, sampler="dpm++", steps=20, modalities=("t1c", "flair"), tumor_class=tumor_class
+        )
         outs = gen.generate(params, {"mask": GridMask(labels, img.affine)}, lambda done, total: None)
         rows.append(mask_contrast({o.modality: o.data for o in outs}, labels, img.affine))
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
@@ -84,8 +85,15 @@ def test_demo_writes_a_brain_not_a_texture_block(demo):
     gen = LDMGenerator(demo, "cpu")
     rows = []
     for seed in (0, 1, 2):
-        params = GenerationParams(num_samples=1, seed=seed, sampler="dpm++", steps=15, modalities=demo.modalities,
-                                  tumor_class="HGG", output_grid="model")
+        params = GenerationParams(
+            num_samples=1,
+            seed=seed,
+            sampler="dpm++",
+            steps=15,
+            modalities=demo.modalities,
+            tumor_class="HGG",
+            output_grid="model",
+        )
         outs = gen.generate(params, {"mask": GridMask(labels, img.affine)}, lambda done, total: None)
         grid_labels = gen_labels(gen, labels, img.affine)
         rows.append(anatomy(np.stack([o.data for o in outs]), grid_labels, demo.output_spacing, demo.modalities))

@@ -65,9 +65,15 @@ def brain_inputs(entry) -> dict:
 
 def generate(entry, seed: int):
     sampler = entry.sampler(None)
-    params = GenerationParams(num_samples=1, seed=seed, sampler=sampler.name, steps=sampler.min_steps,
-                              modalities=entry.modalities, tumor_class=entry.classes[0] if entry.classes else None,
-                              output_grid="model")
+    params = GenerationParams(
+        num_samples=1,
+        seed=seed,
+        sampler=sampler.name,
+        steps=sampler.min_steps,
+        modalities=entry.modalities,
+        tumor_class=entry.classes[0] if entry.classes else None,
+        output_grid="model",
+    )
     steps = []
     out = load_generator(entry, "cpu").generate(params, brain_inputs(entry), lambda d, t: steps.append((d, t)))
     return out, steps
@@ -90,11 +96,13 @@ def test_the_named_generator_writes_every_declared_modality_seeded(tiny):
 
 def test_a_family_must_name_its_parts_and_a_tiny_preset():
     with pytest.raises(ValueError, match="tiny"):
-        Family(name="five", task="x", presets=("demo",), configs="m", generator="m:G", trainer="t:T",
-               train_config="t:C")
+        Family(
+            name="five", task="x", presets=("demo",), configs="m", generator="m:G", trainer="t:T", train_config="t:C"
+        )
     with pytest.raises(ValueError, match="lower-case"):
-        Family(name="Five/x", task="x", presets=("tiny",), configs="m", generator="m:G", trainer="t:T",
-               train_config="t:C")
+        Family(
+            name="Five/x", task="x", presets=("tiny",), configs="m", generator="m:G", trainer="t:T", train_config="t:C"
+        )
     assert set(FAMILIES) == {"ldm", "vqgan", "tavit", "stylegan2"}
 
 
@@ -106,8 +114,9 @@ def test_the_cli_offers_the_registered_families(tmp_path):
     runner = CliRunner()
     bad = runner.invoke(app, ["models", "create-untrained", "--family", "five", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and all(name in bad.output for name in family_names())
-    bad_preset = runner.invoke(app, ["models", "create-untrained", "--family", "vqgan", "--preset", "huge",
-                                     "--out", str(tmp_path)])
+    bad_preset = runner.invoke(
+        app, ["models", "create-untrained", "--family", "vqgan", "--preset", "huge", "--out", str(tmp_path)]
+    )
     assert bad_preset.exit_code == 2 and "tiny, demo, paper" in bad_preset.output
     ok = runner.invoke(app, ["models", "create-untrained", "--family", "stylegan2", "--out", str(tmp_path)])
     assert ok.exit_code == 0 and (tmp_path / "untrained-tiny@1" / "config.json").is_file()
@@ -146,15 +155,23 @@ def test_a_new_family_trains_from_the_cli_without_a_command_of_its_own(tmp_path)
     from tumorsynth import cli
     from tumorsynth.models import families
 
-    five = Family(name="five", task="class_to_roi", presets=("tiny",), configs="unused", generator="unused:G",
-                  trainer=f"{__name__}:FakeTrainer", train_config=f"{__name__}:FakeConfig")
+    five = Family(
+        name="five",
+        task="class_to_roi",
+        presets=("tiny",),
+        configs="unused",
+        generator="unused:G",
+        trainer=f"{__name__}:FakeTrainer",
+        train_config=f"{__name__}:FakeConfig",
+    )
     families.register(five)
     try:
         train = typer.Typer()
         cli.add_train_command(train, "five")
         train.command("other")(lambda: None)  # a group of two, as `tumorsynth train` is
-        result = CliRunner().invoke(train, ["five", "--data", str(tmp_path), "--device", "cpu",
-                                            "--out", str(tmp_path / "ckpt")])
+        result = CliRunner().invoke(
+            train, ["five", "--data", str(tmp_path), "--device", "cpu", "--out", str(tmp_path / "ckpt")]
+        )
     finally:
         families.FAMILIES.pop("five")
     assert result.exit_code == 0, result.output

@@ -63,9 +63,16 @@ def test_declared_defaults_pass_the_check_and_unknown_options_do_not(tiny):
 
 def params_for(entry, **options) -> GenerationParams:
     sampler = entry.sampler(None)
-    return GenerationParams(num_samples=1, seed=7, sampler=sampler.name, steps=sampler.default_steps,
-                            modalities=entry.modalities, tumor_class=entry.classes[0] if entry.classes else None,
-                            output_grid="model", options=options)
+    return GenerationParams(
+        num_samples=1,
+        seed=7,
+        sampler=sampler.name,
+        steps=sampler.default_steps,
+        modalities=entry.modalities,
+        tumor_class=entry.classes[0] if entry.classes else None,
+        output_grid="model",
+        options=options,
+    )
 
 
 def test_a_non_default_option_reaches_generate(tiny):

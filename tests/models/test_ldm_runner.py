@@ -141,8 +141,12 @@ def test_class_and_mask_reach_the_network(live_generator, mask):
 
 def test_request_checks(generator, mask):
     nothing = lambda d, t: None
-    for bad, field in [({"tumor_class": "meningioma"}, "tumor_class"), ({"modalities": ("dwi",)}, "modalities"),
-                       ({"sampler": "euler"}, "sampler"), ({"steps": 1000}, "steps")]:
+    for bad, field in [
+        ({"tumor_class": "meningioma"}, "tumor_class"),
+        ({"modalities": ("dwi",)}, "modalities"),
+        ({"sampler": "euler"}, "sampler"),
+        ({"steps": 1000}, "steps"),
+    ]:
         with pytest.raises(InvalidRequest) as exc:
             generator.generate(params(**bad), {"mask": mask}, nothing)
         assert exc.value.errors[0].field == field
@@ -157,8 +161,9 @@ def test_mask_channels_for_each_convention():
     expected = np.array([[0, 1, 1, 1], [0, 1, 0, 1], [0, 0, 0, 1]], np.float32)  # WT, TC, ET per label
     np.testing.assert_array_equal(to_regions(brats2019)[..., 0, 0], expected)
     np.testing.assert_array_equal(to_regions(brats2023)[..., 0, 0], expected)
-    np.testing.assert_array_equal(to_regions(binary.astype(np.float32))[..., 0, 0],
-                                  [[0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        to_regions(binary.astype(np.float32))[..., 0, 0], [[0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    )
     assert to_regions(brats2023).dtype == np.float32
 
 
@@ -167,9 +172,9 @@ def test_classifier_free_guidance_extrapolates_from_the_unconditional_pass(live_
     class it is a no-op (both passes would be unconditional); jobs with other weights never share a batch; and a
     guided step runs the class's pass and the unconditional (class 0) pass on the same latents and mask in one
     batch, each as it would run alone."""
+
     def run(tumor_class, **options) -> np.ndarray:
-        p = params(num_samples=1, tumor_class=tumor_class, output_grid="model", modalities=("t1",),
-                   options=options)
+        p = params(num_samples=1, tumor_class=tumor_class, output_grid="model", modalities=("t1",), options=options)
         return live_generator.generate(p, {"mask": mask}, lambda d, t: None)[0].data
 
     plain = run("HGG")
@@ -196,14 +201,21 @@ def test_classifier_free_guidance_extrapolates_from_the_unconditional_pass(live_
         out = original(z, t, cond, class_labels, unet)
         seen.append(out.detach().clone())
         if len(seen) == 1:
-            seen.append(torch.stack([original(z[i:i + 1], t[i:i + 1], cond[i:i + 1], class_labels[i:i + 1])[0]
-                                     for i in range(len(z))]))
+            seen.append(
+                torch.stack(
+                    [
+                        original(z[i : i + 1], t[i : i + 1], cond[i : i + 1], class_labels[i : i + 1])[0]
+                        for i in range(len(z))
+                    ]
+                )
+            )
         return out
 
     net.denoise = spy
     try:
-        job = live_generator.prepare(params(num_samples=1, tumor_class="HGG", steps=5, options={"guidance": 1.0}),
-                                     {"mask": mask})
+        job = live_generator.prepare(
+            params(num_samples=1, tumor_class="HGG", steps=5, options={"guidance": 1.0}), {"mask": mask}
+        )
         assert job.guidance == 1.0 and job.class_index == 2
         live_generator.sample_batch([job], [lambda d, t: None])
     finally:

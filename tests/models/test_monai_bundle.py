@@ -21,8 +21,13 @@ ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 
 
 def cli(*args, model_dir) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tumorsynth.cli", "models", *args], capture_output=True, text=True,
-                          env=ENV | {"TUMORSYNTH_MODEL_DIR": str(model_dir)}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tumorsynth.cli", "models", *args],
+        capture_output=True,
+        text=True,
+        env=ENV | {"TUMORSYNTH_MODEL_DIR": str(model_dir)},
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,28 +53,43 @@ def exported(tmp_path_factory):
 
 def run_bundle(bundle, tmp_path, name, **overrides) -> nib.Nifti1Image:
     """``monai.bundle run`` in a fresh interpreter where importing tumorsynth fails."""
-    args = {"run_id": "run", "config_file": str(bundle / "configs/inference.json"),
-            "meta_file": str(bundle / "configs/metadata.json"), "bundle_root": str(bundle),
-            "output_dir": str(tmp_path / name), "num_inference_steps": 5} | overrides
-    code = ("import sys; sys.modules['tumorsynth'] = None\n"
-            f"from monai.bundle import run\nrun(**{args!r})\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path,
-                          timeout=300)
+    args = {
+        "run_id": "run",
+        "config_file": str(bundle / "configs/inference.json"),
+        "meta_file": str(bundle / "configs/metadata.json"),
+        "bundle_root": str(bundle),
+        "output_dir": str(tmp_path / name),
+        "num_inference_steps": 5,
+    } | overrides
+    code = f"import sys; sys.modules['tumorsynth'] = None\nfrom monai.bundle import run\nrun(**{args!r})\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return nib.load(tmp_path / name / "mask_synthetic.nii.gz")
 
 
 def test_the_bundle_has_the_specified_layout_metadata_and_card(exported):
     entry, bundle = exported
-    for path in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "models/model_autoencoder.pt",
-                 "docs/README.md", "sample_data/mask.nii.gz"):
+    for path in (
+        "configs/metadata.json",
+        "configs/inference.json",
+        "models/model.pt",
+        "models/model_autoencoder.pt",
+        "docs/README.md",
+        "sample_data/mask.nii.gz",
+    ):
         assert (bundle / path).is_file(), path
     meta = json.loads((bundle / "configs/metadata.json").read_text())
     fmt = meta["network_data_format"]
     assert fmt["inputs"]["image"]["spatial_shape"] == list(entry.output_shape)
     assert fmt["outputs"]["pred"]["num_channels"] == 4 and fmt["outputs"]["pred"]["channel_def"]["1"] == "T1C"
-    assert meta["tumorsynth"] == {"model": "ldm/tiny@1", "checkpoint_sha256": entry.weights_sha256, "trained": False,
-                                  "synthetic": True}
+    assert meta["tumorsynth"] == {
+        "model": "ldm/tiny@1",
+        "checkpoint_sha256": entry.weights_sha256,
+        "trained": False,
+        "synthetic": True,
+    }
     assert "A test card: untrained." in (bundle / "docs/README.md").read_text()
 
 
@@ -85,8 +105,10 @@ def test_configparser_builds_the_networks_with_the_checkpoint_s_weights(exported
     parser.get_parsed_content("load_network")
     parser.get_parsed_content("load_autoencoder")
     ours = load_file(str(entry.weights_path))
-    for prefix, net in (("unet.", parser.get_parsed_content("network")),
-                        ("autoencoder.", parser.get_parsed_content("autoencoder"))):
+    for prefix, net in (
+        ("unet.", parser.get_parsed_content("network")),
+        ("autoencoder.", parser.get_parsed_content("autoencoder")),
+    ):
         state = net.state_dict()
         assert set(state) == {k.removeprefix(prefix) for k in ours if k.startswith(prefix)}
         assert all(torch.equal(state[k.removeprefix(prefix)], v) for k, v in ours.items() if k.startswith(prefix))

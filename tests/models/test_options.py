@@ -26,32 +26,38 @@ def field_of(given) -> list[str]:
 
 def test_defaults_fill_what_is_not_given_and_given_values_are_kept():
     assert check_options(SPECS, None, MODEL) == {"temperature": 1.0, "top_k": None, "steps_bias": 3}
-    assert check_options(SPECS, {"temperature": 2, "top_k": 8}, MODEL) == \
-        {"temperature": 2.0, "top_k": 8, "steps_bias": 3}
+    assert check_options(SPECS, {"temperature": 2, "top_k": 8}, MODEL) == {
+        "temperature": 2.0,
+        "top_k": 8,
+        "steps_bias": 3,
+    }
     out = check_options(SPECS, {"temperature": 0}, MODEL)
     assert isinstance(out["temperature"], float) and out["temperature"] == 0.0  # an int is a float option's number
     assert check_options(SPECS, {"top_k": None}, MODEL)["top_k"] is None  # nullable: null is "off"
     assert check_options((), {}, MODEL) == {}
 
 
-@pytest.mark.parametrize("given,fields", [
-    ({"cfg": 2.0}, ["options.cfg"]),  # unknown names are refused, named
-    ({"temperature": True}, ["options.temperature"]),  # a bool is not a number
-    ({"top_k": False}, ["options.top_k"]),
-    ({"temperature": "0.5"}, ["options.temperature"]),
-    ({"top_k": 8.0}, ["options.top_k"]),  # an int option takes integers only
-    ({"top_k": 8.5}, ["options.top_k"]),
-    ({"temperature": math.nan}, ["options.temperature"]),
-    ({"temperature": math.inf}, ["options.temperature"]),
-    ({"temperature": 10**400}, ["options.temperature"]),  # an int no double holds
-    ({"top_k": 10**400}, ["options.top_k"]),
-    ({"temperature": -0.1}, ["options.temperature"]),  # bounds are inclusive
-    ({"temperature": 10.5}, ["options.temperature"]),
-    ({"top_k": 0}, ["options.top_k"]),
-    ({"steps_bias": -1}, ["options.steps_bias"]),
-    ({"temperature": None}, ["options.temperature"]),  # null only where nullable
-    ({"cfg": 1, "top_k": 99}, ["options.cfg", "options.top_k"]),  # every problem, in the order given
-])
+@pytest.mark.parametrize(
+    "given,fields",
+    [
+        ({"cfg": 2.0}, ["options.cfg"]),  # unknown names are refused, named
+        ({"temperature": True}, ["options.temperature"]),  # a bool is not a number
+        ({"top_k": False}, ["options.top_k"]),
+        ({"temperature": "0.5"}, ["options.temperature"]),
+        ({"top_k": 8.0}, ["options.top_k"]),  # an int option takes integers only
+        ({"top_k": 8.5}, ["options.top_k"]),
+        ({"temperature": math.nan}, ["options.temperature"]),
+        ({"temperature": math.inf}, ["options.temperature"]),
+        ({"temperature": 10**400}, ["options.temperature"]),  # an int no double holds
+        ({"top_k": 10**400}, ["options.top_k"]),
+        ({"temperature": -0.1}, ["options.temperature"]),  # bounds are inclusive
+        ({"temperature": 10.5}, ["options.temperature"]),
+        ({"top_k": 0}, ["options.top_k"]),
+        ({"steps_bias": -1}, ["options.steps_bias"]),
+        ({"temperature": None}, ["options.temperature"]),  # null only where nullable
+        ({"cfg": 1, "top_k": 99}, ["options.cfg", "options.top_k"]),  # every problem, in the order given
+    ],
+)
 def test_bad_options_are_refused_naming_each_field(given, fields):
     assert field_of(given) == fields
 

@@ -59,6 +59,6 @@ def test_rowwise_linear_is_batch_invariant_and_keeps_the_weights():
     batch = net(x)
     torch.testing.assert_close(batch, before)
     for i in range(5):
-        assert torch.equal(net(x[i:i + 1]), batch[i:i + 1])
+        assert torch.equal(net(x[i : i + 1]), batch[i : i + 1])
     tokens = torch.randn(2, 7, 64)  # 3D inputs (attention's tokens) go through the ordinary kernel
     assert torch.equal(net[0](tokens), F.linear(tokens, net[0].weight, net[0].bias))

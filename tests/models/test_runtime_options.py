@@ -21,7 +21,8 @@ def test_each_declared_runtime_option_is_a_keyword_of_the_generator(name):
     family = get_family(name)
     signature = inspect.signature(family.generator_class())
     assert set(family.runtime_options) <= set(signature.parameters), (
-        f"{name} declares {family.runtime_options}; {family.generator} takes {list(signature.parameters)}")
+        f"{name} declares {family.runtime_options}; {family.generator} takes {list(signature.parameters)}"
+    )
 
 
 def test_a_family_names_only_serving_options():

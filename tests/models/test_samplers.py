@@ -108,8 +108,14 @@ def test_sample_i_does_not_depend_on_the_batch(sampler, steps):
 def test_progress_is_reported_after_every_step():
     sched = make_scheduler("ddim", 7)
     calls: list[tuple[int, int]] = []
-    reverse_process(optimal_eps(sched.alphas_cumprod), sched, (2, 8), [torch.Generator(), torch.Generator()], "cpu",
-                    progress=lambda d, t: calls.append((d, t)))
+    reverse_process(
+        optimal_eps(sched.alphas_cumprod),
+        sched,
+        (2, 8),
+        [torch.Generator(), torch.Generator()],
+        "cpu",
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert calls == [(i, 7) for i in range(1, 8)]
 
 

@@ -53,8 +53,12 @@ def test_demodulation_gives_unit_std_for_unit_input_whatever_the_style_scale():
     y = modulated_conv2d(x, weight, styles, demodulate=True, padding=1)[..., 1:-1, 1:-1]  # away from zero padding
     assert y.shape == (4, 32, 22, 22)
     assert abs(float(y.std()) - 1.0) < 0.05
-    torch.testing.assert_close(modulated_conv2d(x, weight, styles * 7.0, demodulate=True, padding=1),
-                               modulated_conv2d(x, weight, styles, demodulate=True, padding=1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        modulated_conv2d(x, weight, styles * 7.0, demodulate=True, padding=1),
+        modulated_conv2d(x, weight, styles, demodulate=True, padding=1),
+        rtol=1e-4,
+        atol=1e-4,
+    )
     raw = modulated_conv2d(x, weight, styles * 7.0, demodulate=False, padding=1)[..., 1:-1, 1:-1]
     assert float(raw.std()) > 10.0  # without demodulation the style's scale goes straight through
 
@@ -182,15 +186,18 @@ def test_runner_makes_single_slice_volumes_in_unit_range(entry):
     np.testing.assert_allclose(first[0].data, out[0].data, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kw,field", [
-    ({"tumor_class": "HGG"}, "tumor_class"),
-    ({"tumor_class": None}, "tumor_class"),
-    ({"options": {"truncation": 1.5}}, "options.truncation"),
-    ({"options": {"truncation": "x"}}, "options.truncation"),
-    ({"options": {"temperature": 1.0}}, "options.temperature"),
-    ({"sampler": "maskgit"}, "sampler"),
-    ({"modalities": ("flair",)}, "modalities"),
-])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        ({"tumor_class": "HGG"}, "tumor_class"),
+        ({"tumor_class": None}, "tumor_class"),
+        ({"options": {"truncation": 1.5}}, "options.truncation"),
+        ({"options": {"truncation": "x"}}, "options.truncation"),
+        ({"options": {"temperature": 1.0}}, "options.temperature"),
+        ({"sampler": "maskgit"}, "sampler"),
+        ({"modalities": ("flair",)}, "modalities"),
+    ],
+)
 def test_runner_refuses_what_it_cannot_do_naming_the_field(entry, kw, field):
     runner = StyleGAN2Generator(entry, "cpu")
     with pytest.raises(InvalidRequest) as err:

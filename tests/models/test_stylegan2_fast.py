@@ -49,8 +49,9 @@ def test_fused_and_unfused_modulated_convolutions_agree(b, demodulate):
     fused = modulated_conv2d(x, weight, styles, demodulate, padding=1, fused=True)
     unfused = modulated_conv2d(x, weight, styles, demodulate, padding=1, fused=False)
     torch.testing.assert_close(unfused, fused, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(unfused, previous.modulated_conv2d(x, weight, styles, demodulate, 1), rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        unfused, previous.modulated_conv2d(x, weight, styles, demodulate, 1), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("noise_mode", ["random", "const", "none"])
@@ -153,5 +154,6 @@ def test_upsampling_convolution_at_the_low_resolution_equals_upsample_then_convo
     assert ours.shape == (2, 4, 2 * n, 2 * n)
     torch.testing.assert_close(ours, before, rtol=1e-10, atol=1e-10)  # border included
     g = torch.randn_like(before)
-    torch.testing.assert_close(torch.autograd.grad((ours * g).sum(), [x, weight]),
-                               torch.autograd.grad((before * g).sum(), [x, weight]))  # it trains the same
+    torch.testing.assert_close(
+        torch.autograd.grad((ours * g).sum(), [x, weight]), torch.autograd.grad((before * g).sum(), [x, weight])
+    )  # it trains the same

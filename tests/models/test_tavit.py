@@ -82,8 +82,11 @@ def inputs() -> dict[str, FakeVolume]:
     labels[16:24, 20:30, 11:19] = 1
     labels[18:22, 23:27, 13:17] = 3
     aff = oblique_affine()
-    return {"t1": FakeVolume(brain_volume(0), aff), "flair": FakeVolume(brain_volume(1), aff),
-            "mask": FakeVolume(labels, aff)}
+    return {
+        "t1": FakeVolume(brain_volume(0), aff),
+        "flair": FakeVolume(brain_volume(1), aff),
+        "mask": FakeVolume(labels, aff),
+    }
 
 
 def params(**kw) -> GenerationParams:
@@ -241,8 +244,12 @@ def test_request_checks_name_the_field(generator, inputs):
         with pytest.raises(InvalidRequest) as exc:
             generator.generate(params(), {k: v for k, v in inputs.items() if k != missing}, nothing)
         assert exc.value.errors[0].field == missing
-    for bad, field in [({"num_samples": 2}, "num_samples"), ({"modalities": ("flair",)}, "modalities"),
-                       ({"sampler": "ddpm"}, "sampler"), ({"steps": 5}, "steps")]:
+    for bad, field in [
+        ({"num_samples": 2}, "num_samples"),
+        ({"modalities": ("flair",)}, "modalities"),
+        ({"sampler": "ddpm"}, "sampler"),
+        ({"steps": 5}, "steps"),
+    ]:
         with pytest.raises(InvalidRequest) as exc:
             generator.generate(params(**bad), inputs, nothing)
         assert exc.value.errors[0].field == field
@@ -258,7 +265,8 @@ def test_t1_only_checkpoint_needs_no_flair(tmp_path, inputs):
 def test_a_user_mask_replaces_the_predicted_segmentation(live_generator, inputs, monkeypatch):
     predicted = live_generator.generate(params(), {k: inputs[k] for k in ("t1", "flair")}, nothing)[0].data
     np.testing.assert_array_equal(
-        live_generator.generate(params(), {k: inputs[k] for k in ("t1", "flair")}, nothing)[0].data, predicted)
+        live_generator.generate(params(), {k: inputs[k] for k in ("t1", "flair")}, nothing)[0].data, predicted
+    )
 
     def no_segmenter(x):
         raise AssertionError("the segmenter ran although a mask was given")

@@ -35,13 +35,17 @@ def ellipsoid_inputs(shape: tuple[int, int, int], affine: np.ndarray) -> dict[st
     rng = np.random.default_rng(0)
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32) for n in shape), indexing="ij", sparse=True)
     brain = x**2 / 0.55 + y**2 / 0.7 + z**2 / 0.75 < 1
-    out = {n: FakeVolume(np.where(brain, 400 + 80 * rng.standard_normal(shape, dtype=np.float32), 0)
-                         .astype(np.float32), affine) for n in ("t1", "flair")}
+    out = {
+        n: FakeVolume(
+            np.where(brain, 400 + 80 * rng.standard_normal(shape, dtype=np.float32), 0).astype(np.float32), affine
+        )
+        for n in ("t1", "flair")
+    }
     labels = np.zeros(shape, np.uint8)
     c = [n // 2 for n in shape]
-    labels[c[0] - 10:c[0] + 10, c[1] - 12:c[1] + 12, c[2] - 4:c[2] + 4] = 2
-    labels[c[0] - 5:c[0] + 5, c[1] - 6:c[1] + 6, c[2] - 2:c[2] + 2] = 3
-    labels[c[0] - 2:c[0] + 2, c[1] - 2:c[1] + 2, c[2] - 1:c[2] + 1] = 1
+    labels[c[0] - 10 : c[0] + 10, c[1] - 12 : c[1] + 12, c[2] - 4 : c[2] + 4] = 2
+    labels[c[0] - 5 : c[0] + 5, c[1] - 6 : c[1] + 6, c[2] - 2 : c[2] + 2] = 3
+    labels[c[0] - 2 : c[0] + 2, c[1] - 2 : c[1] + 2, c[2] - 1 : c[2] + 1] = 1
     return out | {"mask": FakeVolume(labels, affine)}
 
 
@@ -136,8 +140,9 @@ def test_a_network_used_for_inference_still_trains():
 # ----- the torch helpers against their numpy twins -----------------------------------------------------------------
 def test_zscore_matches_numpy():
     vol = brain_volume(3)
-    np.testing.assert_allclose(volumes.zscore_brain(torch.from_numpy(vol)).numpy(), slices.zscore_brain(vol),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        volumes.zscore_brain(torch.from_numpy(vol)).numpy(), slices.zscore_brain(vol), rtol=0, atol=1e-6
+    )
     np.testing.assert_array_equal(volumes.zscore_brain(torch.zeros(3, 4, 5)).numpy(), 0)
     flat = np.where(vol != 0, 7.0, 0.0).astype(np.float32)  # std 0: divided by 1
     np.testing.assert_array_equal(volumes.zscore_brain(torch.from_numpy(flat)).numpy(), slices.zscore_brain(flat))
@@ -153,21 +158,25 @@ def test_context_and_brain_slices_match_numpy():
     rng = np.random.default_rng(0)
     stack = rng.standard_normal((7, 2, 4, 5)).astype(np.float32)
     for k in (0, 1, 2, 9):
-        np.testing.assert_array_equal(volumes.with_context(torch.from_numpy(stack), k).numpy(),
-                                      slices.with_context(stack, k))
+        np.testing.assert_array_equal(
+            volumes.with_context(torch.from_numpy(stack), k).numpy(), slices.with_context(stack, k)
+        )
     grid = np.zeros((4, 5, 7), np.float32)
     grid[1, 2, [1, 4]] = 1.0
     grid[0, 0, 6] = -2.0
     np.testing.assert_array_equal(volumes.brain_slices(torch.from_numpy(grid)).numpy(), slices.brain_slices(grid))
 
 
-@pytest.mark.parametrize(("shape", "affine", "grid"), [
-    ((40, 48, 30), oblique_affine(), (32, 32)),
-    ((40, 48, 30), oblique_affine(), (96, 96)),
-    ((120, 100, 12), np.diag([-2.0, -2.0, 2.0, 1.0]), (96, 96)),
-    ((64, 80, 9), np.diag([1.2, 0.9, 3.3, 1.0]), (96, 96)),
-    ((96, 96, 5), np.diag([2.5, 2.5, 1.0, 1.0]), (96, 96)),  # the identity in plane
-])
+@pytest.mark.parametrize(
+    ("shape", "affine", "grid"),
+    [
+        ((40, 48, 30), oblique_affine(), (32, 32)),
+        ((40, 48, 30), oblique_affine(), (96, 96)),
+        ((120, 100, 12), np.diag([-2.0, -2.0, 2.0, 1.0]), (96, 96)),
+        ((64, 80, 9), np.diag([1.2, 0.9, 3.3, 1.0]), (96, 96)),
+        ((96, 96, 5), np.diag([2.5, 2.5, 1.0, 1.0]), (96, 96)),  # the identity in plane
+    ],
+)
 def test_resampling_matches_scipy_and_its_zeros(shape, affine, grid):
     """Values within float32 rounding, and exactly the voxels scipy makes 0 are 0 (the runner's brain mask)."""
     vol = slices.zscore_brain(ellipsoid_inputs(shape, affine)["t1"].data)
@@ -187,5 +196,9 @@ def test_resampling_a_whole_grid_with_fractional_steps_matches_scipy():
     rng = np.random.default_rng(2)
     vol = rng.standard_normal((20, 24, 18)).astype(np.float32)
     mapping = fit_to_grid(vol.shape, np.diag([1.5, 1.0, 2.0, 1.0]), (16, 30, 11), (35.0, 20.0, 40.0))
-    np.testing.assert_allclose(volumes.to_grid(mapping, torch.from_numpy(vol)[None])[0].numpy(),
-                               mapping.to_grid(vol, order=1), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        volumes.to_grid(mapping, torch.from_numpy(vol)[None])[0].numpy(),
+        mapping.to_grid(vol, order=1),
+        rtol=0,
+        atol=1e-5,
+    )

@@ -74,8 +74,9 @@ def test_ema_codebook_moves_towards_its_inputs_without_gradients():
 
 def test_dead_codes_are_restarted_on_encoder_outputs():
     torch.manual_seed(0)
-    q = VectorQuantizer(16, 4, ema=True, usage_decay=0.5, restart_threshold=0.05, normalise=False,
-                        data_init=False).train()
+    q = VectorQuantizer(
+        16, 4, ema=True, usage_decay=0.5, restart_threshold=0.05, normalise=False, data_init=False
+    ).train()
     kept = q.codebook.weight.clone()
     flat = torch.randn(10, 4) + 5.0
     q.usage[4:] = 0.0
@@ -84,8 +85,9 @@ def test_dead_codes_are_restarted_on_encoder_outputs():
     for row in q.codebook.weight[4:]:
         assert (flat - row).abs().sum(1).min() < 1e-6  # every restarted code is one of the inputs
     # in training, codes left unused long enough are restarted automatically
-    q2 = VectorQuantizer(16, 4, ema=True, usage_decay=0.5, restart_threshold=0.05, normalise=False,
-                         data_init=False).train()
+    q2 = VectorQuantizer(
+        16, 4, ema=True, usage_decay=0.5, restart_threshold=0.05, normalise=False, data_init=False
+    ).train()
     z = torch.full((1, 4, 2, 2, 2), 7.0)
     for _ in range(8):
         q2(z)
@@ -140,8 +142,17 @@ def test_hybrid_masking_masks_the_top_k_and_their_neighbours(ratio):
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, k_codes, (3, 64), generator=g)
     importance = torch.rand(3, 64, generator=g)
-    m = hybrid_mask(tokens, importance, grid, mask_id=mask_id, num_codes=k_codes, topk_ratio=ratio,
-                    replace_prob=0.0, mask_ratio=torch.zeros(3), generator=g)
+    m = hybrid_mask(
+        tokens,
+        importance,
+        grid,
+        mask_id=mask_id,
+        num_codes=k_codes,
+        topk_ratio=ratio,
+        replace_prob=0.0,
+        mask_ratio=torch.zeros(3),
+        generator=g,
+    )
     top = top_important(importance, ratio)
     assert top.sum(1).tolist() == [round(ratio * 64)] * 3
     expected = dilate(top, grid)
@@ -162,8 +173,17 @@ def test_schedule_masks_and_unimportant_tokens_get_random_codes():
     grid, k_codes = (4, 4, 4), 16
     g = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, k_codes, (4, 64), generator=g)
-    m = hybrid_mask(tokens, torch.rand(4, 64, generator=g), grid, mask_id=k_codes, num_codes=k_codes,
-                    topk_ratio=0.0, replace_prob=1.0, mask_ratio=torch.tensor([0.0, 0.25, 0.5, 1.0]), generator=g)
+    m = hybrid_mask(
+        tokens,
+        torch.rand(4, 64, generator=g),
+        grid,
+        mask_id=k_codes,
+        num_codes=k_codes,
+        topk_ratio=0.0,
+        replace_prob=1.0,
+        mask_ratio=torch.tensor([0.0, 0.25, 0.5, 1.0]),
+        generator=g,
+    )
     assert m.masked.sum(1).tolist() == [0, 16, 32, 64]
     assert torch.equal(m.replaced, ~m.masked)  # replace_prob 1: every visible token replaced
     replaced = m.inputs[m.replaced]
@@ -177,8 +197,10 @@ def test_causal_attention_equals_the_masked_formula():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 9, 8, generator=g, dtype=torch.float64) for _ in range(3))
     for i in range(9):
-        torch.testing.assert_close(attention(q, k, v, causal=True)[:, :, i],
-                                   explicit_attention(q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1])[:, :, 0])
+        torch.testing.assert_close(
+            attention(q, k, v, causal=True)[:, :, i],
+            explicit_attention(q[:, :, i : i + 1], k[:, :, : i + 1], v[:, :, : i + 1])[:, :, 0],
+        )
 
 
 @pytest.mark.parametrize("steps", [4, 8, 16])
@@ -191,8 +213,9 @@ def test_maskgit_fills_every_token_in_n_steps(net, steps):
         return net.maskgit(tokens, labels)
 
     with torch.no_grad():
-        out = maskgit_decode(fn, net.num_tokens, net.mask_id, steps, generators(0, 2), "cpu",
-                             lambda d, t: calls.append((d, t)))
+        out = maskgit_decode(
+            fn, net.num_tokens, net.mask_id, steps, generators(0, 2), "cpu", lambda d, t: calls.append((d, t))
+        )
     assert calls == [(i, steps) for i in range(1, steps + 1)]
     assert out.tokens.shape == (2, 64) and not (out.tokens == net.mask_id).any()
     assert out.tokens.min() >= 0 and out.tokens.max() < net.num_codes
@@ -213,8 +236,9 @@ def test_ar_with_kv_cache_equals_ar_without(net, guidance):
     labels = torch.tensor([1, 2, 0])
     calls = []
     with torch.no_grad():
-        cached = ar_decode(net.ar, labels, generators(4, 3), lambda d, t: calls.append(d), guidance=guidance,
-                           keep_logits=True)
+        cached = ar_decode(
+            net.ar, labels, generators(4, 3), lambda d, t: calls.append(d), guidance=guidance, keep_logits=True
+        )
         plain = ar_decode(net.ar, labels, generators(4, 3), use_cache=False, guidance=guidance, keep_logits=True)
     assert calls == list(range(1, 65))
     assert torch.equal(cached.tokens, plain.tokens)
@@ -229,8 +253,10 @@ def test_ar_with_kv_cache_equals_ar_without(net, guidance):
 def test_the_loader_knows_the_family(entry):
     assert FAMILIES["vqgan"].generator == "tumorsynth.models.vqgan.runner:VQGANGenerator"
     assert entry.task == "class_to_roi" and entry.classes == ("LGG", "HGG") and entry.inputs == ()
-    assert [(s.name, s.default_steps, s.min_steps, s.max_steps) for s in entry.samplers] == \
-        [("maskgit", 8, 4, 16), ("ar", 64, 64, 64)]
+    assert [(s.name, s.default_steps, s.min_steps, s.max_steps) for s in entry.samplers] == [
+        ("maskgit", 8, 4, 16),
+        ("ar", 64, 64, 64),
+    ]
     assert entry.default_sampler == "maskgit"
 
 
@@ -265,10 +291,16 @@ def test_sample_i_is_the_same_alone_or_in_a_batch(generator, sampler, steps):
 
 def test_the_runner_refuses_a_missing_or_unknown_class_and_bad_requests(generator):
     nothing = lambda d, t: None
-    for bad, field in [({"tumor_class": None}, "tumor_class"), ({"tumor_class": "meningioma"}, "tumor_class"),
-                       ({"modalities": ("t1",)}, "modalities"), ({"sampler": "ddim"}, "sampler"),
-                       ({"steps": 3}, "steps"), ({"steps": 17}, "steps"), ({"sampler": "ar", "steps": 8}, "steps"),
-                       ({"options": {"cfg": 2}}, "options.cfg")]:
+    for bad, field in [
+        ({"tumor_class": None}, "tumor_class"),
+        ({"tumor_class": "meningioma"}, "tumor_class"),
+        ({"modalities": ("t1",)}, "modalities"),
+        ({"sampler": "ddim"}, "sampler"),
+        ({"steps": 3}, "steps"),
+        ({"steps": 17}, "steps"),
+        ({"sampler": "ar", "steps": 8}, "steps"),
+        ({"options": {"cfg": 2}}, "options.cfg"),
+    ]:
         with pytest.raises(InvalidRequest) as exc:
             generator.generate(params(**bad), {}, nothing)
         assert exc.value.errors[0].field == field

@@ -29,8 +29,7 @@ def test_a_checkpoint_without_its_ar_transformer_refuses_the_ar_sampler(tmp_path
     with pytest.raises(InvalidRequest, match="no autoregressive transformer") as err:
         generator.generate(params, {}, lambda done, total: None)
     assert err.value.errors[0].field == "sampler"
-    maskgit = GenerationParams(num_samples=1, seed=0, sampler="maskgit", steps=4, modalities=(),
-                               tumor_class="HGG")
+    maskgit = GenerationParams(num_samples=1, seed=0, sampler="maskgit", steps=4, modalities=(), tumor_class="HGG")
     assert len(generator.generate(maskgit, {}, lambda done, total: None)) == len(entry.modalities)
 
 

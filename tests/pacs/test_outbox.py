@@ -35,18 +35,27 @@ def jobs(r):
 
 
 def succeed(jobs: JobStore, request: dict, outputs=(), status="succeeded") -> JobRecord:
-    rec = JobRecord(id=f"job_{time.time_ns():032x}"[-36:], tenant="alpha", model="ldm/tiny@1", family="ldm",
-                    queue="gpu", request={"model": "ldm/tiny@1"} | request)
+    rec = JobRecord(
+        id=f"job_{time.time_ns():032x}"[-36:],
+        tenant="alpha",
+        model="ldm/tiny@1",
+        family="ldm",
+        queue="gpu",
+        request={"model": "ldm/tiny@1"} | request,
+    )
     jobs.create(rec)
     claim = jobs.claim(rec.id, "w1", 30, 3)
     return jobs.finish(rec.id, claim.record.attempts, status, outputs=list(outputs))
 
 
-@pytest.mark.parametrize(("request_", "status", "queued"), [
-    ({"formats": ["nifti", "dicom"], "send_to": "pacs"}, "succeeded", True),
-    ({"formats": ["nifti", "dicom"]}, "succeeded", False),
-    ({"formats": ["nifti", "dicom"], "send_to": "pacs"}, "failed", False),
-])
+@pytest.mark.parametrize(
+    ("request_", "status", "queued"),
+    [
+        ({"formats": ["nifti", "dicom"], "send_to": "pacs"}, "succeeded", True),
+        ({"formats": ["nifti", "dicom"]}, "succeeded", False),
+        ({"formats": ["nifti", "dicom"], "send_to": "pacs"}, "failed", False),
+    ],
+)
 def test_only_a_succeeded_job_that_asked_queues_a_delivery(jobs, r, request_, status, queued):
     rec = succeed(jobs, request_, status=status)
     assert (PacsOutbox(r).get(rec.id) is not None) is queued
@@ -68,13 +77,23 @@ def test_failed_attempts_back_off_then_fail_the_delivery_not_the_job(jobs, r, tm
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("sample-0/t1/IM00001.dcm", b"not sent: nothing listens")
     store.put_bytes("tenants/alpha/jobs/x/outputs/dicom.zip", buf.getvalue(), "application/zip")
-    out = StoredOutput(name="dicom.zip", key="tenants/alpha/jobs/x/outputs/dicom.zip", modality="dicom",
-                       sample_index=None, kind="dicom", size=len(buf.getvalue()), sha256="0" * 64)
+    out = StoredOutput(
+        name="dicom.zip",
+        key="tenants/alpha/jobs/x/outputs/dicom.zip",
+        modality="dicom",
+        sample_index=None,
+        kind="dicom",
+        size=len(buf.getvalue()),
+        sha256="0" * 64,
+    )
     rec = succeed(jobs, {"formats": ["nifti", "dicom"], "send_to": "pacs"}, outputs=[out])
     port = free_port()
-    settings = Settings(pacs_destinations={"alpha": {"kind": "dimse", "host": "127.0.0.1", "port": port,
-                                                     "called_ae": "PACS"}},
-                        pacs_max_attempts=2, pacs_backoff_seconds=5.0, pacs_timeout_seconds=2)
+    settings = Settings(
+        pacs_destinations={"alpha": {"kind": "dimse", "host": "127.0.0.1", "port": port, "called_ae": "PACS"}},
+        pacs_max_attempts=2,
+        pacs_backoff_seconds=5.0,
+        pacs_timeout_seconds=2,
+    )
     deliverer = PacsDeliverer(r, store, settings)
     (d,) = deliverer.outbox.claim_due(deliverer.claim_seconds)
     first = deliverer.attempt(d)

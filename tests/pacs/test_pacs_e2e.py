@@ -45,12 +45,21 @@ def pacs_client(s3_endpoint, model_dir, orthanc, tmp_path_factory):
     redis_server = RedisServer(tmp_path_factory.mktemp("pacs-redis")).start()
     dimse = {"kind": "dimse", "host": "127.0.0.1", "port": orthanc.dicom_port, "calling_ae": "TSYNTH"}
     settings = make_settings(
-        redis_server, s3_endpoint, model_dir, api_keys=KEYS + ",gamma:key-gamma,delta:key-delta,eps:key-eps",
-        pacs_destinations={"alpha": dimse | {"called_ae": "ORTHANC"}, "beta": dimse | {"called_ae": "NOT-ORTHANC"},
-                           "gamma": dimse | {"called_ae": "ORTHANC", "port": free_port()},
-                           "delta": {"kind": "stow-rs", "url": f"{orthanc.url}/dicom-web"},
-                           "eps": {"kind": "stow-rs", "url": f"{orthanc.url}/no-such-dicom-web"}},
-        pacs_max_attempts=2, pacs_backoff_seconds=0.3, pacs_timeout_seconds=10)
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        api_keys=KEYS + ",gamma:key-gamma,delta:key-delta,eps:key-eps",
+        pacs_destinations={
+            "alpha": dimse | {"called_ae": "ORTHANC"},
+            "beta": dimse | {"called_ae": "NOT-ORTHANC"},
+            "gamma": dimse | {"called_ae": "ORTHANC", "port": free_port()},
+            "delta": {"kind": "stow-rs", "url": f"{orthanc.url}/dicom-web"},
+            "eps": {"kind": "stow-rs", "url": f"{orthanc.url}/no-such-dicom-web"},
+        },
+        pacs_max_attempts=2,
+        pacs_backoff_seconds=0.3,
+        pacs_timeout_seconds=10,
+    )
     make_store(settings).ensure_bucket()
     worker = WorkerProcess(settings, tmp_path_factory.mktemp("pacs-logs") / "worker.log").start()
     try:
@@ -62,8 +71,14 @@ def pacs_client(s3_endpoint, model_dir, orthanc, tmp_path_factory):
 
 
 def pacs_job(client, headers=ALPHA) -> dict:
-    request = {"model": "ldm/tiny@1", "seed": 4, "sampler": {"name": "dpm++", "steps": 5},
-               "modalities": ["t1", "flair"], "formats": ["nifti", "dicom"], "send_to": "pacs"}
+    request = {
+        "model": "ldm/tiny@1",
+        "seed": 4,
+        "sampler": {"name": "dpm++", "steps": 5},
+        "modalities": ["t1", "flair"],
+        "formats": ["nifti", "dicom"],
+        "send_to": "pacs",
+    }
     r = submit(client, request, {"mask": mask_bytes(SHAPE)}, headers=headers)
     assert r.status_code == 202, r.text
     done = wait_status(client, r.json()["id"], {"succeeded", "failed"}, headers=headers)
@@ -80,8 +95,11 @@ def wait_delivery(client, job_id: str, headers=ALPHA) -> dict:
 
 
 def orthanc_series(orthanc: Orthanc, patient_id: str) -> list[dict]:
-    found = httpx.post(f"{orthanc.url}/tools/find", json={"Level": "Series", "Query": {"PatientID": patient_id},
-                                                           "Expand": True}, timeout=10)
+    found = httpx.post(
+        f"{orthanc.url}/tools/find",
+        json={"Level": "Series", "Query": {"PatientID": patient_id}, "Expand": True},
+        timeout=10,
+    )
     found.raise_for_status()
     return found.json()
 
@@ -95,19 +113,26 @@ def test_series_arrive_in_orthanc_marked_synthetic(pacs_client, orthanc):
     assert delivery["instances"] == 2 * SHAPE[2] + 1 and delivery["attempts"] == 1
     assert delivery["destination"] == f"DIMSE ORTHANC@127.0.0.1:{orthanc.dicom_port}"
     series = {s["MainDicomTags"]["SeriesDescription"]: len(s["Instances"]) for s in orthanc_series(orthanc, job["id"])}
-    assert series == {"SYNTHETIC T1 sample 0": SHAPE[2], "SYNTHETIC FLAIR sample 0": SHAPE[2],
-                      "SYNTHETIC tumour mask (BraTS labels)": 1}
+    assert series == {
+        "SYNTHETIC T1 sample 0": SHAPE[2],
+        "SYNTHETIC FLAIR sample 0": SHAPE[2],
+        "SYNTHETIC tumour mask (BraTS labels)": 1,
+    }
     (patient,) = [p for p in orthanc.get("/patients?expand") if p["MainDicomTags"]["PatientID"] == job["id"]]
     assert patient["MainDicomTags"]["PatientName"] == "SYNTHETIC^tumorsynth"
     metrics = pacs_client.get("/metrics").text
     assert 'tumorsynth_pacs_deliveries_total{outcome="delivered"} 1.0' in metrics
 
 
-@pytest.mark.parametrize(("headers", "says"), [
-    (BETA, "association rejected"),  # Orthanc checks the called AE title
-    (GAMMA, "association aborted"),  # nothing listens on the port
-    (EPS, "HTTP 404"),  # a STOW-RS URL where there is no DICOMweb service
-], ids=["wrong-ae-title", "unreachable", "wrong-stow-url"])
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        (BETA, "association rejected"),  # Orthanc checks the called AE title
+        (GAMMA, "association aborted"),  # nothing listens on the port
+        (EPS, "HTTP 404"),  # a STOW-RS URL where there is no DICOMweb service
+    ],
+    ids=["wrong-ae-title", "unreachable", "wrong-stow-url"],
+)
 def test_a_bad_destination_fails_the_delivery_not_the_job(pacs_client, orthanc, headers, says):
     job = pacs_job(pacs_client, headers)
     done = wait_delivery(pacs_client, job["id"], headers)
@@ -123,12 +148,13 @@ def test_a_bad_destination_fails_the_delivery_not_the_job(pacs_client, orthanc, 
     assert 'tumorsynth_pacs_deliveries_total{outcome="failed"}' in metrics
 
 
-@pytest.mark.skipif(not DICOMWEB_PLUGIN.exists(), reason="Orthanc's DICOMweb plugin (Debian orthanc-dicomweb) is "
-                    "not installed; make test installs it")
+@pytest.mark.skipif(
+    not DICOMWEB_PLUGIN.exists(),
+    reason="Orthanc's DICOMweb plugin (Debian orthanc-dicomweb) is not installed; make test installs it",
+)
 def test_stow_rs_to_orthancs_dicomweb(pacs_client, orthanc):
     headers = {"Authorization": "Bearer key-delta"}
     job = pacs_job(pacs_client, headers)
     delivery = wait_delivery(pacs_client, job["id"], headers)["delivery"]
     assert delivery["state"] == "delivered", delivery
     assert sorted(len(s["Instances"]) for s in orthanc_series(orthanc, job["id"])) == [1, SHAPE[2], SHAPE[2]]
-

@@ -19,9 +19,28 @@ def test_failover_loses_doubles_and_500s_nothing(tmp_path):
     out = tmp_path / "failover.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")} | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "failover.py"), "--jobs", "30", "--kill-after", "10",
-         "--workers", "1", "--threads", "3", "--timeout", "600", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "failover.py"),
+            "--jobs",
+            "30",
+            "--kill-after",
+            "10",
+            "--workers",
+            "1",
+            "--threads",
+            "3",
+            "--timeout",
+            "600",
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO_ROOT,
+    )
     assert out.exists(), proc.stdout + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["accepted"] == 30 and r["statuses"] == {"succeeded": 30}, proc.stdout

@@ -25,8 +25,10 @@ def group(tmp_path_factory):
 
 
 def _post(client: TestClient):
-    files = {"request": (None, json.dumps({"model": "ldm/tiny@1"}), "application/json"),
-             "mask": ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream")}
+    files = {
+        "request": (None, json.dumps({"model": "ldm/tiny@1"}), "application/json"),
+        "mask": ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream"),
+    }
     return client.post("/v1/jobs", files=files, headers=ALPHA)
 
 

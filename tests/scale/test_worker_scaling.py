@@ -19,9 +19,24 @@ def test_workers_scale_out_and_take_only_their_models_queues(tmp_path):
     out = tmp_path / "scaling.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")} | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "worker_scaling.py"), "--workers", "1,2", "--jobs", "6",
-         "--timeout", "600", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "worker_scaling.py"),
+            "--workers",
+            "1,2",
+            "--jobs",
+            "6",
+            "--timeout",
+            "600",
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO_ROOT,
+    )
     assert out.exists(), proc.stdout + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert [row["workers"] for row in r["rows"]] == [1, 2]

@@ -13,8 +13,12 @@ from tests.api.helpers import submit, wait_status
 from tests.support.volumes import mask_array, oblique_affine
 
 # A fake patient, in every header field that can carry free text, and in an extension.
-PATIENT = {"descrip": b"DOE^JOHNATHAN 1961-02-03", "aux_file": b"MRN-7731-DOE", "db_name": b"DOEJDB-7731",
-           "intent_name": b"DOE^JOHNATHAN"}
+PATIENT = {
+    "descrip": b"DOE^JOHNATHAN 1961-02-03",
+    "aux_file": b"MRN-7731-DOE",
+    "db_name": b"DOEJDB-7731",
+    "intent_name": b"DOE^JOHNATHAN",
+}
 PATIENT_STRINGS = ["DOE^JOHNATHAN", "MRN-7731", "DOEJDB-7731", "1961-02-03", "EXT-DOE-SECRET"]
 SHAPE = (40, 44, 30)
 
@@ -70,8 +74,16 @@ def sec_client(app):
 def alpha_job(sec_client, worker):
     """(job JSON, the API's log text) for a finished alpha job made from ``patient_mask()``."""
     with LogCapture() as logs:
-        r = submit(sec_client, {"model": "ldm/tiny@1", "seed": 3, "sampler": {"name": "dpm++", "steps": 5},
-                                "metadata": {"study": "security"}}, {"mask": patient_mask()})
+        r = submit(
+            sec_client,
+            {
+                "model": "ldm/tiny@1",
+                "seed": 3,
+                "sampler": {"name": "dpm++", "steps": 5},
+                "metadata": {"study": "security"},
+            },
+            {"mask": patient_mask()},
+        )
         assert r.status_code == 202, r.text
         job = wait_status(sec_client, r.json()["id"], {"succeeded", "failed"}, timeout=180)
     assert job["status"] == "succeeded", job["error"]

@@ -34,10 +34,15 @@ def test_uploaded_inputs_and_outputs_are_tagged_on_the_s3_endpoint(alpha_job, ap
     assert all(tags(store, k) == {"kind": "output"} for k in outputs)
 
 
-@pytest.mark.parametrize("key,kind", [
-    (input_key("alpha", "job_t", "mask.nii.gz"), "input"), (output_key("alpha", "job_t", "x.json"), "output"),
-    (mask_bank_key("alpha", "mask_t", "mask.nii.gz"), "mask"), (batch_key("alpha", "batch_t", "manifest.csv"),
-                                                                 "manifest")])
+@pytest.mark.parametrize(
+    "key,kind",
+    [
+        (input_key("alpha", "job_t", "mask.nii.gz"), "input"),
+        (output_key("alpha", "job_t", "x.json"), "output"),
+        (mask_bank_key("alpha", "mask_t", "mask.nii.gz"), "mask"),
+        (batch_key("alpha", "batch_t", "manifest.csv"), "manifest"),
+    ],
+)
 def test_every_kind_of_key_is_tagged_when_written(app, key, kind):
     store = app.state.services.store
     store.put_bytes(key, b"x")
@@ -57,9 +62,19 @@ def test_the_bucket_init_script_expires_uploads_sooner_than_outputs():
 
 # Client file names that must not shape a key: traversal, absolute paths, Windows separators, NUL, unicode dots,
 # percent-encoding, another tenant's prefix.
-EVIL_NAMES = ["../../x.nii.gz", "/etc/passwd", "..\\..\\win.ini", "a\x00b.nii.gz", "\u2025/\u2025/x.nii.gz",
-              "\uff0e\uff0e\uff0fx.nii.gz", "%2e%2e%2f%2e%2e%2fx", "tenants/beta/jobs/job_x/inputs/mask.nii.gz",
-              "mask.nii.gz/../../../../beta", "~/.ssh/id_rsa", "x" * 300]
+EVIL_NAMES = [
+    "../../x.nii.gz",
+    "/etc/passwd",
+    "..\\..\\win.ini",
+    "a\x00b.nii.gz",
+    "\u2025/\u2025/x.nii.gz",
+    "\uff0e\uff0e\uff0fx.nii.gz",
+    "%2e%2e%2f%2e%2e%2fx",
+    "tenants/beta/jobs/job_x/inputs/mask.nii.gz",
+    "mask.nii.gz/../../../../beta",
+    "~/.ssh/id_rsa",
+    "x" * 300,
+]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +83,13 @@ def keyed(redis_server, s3_endpoint, model_dir):
     from tumorsynth.api.app import create_app
     from tumorsynth.storage import make_store
 
-    s = make_settings(redis_server, s3_endpoint, model_dir, redis_url=redis_server.url.rsplit("/", 1)[0] + "/13",
-                      family_queues={"ldm": "parked"})
+    s = make_settings(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/13",
+        family_queues={"ldm": "parked"},
+    )
     make_store(s).ensure_bucket()
     app = create_app(s)
     with TestClient(app) as c:
@@ -80,9 +100,14 @@ def keyed(redis_server, s3_endpoint, model_dir):
 def test_a_job_input_key_ignores_the_client_file_name(keyed, name):
     client, store = keyed
     before = {o.key for o in store.list("")}
-    r = client.post("/v1/jobs", headers=ALPHA, files={
-        "request": (None, '{"model": "ldm/tiny@1"}', "application/json"),
-        "mask": (name, mask_bytes((24, 28, 20)), "application/octet-stream")})
+    r = client.post(
+        "/v1/jobs",
+        headers=ALPHA,
+        files={
+            "request": (None, '{"model": "ldm/tiny@1"}', "application/json"),
+            "mask": (name, mask_bytes((24, 28, 20)), "application/octet-stream"),
+        },
+    )
     assert r.status_code == 202, r.text
     new = {o.key for o in store.list("")} - before
     assert new == {f"tenants/alpha/jobs/{r.json()['id']}/inputs/mask.nii.gz"}
@@ -93,10 +118,15 @@ def test_a_job_input_key_ignores_the_client_file_name(keyed, name):
 def test_part_names_are_checked_against_the_models_inputs(keyed, part):
     client, store = keyed
     before = {o.key for o in store.list("")}
-    r = client.post("/v1/jobs", headers=ALPHA, files={
-        "request": (None, '{"model": "ldm/tiny@1"}', "application/json"),
-        "mask": ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream"),
-        part: ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream")})
+    r = client.post(
+        "/v1/jobs",
+        headers=ALPHA,
+        files={
+            "request": (None, '{"model": "ldm/tiny@1"}', "application/json"),
+            "mask": ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream"),
+            part: ("m.nii.gz", mask_bytes((24, 28, 20)), "application/octet-stream"),
+        },
+    )
     assert 400 <= r.status_code < 500 and r.headers["content-type"] == "application/problem+json"
     assert {o.key for o in store.list("")} == before
 
@@ -106,8 +136,13 @@ def test_a_bank_mask_key_ignores_the_client_file_name(keyed):
 
     client, store = keyed
     before = {o.key for o in store.list("")}
-    r = client.post("/v1/masks", headers=ALPHA, files={
-        "request": (None, '{"tumor_class": "LGG"}', "application/json"),
-        "mask": ("../../../tenants/beta/masks/evil.nii.gz", mask_bytes(BANK_SHAPE), "application/octet-stream")})
+    r = client.post(
+        "/v1/masks",
+        headers=ALPHA,
+        files={
+            "request": (None, '{"tumor_class": "LGG"}', "application/json"),
+            "mask": ("../../../tenants/beta/masks/evil.nii.gz", mask_bytes(BANK_SHAPE), "application/octet-stream"),
+        },
+    )
     assert r.status_code == 201, r.text
     assert {o.key for o in store.list("")} - before == {f"tenants/alpha/masks/{r.json()['id']}/mask.nii.gz"}

@@ -40,9 +40,17 @@ def compare_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("offered,tenant", [("alpha-key-7f3a9c1e5b2d", "alpha"), ("gamma-key-5e1b7d3f9a0c", "gamma"),
-                                            (WRONG, None), ("alpha-key", None), ("", None),
-                                            ("alpha-key-7f3a9c1e5b2dX", None)])
+@pytest.mark.parametrize(
+    "offered,tenant",
+    [
+        ("alpha-key-7f3a9c1e5b2d", "alpha"),
+        ("gamma-key-5e1b7d3f9a0c", "gamma"),
+        (WRONG, None),
+        ("alpha-key", None),
+        ("", None),
+        ("alpha-key-7f3a9c1e5b2dX", None),
+    ],
+)
 def test_every_key_is_compared_with_compare_digest_whatever_is_offered(compare_calls, offered, tenant):
     s = Settings(api_keys=KEYS)
     assert s.tenant_for_key(offered) == tenant
@@ -77,8 +85,9 @@ def test_keys_are_not_logged_or_echoed_in_process(sec_client):
 
 
 def test_keys_are_not_logged_by_a_real_api_process(redis_server, s3_endpoint, model_dir, tmp_path, worker):
-    s = make_settings(redis_server, s3_endpoint, model_dir, api_keys=KEYS,
-                      redis_url=redis_server.url.rsplit("/", 1)[0] + "/12")
+    s = make_settings(
+        redis_server, s3_endpoint, model_dir, api_keys=KEYS, redis_url=redis_server.url.rsplit("/", 1)[0] + "/12"
+    )
     api = ApiProcess(settings_env(s), free_port(), tmp_path / "api.log").start()
     try:
         for key in ("alpha-key-7f3a9c1e5b2d", WRONG, "x"):
@@ -97,8 +106,14 @@ def test_signed_link_signatures_are_not_logged_by_a_real_api_process(redis_serve
     from tumorsynth.storage import make_store
     from tumorsynth.storage.keys import output_key
 
-    s = make_settings(redis_server, None, model_dir, storage_dir=tmp_path / "objects", api_keys=KEYS,
-                      redis_url=redis_server.url.rsplit("/", 1)[0] + "/12")
+    s = make_settings(
+        redis_server,
+        None,
+        model_dir,
+        storage_dir=tmp_path / "objects",
+        api_keys=KEYS,
+        redis_url=redis_server.url.rsplit("/", 1)[0] + "/12",
+    )
     key = output_key("alpha", "job_logged", "sample-0_t1.nii.gz")
     store = make_store(s)
     store.put_bytes(key, b"volume")
@@ -116,28 +131,48 @@ def test_signed_link_signatures_are_not_logged_by_a_real_api_process(redis_serve
 
 
 def test_settings_print_no_secret():
-    s = Settings(api_keys=KEYS, s3_secret_key="s3-secret-1b9e7c", url_signing_key="signing-key-4d2a8f",
-                 webhook_secret=None)
+    s = Settings(
+        api_keys=KEYS, s3_secret_key="s3-secret-1b9e7c", url_signing_key="signing-key-4d2a8f", webhook_secret=None
+    )
     for text in (repr(s), str(s)):
         for secret in ("alpha-key-7f3a9c1e5b2d", "s3-secret-1b9e7c", "signing-key-4d2a8f"):
             assert secret not in text
 
 
-@pytest.mark.parametrize("env,refusal", [
-    ({}, "without API keys"),
-    ({"TUMORSYNTH_API_KEYS": "hospital-a:change-me-key-a"}, "placeholder"),  # .env.example as shipped
-    ({"TUMORSYNTH_API_KEYS": "a:short-key"}, "shorter than 16"),
-    ({"TUMORSYNTH_API_KEYS": KEYS, "TUMORSYNTH_S3_ENDPOINT": "http://127.0.0.1:9",
-      "TUMORSYNTH_S3_SECRET_KEY": "minioadmin"}, "well-known default"),
-    ({"TUMORSYNTH_API_KEYS": KEYS, "TUMORSYNTH_S3_ENDPOINT": "http://127.0.0.1:9",
-      "TUMORSYNTH_S3_SECRET_KEY": "change-me-to-a-long-random-secret"}, "placeholder"),
-    ({"TUMORSYNTH_API_KEYS": KEYS, "TUMORSYNTH_URL_SIGNING_KEY": "abc"}, "shorter than 16"),
-])
+@pytest.mark.parametrize(
+    "env,refusal",
+    [
+        ({}, "without API keys"),
+        ({"TUMORSYNTH_API_KEYS": "hospital-a:change-me-key-a"}, "placeholder"),  # .env.example as shipped
+        ({"TUMORSYNTH_API_KEYS": "a:short-key"}, "shorter than 16"),
+        (
+            {
+                "TUMORSYNTH_API_KEYS": KEYS,
+                "TUMORSYNTH_S3_ENDPOINT": "http://127.0.0.1:9",
+                "TUMORSYNTH_S3_SECRET_KEY": "minioadmin",
+            },
+            "well-known default",
+        ),
+        (
+            {
+                "TUMORSYNTH_API_KEYS": KEYS,
+                "TUMORSYNTH_S3_ENDPOINT": "http://127.0.0.1:9",
+                "TUMORSYNTH_S3_SECRET_KEY": "change-me-to-a-long-random-secret",
+            },
+            "placeholder",
+        ),
+        ({"TUMORSYNTH_API_KEYS": KEYS, "TUMORSYNTH_URL_SIGNING_KEY": "abc"}, "shorter than 16"),
+    ],
+)
 def test_serve_refuses_to_listen_beyond_loopback_with_weak_secrets(env, refusal, tmp_path):
     base = {k: v for k, v in os.environ.items() if not k.startswith("TUMORSYNTH_")}
-    r = subprocess.run([sys.executable, "-m", "tumorsynth.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
-                       env=base | {"TUMORSYNTH_STORAGE_DIR": str(tmp_path)} | env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "tumorsynth.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+        env=base | {"TUMORSYNTH_STORAGE_DIR": str(tmp_path)} | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = " ".join((r.stdout + r.stderr).split())
     assert r.returncode == 2 and "refusing" in out and refusal in out, out[-600:]
     for value in env.values():

@@ -58,8 +58,14 @@ def local(redis_server, model_dir, tmp_path_factory):
     """The API over a local-folder store, whose links the API itself signs and verifies."""
     from tumorsynth.api.app import create_app
 
-    s = make_settings(redis_server, None, model_dir, storage_dir=tmp_path_factory.mktemp("objs"),
-                      url_signing_key="local-signing-key-0123456789", presign_expiry_seconds=120)
+    s = make_settings(
+        redis_server,
+        None,
+        model_dir,
+        storage_dir=tmp_path_factory.mktemp("objs"),
+        url_signing_key="local-signing-key-0123456789",
+        presign_expiry_seconds=120,
+    )
     app = create_app(s)
     store = app.state.services.store
     key = output_key("alpha", "job_local1", "sample-0_t1.nii.gz")
@@ -93,10 +99,12 @@ def test_a_tampered_local_link_is_refused(local, tamper):
     client, s, store, key = local
     expires = int(time.time()) + 60
     sig = sign(key, expires, s.url_signing_key.encode())
-    url = {"expiry": link(key, expires + 3600, sig),
-           "key": link(key.replace("t1", "t2"), expires, sig),
-           "signature": link(key, expires, sig[:-1] + ("0" if sig[-1] != "0" else "1")),
-           "other tenant": link(key.replace("tenants/alpha/", "tenants/beta/"), expires, sig)}[tamper]
+    url = {
+        "expiry": link(key, expires + 3600, sig),
+        "key": link(key.replace("t1", "t2"), expires, sig),
+        "signature": link(key, expires, sig[:-1] + ("0" if sig[-1] != "0" else "1")),
+        "other tenant": link(key.replace("tenants/alpha/", "tenants/beta/"), expires, sig),
+    }[tamper]
     r = client.get(url)
     assert r.status_code == 401 and r.json()["code"] == "bad_signature", r.text
 

@@ -18,8 +18,13 @@ from tumorsynth.storage.keys import tenant_prefix
 
 def job_routes(job: dict) -> list[tuple[str, str]]:
     jid = job["id"]
-    routes = [("GET", f"/v1/jobs/{jid}"), ("POST", f"/v1/jobs/{jid}/cancel"), ("GET", f"/v1/jobs/{jid}/events"),
-              ("GET", f"/v1/jobs/{jid}/preview.png"), ("GET", f"/v1/jobs/{jid}/webhooks")]
+    routes = [
+        ("GET", f"/v1/jobs/{jid}"),
+        ("POST", f"/v1/jobs/{jid}/cancel"),
+        ("GET", f"/v1/jobs/{jid}/events"),
+        ("GET", f"/v1/jobs/{jid}/preview.png"),
+        ("GET", f"/v1/jobs/{jid}/webhooks"),
+    ]
     return routes + [("GET", f"/v1/jobs/{jid}/outputs/{o['name']}") for o in job["outputs"]]
 
 
@@ -70,15 +75,26 @@ def test_object_keys_hold_the_tenant(alpha_job, app):
 
 @pytest.fixture(scope="module")
 def alpha_batch(sec_client, worker):
-    body = {"model": "ldm/tiny@1", "class_counts": {"LGG": 1, "HGG": 2}, "target": "balance", "masks": "upload",
-            "modalities": ["flair"], "sampler": {"name": "dpm++", "steps": 5}}
-    files = {"request": (None, json.dumps(body), "application/json"),
-             "mask": ("m.nii.gz", mask_bytes((40, 44, 30)), "application/octet-stream")}
+    body = {
+        "model": "ldm/tiny@1",
+        "class_counts": {"LGG": 1, "HGG": 2},
+        "target": "balance",
+        "masks": "upload",
+        "modalities": ["flair"],
+        "sampler": {"name": "dpm++", "steps": 5},
+    }
+    files = {
+        "request": (None, json.dumps(body), "application/json"),
+        "mask": ("m.nii.gz", mask_bytes((40, 44, 30)), "application/octet-stream"),
+    }
     r = sec_client.post("/v1/batches", files=files, headers=ALPHA)
     assert r.status_code == 202, r.text
     bid = r.json()["id"]
-    wait_for(lambda: sec_client.get(f"/v1/batches/{bid}", headers=ALPHA).json()["status"] in
-             {"succeeded", "failed"}, timeout=180, what="batch done")
+    wait_for(
+        lambda: sec_client.get(f"/v1/batches/{bid}", headers=ALPHA).json()["status"] in {"succeeded", "failed"},
+        timeout=180,
+        what="batch done",
+    )
     return sec_client.get(f"/v1/batches/{bid}", headers=ALPHA).json()
 
 
@@ -86,8 +102,12 @@ def test_batches_answer_404_to_another_tenant(sec_client, alpha_batch):
     bid = alpha_batch["id"]
     assert alpha_batch["status"] == "succeeded"
     assert sec_client.get(f"/v1/batches/{bid}/manifest.csv", headers=ALPHA).status_code == 200
-    for method, path in [("GET", f"/v1/batches/{bid}"), ("POST", f"/v1/batches/{bid}/cancel"),
-                         ("GET", f"/v1/batches/{bid}/manifest.csv"), ("GET", f"/v1/batches/{bid}/manifest.json")]:
+    for method, path in [
+        ("GET", f"/v1/batches/{bid}"),
+        ("POST", f"/v1/batches/{bid}/cancel"),
+        ("GET", f"/v1/batches/{bid}/manifest.csv"),
+        ("GET", f"/v1/batches/{bid}/manifest.json"),
+    ]:
         assert_not_found(sec_client.request(method, path, headers=BETA), f"beta {method} {path}")
     assert sec_client.get(f"/v1/batches/{bid}", headers=ALPHA).json()["status"] == "succeeded"
     # the batch's jobs are alpha's too
@@ -99,9 +119,14 @@ def test_the_mask_bank_is_per_tenant(sec_client, app):
     from tumorsynth.jobs.maskbank import BANK_SHAPE
 
     bank = app.state.services.bank
-    r = sec_client.post("/v1/masks", files={
-        "request": (None, '{"tumor_class": "HGG"}', "application/json"),
-        "mask": ("m.nii.gz", mask_bytes(BANK_SHAPE), "application/octet-stream")}, headers=ALPHA)
+    r = sec_client.post(
+        "/v1/masks",
+        files={
+            "request": (None, '{"tumor_class": "HGG"}', "application/json"),
+            "mask": ("m.nii.gz", mask_bytes(BANK_SHAPE), "application/octet-stream"),
+        },
+        headers=ALPHA,
+    )
     assert r.status_code == 201, r.text
     assert len(bank.sources("alpha", "HGG")) >= 1
     assert bank.sources("beta", "HGG") == []

@@ -78,8 +78,10 @@ def test_sidecars_are_hidden_and_writes_leave_no_temp_files(local):
     assert not (local.root / "tenants").exists()  # empty folders pruned
 
 
-@pytest.mark.parametrize("key", ["../x", "tenants/../../etc/passwd", "/etc/passwd", "a//b", ".hidden/x",
-                                 "a/.meta.json", "a\x00b", "a\\..\\b", ""])
+@pytest.mark.parametrize(
+    "key",
+    ["../x", "tenants/../../etc/passwd", "/etc/passwd", "a//b", ".hidden/x", "a/.meta.json", "a\x00b", "a\\..\\b", ""],
+)
 def test_local_refuses_paths_outside_root(local, key):
     with pytest.raises(InvalidRequest):
         local.put_bytes(key, b"x")

@@ -15,8 +15,13 @@ from ..support.s3 import closed_port
 @pytest.mark.parametrize("op", ["ping", "put", "get", "stat", "list"])
 def test_closed_port_is_unavailable_quickly(op):
     store = S3Store(f"127.0.0.1:{closed_port()}", "test", "test-secret", "bucket")
-    calls = {"ping": store.ping, "put": lambda: store.put_bytes("k", b"x"), "get": lambda: store.get_bytes("k"),
-             "stat": lambda: store.stat("k"), "list": lambda: store.list("")}
+    calls = {
+        "ping": store.ping,
+        "put": lambda: store.put_bytes("k", b"x"),
+        "get": lambda: store.get_bytes("k"),
+        "stat": lambda: store.stat("k"),
+        "list": lambda: store.list(""),
+    }
     start = time.monotonic()
     with pytest.raises(StorageUnavailable) as err:
         calls[op]()
@@ -40,12 +45,15 @@ def test_missing_bucket_is_not_transient(moto_endpoint):
     assert not err.value.transient
 
 
-@pytest.mark.parametrize("endpoint, secure, expected", [
-    ("minio:9000", False, ("minio:9000", False)),
-    ("minio:9000", True, ("minio:9000", True)),
-    ("http://minio:9000", True, ("minio:9000", False)),
-    ("https://minio:9000/", False, ("minio:9000", True)),
-])
+@pytest.mark.parametrize(
+    "endpoint, secure, expected",
+    [
+        ("minio:9000", False, ("minio:9000", False)),
+        ("minio:9000", True, ("minio:9000", True)),
+        ("http://minio:9000", True, ("minio:9000", False)),
+        ("https://minio:9000/", False, ("minio:9000", True)),
+    ],
+)
 def test_parse_endpoint(endpoint, secure, expected):
     assert parse_endpoint(endpoint, secure) == expected
 

@@ -13,8 +13,7 @@ VALIDATOR = Path(sys.executable).parent / "bids-validator-deno"
 
 def validate(root: Path) -> dict:
     """``{"errors": [...], "warnings": [...]}``, each issue as ``code location subCode``."""
-    proc = subprocess.run([str(VALIDATOR), str(root), "--format", "json"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([str(VALIDATOR), str(root), "--format", "json"], capture_output=True, text=True, timeout=300)
     report = json.loads(proc.stdout)
     out: dict[str, list[str]] = {"errors": [], "warnings": []}
     for issue in report["issues"]["issues"]:

@@ -34,8 +34,9 @@ def digest(trainer) -> dict[str, str]:
     for part, obj in trainer._resumable().items():
         flat = _tensors(obj.state_dict(), part)
         for name, t in flat.items():
-            out[name] = hashlib.sha256(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                                       if t.numel() else b"").hexdigest()
+            out[name] = hashlib.sha256(
+                t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            ).hexdigest()
     return out
 
 
@@ -53,11 +54,31 @@ def run_two_ranks(family: str, cfg, data: Path, root: Path, timeout: int = 900) 
     """Train ``cfg`` on two gloo ranks; return each rank's record (``rank<r>.json``)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(asdict(cfg)))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [
-        str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])
+        ),
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, family,
-         str(data), str(root)], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            __file__,
+            family,
+            str(data),
+            str(root),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return [json.loads((root / f"rank{r}.json").read_text()) for r in range(2)]
 
@@ -68,8 +89,9 @@ def assert_ranks_agree_and_only_rank_0_wrote(records: list[dict], root: Path) ->
     first, second = records
     assert first["world_size"] == second["world_size"] == 2
     assert first["before"] == second["before"]  # DDP starts from rank 0's weights; so does this run's seed
-    assert first["after"] == second["after"], sorted(k for k in first["after"]
-                                                     if first["after"][k] != second["after"].get(k))[:10]
+    assert first["after"] == second["after"], sorted(
+        k for k in first["after"] if first["after"][k] != second["after"].get(k)
+    )[:10]
     changed = [k for k in first["after"] if first["after"][k] != first["before"].get(k)]
     assert len(changed) > len(first["after"]) // 4, "training changed too little to tell the ranks apart"
     assert first["checkpoint"] == second["checkpoint"] and "rank0" in first["checkpoint"]
@@ -87,12 +109,19 @@ def main(family: str, data: str, root: str) -> None:
     cfg = getattr(module, config_name).load(root_path / "config.json")
     rank = int(os.environ["RANK"])
     mine = root_path / f"rank{rank}"
-    trainer = module.Trainer(cfg, Path(data), mine / "out" / family / f"{cfg.name}@{cfg.version}", mine / "work",
-                             device="cpu")
+    trainer = module.Trainer(
+        cfg, Path(data), mine / "out" / family / f"{cfg.name}@{cfg.version}", mine / "work", device="cpu"
+    )
     before = digest(trainer)
     result = trainer.run()
-    record = {"rank": rank, "world_size": trainer.world.size, "before": before, "after": digest(trainer),
-              "checkpoint": str(result.entry.path), "epochs_logged": len(trainer.state["metrics"])}
+    record = {
+        "rank": rank,
+        "world_size": trainer.world.size,
+        "before": before,
+        "after": digest(trainer),
+        "checkpoint": str(result.entry.path),
+        "epochs_logged": len(trainer.state["metrics"]),
+    }
     (root_path / f"rank{rank}.json").write_text(json.dumps(record))
 
 

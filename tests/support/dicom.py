@@ -44,16 +44,26 @@ class Orthanc:
         assert exe, "Orthanc missing: apt-get install orthanc (make test does)"
         self.root.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "tumorsynth-test", "StorageDirectory": str(self.root / "db"),
-            "IndexDirectory": str(self.root / "db"), "DicomAet": self.aet, "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomServerEnabled": True, "DicomCheckCalledAet": True, "DicomAlwaysAllowStore": True,
-            "HttpServerEnabled": True, "Plugins": self.plugins, "StableAge": 1,
+            "Name": "tumorsynth-test",
+            "StorageDirectory": str(self.root / "db"),
+            "IndexDirectory": str(self.root / "db"),
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowStore": True,
+            "HttpServerEnabled": True,
+            "Plugins": self.plugins,
+            "StableAge": 1,
         }
         (self.root / "orthanc.json").write_text(json.dumps(config))
         self.log = open(self.root / "orthanc.log", "ab")
-        self.proc = subprocess.Popen([exe, str(self.root / "orthanc.json")], stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [exe, str(self.root / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

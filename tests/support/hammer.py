@@ -35,8 +35,10 @@ def shots(auth: dict[str, str]) -> list[Shot]:
     """Every malformed request, and every malformed file submitted as a job's mask."""
     out = [Shot(c.name, c.method, c.path, c.request_headers(auth), c.body, c.status) for c in request_corpus()]
     form = auth | {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    out += [Shot(f"file: {name}", "POST", "/v1/jobs", form, multipart(req({"model": MODEL}), file("mask", data)),
-                 status) for name, data, status in file_corpus()]
+    out += [
+        Shot(f"file: {name}", "POST", "/v1/jobs", form, multipart(req({"model": MODEL}), file("mask", data)), status)
+        for name, data, status in file_corpus()
+    ]
     return out
 
 
@@ -70,7 +72,11 @@ class ApiProcess:
     def start(self, wait: float = 120.0) -> ApiProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tumorsynth.cli", "serve", "--port", str(self.port), "--no-worker"],
-            env=self.env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+            env=self.env,
+            stdout=open(self.log_path, "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -27,8 +27,9 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 with receiver.lock:
-                    receiver.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                                      body, time.time()))
+                    receiver.received.append(
+                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
+                    )
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                 self.send_response(status)
                 self.send_header("content-length", "0")

@@ -32,8 +32,13 @@ class Node:
     def start(self) -> Node:
         self.folder.mkdir(parents=True, exist_ok=True)
         log = open(self.folder / "server.log", "ab")
-        self.proc = subprocess.Popen([_binary(), *self.args], cwd=self.folder, stdout=log, stderr=subprocess.STDOUT,
-                                     preexec_fn=die_with_parent(os.getpid()))
+        self.proc = subprocess.Popen(
+            [_binary(), *self.args],
+            cwd=self.folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent(os.getpid()),
+        )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -76,9 +81,26 @@ class SentinelGroup:
         return "sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports) + f"/{MASTER}"
 
     def _data_node(self, port: int, replica_of: int | None) -> Node:
-        args = ["--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes", "--appendfsync", "everysec",
-                "--save", "", "--dir", str(self.root / f"redis-{port}"), "--daemonize", "no",
-                "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+        args = [
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--dir",
+            str(self.root / f"redis-{port}"),
+            "--daemonize",
+            "no",
+            "--repl-diskless-sync",
+            "yes",
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
         if replica_of:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
         return Node(self.root / f"redis-{port}", port, args)
@@ -97,7 +119,8 @@ class SentinelGroup:
                 f"sentinel monitor {MASTER} 127.0.0.1 {primary} 2\n"
                 f"sentinel down-after-milliseconds {MASTER} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {MASTER} {self.failover_timeout_ms}\n"
-                f"sentinel parallel-syncs {MASTER} 1\n")
+                f"sentinel parallel-syncs {MASTER} 1\n"
+            )
             self.sentinels.append(Node(folder, port, [str(conf), "--sentinel"]).start())
         self.wait_sentinels_agree(primary)
         return self
@@ -128,8 +151,11 @@ class SentinelGroup:
             for s in self.sentinels:
                 try:
                     info = redis.Redis(port=s.port, socket_timeout=0.5).sentinel_master(MASTER)
-                    seen.append(int(info["port"]) == primary and int(info.get("num-other-sentinels", 0))
-                                >= len(self.sentinels) - 1 and int(info.get("num-slaves", 0)) >= 1)
+                    seen.append(
+                        int(info["port"]) == primary
+                        and int(info.get("num-other-sentinels", 0)) >= len(self.sentinels) - 1
+                        and int(info.get("num-slaves", 0)) >= 1
+                    )
                 except redis.RedisError:
                     seen.append(False)
             if all(seen):

@@ -34,8 +34,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """``tumorsynth worker`` in its own process group, so a test can SIGKILL it like a machine dying."""
 
-    def __init__(self, settings: Settings, log_path: Path, queues: str = "gpu", extra_env: dict | None = None,
-                 args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        queues: str = "gpu",
+        extra_env: dict | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self.settings, self.log_path, self.queues = settings, log_path, queues
         self.extra_env, self.args = extra_env or {}, tuple(args)  # args: more ``tumorsynth worker`` options
         self.proc: subprocess.Popen | None = None
@@ -45,9 +51,22 @@ class WorkerProcess:
         self.log = open(self.log_path, "ab")
         before = time.time()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tumorsynth.cli", "worker", "--queues", self.queues, "--loglevel", "INFO",
-             *self.args],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "tumorsynth.cli",
+                "worker",
+                "--queues",
+                self.queues,
+                "--loglevel",
+                "INFO",
+                *self.args,
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         r = connect(self.settings.redis_url)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

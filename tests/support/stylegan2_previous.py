@@ -27,8 +27,9 @@ def upsample2d(x: torch.Tensor) -> torch.Tensor:
     return F.conv_transpose2d(x, _fir_kernel(c, 4.0, x.device, x.dtype), stride=2, padding=1, groups=c)
 
 
-def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
-                     padding: int = 0) -> torch.Tensor:
+def modulated_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True, padding: int = 0
+) -> torch.Tensor:
     b, i, h, w_ = x.shape
     o = weight.shape[0]
     w = weight.unsqueeze(0) * styles.reshape(b, 1, i, 1, 1)  # (B, O, I, k, k)
@@ -43,15 +44,17 @@ def _affine(fc: FullyConnected, w: torch.Tensor) -> torch.Tensor:
     return bias_act(F.linear(w, fc.weight * fc.weight_gain), fc.bias * fc.bias_gain, fc.activation)
 
 
-def layer(m: SynthesisLayer, x: torch.Tensor, w: torch.Tensor, noise_mode: str,
-          generator: torch.Generator | None) -> torch.Tensor:
+def layer(
+    m: SynthesisLayer, x: torch.Tensor, w: torch.Tensor, noise_mode: str, generator: torch.Generator | None
+) -> torch.Tensor:
     styles = _affine(m.affine, w)
     if m.up:
         x = upsample2d(x)
     x = modulated_conv2d(x, m.weight, styles, demodulate=True, padding=1)
     if noise_mode == "random":
-        noise = torch.randn((x.shape[0], 1, m.resolution, m.resolution), device=x.device, dtype=x.dtype,
-                            generator=generator)
+        noise = torch.randn(
+            (x.shape[0], 1, m.resolution, m.resolution), device=x.device, dtype=x.dtype, generator=generator
+        )
         x = x + noise * m.noise_strength
     elif noise_mode == "const":
         x = x + m.noise_const * m.noise_strength
@@ -63,8 +66,14 @@ def to_image(m: ToImage, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return bias_act(modulated_conv2d(x, m.weight, styles, demodulate=False), m.bias, "linear", clamp=m.conv_clamp)
 
 
-def block(m: SynthesisBlock, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, noise_mode: str,
-          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def block(
+    m: SynthesisBlock,
+    x: torch.Tensor | None,
+    img: torch.Tensor | None,
+    ws: torch.Tensor,
+    noise_mode: str,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     w_iter = iter(ws.unbind(1))
     if m.first:
         x = m.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
@@ -76,20 +85,27 @@ def block(m: SynthesisBlock, x: torch.Tensor | None, img: torch.Tensor | None, w
     return x, (y if img is None else upsample2d(img) + y)
 
 
-def synthesis(g: Generator, ws: torch.Tensor, noise_mode: str = "random",
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def synthesis(
+    g: Generator, ws: torch.Tensor, noise_mode: str = "random", generator: torch.Generator | None = None
+) -> torch.Tensor:
     x = img = None
     start = 0
     for b in g.blocks:
         assert isinstance(b, SynthesisBlock)
-        x, img = block(b, x, img, ws[:, start:start + b.num_ws], noise_mode, generator)
+        x, img = block(b, x, img, ws[:, start : start + b.num_ws], noise_mode, generator)
         start += b.num_ws - 1
     assert img is not None
     return img
 
 
-def sample_slices(g: Generator, label: int, seeds: list[int], truncation: float = 1.0, noise_mode: str = "random",
-                  device: str | torch.device = "cpu") -> torch.Tensor:
+def sample_slices(
+    g: Generator,
+    label: int,
+    seeds: list[int],
+    truncation: float = 1.0,
+    noise_mode: str = "random",
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """The old ``sampler.sample_slices``: one forward pass per seed."""
     device = torch.device(device)
     labels = torch.tensor([label], dtype=torch.long, device=device)

@@ -13,8 +13,9 @@ from tumorsynth.imaging.examples import example_mask
 
 def oblique_affine(spacing=(1.2, 0.9, 2.0), angle_deg: float = 17.0, origin=(-80.0, -95.0, -40.0)) -> np.ndarray:
     a = np.deg2rad(angle_deg)
-    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ \
-        np.array([[1, 0, 0], [0, np.cos(a / 2), -np.sin(a / 2)], [0, np.sin(a / 2), np.cos(a / 2)]])
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ np.array(
+        [[1, 0, 0], [0, np.cos(a / 2), -np.sin(a / 2)], [0, np.sin(a / 2), np.cos(a / 2)]]
+    )
     aff = np.eye(4)
     aff[:3, :3] = rot * np.asarray(spacing)
     aff[:3, 3] = origin
@@ -40,8 +41,11 @@ def nifti_bytes(data: np.ndarray, affine: np.ndarray, *, gz: bool = True, descri
 
 
 def mask_bytes(shape=(64, 72, 40), convention: str = "brats2023", affine=None, seed: int = 0) -> bytes:
-    return nifti_bytes(mask_array(shape, convention, seed), oblique_affine() if affine is None else affine,
-                       descrip=b"PATIENT^JANE 1970-01-01")
+    return nifti_bytes(
+        mask_array(shape, convention, seed),
+        oblique_affine() if affine is None else affine,
+        descrip=b"PATIENT^JANE 1970-01-01",
+    )
 
 
 def load(data: bytes) -> nib.Nifti1Image:
@@ -70,8 +74,8 @@ def float64_mask_gz(shape=(512, 512, 256)) -> bytes:
     for k in range(z):
         plane = np.zeros((x, y), np.float64)
         if z // 3 <= k < 2 * z // 3:
-            plane[x // 3:2 * x // 3, y // 3:2 * y // 3] = 2.0  # oedema
-            plane[x // 3 + 8:2 * x // 3 - 8, y // 3 + 8:2 * y // 3 - 8] = 1.0  # and a core
+            plane[x // 3 : 2 * x // 3, y // 3 : 2 * y // 3] = 2.0  # oedema
+            plane[x // 3 + 8 : 2 * x // 3 - 8, y // 3 + 8 : 2 * y // 3 - 8] = 1.0  # and a core
         out.append(gz.compress(plane.tobytes(order="F")))
     out.append(gz.flush())
     return b"".join(out)

@@ -36,9 +36,12 @@ def _rank(rank: int, port: int, out: str) -> None:
         record = {
             "agree_one_false": world.all_agree(rank == 0),
             "agree_all_true": world.all_agree(True),
-            "used": used.grad.tolist(), "unused": unused.grad.tolist(),
-            "stats": stats.tolist(), "steps": int(steps),
-            "broadcast": mine.tolist(), "shared": world.share(f"from rank {rank}"),
+            "used": used.grad.tolist(),
+            "unused": unused.grad.tolist(),
+            "stats": stats.tolist(),
+            "steps": int(steps),
+            "broadcast": mine.tolist(),
+            "shared": world.share(f"from rank {rank}"),
             "mean": world.mean(float(rank)),
             "shard": [int(b) for b in world.shard(list(range(5)))],
         }

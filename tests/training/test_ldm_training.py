@@ -56,8 +56,9 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(phan
     with pytest.raises(Interrupt):
         Trainer(cfg, phantom_dir, tmp_path / "b" / "ldm" / "x@1", work, on_epoch=stop_in_diffusion).run()
     resumed_rows = []
-    resumed = Trainer(cfg, phantom_dir, tmp_path / "b" / "ldm" / "x@1", work,
-                      on_epoch=resumed_rows.append).run(resume=True)
+    resumed = Trainer(cfg, phantom_dir, tmp_path / "b" / "ldm" / "x@1", work, on_epoch=resumed_rows.append).run(
+        resume=True
+    )
     # the autoencoder was not retrained; diffusion went on from the last saved epoch
     assert [(r["stage"], r["epoch"]) for r in resumed_rows] == [("diffusion", 2), ("diffusion", 3)]
     a, b = load_state_dict(straight.entry), load_state_dict(resumed.entry)
@@ -118,13 +119,13 @@ def test_evaluation_takes_fid_features_from_local_medicalnet_weights(phantom_dir
     from tumorsynth.evaluation.ldm_eval import evaluate_ldm, format_report
 
     bias, shortcut = get_medicalnet_pretrained_resnet_args(10)
-    net = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type=shortcut,
-                   bias_downsample=bias)
+    net = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type=shortcut, bias_downsample=bias)
     torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "resnet_10.pth")
     cfg = config(ae_epochs=1, diffusion_epochs=1, name="medicalnet")
     entry = Trainer(cfg, phantom_dir, tmp_path / "ldm" / "medicalnet@1", tmp_path / "work").run().entry
-    report = evaluate_ldm(entry, phantom_dir, subjects=2, samples=1, steps=5,
-                          feature_weights=str(tmp_path / "resnet_10.pth"))
+    report = evaluate_ldm(
+        entry, phantom_dir, subjects=2, samples=1, steps=5, feature_weights=str(tmp_path / "resnet_10.pth")
+    )
     assert report["fid_features"].startswith("MedicalNet") and np.isfinite(report["fid"]) and report["fid"] >= 0
     assert "MedicalNet" in format_report(report)
 
@@ -156,8 +157,15 @@ def test_region_weights_add_per_region_and_all_zero_is_the_plain_mean():
 
 def test_autoencoder_trains_on_weighted_tumour_crops(phantom_dir, tmp_path):
     rows = []
-    cfg = config(ae_epochs=4, adv_start_epoch=99, ae_lr=1e-3, diffusion_epochs=1, ssim_weight=0.2,
-                 ae_crop=(16, 16, 8), ae_region_weights=(10, 10, 30))
+    cfg = config(
+        ae_epochs=4,
+        adv_start_epoch=99,
+        ae_lr=1e-3,
+        diffusion_epochs=1,
+        ssim_weight=0.2,
+        ae_crop=(16, 16, 8),
+        ae_region_weights=(10, 10, 30),
+    )
     result = Trainer(cfg, phantom_dir, tmp_path / "ldm" / "c@1", tmp_path / "work", on_epoch=rows.append).run()
     l1 = [r["l1"] for r in rows if r["stage"] == "autoencoder"]
     assert np.isfinite(l1).all() and l1[-1] < l1[0], l1
@@ -166,8 +174,9 @@ def test_autoencoder_trains_on_weighted_tumour_crops(phantom_dir, tmp_path):
 
 
 def test_init_from_a_checkpoint_keeps_its_autoencoder_and_serves_the_ema_unet(phantom_dir, tmp_path):
-    first = Trainer(config(ae_epochs=1, diffusion_epochs=1), phantom_dir, tmp_path / "m" / "ldm" / "a@1",
-                    tmp_path / "wa").run()
+    first = Trainer(
+        config(ae_epochs=1, diffusion_epochs=1), phantom_dir, tmp_path / "m" / "ldm" / "a@1", tmp_path / "wa"
+    ).run()
     rows = []
     cfg = config(diffusion_epochs=2, init_from=str(first.entry.path), init_skip_autoencoder=True, ema_decay=0.9)
     trainer = Trainer(cfg, phantom_dir, tmp_path / "m" / "ldm" / "b@1", tmp_path / "wb", on_epoch=rows.append)
@@ -195,15 +204,42 @@ def test_torchrun_two_cpu_processes_train_one_checkpoint_with_ddp(phantom_dir, t
 
     out, work = tmp_path / "models" / "ldm" / "ddp@1", tmp_path / "work"
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps(LDMTrainConfig.load("ldm-tiny").__dict__ | {"ae_epochs": 1, "diffusion_epochs": 2,
-                                                                         "name": "ddp", "batch_size": 1,
-                                                                         "diffusion_batch_size": 2}))
+    cfg.write_text(
+        json.dumps(
+            LDMTrainConfig.load("ldm-tiny").__dict__
+            | {"ae_epochs": 1, "diffusion_epochs": 2, "name": "ddp", "batch_size": 1, "diffusion_batch_size": 2}
+        )
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tumorsynth.cli",
-         "train", "ldm", "--data", str(phantom_dir), "--config", str(cfg), "--out", str(out), "--work", str(work),
-         "--device", "cpu", "--threads", "1"],
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "tumorsynth.cli",
+            "train",
+            "ldm",
+            "--data",
+            str(phantom_dir),
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--work",
+            str(work),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in rows] == [("autoencoder", 1), ("diffusion", 1), ("diffusion", 2)]
@@ -218,8 +254,12 @@ def test_v_prediction_is_trained_stored_in_the_schedule_and_sampled(phantom_dir,
     entry = ModelRegistry(tmp_path / "models").get("ldm/v@1")
     assert entry.config["schedule"]["prediction_type"] == "v_prediction"
     gen = LDMGenerator(entry, "cpu")
-    assert gen._scheduler(GenerationParams(num_samples=1, seed=0, sampler="dpm++", steps=5, modalities=())) \
-        .config.prediction_type == "v_prediction"
+    assert (
+        gen._scheduler(
+            GenerationParams(num_samples=1, seed=0, sampler="dpm++", steps=5, modalities=())
+        ).config.prediction_type
+        == "v_prediction"
+    )
     assert result.metrics[-1]["mse"] > 0
     with pytest.raises(ValueError, match="prediction_type"):
         Trainer(config(prediction_type="x0"), phantom_dir, tmp_path / "x", tmp_path / "wx")
@@ -244,8 +284,9 @@ def test_torchrun_ranks_hold_identical_weights_and_rank_0_alone_writes(phantom_d
         run_two_ranks,
     )
 
-    cfg = config(ae_epochs=1, adv_start_epoch=0, diffusion_epochs=1, batch_size=1, diffusion_batch_size=2,
-                 name="ddp-same")
+    cfg = config(
+        ae_epochs=1, adv_start_epoch=0, diffusion_epochs=1, batch_size=1, diffusion_batch_size=2, name="ddp-same"
+    )
     records = run_two_ranks("ldm", cfg, phantom_dir, tmp_path / "ddp")
     assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")
     assert any(k.startswith("ema.") for k in records[0]["after"])
@@ -268,16 +309,30 @@ def test_enhancement_l1_is_the_t1c_minus_t1_error_alone():
 
 
 def test_a_decoder_only_fine_tune_keeps_the_encoder_scale_and_unet(phantom_dir, tmp_path):
-    first = Trainer(config(ae_epochs=1, diffusion_epochs=1), phantom_dir, tmp_path / "m" / "ldm" / "a@1",
-                    tmp_path / "wa").run()
+    first = Trainer(
+        config(ae_epochs=1, diffusion_epochs=1), phantom_dir, tmp_path / "m" / "ldm" / "a@1", tmp_path / "wa"
+    ).run()
     rows = []
-    cfg = config(ae_epochs=2, diffusion_epochs=0, init_from=str(first.entry.path), ae_freeze_encoder=True,
-                 ae_enhancement_weight=2.0, ae_region_weights=(1.0, 1.0, 3.0), ae_lr=1e-3, ema_decay=0.0)
+    cfg = config(
+        ae_epochs=2,
+        diffusion_epochs=0,
+        init_from=str(first.entry.path),
+        ae_freeze_encoder=True,
+        ae_enhancement_weight=2.0,
+        ae_region_weights=(1.0, 1.0, 3.0),
+        ae_lr=1e-3,
+        ema_decay=0.0,
+    )
     second = Trainer(cfg, phantom_dir, tmp_path / "m" / "ldm" / "b@1", tmp_path / "wb", on_epoch=rows.append).run()
     assert [r["stage"] for r in rows] == ["autoencoder", "autoencoder"]
     a, b = load_state_dict(first.entry), load_state_dict(second.entry)
-    frozen = ("autoencoder.encoder.", "autoencoder.quant_conv_mu.", "autoencoder.quant_conv_log_sigma.", "unet.",
-              "scale_factor")
+    frozen = (
+        "autoencoder.encoder.",
+        "autoencoder.quant_conv_mu.",
+        "autoencoder.quant_conv_log_sigma.",
+        "unet.",
+        "scale_factor",
+    )
     for k in a:
         if k.startswith(frozen):
             assert torch.equal(a[k], b[k]), k

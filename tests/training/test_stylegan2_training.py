@@ -98,8 +98,9 @@ def test_phantom_slice_set_has_three_labelled_classes(slice_dir):
 
 def test_training_steps_are_finite_and_the_checkpoint_is_servable(slice_dir, tmp_path):
     rows = []
-    result = Trainer(config(epochs=2), slice_dir, tmp_path / "models" / "stylegan2" / "t@1", tmp_path / "work",
-                     on_epoch=rows.append).run()
+    result = Trainer(
+        config(epochs=2), slice_dir, tmp_path / "models" / "stylegan2" / "t@1", tmp_path / "work", on_epoch=rows.append
+    ).run()
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
         assert r["cpu_seconds"] > 0
@@ -155,8 +156,9 @@ def test_augment_puts_every_image_d_sees_through_diff_augment(slice_dir, tmp_pat
         return img
 
     monkeypatch.setattr(sg, "diff_augment", spy)
-    trainer = Trainer(config(epochs=1, augment=["color", "translation"], d_reg_interval=1), slice_dir,
-                      tmp_path / "o", tmp_path / "w")
+    trainer = Trainer(
+        config(epochs=1, augment=["color", "translation"], d_reg_interval=1), slice_dir, tmp_path / "o", tmp_path / "w"
+    )
     trainer.state["step"] = 0
     real = trainer.data.images[:4] * 2 - 1
     trainer.g_step()
@@ -168,8 +170,9 @@ def test_augment_puts_every_image_d_sees_through_diff_augment(slice_dir, tmp_pat
 
 
 def test_the_checkpoint_keeps_the_ema_generator_not_the_trained_one(slice_dir, tmp_path):
-    trainer = Trainer(config(epochs=2, ema_kimg=1.0, ema_rampup=None), slice_dir, tmp_path / "stylegan2" / "e@1",
-                      tmp_path / "w")
+    trainer = Trainer(
+        config(epochs=2, ema_kimg=1.0, ema_rampup=None), slice_dir, tmp_path / "stylegan2" / "e@1", tmp_path / "w"
+    )
     result = trainer.run()
     ema, raw = trainer.G_ema.state_dict(), trainer.G.state_dict()
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # an average over the run, not the last weights
@@ -202,8 +205,12 @@ def test_init_from_a_checkpoint_starts_g_and_its_ema_from_its_weights(slice_dir,
     from tumorsynth.models.stylegan2.configs import create_untrained
 
     source = create_untrained(tmp_path / "src", preset="tiny", seed=7)
-    trainer = Trainer(config(epochs=1, name="init", init_from=str(source.path)), slice_dir,
-                      tmp_path / "models" / "stylegan2" / "init@1", tmp_path / "work")
+    trainer = Trainer(
+        config(epochs=1, name="init", init_from=str(source.path)),
+        slice_dir,
+        tmp_path / "models" / "stylegan2" / "init@1",
+        tmp_path / "work",
+    )
     stored = load_state_dict(source)
     for net in (trainer.G, trainer.G_ema):
         assert all(torch.equal(v, stored[k].to(v.dtype)) for k, v in net.state_dict().items())
@@ -216,12 +223,17 @@ def test_a_wider_discriminator_comes_from_the_config_and_leaves_g_as_the_preset_
     wide = StyleGAN2TrainConfig.load("stylegan2-demo-ac")
     assert (wide.preset, wide.d_channel_base, wide.d_channel_max, wide.ac_weight) == ("demo", 1024, 128, 1.0)
     plain = Trainer(config(epochs=1, name="plain"), slice_dir, tmp_path / "plain", tmp_path / "w0")
-    trainer = Trainer(config(epochs=1, name="wide", d_channel_base=1024, d_channel_max=64), slice_dir,
-                      tmp_path / "models" / "stylegan2" / "wide@1", tmp_path / "w1")
+    trainer = Trainer(
+        config(epochs=1, name="wide", d_channel_base=1024, d_channel_max=64),
+        slice_dir,
+        tmp_path / "models" / "stylegan2" / "wide@1",
+        tmp_path / "w1",
+    )
     # tiny preset: min(256 / 16, 32) = 16 channels at 16 px; here min(1024 / 16, 64) = 64
     assert plain.D.blocks[0].fromrgb.weight.shape[0] == 16 and trainer.D.blocks[0].fromrgb.weight.shape[0] == 64
-    assert {k: v.shape for k, v in trainer.G.state_dict().items()} == \
-        {k: v.shape for k, v in plain.G.state_dict().items()}
+    assert {k: v.shape for k, v in trainer.G.state_dict().items()} == {
+        k: v.shape for k, v in plain.G.state_dict().items()
+    }
     entry = trainer.run().entry
     assert entry.config["discriminator"]["channel_base"] == 1024 and entry.config["network"]["channel_base"] == 256
     assert "discriminator (training only) channels min(1024 / r, 64)" in (entry.path / "MODEL_CARD.md").read_text()
@@ -229,8 +241,12 @@ def test_a_wider_discriminator_comes_from_the_config_and_leaves_g_as_the_preset_
 
 
 def test_ac_gan_head_classifies_reals_and_scores_g_on_its_classes(slice_dir, tmp_path):
-    trainer = Trainer(config(epochs=1, name="ac", ac_weight=1.0), slice_dir,
-                      tmp_path / "models" / "stylegan2" / "ac@1", tmp_path / "work")
+    trainer = Trainer(
+        config(epochs=1, name="ac", ac_weight=1.0),
+        slice_dir,
+        tmp_path / "models" / "stylegan2" / "ac@1",
+        tmp_path / "work",
+    )
     assert trainer.D.aux is not None and trainer.D.aux.weight.shape[0] == len(trainer.data.classes)
     real = trainer.data.images[:4] * 2 - 1
     logits = trainer.D(real, trainer.data.labels[:4])

@@ -36,8 +36,13 @@ def trained(phantom_dir, tmp_path_factory):
     """Three epochs, uninterrupted; the checkpoint lands in a model folder as the service reads it."""
     root = tmp_path_factory.mktemp("trained")
     rows = []
-    result = Trainer(config(epochs=3, name="served"), phantom_dir, root / "models" / "tavit" / "served@1",
-                     root / "work", on_epoch=rows.append).run()
+    result = Trainer(
+        config(epochs=3, name="served"),
+        phantom_dir,
+        root / "models" / "tavit" / "served@1",
+        root / "work",
+        on_epoch=rows.append,
+    ).run()
     return root, result, rows
 
 
@@ -171,8 +176,12 @@ def test_init_from_a_checkpoint_starts_from_its_weights_and_refuses_another_netw
     from tumorsynth.models.tavit.configs import create_untrained
 
     source = create_untrained(tmp_path / "src", preset="tiny", seed=7)
-    trainer = Trainer(config(epochs=1, name="init", init_from=str(source.path)), phantom_dir,
-                      tmp_path / "models" / "tavit" / "init@1", tmp_path / "work")
+    trainer = Trainer(
+        config(epochs=1, name="init", init_from=str(source.path)),
+        phantom_dir,
+        tmp_path / "models" / "tavit" / "init@1",
+        tmp_path / "work",
+    )
     stored = load_state_dict(source)
     assert all(torch.equal(v, stored[k].to(v.dtype)) for k, v in trainer.net.state_dict().items())
     result = trainer.run()
@@ -189,9 +198,25 @@ def test_cli_passes_init_from_to_the_trainer(phantom_dir, tmp_path):
     from tumorsynth.models.tavit.configs import create_untrained
 
     t1_only = create_untrained(tmp_path / "src", preset="tiny", flair=False)  # tavit-tiny wants T1 + FLAIR
-    r = CliRunner().invoke(app, ["train", "tavit", "--data", str(phantom_dir), "--config", "tavit-tiny",
-                                 "--init-from", str(t1_only.path), "--out", str(tmp_path / "out"),
-                                 "--work", str(tmp_path / "work"), "--device", "cpu"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "tavit",
+            "--data",
+            str(phantom_dir),
+            "--config",
+            "tavit-tiny",
+            "--init-from",
+            str(t1_only.path),
+            "--out",
+            str(tmp_path / "out"),
+            "--work",
+            str(tmp_path / "work"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert isinstance(r.exception, ValueError) and "network differs" in str(r.exception), r.output
     assert not (tmp_path / "out").exists()
 
@@ -200,8 +225,12 @@ def test_enhancing_voxels_and_labels_weigh_what_the_config_says(phantom_dir, tmp
     """``enhancing_weight`` adds to the L1's weight of label-3 voxels only; ``seg_class_weights`` reaches the
     segmenter's Dice + CE, and a list of the wrong length is refused naming the setting."""
     plain = Trainer(config(tumour_weight=1.0), phantom_dir, tmp_path / "a", tmp_path / "wa")
-    rim = Trainer(config(tumour_weight=1.0, enhancing_weight=8.0, seg_class_weights=[1.0, 1.0, 1.0, 5.0]),
-                  phantom_dir, tmp_path / "b", tmp_path / "wb")
+    rim = Trainer(
+        config(tumour_weight=1.0, enhancing_weight=8.0, seg_class_weights=[1.0, 1.0, 1.0, 5.0]),
+        phantom_dir,
+        tmp_path / "b",
+        tmp_path / "wb",
+    )
     labels = torch.tensor([[[0, 2], [1, 3]]])  # background, oedema, necrosis, enhancing
     y = torch.zeros(1, 1, 2, 2)
     pred = torch.tensor([[[[1.0, 1.0], [1.0, 2.0]]]])  # the enhancing voxel is the one most wrong

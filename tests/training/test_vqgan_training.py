@@ -92,8 +92,9 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(phan
     with pytest.raises(Interrupt):
         Trainer(cfg, phantom_dir, tmp_path / "b" / "vqgan" / "x@1", work, on_epoch=stop_in_stage_two).run()
     resumed_rows = []
-    resumed = Trainer(cfg, phantom_dir, tmp_path / "b" / "vqgan" / "x@1", work,
-                      on_epoch=resumed_rows.append).run(resume=True)
+    resumed = Trainer(cfg, phantom_dir, tmp_path / "b" / "vqgan" / "x@1", work, on_epoch=resumed_rows.append).run(
+        resume=True
+    )
     # the VQGAN was not retrained; the transformers went on from the last saved epoch
     assert [(r["stage"], r["epoch"]) for r in resumed_rows] == [("transformer", 2), ("transformer", 3)]
     a, b = load_state_dict(straight.entry), load_state_dict(resumed.entry)
@@ -120,8 +121,9 @@ def test_checkpoint_round_trips_and_is_served(phantom_dir, tmp_path):
     for k, v in gen.network.state_dict().items():
         assert torch.equal(v, saved[k]), k
     for sampler, steps in (("maskgit", 4), ("ar", 64)):
-        p = GenerationParams(num_samples=2, seed=0, sampler=sampler, steps=steps, modalities=("flair",),
-                             tumor_class="LGG")
+        p = GenerationParams(
+            num_samples=2, seed=0, sampler=sampler, steps=steps, modalities=("flair",), tumor_class="LGG"
+        )
         out = gen.generate(p, {}, lambda done, total: None)
         assert len(out) == 2 and out[0].data.shape == (16, 16, 16) and np.isfinite(out[0].data).all()
 
@@ -147,7 +149,6 @@ def test_a_short_run_reconstructs_held_out_rois_rather_than_one_blob(held_out_sp
     assert float(out.quantized.perplexity) >= 16 and row["codes_alive"] >= 32, (out.quantized.perplexity, row)
 
 
-
 def test_eval_reports_reconstruction_codebook_and_diversity_and_draws_a_montage(phantom_dir, tmp_path):
     from rich.console import Console
 
@@ -155,14 +156,26 @@ def test_eval_reports_reconstruction_codebook_and_diversity_and_draws_a_montage(
     from tumorsynth.models.vqgan.configs import create_untrained
 
     entry = create_untrained(tmp_path / "vqgan", preset="tiny", seed=0)
-    report = evaluate_vqgan(entry, phantom_dir, samples=3, steps=4, device="cpu", max_subjects=4,
-                            montage_path=tmp_path / "m.png", montage_per_class=2)
+    report = evaluate_vqgan(
+        entry,
+        phantom_dir,
+        samples=3,
+        steps=4,
+        device="cpu",
+        max_subjects=4,
+        montage_path=tmp_path / "m.png",
+        montage_per_class=2,
+    )
     assert report["subjects"] == 4
     assert np.isfinite(report["reconstruction"]["psnr"]) and -1 <= report["reconstruction"]["r"] <= 1
     cb = report["codebook"]
     assert cb["tokens"] == 4 * 64 and 1 <= cb["codes_used"] <= 64 and 1 <= cb["perplexity"] <= cb["codes_used"] + 1e-6
     assert [(row["class"], row["source"].split()[0]) for row in report["diversity"]] == [
-        ("LGG", "real"), ("LGG", "generated"), ("HGG", "real"), ("HGG", "generated")]
+        ("LGG", "real"),
+        ("LGG", "generated"),
+        ("HGG", "real"),
+        ("HGG", "generated"),
+    ]
     assert all(row["n"] == 3 for row in report["diversity"] if row["source"] != "real")
     assert set(report["pass"]) == {"recon_r", "perplexity", "diversity"}
     x = torch.randn(1, 1, 4, 4, 4)
@@ -184,8 +197,9 @@ def test_torchrun_two_cpu_processes_hold_identical_weights_and_rank_0_alone_writ
         run_two_ranks,
     )
 
-    cfg = config(vq_epochs=2, adv_start_epoch=1, transformer_epochs=1, batch_size=1, transformer_batch_size=2,
-                 name="ddp")
+    cfg = config(
+        vq_epochs=2, adv_start_epoch=1, transformer_epochs=1, batch_size=1, transformer_batch_size=2, name="ddp"
+    )
     records = run_two_ranks("vqgan", cfg, phantom_dir, tmp_path / "ddp")
     assert_ranks_agree_and_only_rank_0_wrote(records, tmp_path / "ddp")
     assert any(k.startswith("net.vqgan.quantizer.codebook") for k in records[0]["after"])
@@ -201,8 +215,9 @@ def test_init_from_a_checkpoint_keeps_its_vqgan_and_trains_only_the_transformers
     source = create_untrained(tmp_path / "src", preset="tiny", seed=7)
     rows = []
     cfg = config(transformer_epochs=1, init_from=str(source.path), init_skip_vqgan=True, name="init")
-    trainer = Trainer(cfg, phantom_dir, tmp_path / "models" / "vqgan" / "init@1", tmp_path / "work",
-                      on_epoch=rows.append)
+    trainer = Trainer(
+        cfg, phantom_dir, tmp_path / "models" / "vqgan" / "init@1", tmp_path / "work", on_epoch=rows.append
+    )
     stored = load_state_dict(source)
     assert all(torch.equal(v, stored[k].to(v.dtype)) for k, v in trainer.net.state_dict().items())
     result = trainer.run()
@@ -222,7 +237,21 @@ def test_cli_skip_vqgan_needs_init_from(phantom_dir, tmp_path):
 
     from tumorsynth.cli import app
 
-    r = CliRunner().invoke(app, ["train", "vqgan", "--data", str(phantom_dir), "--config", "vqgan-tiny",
-                                 "--skip-vqgan", "--out", str(tmp_path / "out"), "--device", "cpu"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "vqgan",
+            "--data",
+            str(phantom_dir),
+            "--config",
+            "vqgan-tiny",
+            "--skip-vqgan",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 2 and "--init-from" in r.output, r.output
     assert not (tmp_path / "out").exists()

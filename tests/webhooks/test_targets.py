@@ -18,7 +18,7 @@ def sixtofour(v4: str) -> str:
 
 def teredo_client(v4: str, server: str = "65.54.227.120") -> str:
     """Teredo (RFC 4380): 2001:0::/32, the server's IPv4, flags and port, then the client's IPv4 XOR 0xffffffff."""
-    value = (0x20010000 << 96) | (int(ipaddress.IPv4Address(server)) << 64) | (0x8000 << 48) | (0x63bf << 32)
+    value = (0x20010000 << 96) | (int(ipaddress.IPv4Address(server)) << 64) | (0x8000 << 48) | (0x63BF << 32)
     return str(ipaddress.IPv6Address(value | (int(ipaddress.IPv4Address(v4)) ^ 0xFFFFFFFF)))
 
 
@@ -34,7 +34,7 @@ def local_nat64(v4: str, prefix_len: int) -> str:
         base[12:16] = v
     else:
         rest = base[:8] + base[9:]
-        rest[prefix_len // 8:prefix_len // 8 + 4] = v
+        rest[prefix_len // 8 : prefix_len // 8 + 4] = v
         base = rest[:8] + b"\x00" + rest[8:15]
     return str(ipaddress.IPv6Address(bytes(base)))
 
@@ -51,8 +51,15 @@ def translated(v4: str) -> str:
     return str(ipaddress.IPv6Address((0xFFFF << 48) | int(ipaddress.IPv4Address(v4))))  # ::ffff:0:a.b.c.d
 
 
-FORMS = {"6to4": sixtofour, "teredo": teredo_client, "nat64": nat64, "compatible": compatible, "mapped": mapped,
-         "translated": translated, **{f"local-nat64/{n}": (lambda v, n=n: local_nat64(v, n)) for n in (48, 56, 64, 96)}}
+FORMS = {
+    "6to4": sixtofour,
+    "teredo": teredo_client,
+    "nat64": nat64,
+    "compatible": compatible,
+    "mapped": mapped,
+    "translated": translated,
+    **{f"local-nat64/{n}": (lambda v, n=n: local_nat64(v, n)) for n in (48, 56, 64, 96)},
+}
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -81,17 +88,31 @@ def test_teredo_client_is_the_last_32_bits_xor_ffffffff():
 def test_public_addresses_and_6to4_of_a_public_ipv4_are_allowed():
     for address in ["8.8.8.8", "2606:4700:4700::1111", sixtofour("8.8.8.8")]:
         assert is_public(address), address
-        assert check_target(f"https://[{address}]/h" if ":" in address else f"https://{address}/h",
-                            allow_private=False).address == address
+        assert (
+            check_target(
+                f"https://[{address}]/h" if ":" in address else f"https://{address}/h", allow_private=False
+            ).address
+            == address
+        )
 
 
 def test_a_plain_global_ipv6_embeds_nothing():
     assert embedded_ipv4(ipaddress.IPv6Address("2606:4700:4700::1111")) == []
 
 
-@pytest.mark.parametrize("url", ["http://example.com/\r\nX: 1", "http://example.com/a b", "http://exa\tmple.com/",
-                                 "http://example.com/\x00", "http://example.com/\x7f", "http://example.com/\u202e",
-                                 " http://example.com/", "http://bücher.example/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/\r\nX: 1",
+        "http://example.com/a b",
+        "http://exa\tmple.com/",
+        "http://example.com/\x00",
+        "http://example.com/\x7f",
+        "http://example.com/\u202e",
+        " http://example.com/",
+        "http://bücher.example/",
+    ],
+)
 def test_urls_with_control_space_or_non_ascii_characters_are_refused_even_where_private_targets_are_allowed(url):
     with pytest.raises(TargetRefused, match="percent-encode"):
         check_target(url, allow_private=True)

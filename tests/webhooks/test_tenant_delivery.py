@@ -71,8 +71,14 @@ class TrickleReceiver:
 def job(tenant: str, url: str):
     from tumorsynth.jobs.records import JobRecord, new_id
 
-    return JobRecord(id=new_id("job"), tenant=tenant, model="ldm/tiny@1", family="ldm", queue="parked",
-                     request={"model": "ldm/tiny@1", "seed": 1, "webhook": url})
+    return JobRecord(
+        id=new_id("job"),
+        tenant=tenant,
+        model="ldm/tiny@1",
+        family="ldm",
+        queue="parked",
+        request={"model": "ldm/tiny@1", "seed": 1, "webhook": url},
+    )
 
 
 @pytest.fixture()
@@ -83,8 +89,9 @@ def loop(redis_server, settings):
 
     r = redis.Redis(port=redis_server.port, db=6)
     r.flushdb()
-    s = settings.model_copy(update={"webhook_timeout_seconds": DEADLINE, "webhook_backoff_seconds": 60,
-                                    "webhook_poll_seconds": 0.05})
+    s = settings.model_copy(
+        update={"webhook_timeout_seconds": DEADLINE, "webhook_backoff_seconds": 60, "webhook_poll_seconds": 0.05}
+    )
     stop = threading.Event()
     runner = threading.Thread(target=Deliverer(Outbox(r), s).run_forever, args=(stop,), daemon=True)
     runner.start()
@@ -118,8 +125,9 @@ def test_a_trickling_receiver_does_not_delay_another_tenants_delivery(loop):
             # and each slow attempt ended at its deadline, recorded as a timeout to retry
             time.sleep(DEADLINE + 0.5)
             states = [d for rec in slow_jobs for d in Outbox(r).for_job(rec.id)]
-            assert all(d["attempts"] == 1 and d["state"] == "pending" and "Timeout" in (d["last_error"] or "")
-                       for d in states), states
+            assert all(
+                d["attempts"] == 1 and d["state"] == "pending" and "Timeout" in (d["last_error"] or "") for d in states
+            ), states
     finally:
         slow.close()
 

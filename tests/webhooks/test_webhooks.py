@@ -30,8 +30,10 @@ def verify(secret: str, headers: dict[str, str], body: bytes, tolerance: float =
     if abs(time.time() - int(ts)) > tolerance:
         return False
     expected = base64.b64encode(hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
-    return any(version == "v1" and hmac.compare_digest(sig, expected)
-               for version, _, sig in (entry.partition(",") for entry in headers["webhook-signature"].split()))
+    return any(
+        version == "v1" and hmac.compare_digest(sig, expected)
+        for version, _, sig in (entry.partition(",") for entry in headers["webhook-signature"].split())
+    )
 
 
 def job_request(url: str, **extra) -> dict:
@@ -41,15 +43,26 @@ def job_request(url: str, **extra) -> dict:
 def test_signer_matches_the_standard_webhooks_test_vector():
     from tumorsynth.webhooks.signing import sign
 
-    assert sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
-                b'{"test": 2432232314}') == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert (
+        sign(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            b'{"test": 2432232314}',
+        )
+        == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
 
 
 def test_start_and_completion_webhooks_are_signed(client, worker):
     with Receiver() as rx:
-        job = submit(client, job_request(f"{rx.url}/hooks/a?x=1", webhook_events=["job.started", "job.succeeded"],
-                                         metadata={"study": "w1"}),
-                     {"mask": mask_bytes((40, 44, 30))}).json()
+        job = submit(
+            client,
+            job_request(
+                f"{rx.url}/hooks/a?x=1", webhook_events=["job.started", "job.succeeded"], metadata={"study": "w1"}
+            ),
+            {"mask": mask_bytes((40, 44, 30))},
+        ).json()
         wait_status(client, job["id"], {"succeeded"})
         got = rx.wait(2)
     assert all(r.path == "/hooks/a?x=1" and r.headers["content-type"] == "application/json" for r in got)
@@ -64,7 +77,9 @@ def test_start_and_completion_webhooks_are_signed(client, worker):
     assert bodies["job.started"]["data"]["status"] == "running"
     state = client.get(f"/v1/jobs/{job['id']}/webhooks", headers=ALPHA).json()["deliveries"]
     assert sorted((d["type"], d["state"], d["attempts"]) for d in state) == [
-        ("job.started", "delivered", 1), ("job.succeeded", "delivered", 1)]
+        ("job.started", "delivered", 1),
+        ("job.succeeded", "delivered", 1),
+    ]
     assert client.get(f"/v1/jobs/{job['id']}/webhooks", headers=BETA).status_code == 404
 
 
@@ -97,9 +112,18 @@ def strict_client(redis_server, s3_endpoint, model_dir):
         yield c, s
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook", "http://localhost:8080/hook", "http://10.0.0.7/hook",
-                                 "http://[::1]/hook", "http://169.254.169.254/latest/meta-data",
-                                 "http://[::ffff:192.168.1.1]/", "ftp://example.com/hook"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:8080/hook",
+        "http://10.0.0.7/hook",
+        "http://[::1]/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::ffff:192.168.1.1]/",
+        "ftp://example.com/hook",
+    ],
+)
 def test_private_or_non_http_targets_refused_at_submission(strict_client, url):
     client, s = strict_client
     r = redis.Redis.from_url(s.redis_url)
@@ -126,10 +150,21 @@ def test_webhook_needs_a_secret_and_events_need_a_webhook(redis_server, s3_endpo
 
 
 def _delivery(url: str, attempts: int = 0) -> dict:
-    return {"id": f"msg_test{time.time_ns()}", "job_id": "job_test", "tenant": "alpha", "url": url,
-            "type": "job.succeeded", "body": '{"type":"job.succeeded"}', "state": "pending", "attempts": attempts,
-            "created_at": time.time(), "next_attempt_at": time.time(), "last_status": None, "last_error": None,
-            "delivered_at": None}
+    return {
+        "id": f"msg_test{time.time_ns()}",
+        "job_id": "job_test",
+        "tenant": "alpha",
+        "url": url,
+        "type": "job.succeeded",
+        "body": '{"type":"job.succeeded"}',
+        "state": "pending",
+        "attempts": attempts,
+        "created_at": time.time(),
+        "next_attempt_at": time.time(),
+        "last_status": None,
+        "last_error": None,
+        "delivered_at": None,
+    }
 
 
 def test_delivery_rechecks_the_target_and_gives_up_after_the_last_attempt(settings):
@@ -161,8 +196,14 @@ def test_cancel_webhook_survives_a_deliverer_that_died_mid_delivery(redis_server
     r.flushdb()
     jobs = JobStore(r)
     with Receiver() as rx:
-        rec = JobRecord(id=f"job_cancel{time.time_ns()}", tenant="alpha", model=MODEL, family="ldm", queue="gpu",
-                        request={"model": MODEL, "seed": 1, "webhook": rx.url + "/c"})
+        rec = JobRecord(
+            id=f"job_cancel{time.time_ns()}",
+            tenant="alpha",
+            model=MODEL,
+            family="ldm",
+            queue="gpu",
+            request={"model": MODEL, "seed": 1, "webhook": rx.url + "/c"},
+        )
         jobs.create(rec)
         assert r.zcard(DUE) == 0, "no event for a queued job"
         jobs.cancel("alpha", rec.id)
@@ -197,8 +238,11 @@ def test_a_name_that_now_resolves_privately_is_refused_at_delivery(settings):
     r = redis.Redis.from_url(settings.redis_url)
     with Receiver() as rx:
         port = rx.url.rsplit(":", 1)[1]
-        rebound = Deliverer(Outbox(r), settings.model_copy(update={"webhook_allow_private_targets": False}),
-                            resolve=lambda host, p: ["127.0.0.1"])
+        rebound = Deliverer(
+            Outbox(r),
+            settings.model_copy(update={"webhook_allow_private_targets": False}),
+            resolve=lambda host, p: ["127.0.0.1"],
+        )
         d = rebound.attempt(_delivery(f"http://hooks.example:{port}/x"))
         time.sleep(0.2)
         assert d["state"] == "refused" and "127.0.0.1" in d["last_error"] and rx.received == []

@@ -40,19 +40,25 @@ def invariant(entry) -> LDMGenerator:
 
 def mask(shape=(40, 48, 30), shift=0, affine=None) -> FakeVolume:
     labels = np.zeros(shape, np.int16)
-    labels[12 + shift:28, 16:34, 8:22] = 2
-    labels[16:24, 20 + shift:30, 11:19] = 1
-    labels[18:22, 23:27, 13 + shift:17] = 3
+    labels[12 + shift : 28, 16:34, 8:22] = 2
+    labels[16:24, 20 + shift : 30, 11:19] = 1
+    labels[18:22, 23:27, 13 + shift : 17] = 3
     return FakeVolume(labels, oblique_affine() if affine is None else affine)
 
 
 # Three jobs with different masks (shapes and geometry too), classes, seeds and sample counts; one sampler.
 JOBS = [
     (GenerationParams(num_samples=2, seed=11, sampler="ddpm", steps=10, modalities=("t1c", "flair")), mask()),
-    (GenerationParams(num_samples=1, seed=4, sampler="ddpm", steps=10, modalities=(), tumor_class="HGG"),
-     mask((36, 40, 28), shift=2, affine=np.diag([4.5, 4.5, 5.5, 1.0]))),
-    (GenerationParams(num_samples=1, seed=11, sampler="ddpm", steps=10, modalities=("t2",), tumor_class="LGG",
-                      output_grid="model"), mask(shift=3)),
+    (
+        GenerationParams(num_samples=1, seed=4, sampler="ddpm", steps=10, modalities=(), tumor_class="HGG"),
+        mask((36, 40, 28), shift=2, affine=np.diag([4.5, 4.5, 5.5, 1.0])),
+    ),
+    (
+        GenerationParams(
+            num_samples=1, seed=11, sampler="ddpm", steps=10, modalities=("t2",), tumor_class="LGG", output_grid="model"
+        ),
+        mask(shift=3),
+    ),
 ]
 
 
@@ -86,8 +92,9 @@ def batched(gen: LDMGenerator, batcher: Batcher, jobs, progress=None) -> list:
 
 
 def assert_same(a: list, b: list, exact: bool = True) -> None:
-    assert [(v.sample_index, v.modality, v.data.shape) for v in a] == [(v.sample_index, v.modality, v.data.shape)
-                                                                       for v in b]
+    assert [(v.sample_index, v.modality, v.data.shape) for v in a] == [
+        (v.sample_index, v.modality, v.data.shape) for v in b
+    ]
     for x, y in zip(a, b):
         if exact:
             assert np.array_equal(x.data, y.data)
@@ -127,8 +134,9 @@ def test_a_canceled_job_leaves_the_batch_and_its_partners_finish(invariant):
 
 
 def test_batches_hold_at_most_max_samples(invariant):
-    jobs = [(GenerationParams(num_samples=1, seed=s, sampler="ddim", steps=5, modalities=("t1",)), mask())
-            for s in range(3)]
+    jobs = [
+        (GenerationParams(num_samples=1, seed=s, sampler="ddim", steps=5, modalities=("t1",)), mask()) for s in range(3)
+    ]
     batcher = Batcher(max_samples=2, max_wait_s=10)
     together = batched(invariant, batcher, jobs)
     assert sorted(batcher.batches) == [1, 2]
@@ -137,8 +145,10 @@ def test_batches_hold_at_most_max_samples(invariant):
 
 
 def test_jobs_of_other_samplers_or_steps_are_not_batched(invariant):
-    jobs = [(GenerationParams(num_samples=1, seed=1, sampler="ddim", steps=5, modalities=("t1",)), mask()),
-            (GenerationParams(num_samples=1, seed=1, sampler="ddim", steps=6, modalities=("t1",)), mask())]
+    jobs = [
+        (GenerationParams(num_samples=1, seed=1, sampler="ddim", steps=5, modalities=("t1",)), mask()),
+        (GenerationParams(num_samples=1, seed=1, sampler="ddim", steps=6, modalities=("t1",)), mask()),
+    ]
     batcher = Batcher(max_samples=8, max_wait_s=10)
     together = batched(invariant, batcher, jobs)
     assert list(batcher.batches) == [1, 1]

@@ -45,8 +45,14 @@ def test_one_tenants_flood_does_not_delay_anothers_first_job(redis_server, s3_en
 def test_a_tenant_over_its_caps_gets_429_and_nothing_is_kept(redis_server, s3_endpoint, model_dir):
     flood, calm, keys = tenants()
     tenant = flood["Authorization"].removeprefix("Bearer key-")
-    with stack(redis_server, s3_endpoint, model_dir, api_keys=keys, max_active_jobs_per_tenant=2,
-               max_active_work_per_tenant=1000) as st:  # no worker: the jobs stay queued
+    with stack(
+        redis_server,
+        s3_endpoint,
+        model_dir,
+        api_keys=keys,
+        max_active_jobs_per_tenant=2,
+        max_active_work_per_tenant=1000,
+    ) as st:  # no worker: the jobs stay queued
         first = [post(st, request(), flood) for _ in range(2)]
         assert [r.status_code for r in first] == [202, 202]
         stored = sorted(o.key for o in st.services.store.list(f"tenants/{tenant}/"))

@@ -33,8 +33,10 @@ def test_worker_sigkilled_mid_sampling_job_succeeds_exactly_once(redis_server, s
             ran = settled_attempts(tmp_path / "first.log", tmp_path / "second.log", jobs=[job["id"]])
             listed = sorted(o.key for o in st.services.jobs.get(job["id"]).outputs)
             assert sorted(st.stored(job["id"])) == listed and len(listed) == OUTPUTS_PER_JOB
-            assert [(a.number, a.outcome) for a in sorted(ran, key=lambda a: a.number)] == \
-                [(1, None), (2, "succeeded")]  # the first attempt never ended: its worker was killed
+            assert [(a.number, a.outcome) for a in sorted(ran, key=lambda a: a.number)] == [
+                (1, None),
+                (2, "succeeded"),
+            ]  # the first attempt never ended: its worker was killed
         finally:
             first.kill()
             if second:
@@ -77,7 +79,8 @@ def test_job_that_kills_its_worker_every_time_fails_worker_lost(redis_server, s3
 
 
 def test_cancel_of_a_running_job_stops_within_one_step_and_the_worker_runs_the_next(
-        redis_server, s3_endpoint, model_dir, tmp_path):
+    redis_server, s3_endpoint, model_dir, tmp_path
+):
     with stack(redis_server, s3_endpoint, model_dir) as st:
         w = WorkerProcess(st.settings, tmp_path / "worker.log", queues=st.settings.queue_for("ldm")).start()
         try:
@@ -150,8 +153,11 @@ def test_stalled_worker_coming_back_cannot_touch_the_winners_outputs(redis_serve
             done = wait_status(st.client, job["id"], {"succeeded", "failed"}, timeout=120)
             assert done["status"] == "succeeded" and done["attempts"] == 2, done["error"]
             os.killpg(a.proc.pid, signal.SIGCONT)
-            wait_for(lambda: [x.outcome for x in attempts_in_logs(tmp_path / "a.log") if x.number == 1] != [None],
-                     timeout=60, what="the stale attempt to end")
+            wait_for(
+                lambda: [x.outcome for x in attempts_in_logs(tmp_path / "a.log") if x.number == 1] != [None],
+                timeout=60,
+                what="the stale attempt to end",
+            )
             assert [x.outcome for x in attempts_in_logs(tmp_path / "a.log")] == ["lease_lost"]
             rec = st.services.jobs.get(job["id"])
             assert len(rec.outputs) == 34

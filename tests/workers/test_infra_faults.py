@@ -34,25 +34,32 @@ def test_redis_restart_loses_no_queued_or_running_job(s3_endpoint, model_dir, tm
             try:
                 jobs = [st.submit(slow(15))] + [st.submit(request()) for _ in range(3)]
                 wait_status(st.client, jobs[0]["id"], {"running"}, pred=lambda j: j["progress"]["completed_steps"] >= 2)
-                assert all(st.client.get(f"/v1/jobs/{j['id']}", headers=ALPHA).json()["status"] == "queued"
-                           for j in jobs[1:])
+                assert all(
+                    st.client.get(f"/v1/jobs/{j['id']}", headers=ALPHA).json()["status"] == "queued" for j in jobs[1:]
+                )
                 server.stop()  # SIGTERM: Redis flushes its append-only file and exits
                 log = tmp_path / "worker.log"
-                wait_for(lambda: any(a.job_id == jobs[0]["id"] and a.outcome for a in attempts_in_logs(log)),
-                         timeout=30, what="the running attempt to notice Redis is gone")
+                wait_for(
+                    lambda: any(a.job_id == jobs[0]["id"] and a.outcome for a in attempts_in_logs(log)),
+                    timeout=30,
+                    what="the running attempt to notice Redis is gone",
+                )
                 # Celery logs the lost broker connection on its own schedule, sometimes after the attempt's end line
-                wait_for(lambda: "Connection to broker lost" in log.read_text(), timeout=30,
-                         what="the worker to log the lost broker connection")
+                wait_for(
+                    lambda: "Connection to broker lost" in log.read_text(),
+                    timeout=30,
+                    what="the worker to log the lost broker connection",
+                )
                 server.start()  # same port, same data directory
-                done = [wait_status(st.client, j["id"], {"succeeded", "failed", "canceled"}, timeout=150)
-                        for j in jobs]
+                done = [wait_status(st.client, j["id"], {"succeeded", "failed", "canceled"}, timeout=150) for j in jobs]
                 assert [d["status"] for d in done] == ["succeeded"] * len(jobs), [d["error"] for d in done]
                 assert all(len(st.stored(d["id"])) == len(d["outputs"]) == OUTPUTS_PER_JOB for d in done)
                 ran = settled_attempts(log, jobs=[j["id"] for j in jobs])
                 assert all(sum(a.outcome == "succeeded" for a in ran if a.job_id == d["id"]) == 1 for d in done)
                 # The running attempt gave the job up without failing it; the reaper requeued it after the restart.
-                assert [(a.number, a.outcome) for a in sorted(ran, key=lambda a: a.number)
-                        if a.job_id == jobs[0]["id"]] == [(1, "store_unreachable"), (2, "succeeded")]
+                assert [
+                    (a.number, a.outcome) for a in sorted(ran, key=lambda a: a.number) if a.job_id == jobs[0]["id"]
+                ] == [(1, "store_unreachable"), (2, "succeeded")]
                 assert [d["attempts"] for d in done] == [2, 1, 1, 1]
             finally:
                 w.stop()
@@ -60,8 +67,7 @@ def test_redis_restart_loses_no_queued_or_running_job(s3_endpoint, model_dir, tm
         server.stop()
 
 
-def test_s3_dark_during_upload_retries_then_fails_with_nothing_listed(redis_server, s3_endpoint, model_dir,
-                                                                       tmp_path):
+def test_s3_dark_during_upload_retries_then_fails_with_nothing_listed(redis_server, s3_endpoint, model_dir, tmp_path):
     """The line to S3 is cut at the job's second output upload; every retry after that finds it dark."""
     proxy = CuttableProxy(s3_endpoint, pattern=rb"^PUT \S+/outputs/", cut_at=2)
     try:
@@ -84,8 +90,9 @@ def test_s3_dark_during_upload_retries_then_fails_with_nothing_listed(redis_serv
                 proxy.heal()
                 nxt = st.submit(request())
                 assert wait_status(st.client, nxt["id"], {"succeeded", "failed"})["status"] == "succeeded"
-                ran = {a.job_id: a.outcome
-                       for a in settled_attempts(tmp_path / "worker.log", jobs=[job["id"], nxt["id"]])}
+                ran = {
+                    a.job_id: a.outcome for a in settled_attempts(tmp_path / "worker.log", jobs=[job["id"], nxt["id"]])
+                }
                 assert ran == {job["id"]: "failed", nxt["id"]: "succeeded"}
             finally:
                 w.stop()
@@ -104,7 +111,11 @@ class ApiProcess:
     def start(self) -> ApiProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tumorsynth.cli", "serve", "--no-worker", "--port", str(self.port)],
-            env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+            env=self.env,
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         wait_for(self._ready, timeout=90, what=f"the API on {self.base}")
         return self
 
@@ -128,12 +139,16 @@ def test_api_restarted_mid_job_leaves_the_job_unaffected(redis_server, s3_endpoi
         api = ApiProcess(st.settings, tmp_path / "api.log", free_port()).start()
         try:
             with httpx.Client(base_url=api.base, headers=ALPHA, timeout=30) as http:
-                r = http.post("/v1/jobs", files={"request": (None, json.dumps(slow(20))),
-                                                 "mask": ("m.nii.gz", mask_bytes(SHAPE))})
+                r = http.post(
+                    "/v1/jobs", files={"request": (None, json.dumps(slow(20))), "mask": ("m.nii.gz", mask_bytes(SHAPE))}
+                )
                 assert r.status_code == 202, r.text
                 job_id = r.json()["id"]
-                wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["progress"]["completed_steps"] >= 2,
-                         timeout=60, what="the job to be sampling")
+                wait_for(
+                    lambda: http.get(f"/v1/jobs/{job_id}").json()["progress"]["completed_steps"] >= 2,
+                    timeout=60,
+                    what="the job to be sampling",
+                )
                 api.kill()
                 with pytest.raises(httpx.TransportError):
                     http.get(f"/v1/jobs/{job_id}")

@@ -44,7 +44,10 @@ def test_announcement_reaches_queues_view_and_metrics(ldm_only, redis_server):
     assert me["versions"]["tumorsynth"] and me["versions"]["celery"] and isinstance(me["gpus"], list)
     text = render_metrics(connect(s.redis_url), s).decode()
     assert f'tumorsynth_worker_model_installed{{model="ldm/tiny@1",worker="{ctx.worker_id}"}} 1.0' in text
-    info = next(line for line in text.splitlines()
-                if line.startswith("tumorsynth_worker_info{") and f'worker="{ctx.worker_id}"' in line)
+    info = next(
+        line
+        for line in text.splitlines()
+        if line.startswith("tumorsynth_worker_info{") and f'worker="{ctx.worker_id}"' in line
+    )
     assert 'queues="q.ldm"' in info and 'gpus="none"' in info
     assert 'tumorsynth_workers_online{queue_name="q.ldm"}' in text

@@ -27,8 +27,12 @@ def test_planned_output_bytes_and_the_refusal_say_how_many_samples_fit():
 
 def test_a_worker_refuses_a_job_over_its_output_memory_limit(redis_server, s3_endpoint, model_dir, tmp_path):
     with stack(redis_server, s3_endpoint, model_dir) as st:
-        w = WorkerProcess(st.settings, tmp_path / "worker.log", queues=st.settings.queue_for("ldm"),
-                          extra_env={"TUMORSYNTH_MAX_JOB_OUTPUT_BYTES": str(planned_output_bytes(SHAPE, 1, 2) - 1)})
+        w = WorkerProcess(
+            st.settings,
+            tmp_path / "worker.log",
+            queues=st.settings.queue_for("ldm"),
+            extra_env={"TUMORSYNTH_MAX_JOB_OUTPUT_BYTES": str(planned_output_bytes(SHAPE, 1, 2) - 1)},
+        )
         w.start()
         try:
             one = st.submit(request())  # 1 sample of FLAIR and the mask: fits

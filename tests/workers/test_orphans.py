@@ -16,8 +16,16 @@ from tumorsynth.workers.orphans import requeue_orphans
 
 def _queued(ctx: WorkerContext, queue: str, age: float) -> JobRecord:
     t = time.time() - age
-    rec = JobRecord(id=new_id("job"), tenant="t", model="ldm/tiny@1", family="ldm", queue=queue, request={},
-                    created_at=t, updated_at=t)
+    rec = JobRecord(
+        id=new_id("job"),
+        tenant="t",
+        model="ldm/tiny@1",
+        family="ldm",
+        queue=queue,
+        request={},
+        created_at=t,
+        updated_at=t,
+    )
     ctx.jobs.create(rec)
     return rec
 

@@ -24,8 +24,9 @@ def drop_messages(r, queue: str) -> None:
     r.delete(*queue_lists(queue))
 
 
-def test_split_brain_lost_message_is_resent_and_the_job_succeeds_exactly_once(redis_server, s3_endpoint, model_dir,
-                                                                              tmp_path):
+def test_split_brain_lost_message_is_resent_and_the_job_succeeds_exactly_once(
+    redis_server, s3_endpoint, model_dir, tmp_path
+):
     with stack(redis_server, s3_endpoint, model_dir) as st:
         queue = st.settings.queue_for("ldm")
         r = st.services.redis
@@ -47,8 +48,7 @@ def test_split_brain_lost_message_is_resent_and_the_job_succeeds_exactly_once(re
             w.stop()
 
 
-def test_only_jobs_without_a_message_are_resent_and_a_job_lost_too_often_fails(redis_server, s3_endpoint,
-                                                                              model_dir):
+def test_only_jobs_without_a_message_are_resent_and_a_job_lost_too_often_fails(redis_server, s3_endpoint, model_dir):
     """No worker consumes the queue: the pass is called directly, on the real broker lists."""
     with stack(redis_server, s3_endpoint, model_dir, lease_seconds=1.0, max_attempts=2) as st:
         queue = st.settings.queue_for("ldm")

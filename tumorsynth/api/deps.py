@@ -69,12 +69,18 @@ BankDep = Annotated[MaskBank, Depends(get_bank)]
 
 # Declares the scheme in the OpenAPI (generated clients send the key); the header is read below, where a missing or
 # unknown key is this API's 401 problem rather than FastAPI's 403.
-bearer = HTTPBearer(auto_error=False, scheme_name="apiKey",
-                    description="An API key issued to your tenant (TUMORSYNTH_API_KEYS), as 'Bearer <key>'")
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key issued to your tenant (TUMORSYNTH_API_KEYS), as 'Bearer <key>'",
+)
 
 
-def get_tenant(request: Request, settings: SettingsDep,
-               declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> str:
+def get_tenant(
+    request: Request,
+    settings: SettingsDep,
+    declared: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+) -> str:
     """Bearer key → tenant. With no keys configured, only loopback clients are served, as tenant 'local'."""
     if not settings.auth_enabled:
         client = request.client.host if request.client else "127.0.0.1"

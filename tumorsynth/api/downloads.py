@@ -8,8 +8,9 @@ from ..settings import Settings
 from ..storage.base import ObjectStore
 
 
-def object_response(store: ObjectStore, settings: Settings, key: str, filename: str, media: str,
-                    size: int | None = None):
+def object_response(
+    store: ObjectStore, settings: Settings, key: str, filename: str, media: str, size: int | None = None
+):
     url = store.presigned_get_url(key, settings.presign_expiry_seconds)
     if url is not None and not url.startswith(settings.public_url):
         return RedirectResponse(url, status_code=307)

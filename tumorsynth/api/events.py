@@ -37,7 +37,8 @@ class StreamSlots:
         if self.open[tenant] >= self.per_tenant:
             raise TooManyEventStreams(
                 f"{self.open[tenant]} event streams of your tenant are open, the most allowed; close one, or poll "
-                "GET /v1/jobs/{id}")
+                "GET /v1/jobs/{id}"
+            )
         self.open[tenant] += 1
 
     def give_back(self, tenant: str) -> None:
@@ -90,8 +91,14 @@ async def job_events(settings, jobs, rec, request):
 async def _changes(pubsub, jobs, rec, request):
     await pubsub.subscribe(events_channel(rec.id))
     current = await run_in_threadpool(jobs.get, rec.id)
-    yield _event({"id": current.id, "status": current.status, "completed_steps": current.completed_steps,
-                  "total_steps": current.total_steps})
+    yield _event(
+        {
+            "id": current.id,
+            "status": current.status,
+            "completed_steps": current.completed_steps,
+            "total_steps": current.total_steps,
+        }
+    )
     if current.status in TERMINAL:
         return
     idle = 0.0

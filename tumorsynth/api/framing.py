@@ -24,12 +24,24 @@ class ConflictingFraming:
         await self.app(scope, receive, send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({
-            "type": "https://tumorsynth.dev/problems/malformed_request", "title": "Malformed request",
-            "status": 400, "code": "malformed_request",
-            "detail": "the request has both Transfer-Encoding and Content-Length; send one of them",
-        }).encode()
-        await send({"type": "http.response.start", "status": 400,
-                    "headers": [(b"content-type", b"application/problem+json"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        body = json.dumps(
+            {
+                "type": "https://tumorsynth.dev/problems/malformed_request",
+                "title": "Malformed request",
+                "status": 400,
+                "code": "malformed_request",
+                "detail": "the request has both Transfer-Encoding and Content-Length; send one of them",
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

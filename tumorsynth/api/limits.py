@@ -36,7 +36,8 @@ class BodySizeLimit:
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
                     raise BodyTooLarge(
-                        f"the request body exceeds {self.max_bytes} bytes; upload smaller or compressed files")
+                        f"the request body exceeds {self.max_bytes} bytes; upload smaller or compressed files"
+                    )
             return msg
 
         async def tracking_send(msg: Message) -> None:
@@ -51,14 +52,27 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({
-            "type": "https://tumorsynth.dev/problems/payload_too_large", "title": "Payload too large",
-            "status": 413, "code": "payload_too_large",
-            "detail": f"the request body exceeds {self.max_bytes} bytes; upload smaller or compressed (.nii.gz) files",
-        }).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/problem+json"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        body = json.dumps(
+            {
+                "type": "https://tumorsynth.dev/problems/payload_too_large",
+                "title": "Payload too large",
+                "status": 413,
+                "code": "payload_too_large",
+                "detail": f"the request body exceeds {self.max_bytes} bytes; "
+                "upload smaller or compressed (.nii.gz) files",
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -92,7 +106,8 @@ class BodyTimeout:
             except TimeoutError as exc:
                 raise BodyTimedOut(
                     f"the request body stopped arriving (nothing for {self.idle:.0f} s, or not complete within "
-                    f"{self.total:.0f} s); send it again") from exc
+                    f"{self.total:.0f} s); send it again"
+                ) from exc
             if msg["type"] != "http.request" or not msg.get("more_body", False):
                 body_done = True
             return msg

@@ -53,6 +53,5 @@ def render_preview(rec, store, settings) -> bytes:
         volumes.append((o.modality or o.name, np.asarray(vol.data, dtype=np.float32), vol.spacing))
     mask = None
     if mask_out is not None:
-        mask = np.asarray(read_volume(store.get_bytes(mask_out.key), field="mask", limits=limits,
-                                       labels=True).data)
+        mask = np.asarray(read_volume(store.get_bytes(mask_out.key), field="mask", limits=limits, labels=True).data)
     return montage(volumes, mask)

@@ -49,13 +49,16 @@ def queues_view(r, settings) -> list[dict]:
     now = time.time()
     for q in queues:
         oldest = r.zrange(stats.queued_key(q), 0, 0, withscores=True)
-        out.append({
-            "name": q, "depth": sum(int(r.llen(name)) for name in queue_lists(q)),
-            "queued_jobs": int(r.zcard(stats.queued_key(q))),
-            "oldest_queued_seconds": round(now - oldest[0][1], 3) if oldest else 0.0,
-            "running": running.get(q, 0),
-            "workers_online": sum(1 for w in workers if q in w.get("queues", [])),
-        })
+        out.append(
+            {
+                "name": q,
+                "depth": sum(int(r.llen(name)) for name in queue_lists(q)),
+                "queued_jobs": int(r.zcard(stats.queued_key(q))),
+                "oldest_queued_seconds": round(now - oldest[0][1], 3) if oldest else 0.0,
+                "running": running.get(q, 0),
+                "workers_online": sum(1 for w in workers if q in w.get("queues", [])),
+            }
+        )
     return out
 
 
@@ -79,12 +82,15 @@ class RedisCollector:
         yield jobs
 
         qlen = GaugeMetricFamily("celery_queue_length", "Messages waiting in the Celery queue", labels=["queue_name"])
-        oldest = GaugeMetricFamily("tumorsynth_queue_oldest_age_seconds", "Age of the oldest queued job",
-                                   labels=["queue_name"])
-        running = GaugeMetricFamily("tumorsynth_queue_running_jobs", "Jobs running from the queue",
-                                    labels=["queue_name"])
-        online = GaugeMetricFamily("tumorsynth_workers_online", "Workers with a recent heartbeat",
-                                   labels=["queue_name"])
+        oldest = GaugeMetricFamily(
+            "tumorsynth_queue_oldest_age_seconds", "Age of the oldest queued job", labels=["queue_name"]
+        )
+        running = GaugeMetricFamily(
+            "tumorsynth_queue_running_jobs", "Jobs running from the queue", labels=["queue_name"]
+        )
+        online = GaugeMetricFamily(
+            "tumorsynth_workers_online", "Workers with a recent heartbeat", labels=["queue_name"]
+        )
         for q in queues_view(r, self.settings):
             qlen.add_metric([q["name"]], q["depth"])
             oldest.add_metric([q["name"]], q["oldest_queued_seconds"])
@@ -93,28 +99,45 @@ class RedisCollector:
         yield from (qlen, oldest, running, online)
 
         up = GaugeMetricFamily("celery_worker_up", "1 while the worker heart-beats", labels=["hostname"])
-        info = GaugeMetricFamily("tumorsynth_worker_info", "What an online worker announced (always 1)",
-                                 labels=["worker", "host", "queues", "gpus", "tumorsynth_version", "torch_version"])
-        installed = GaugeMetricFamily("tumorsynth_worker_model_installed", "Checkpoints an online worker holds",
-                                      labels=["worker", "model"])
+        info = GaugeMetricFamily(
+            "tumorsynth_worker_info",
+            "What an online worker announced (always 1)",
+            labels=["worker", "host", "queues", "gpus", "tumorsynth_version", "torch_version"],
+        )
+        installed = GaugeMetricFamily(
+            "tumorsynth_worker_model_installed", "Checkpoints an online worker holds", labels=["worker", "model"]
+        )
         for w in online_workers(r, self.settings):
             up.add_metric([w["id"]], 1)
             versions = w.get("versions") or {}
-            info.add_metric([w["id"], str(w.get("host", "")), ",".join(w.get("queues", [])),
-                             ",".join(g["name"] for g in w.get("gpus") or []) or "none",
-                             versions.get("tumorsynth", ""), versions.get("torch", "")], 1)
+            info.add_metric(
+                [
+                    w["id"],
+                    str(w.get("host", "")),
+                    ",".join(w.get("queues", [])),
+                    ",".join(g["name"] for g in w.get("gpus") or []) or "none",
+                    versions.get("tumorsynth", ""),
+                    versions.get("torch", ""),
+                ],
+                1,
+            )
             for m in w.get("models") or []:
                 installed.add_metric([w["id"], m["id"]], 1)
         yield from (up, info, installed)
-        gpu = GaugeMetricFamily("tumorsynth_worker_gpu_memory_bytes", "CUDA memory of the worker's pool processes "
-                                "(kind: allocated, reserved; total: the device's size); absent on CPU",
-                                labels=["worker", "device", "kind"])
+        gpu = GaugeMetricFamily(
+            "tumorsynth_worker_gpu_memory_bytes",
+            "CUDA memory of the worker's pool processes "
+            "(kind: allocated, reserved; total: the device's size); absent on CPU",
+            labels=["worker", "device", "kind"],
+        )
         for (worker, device, kind), n in sorted(gpu_memory.read_all(r).items()):
             gpu.add_metric([worker, device, kind], n)
         yield gpu
 
-        for name, help_ in (("queue_seconds", "Time from submission to the first attempt starting"),
-                            ("run_seconds", "Run time of succeeded jobs")):
+        for name, help_ in (
+            ("queue_seconds", "Time from submission to the first attempt starting"),
+            ("run_seconds", "Run time of succeeded jobs"),
+        ):
             h = HistogramMetricFamily(f"tumorsynth_job_{name}", help_, labels=["model"])
             for key in r.scan_iter(match=stats.hist_key(name, "*"), count=100):
                 model = key.decode().split(f"{name}:", 1)[1]
@@ -124,18 +147,21 @@ class RedisCollector:
                 h.add_metric([model], buckets, sum_value=raw.get("sum", 0.0))
             yield h
 
-        steps = CounterMetricFamily("tumorsynth_sampling_steps", "Sampling steps completed by succeeded jobs "
-                                    "(rate() gives steps per second)", labels=["model"])
+        steps = CounterMetricFamily(
+            "tumorsynth_sampling_steps",
+            "Sampling steps completed by succeeded jobs (rate() gives steps per second)",
+            labels=["model"],
+        )
         for model, n in r.hgetall(stats.STEPS).items():
             steps.add_metric([model.decode()], float(n))
         yield steps
-        redeliveries = CounterMetricFamily("tumorsynth_job_redeliveries", "Jobs requeued after their worker was lost",
-                                           labels=["model"])
+        redeliveries = CounterMetricFamily(
+            "tumorsynth_job_redeliveries", "Jobs requeued after their worker was lost", labels=["model"]
+        )
         for model, n in r.hgetall(stats.REDELIVERIES).items():
             redeliveries.add_metric([model.decode()], float(n))
         yield redeliveries
-        failures = CounterMetricFamily("tumorsynth_job_failures", "Failed jobs by error code",
-                                       labels=["model", "code"])
+        failures = CounterMetricFamily("tumorsynth_job_failures", "Failed jobs by error code", labels=["model", "code"])
         for field, n in r.hgetall(stats.FAILURES).items():
             model, code = _split(field)
             failures.add_metric([model, code], float(n))
@@ -151,12 +177,16 @@ def webhook_backlog(r, now: float | None = None):
     overdue: a growing figure means no worker runs the delivery loop, or it cannot keep up.
     """
     now = time.time() if now is None else now
-    pending = GaugeMetricFamily("tumorsynth_webhook_deliveries_pending", "Webhook deliveries not yet delivered or "
-                                "given up (due now or waiting for a retry)")
+    pending = GaugeMetricFamily(
+        "tumorsynth_webhook_deliveries_pending",
+        "Webhook deliveries not yet delivered or given up (due now or waiting for a retry)",
+    )
     pending.add_metric([], r.zcard(keys.WEBHOOKS_DUE))
     first = r.zrange(keys.WEBHOOKS_DUE, 0, 0, withscores=True)
-    overdue = GaugeMetricFamily("tumorsynth_webhook_oldest_overdue_seconds", "How long the most overdue pending "
-                                "webhook delivery has been due without an attempt (0: none overdue)")
+    overdue = GaugeMetricFamily(
+        "tumorsynth_webhook_oldest_overdue_seconds",
+        "How long the most overdue pending webhook delivery has been due without an attempt (0: none overdue)",
+    )
     overdue.add_metric([], round(max(0.0, now - first[0][1]), 3) if first else 0.0)
     return [pending, overdue]
 

@@ -17,7 +17,7 @@ from .problems import PROBLEM
 ERROR_ANSWERS = {
     "422": "The request names a field to change (``errors``); nothing was stored or queued",
     "4XX": "A client error (401 no or unknown key, 404 not found or another tenant's, 408/413 upload limits, "
-           "429 too many event streams); nothing was stored or queued",
+    "429 too many event streams); nothing was stored or queued",
     "5XX": "503 with Retry-After when the job store, broker or object storage is unreachable",
 }
 
@@ -38,8 +38,9 @@ def install(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, summary=app.summary,
-                             description=app.description, routes=app.routes)
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes
+        )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(_problem_schemas())
         for name in ("HTTPValidationError", "ValidationError"):

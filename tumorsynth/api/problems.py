@@ -20,10 +20,21 @@ log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str, *, code: str | None = None, errors: list[dict] | None = None,
-            headers: Mapping[str, str] | None = None) -> JSONResponse:
-    body = {"type": f"https://tumorsynth.dev/problems/{code or status}", "title": title, "status": status,
-            "detail": detail}
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    code: str | None = None,
+    errors: list[dict] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = {
+        "type": f"https://tumorsynth.dev/problems/{code or status}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     if code:
         body["code"] = code
     if errors:
@@ -41,15 +52,31 @@ def install(app: FastAPI) -> None:
             headers = {"Retry-After": str(retry_after)}
         if exc.status == 408:  # the rest of the body may still arrive; the connection cannot carry another request
             headers = {"Connection": "close"}
-        return problem(exc.status, exc.title, exc.message, code=exc.code,
-                       errors=[{"field": e.field, "message": e.message} for e in exc.errors] or None, headers=headers)
+        return problem(
+            exc.status,
+            exc.title,
+            exc.message,
+            code=exc.code,
+            errors=[{"field": e.field, "message": e.message} for e in exc.errors] or None,
+            headers=headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
-        errors = [{"field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path", "header")),
-                   "message": e["msg"]} for e in exc.errors()]
-        return problem(422, "Invalid request", "; ".join(f"{e['field']}: {e['message']}" for e in errors),
-                       code="invalid_request", errors=errors)
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path", "header")),
+                "message": e["msg"],
+            }
+            for e in exc.errors()
+        ]
+        return problem(
+            422,
+            "Invalid request",
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors),
+            code="invalid_request",
+            errors=errors,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
@@ -58,17 +85,24 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
     async def _store_gone(request: Request, exc: Exception):
-        log.warning("job store unreachable on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__,
-                    exc)
-        return await _typed(request, JobStoreUnavailable(
-            "the job store (Redis) did not answer; nothing was changed, retry after the Retry-After seconds"))
+        log.warning("job store unreachable on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return await _typed(
+            request,
+            JobStoreUnavailable(
+                "the job store (Redis) did not answer; nothing was changed, retry after the Retry-After seconds"
+            ),
+        )
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, _: ClientDisconnect):
         # A client that hangs up mid-upload is routine (a timeout, a closed laptop), not a server error: one line,
         # no traceback. Nothing was stored, since nothing is stored before the whole body has been checked.
-        log.info("upload aborted by the client: %s %s (declared %s bytes); nothing was kept", request.method,
-                 request.url.path, request.headers.get("content-length", "no length"))
+        log.info(
+            "upload aborted by the client: %s %s (declared %s bytes); nothing was kept",
+            request.method,
+            request.url.path,
+            request.headers.get("content-length", "no length"),
+        )
         return Response(status_code=400)  # the connection is gone: nobody reads it
 
     @app.exception_handler(Exception)

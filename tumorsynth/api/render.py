@@ -21,22 +21,56 @@ def job_view(rec: JobRecord, store: ObjectStore, settings: Settings) -> Job:
     outputs = []
     for o in rec.outputs:
         url, expires = output_url(store, settings, rec, o.name, o.key)
-        outputs.append(OutputInfo(name=o.name, modality=o.modality, sample_index=o.sample_index, kind=o.kind,
-                                  url=url, expires_at=expires, size=o.size, sha256=o.sha256, shape=o.shape,
-                                  spacing=o.spacing))
+        outputs.append(
+            OutputInfo(
+                name=o.name,
+                modality=o.modality,
+                sample_index=o.sample_index,
+                kind=o.kind,
+                url=url,
+                expires_at=expires,
+                size=o.size,
+                sha256=o.sha256,
+                shape=o.shape,
+                spacing=o.spacing,
+            )
+        )
     total = rec.total_steps
-    metrics = {k: round(v, 3) for k, v in (("queue_seconds", rec.queue_seconds), ("run_seconds", rec.run_seconds))
-               if v is not None}
+    metrics = {
+        k: round(v, 3)
+        for k, v in (("queue_seconds", rec.queue_seconds), ("run_seconds", rec.run_seconds))
+        if v is not None
+    }
     return Job(
-        id=rec.id, model=rec.model, status=rec.status, created_at=rfc3339(rec.created_at),
-        started_at=rfc3339(rec.started_at), completed_at=rfc3339(rec.completed_at),
-        progress={"completed_steps": rec.completed_steps, "total_steps": total,
-                  "fraction": round(rec.completed_steps / total, 4) if total else (1.0 if rec.status == "succeeded"
-                                                                                  else 0.0)},
+        id=rec.id,
+        model=rec.model,
+        status=rec.status,
+        created_at=rfc3339(rec.created_at),
+        started_at=rfc3339(rec.started_at),
+        completed_at=rfc3339(rec.completed_at),
+        progress={
+            "completed_steps": rec.completed_steps,
+            "total_steps": total,
+            "fraction": round(rec.completed_steps / total, 4) if total else (1.0 if rec.status == "succeeded" else 0.0),
+        },
         request=rec.request,
-        inputs=[{"name": i.name, "sha256": i.sha256, "shape": i.shape, "spacing": i.spacing, "size": i.size,
-                 "label_convention": i.label_convention, "labels": i.labels} for i in rec.inputs],
-        outputs=outputs, error=rec.error, attempts=rec.attempts, metrics=metrics, batch_id=rec.batch_id,
+        inputs=[
+            {
+                "name": i.name,
+                "sha256": i.sha256,
+                "shape": i.shape,
+                "spacing": i.spacing,
+                "size": i.size,
+                "label_convention": i.label_convention,
+                "labels": i.labels,
+            }
+            for i in rec.inputs
+        ],
+        outputs=outputs,
+        error=rec.error,
+        attempts=rec.attempts,
+        metrics=metrics,
+        batch_id=rec.batch_id,
         delivery=delivery_view(rec),
     )
 

@@ -31,8 +31,12 @@ def redis_client(settings: Settings) -> redis.Redis:
     t = settings.redis_timeout_seconds
     if not settings.redis_url:
         raise RuntimeError("TUMORSYNTH_REDIS_URL is not set (tumorsynth serve sets it for the embedded Redis)")
-    return connect(settings.redis_url, socket_timeout=t, socket_connect_timeout=min(t, 1.0),
-                   retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
+    return connect(
+        settings.redis_url,
+        socket_timeout=t,
+        socket_connect_timeout=min(t, 1.0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+    )
 
 
 @dataclass
@@ -58,5 +62,15 @@ class Services:
         submissions = JobService(jobs, store, registry, dispatcher, settings)
         bank = MaskBank(store, VolumeLimits.from_settings(settings))
         batches = BatchService(jobs, submissions, store, registry, masks=bank.make)
-        return cls(settings, client, jobs, store, registry, dispatcher, submissions, batches, bank,
-                   StreamSlots(settings.max_event_streams_per_tenant))
+        return cls(
+            settings,
+            client,
+            jobs,
+            store,
+            registry,
+            dispatcher,
+            submissions,
+            batches,
+            bank,
+            StreamSlots(settings.max_event_streams_per_tenant),
+        )

@@ -21,9 +21,12 @@ JOB_FORM_SCHEMA = {
                     "type": "object",
                     "required": ["request"],
                     "properties": {
-                        "request": {"type": "string", "contentMediaType": "application/json",
-                                    "contentSchema": {"$ref": "#/components/schemas/JobRequest"},
-                                    "description": "JobRequest as JSON (see the JobRequest schema)"},
+                        "request": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/JobRequest"},
+                            "description": "JobRequest as JSON (see the JobRequest schema)",
+                        },
                         "mask": {"type": "string", "format": "binary", "description": "tumour mask, NIfTI"},
                         "t1": {"type": "string", "format": "binary"},
                         "flair": {"type": "string", "format": "binary"},
@@ -39,13 +42,13 @@ JOB_FORM_SCHEMA = {
 MAX_BATCH_MASKS = 64
 
 
-async def read_job_form(request: Request, settings: Settings, multiple: bool = False
-                        ) -> tuple[str | None, dict]:
+async def read_job_form(request: Request, settings: Settings, multiple: bool = False) -> tuple[str | None, dict]:
     """``request`` JSON and the file parts by name; with ``multiple`` a name may repeat (lists of bytes)."""
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
         raise InvalidRequest.for_field(
-            "content-type", "send multipart/form-data with a JSON field 'request' and NIfTI file parts")
+            "content-type", "send multipart/form-data with a JSON field 'request' and NIfTI file parts"
+        )
     form = await _parse_form(request, MAX_BATCH_MASKS if multiple else MAX_FILE_PARTS)
     try:
         request_json: str | None = None
@@ -57,7 +60,8 @@ async def read_job_form(request: Request, settings: Settings, multiple: bool = F
                 data = await value.read(settings.max_file_bytes + 1)
                 if len(data) > settings.max_file_bytes:
                     raise PayloadTooLarge.for_field(
-                        name, f"larger than {settings.max_file_bytes} bytes; upload a compressed .nii.gz")
+                        name, f"larger than {settings.max_file_bytes} bytes; upload a compressed .nii.gz"
+                    )
                 if multiple:
                     files.setdefault(name, []).append(data)
                 else:
@@ -87,8 +91,10 @@ class _StrictFormParser(MultiPartParser):
                 bytes(part.data).decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InvalidRequest.for_field(
-                    part.field_name or "request", f"not UTF-8 (byte 0x{part.data[exc.start]:02x} at offset "
-                    f"{exc.start}); send text fields, JSON included, encoded as UTF-8") from exc
+                    part.field_name or "request",
+                    f"not UTF-8 (byte 0x{part.data[exc.start]:02x} at offset "
+                    f"{exc.start}); send text fields, JSON included, encoded as UTF-8",
+                ) from exc
         super().on_part_end()
 
     def on_end(self) -> None:
@@ -96,20 +102,31 @@ class _StrictFormParser(MultiPartParser):
 
 
 async def _parse_form(request: Request, max_files: int):
-    parser = _StrictFormParser(request.headers, request.stream(), max_files=max_files, max_fields=MAX_FILE_PARTS,
-                               max_part_size=MAX_REQUEST_JSON)
+    parser = _StrictFormParser(
+        request.headers,
+        request.stream(),
+        max_files=max_files,
+        max_fields=MAX_FILE_PARTS,
+        max_part_size=MAX_REQUEST_JSON,
+    )
     try:
         form = await parser.parse()
     except MultiPartException as exc:
         if exc.message.startswith("Part exceeded maximum size"):
-            raise PayloadTooLarge.for_field(parser._current_part.field_name or "request",
-                                            f"a text field is limited to {MAX_REQUEST_JSON // 1024} KiB") from exc
-        raise MalformedRequest(f"the multipart body cannot be read ({exc.message}); send multipart/form-data with "
-                               "a JSON field 'request' and named NIfTI file parts") from exc
+            raise PayloadTooLarge.for_field(
+                parser._current_part.field_name or "request",
+                f"a text field is limited to {MAX_REQUEST_JSON // 1024} KiB",
+            ) from exc
+        raise MalformedRequest(
+            f"the multipart body cannot be read ({exc.message}); send multipart/form-data with "
+            "a JSON field 'request' and named NIfTI file parts"
+        ) from exc
     if not parser.complete:
         await form.close()
-        raise MalformedRequest("the multipart body ends before its closing boundary: the upload was cut short or "
-                               "the boundary in Content-Type does not match the body; send it again")
+        raise MalformedRequest(
+            "the multipart body ends before its closing boundary: the upload was cut short or "
+            "the boundary in Content-Type does not match the body; send it again"
+        )
     return form
 
 

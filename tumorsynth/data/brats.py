@@ -40,8 +40,9 @@ NAMINGS = {
     "brats2023": Naming("-", {"t1": "t1n", "t1c": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}, "brats2023"),
 }
 _PATTERNS = {
-    name: re.compile(rf"^(?P<id>.+?){re.escape(n.separator)}(?P<suffix>{'|'.join(n.files.values())})\.nii(\.gz)?$",
-                     re.IGNORECASE)
+    name: re.compile(
+        rf"^(?P<id>.+?){re.escape(n.separator)}(?P<suffix>{'|'.join(n.files.values())})\.nii(\.gz)?$", re.IGNORECASE
+    )
     for name, n in NAMINGS.items()
 }
 _CLASS_IN_NAME = re.compile(r"(?<![A-Za-z])(HGG|LGG)(?![A-Za-z])", re.IGNORECASE)
@@ -58,14 +59,17 @@ class Subject:
 
 
 # What load_subject returns ("class" is a keyword, hence the functional form).
-LoadedSubject = TypedDict("LoadedSubject", {
-    "id": str,
-    "image": np.ndarray,  # float32 (C, X, Y, Z)
-    "seg": "np.ndarray | None",  # uint8, BraTS 2023 labels
-    "affine": np.ndarray,  # float64 (4, 4)
-    "class": "str | None",
-    "modalities": tuple[str, ...],
-})
+LoadedSubject = TypedDict(
+    "LoadedSubject",
+    {
+        "id": str,
+        "image": np.ndarray,  # float32 (C, X, Y, Z)
+        "seg": "np.ndarray | None",  # uint8, BraTS 2023 labels
+        "affine": np.ndarray,  # float64 (4, 4)
+        "class": "str | None",
+        "modalities": tuple[str, ...],
+    },
+)
 
 
 class Crop(NamedTuple):
@@ -99,8 +103,10 @@ def find_subjects(root: str | Path) -> list[Subject]:
         subject_id, naming, key = found
         group = groups.setdefault(subject_id, {"naming": naming, "files": {}, "folder": path.parent})
         if group["folder"] != path.parent or group["naming"] != naming or key in group["files"]:
-            raise ValueError(f"subject {subject_id!r} has more than one {key!r} file or spans folders or namings "
-                             f"({path}); keep one file per modality in one folder per subject")
+            raise ValueError(
+                f"subject {subject_id!r} has more than one {key!r} file or spans folders or namings "
+                f"({path}); keep one file per modality in one folder per subject"
+            )
         group["files"][key] = path
     subjects = []
     for subject_id, group in sorted(groups.items()):
@@ -109,14 +115,16 @@ def find_subjects(root: str | Path) -> list[Subject]:
         if not files:
             continue
         row = table.get(subject_id, {})
-        subjects.append(Subject(
-            id=subject_id,
-            paths={m: files[m] for m in MODALITIES if m in files},
-            seg=seg,
-            label_convention=row.get("convention") or NAMINGS[group["naming"]].convention,
-            tumor_class=row.get("class") or _class_from_path(subject_id, group["folder"].relative_to(root)),
-            naming=group["naming"],
-        ))
+        subjects.append(
+            Subject(
+                id=subject_id,
+                paths={m: files[m] for m in MODALITIES if m in files},
+                seg=seg,
+                label_convention=row.get("convention") or NAMINGS[group["naming"]].convention,
+                tumor_class=row.get("class") or _class_from_path(subject_id, group["folder"].relative_to(root)),
+                naming=group["naming"],
+            )
+        )
     return subjects
 
 
@@ -178,8 +186,9 @@ def normalise(image: np.ndarray, brain: np.ndarray | None = None) -> np.ndarray:
     return out[0] if image.ndim == 3 else out
 
 
-def crop_to_nonzero(image: np.ndarray, seg: np.ndarray | None = None, margin: int = 0,
-                    affine: np.ndarray | None = None) -> Crop:
+def crop_to_nonzero(
+    image: np.ndarray, seg: np.ndarray | None = None, margin: int = 0, affine: np.ndarray | None = None
+) -> Crop:
     """Crop (C, X, Y, Z) or (X, Y, Z) to the box of non-zero image or mask voxels, ``margin`` voxels wider.
 
     The returned affine maps the cropped voxels to the same world points as before: ``affine @ translation(start)``.
@@ -232,8 +241,10 @@ def _read_subjects_csv(path: Path) -> dict[str, dict[str, str | None]]:
     for row in rows:
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         if row.get("subject_id"):
-            table[row["subject_id"]] = {"class": row.get("class", "").upper() or None,
-                                        "convention": row.get("convention") or None}
+            table[row["subject_id"]] = {
+                "class": row.get("class", "").upper() or None,
+                "convention": row.get("convention") or None,
+            }
     return table
 
 

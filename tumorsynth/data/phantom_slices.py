@@ -29,11 +29,11 @@ SIMULATED_NOTE = "SLICES.json"  # how each class was made; the StyleGAN2 trainer
 
 HOW = {
     "meningioma": "SIMULATED: a homogeneously enhancing extra-axial hemisphere (radius 8-20 mm) painted on the outer "
-                  "edge of a tumour-free phantom T1C slice, with a short dural tail",
+    "edge of a tumour-free phantom T1C slice, with a short dural tail",
     "glioma": "the phantom's own simulated glioma (LGG or HGG from `tumorsynth phantoms`), axial T1C slices through "
-              "the tumour",
+    "the tumour",
     "pituitary": "SIMULATED: a small round midline mass (radius 5-11 mm), moderately enhancing, painted in the "
-                 "anterior-central (sellar) region of a low, tumour-free phantom T1C slice",
+    "anterior-central (sellar) region of a low, tumour-free phantom T1C slice",
 }
 
 
@@ -44,7 +44,7 @@ def _reference(image: np.ndarray) -> float:
 
 
 def _disc(shape, centre, radius: float, soft: float = 1.5) -> np.ndarray:
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
     d = np.hypot(yy - centre[0], xx - centre[1])
     return np.clip((radius - d) / soft + 0.5, 0, 1)
 
@@ -66,8 +66,10 @@ def paint_meningioma(image: np.ndarray, rng: np.random.Generator, mm: float = 1.
 def paint_pituitary(image: np.ndarray, rng: np.random.Generator, mm: float = 1.0) -> np.ndarray:
     rows, cols = np.nonzero(image > 0)
     # the first voxel axis runs left-right in BraTS/RAS volumes: the midline is the brain's centre along it
-    centre = (rows.min() + (rows.max() - rows.min()) * rng.uniform(0.47, 0.53),
-              cols.min() + (cols.max() - cols.min()) * rng.uniform(0.64, 0.72))  # anterior to the brainstem
+    centre = (
+        rows.min() + (rows.max() - rows.min()) * rng.uniform(0.47, 0.53),
+        cols.min() + (cols.max() - cols.min()) * rng.uniform(0.64, 0.72),
+    )  # anterior to the brainstem
     radius = rng.uniform(5, 11) / mm
     weight = _disc(image.shape, centre, radius)
     texture = ndimage.gaussian_filter(rng.standard_normal(image.shape), 2.0) * 4
@@ -84,8 +86,9 @@ def _free_levels(image: np.ndarray, seg: np.ndarray | None) -> np.ndarray:
     return np.nonzero(free)[0]
 
 
-def build_slice_set(data_dir: str | Path, out_dir: str | Path, per_class: int = 200, seed: int = 0,
-                    modality: str = "t1c") -> dict[str, int]:
+def build_slice_set(
+    data_dir: str | Path, out_dir: str | Path, per_class: int = 200, seed: int = 0, modality: str = "t1c"
+) -> dict[str, int]:
     """Write ``OUT/<class>/*.png`` and ``OUT/SLICES.json``; return the number of slices per class."""
     out_dir = Path(out_dir)
     subjects = find_subjects(data_dir)
@@ -103,18 +106,27 @@ def build_slice_set(data_dir: str | Path, out_dir: str | Path, per_class: int = 
         free = _free_levels(image, seg)
         low = free[free <= np.percentile(free, 40)] if len(free) else free
         made = {"glioma": [(z, image[:, :, z]) for z in tumour_levels(image, seg, per_subject)]}
-        made["meningioma"] = [(z, paint_meningioma(image[:, :, z], rng, mm))
-                              for z in rng.choice(free, min(per_subject, len(free)), replace=False)]
-        made["pituitary"] = [(z, paint_pituitary(image[:, :, z], rng, mm))
-                             for z in rng.choice(low, min(per_subject, len(low)), replace=False)]
+        made["meningioma"] = [
+            (z, paint_meningioma(image[:, :, z], rng, mm))
+            for z in rng.choice(free, min(per_subject, len(free)), replace=False)
+        ]
+        made["pituitary"] = [
+            (z, paint_pituitary(image[:, :, z], rng, mm))
+            for z in rng.choice(low, min(per_subject, len(low)), replace=False)
+        ]
         for c, slices in made.items():
             for z, s in slices:
                 if counts[c] < per_class:
                     pixels = (prepare(s, max(s.shape)) * 255).round().astype(np.uint8)
                     Image.fromarray(np.rot90(pixels)).save(out_dir / c / f"{subject.id}_z{int(z):03d}.png")
                     counts[c] += 1
-    note = {"summary": "glioma slices are phantom tumours; meningioma and pituitary masses are painted onto "
-                       "tumour-free phantom slices", "source": str(data_dir), "modality": modality,
-            "classes": HOW, "counts": counts}
+    note = {
+        "summary": "glioma slices are phantom tumours; meningioma and pituitary masses are painted onto "
+        "tumour-free phantom slices",
+        "source": str(data_dir),
+        "modality": modality,
+        "classes": HOW,
+        "counts": counts,
+    }
     (out_dir / SIMULATED_NOTE).write_text(json.dumps(note, indent=2) + "\n")
     return counts

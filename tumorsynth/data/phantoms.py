@@ -59,8 +59,9 @@ class TumourPlan:
     focus_mm: float  # LGG only: radius of a tiny enhancing focus, 0 for none
 
 
-def make_subject(templates: Templates, rng: np.random.Generator, tumor_class: str,
-                 shape: Sequence[int] | None = None) -> dict:
+def make_subject(
+    templates: Templates, rng: np.random.Generator, tumor_class: str, shape: Sequence[int] | None = None
+) -> dict:
     """One phantom on the templates' grid.
 
     Returns float32 ``t1, t1c, t2, flair`` (0 outside the brain), uint8 ``seg`` (BraTS 2023 labels), the ground-truth
@@ -71,8 +72,9 @@ def make_subject(templates: Templates, rng: np.random.Generator, tumor_class: st
     if tumor_class not in CLASSES:
         raise ValueError(f"tumor_class must be one of {CLASSES}, got {tumor_class!r}")
     if shape is not None and tuple(int(n) for n in shape) != templates.shape:
-        raise ValueError(f"the templates are on a {templates.shape} grid, not {tuple(shape)}; "
-                         f"pass load_templates({tuple(shape)})")
+        raise ValueError(
+            f"the templates are on a {templates.shape} grid, not {tuple(shape)}; pass load_templates({tuple(shape)})"
+        )
     spacing = templates.spacing.astype(np.float32)
     anatomy, box = _warp_anatomy(templates, rng)
     plan = _plan_tumour(anatomy, spacing, rng, tumor_class)
@@ -107,11 +109,19 @@ def make_subject(templates: Templates, rng: np.random.Generator, tumor_class: st
     }
 
 
-def generate_phantoms(out_dir: str | Path, n: int, seed: int, convention: str = "brats2023",
-                      classes: Sequence[str] = CLASSES, hgg_fraction: float = 0.5,
-                      shape: Sequence[int] = BRATS_SHAPE, naming: str | None = None,
-                      cache_dir: str | Path | None = None, workers: int = 1,
-                      progress: Callable[[int, int], None] | None = None) -> list[Path]:
+def generate_phantoms(
+    out_dir: str | Path,
+    n: int,
+    seed: int,
+    convention: str = "brats2023",
+    classes: Sequence[str] = CLASSES,
+    hgg_fraction: float = 0.5,
+    shape: Sequence[int] = BRATS_SHAPE,
+    naming: str | None = None,
+    cache_dir: str | Path | None = None,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
     """Write ``n`` subjects as a BraTS folder and ``subjects.csv`` (subject_id, class, convention); return the folders.
 
     Subject ``i`` draws everything from ``np.random.default_rng([seed, i])``, so any subset can be remade alone.
@@ -261,10 +271,17 @@ def _plan_tumour(anatomy: dict, spacing: np.ndarray, rng: np.random.Generator, t
     focus = 0.0
     if tumor_class == "LGG" and rng.random() < LGG_ENHANCING_PROBABILITY:
         focus = rng.uniform(1.5, 3.0)
-    return TumourPlan(tumor_class=tumor_class, centre=centre.astype(np.float64), whole_mm=float(whole),
-                      core_mm=float(core), necrosis_mm=float(necrosis), lumpiness=float(lumpiness),
-                      push=float(rng.uniform(*PUSH[tumor_class])), push_mm=float(core * rng.uniform(1.6, 2.4)),
-                      focus_mm=float(focus))
+    return TumourPlan(
+        tumor_class=tumor_class,
+        centre=centre.astype(np.float64),
+        whole_mm=float(whole),
+        core_mm=float(core),
+        necrosis_mm=float(necrosis),
+        lumpiness=float(lumpiness),
+        push=float(rng.uniform(*PUSH[tumor_class])),
+        push_mm=float(core * rng.uniform(1.6, 2.4)),
+        focus_mm=float(focus),
+    )
 
 
 def _tumour_box(plan: TumourPlan, spacing: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -292,15 +309,17 @@ def _push(anatomy: dict, plan: TumourPlan, box: tuple[slice, ...], spacing: np.n
     offsets = _offsets_mm(plan, box, spacing)
     inside: np.ndarray = np.clip(1 - sum(o**2 for o in offsets) / np.float32(plan.push_mm**2), 0, None)
     keep = 1 - np.float32(plan.push) * inside**2
-    coords = np.stack([np.broadcast_to(plan.centre[k] + offsets[k] / spacing[k] * keep, keep.shape)
-                       for k in range(3)]).astype(np.float32)
+    coords = np.stack(
+        [np.broadcast_to(plan.centre[k] + offsets[k] / spacing[k] * keep, keep.shape) for k in range(3)]
+    ).astype(np.float32)
     for name in ("t1", "t2", "wm", "csf"):
         anatomy[name][box] = ndimage.map_coordinates(anatomy[name], coords, order=1, output=np.float32)
     anatomy["brain"][box] = ndimage.map_coordinates(anatomy["brain"].view(np.uint8), coords, order=0) > 0
 
 
-def _tumour_labels(plan: TumourPlan, box: tuple[slice, ...], spacing: np.ndarray,
-                   rng: np.random.Generator) -> np.ndarray:
+def _tumour_labels(
+    plan: TumourPlan, box: tuple[slice, ...], spacing: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     offsets = _offsets_mm(plan, box, spacing)
     r = np.sqrt(sum(o**2 for o in offsets))
     shape = r.shape
@@ -332,8 +351,14 @@ def _healthy_contrasts(anatomy: dict, rng: np.random.Generator) -> dict[str, np.
     }
 
 
-def _paint(images: dict, seg: np.ndarray, box: tuple[slice, ...], plan: TumourPlan, spacing: np.ndarray,
-           rng: np.random.Generator) -> None:
+def _paint(
+    images: dict,
+    seg: np.ndarray,
+    box: tuple[slice, ...],
+    plan: TumourPlan,
+    spacing: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
     """Blend each label's tissue over the healthy image; oedema keeps some of the anatomy under it."""
     edge = rng.uniform(1.0, 2.5) / spacing  # oedema fades out over a few mm
     sharp = 0.7 / spacing
@@ -342,8 +367,9 @@ def _paint(images: dict, seg: np.ndarray, box: tuple[slice, ...], plan: TumourPl
     weights[EDEMA] = np.clip(whole - weights[NECROSIS] - weights[ENHANCING], 0, 1) * np.float32(rng.uniform(0.7, 0.95))
     healthy = 1 - sum(weights.values())
     texture = 1 + np.float32(rng.uniform(0.04, 0.1)) * _smooth_field(rng, seg.shape, 5.0 / spacing)
-    levels = {label: np.asarray(values) * rng.uniform(0.92, 1.08, 4)
-              for label, values in LEVELS[plan.tumor_class].items()}
+    levels = {
+        label: np.asarray(values) * rng.uniform(0.92, 1.08, 4) for label, values in LEVELS[plan.tumor_class].items()
+    }
     for m, name in enumerate(MODALITIES):
         tumour = sum(weights[label] * np.float32(levels[label][m]) for label in weights)
         images[name][box] = images[name][box] * healthy + tumour * texture
@@ -387,6 +413,7 @@ def _bounding_box(mask: np.ndarray, margin: np.ndarray) -> tuple[slice, ...]:
     box = []
     for axis in range(3):
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(int(hit[0]) - int(margin[axis]), 0), min(int(hit[-1]) + 1 + int(margin[axis]),
-                                                                        mask.shape[axis])))
+        box.append(
+            slice(max(int(hit[0]) - int(margin[axis]), 0), min(int(hit[-1]) + 1 + int(margin[axis]), mask.shape[axis]))
+        )
     return tuple(box)

@@ -37,8 +37,9 @@ def tumour_centre(seg: np.ndarray | None, image: np.ndarray) -> np.ndarray:
     return np.asarray(ndimage.center_of_mass(region), dtype=np.float64)
 
 
-def roi_mapping(in_shape: Sequence[int], affine: np.ndarray, centre: np.ndarray, grid: Sequence[int],
-                spacing: Sequence[float]) -> GridMapping:
+def roi_mapping(
+    in_shape: Sequence[int], affine: np.ndarray, centre: np.ndarray, grid: Sequence[int], spacing: Sequence[float]
+) -> GridMapping:
     """The grid of ``grid`` voxels of ``spacing`` mm centred on voxel ``centre``, along the input's voxel axes."""
     in_shape3, grid3 = _three(in_shape, "in_shape"), _three(grid, "grid")
     affine = np.asarray(affine, dtype=np.float64)
@@ -57,8 +58,14 @@ def _three(shape: Sequence[int], name: str) -> tuple[int, int, int]:
     return int(shape[0]), int(shape[1]), int(shape[2])
 
 
-def extract_roi(image: np.ndarray, seg: np.ndarray | None, affine: np.ndarray, grid: Sequence[int],
-                spacing: Sequence[float], z_clip: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+def extract_roi(
+    image: np.ndarray,
+    seg: np.ndarray | None,
+    affine: np.ndarray,
+    grid: Sequence[int],
+    spacing: Sequence[float],
+    z_clip: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """(C, X, Y, Z) raw intensities → (ROI (C, *grid) in [-1, 1], its affine)."""
     image = normalise(image)
     mapping = roi_mapping(image.shape[1:], affine, tumour_centre(seg, image), grid, spacing)
@@ -69,9 +76,16 @@ def extract_roi(image: np.ndarray, seg: np.ndarray | None, affine: np.ndarray, g
     return (np.clip(roi, -z_clip, z_clip) / z_clip).astype(np.float32), mapping.grid_affine
 
 
-def load_rois(data_dir: str | Path, classes: Sequence[str], grid: Sequence[int], spacing: Sequence[float],
-              modalities: Sequence[str] = ("flair",), z_clip: float = 5.0, max_subjects: int | None = None,
-              progress: Callable[[int, int], None] | None = None) -> ROISet:
+def load_rois(
+    data_dir: str | Path,
+    classes: Sequence[str],
+    grid: Sequence[int],
+    spacing: Sequence[float],
+    modalities: Sequence[str] = ("flair",),
+    z_clip: float = 5.0,
+    max_subjects: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ROISet:
     subjects: list[Subject] = find_subjects(data_dir)
     if not subjects:
         raise FileNotFoundError(f"no BraTS-format subjects under {data_dir}")

@@ -48,10 +48,14 @@ def prepare(image: np.ndarray, resolution: int) -> np.ndarray:
     h, w = x.shape
     side = max(h, w)
     square = np.zeros((side, side), np.float32)
-    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = x
+    square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = x
     t = torch.from_numpy(square)[None, None]
-    t = F.interpolate(t, size=(resolution, resolution), mode="area" if side >= resolution else "bilinear",
-                      **({} if side >= resolution else {"align_corners": False}))[0, 0]
+    t = F.interpolate(
+        t,
+        size=(resolution, resolution),
+        mode="area" if side >= resolution else "bilinear",
+        **({} if side >= resolution else {"align_corners": False}),
+    )[0, 0]
     nz = t[t > 0]
     scale = float(torch.quantile(nz, 0.995)) if nz.numel() else 1.0
     return (t / (scale or 1.0)).clamp(0, 1).numpy()
@@ -77,9 +81,16 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def load_slices(root: str | Path, resolution: int, classes: list[str] | None = None, *, modality: str = "t1c",
-                class_map: dict[str, str] | None = None, per_subject: int = 8,
-                max_per_class: int | None = None) -> SliceSet:
+def load_slices(
+    root: str | Path,
+    resolution: int,
+    classes: list[str] | None = None,
+    *,
+    modality: str = "t1c",
+    class_map: dict[str, str] | None = None,
+    per_subject: int = 8,
+    max_per_class: int | None = None,
+) -> SliceSet:
     """Slices of ``root`` (either layout) on an R×R grid; ``classes`` fixes the label order (default: found)."""
     root = Path(root)
     if not root.is_dir():
@@ -92,8 +103,9 @@ def load_slices(root: str | Path, resolution: int, classes: list[str] | None = N
         pairs = [(name, read_image(p), str(p.relative_to(root))) for name, p in found]
         layout = "folders"
     if not pairs:
-        raise ValueError(f"{root} holds neither class folders of slices (DIR/<class>/*.png|*.nii.gz) nor "
-                         "BraTS-format subjects")
+        raise ValueError(
+            f"{root} holds neither class folders of slices (DIR/<class>/*.png|*.nii.gz) nor BraTS-format subjects"
+        )
     names = classes or _ordered({name for name, _, _ in pairs})
     kept, counts = [], dict.fromkeys(names, 0)
     for name, image, source in pairs:
@@ -102,9 +114,13 @@ def load_slices(root: str | Path, resolution: int, classes: list[str] | None = N
             kept.append((names.index(name), prepare(image, resolution), source))
     if not kept:
         raise ValueError(f"none of the slices in {root} belongs to the classes {names}")
-    return SliceSet(images=torch.from_numpy(np.stack([k[1] for k in kept]))[:, None],
-                    labels=torch.tensor([k[0] for k in kept], dtype=torch.long), classes=list(names),
-                    sources=[k[2] for k in kept], layout=layout)
+    return SliceSet(
+        images=torch.from_numpy(np.stack([k[1] for k in kept]))[:, None],
+        labels=torch.tensor([k[0] for k in kept], dtype=torch.long),
+        classes=list(names),
+        sources=[k[2] for k in kept],
+        layout=layout,
+    )
 
 
 def _ordered(names: set[str]) -> list[str]:

@@ -17,9 +17,15 @@ from .brats import MODALITIES, Subject, crop_to_nonzero, load_subject, normalise
 MapToGrid = Callable[[tuple[int, ...], np.ndarray, Sequence[int], Sequence[float]], GridMapping]
 
 
-def prepare_subject(subject: Subject, grid_shape: Sequence[int], fov_mm: Sequence[float],
-                    modalities: Sequence[str] = MODALITIES, *, to_grid: MapToGrid = fit_to_grid,
-                    crop: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def prepare_subject(
+    subject: Subject,
+    grid_shape: Sequence[int],
+    fov_mm: Sequence[float],
+    modalities: Sequence[str] = MODALITIES,
+    *,
+    to_grid: MapToGrid = fit_to_grid,
+    crop: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """One BraTS subject → (image (C, *grid) z-scored over the brain, labels (*grid) BraTS 2023, zeros without a
     segmentation). ``crop`` first cuts the volume to the brain's bounding box (the LDM's field of view is the
     brain's, not the scanner's)."""
@@ -32,8 +38,9 @@ def prepare_subject(subject: Subject, grid_shape: Sequence[int], fov_mm: Sequenc
         image, seg, affine = cropped.image, cropped.seg, cropped.affine
     mapping = to_grid(image.shape[1:], affine, grid_shape, fov_mm)
     grid_image = mapping.to_grid(image, order=1).astype(np.float32)
-    grid_labels = mapping.to_grid(seg, order=0).astype(np.uint8) if seg is not None else \
-        np.zeros(grid_image.shape[1:], np.uint8)
+    grid_labels = (
+        mapping.to_grid(seg, order=0).astype(np.uint8) if seg is not None else np.zeros(grid_image.shape[1:], np.uint8)
+    )
     return grid_image, grid_labels
 
 

@@ -86,14 +86,37 @@ class RedisServer:
     def start(self, timeout: float = 15.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
-        args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes",
-                "--daemonize", "no", "--loglevel", "warning"]
+        args = [
+            redis_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
         # The server keeps the lock's file descriptor: while it lives, the folder stays locked.
         if self._lock_fd is None:
             raise RuntimeError(f"{self.data_dir} is not locked; refusing to start a Redis on it")
-        proc = self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                            pass_fds=(self._lock_fd,), preexec_fn=die_with_parent(os.getpid()))
+        proc = self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            pass_fds=(self._lock_fd,),
+            preexec_fn=die_with_parent(os.getpid()),
+        )
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         while time.monotonic() < deadline:
@@ -123,8 +146,9 @@ class RedisServer:
             try:
                 restarted = self.start().proc
                 self.restarts += 1
-                log.warning("embedded Redis restarted (pid %s), append-only file replayed",
-                            restarted.pid if restarted else "?")
+                log.warning(
+                    "embedded Redis restarted (pid %s), append-only file replayed", restarted.pid if restarted else "?"
+                )
             except RuntimeError as exc:
                 log.warning("embedded Redis did not restart (%s); trying again", exc)
 
@@ -139,7 +163,8 @@ class RedisServer:
             os.close(fd)
             raise DataDirInUse(
                 f"{self.data_dir} is in use by another Redis (started by pid {holder}, which may be gone while its "
-                "Redis lives on); stop that one, or give this service its own TUMORSYNTH_STORAGE_DIR") from None
+                "Redis lives on); stop that one, or give this service its own TUMORSYNTH_STORAGE_DIR"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd

@@ -31,8 +31,13 @@ def redis_data_dir(settings: Settings) -> Path:
     folder = settings.storage_dir.with_name(settings.storage_dir.name + "-redis")
     legacy = settings.storage_dir.parent / "redis"
     if not folder.exists() and (legacy / "appendonlydir").exists():
-        log.warning("the embedded Redis now keeps its data in %s; the shared folder %s used before is left as it "
-                    "was: move it to %s (with no service running) to keep its jobs", folder, legacy, folder)
+        log.warning(
+            "the embedded Redis now keeps its data in %s; the shared folder %s used before is left as it "
+            "was: move it to %s (with no service running) to keep its jobs",
+            folder,
+            legacy,
+            folder,
+        )
     return folder
 
 
@@ -50,8 +55,13 @@ def embedded_backends(settings: Settings, with_worker: bool = True):
     env["TUMORSYNTH_PUBLIC_URL"] = settings.public_url
     if not settings.url_signing_key:
         env["TUMORSYNTH_URL_SIGNING_KEY"] = os.urandom(32).hex()  # shared by API and worker for this run
-    effective = Settings(**{**settings.model_dump(), "redis_url": env.get("TUMORSYNTH_REDIS_URL"),
-                            "url_signing_key": env.get("TUMORSYNTH_URL_SIGNING_KEY", settings.url_signing_key)})
+    effective = Settings(
+        **{
+            **settings.model_dump(),
+            "redis_url": env.get("TUMORSYNTH_REDIS_URL"),
+            "url_signing_key": env.get("TUMORSYNTH_URL_SIGNING_KEY", settings.url_signing_key),
+        }
+    )
     supervisor = WorkerSupervisor(env).start() if with_worker else None
     try:
         yield effective
@@ -72,9 +82,14 @@ def serve(settings: Settings, host: str, port: int, with_worker: bool = True) ->
     # process before the worker and Redis are stopped, leaving them orphaned. Exit through ``finally`` instead.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with embedded_backends(settings, with_worker) as effective:
-        config = uvicorn.Config(create_app(effective), host=host, port=port, log_level="info",
-                                http=guarded_h11(effective.header_timeout_seconds),
-                                limit_concurrency=effective.max_connections)
+        config = uvicorn.Config(
+            create_app(effective),
+            host=host,
+            port=port,
+            log_level="info",
+            http=guarded_h11(effective.header_timeout_seconds),
+            limit_concurrency=effective.max_connections,
+        )
         logging.getLogger("uvicorn.access").addFilter(RedactLinkSignatures())  # after uvicorn set its logging up
         uvicorn.Server(config).run()
 

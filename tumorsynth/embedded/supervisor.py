@@ -16,8 +16,18 @@ log = logging.getLogger(__name__)
 
 
 def worker_command(queues: str = "gpu", concurrency: int = 1, pool: str = "prefork") -> list[str]:
-    return [sys.executable, "-m", "tumorsynth.cli", "worker", "--queues", queues, "--concurrency",
-            str(concurrency), "--pool", pool]
+    return [
+        sys.executable,
+        "-m",
+        "tumorsynth.cli",
+        "worker",
+        "--queues",
+        queues,
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        pool,
+    ]
 
 
 class WorkerSupervisor:
@@ -30,8 +40,9 @@ class WorkerSupervisor:
 
     def _spawn(self) -> None:
         # Its own process group, so stopping it takes its pool children too.
-        self.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True,
-                                     preexec_fn=die_with_parent(os.getpid()))
+        self.proc = subprocess.Popen(
+            self.command, env=self.env, start_new_session=True, preexec_fn=die_with_parent(os.getpid())
+        )
         log.info("worker started (pid %d)", self.proc.pid)
 
     def start(self) -> WorkerSupervisor:

@@ -82,8 +82,11 @@ def pearson_in(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -
 
 def mean_pairwise_r(volumes, region_of=None) -> float:
     """Mean Pearson r over all pairs; ``region_of(a, b)`` picks the region of each pair (default: everywhere)."""
-    rs = [pearson_in(volumes[i], volumes[j], region_of(i, j) if region_of else None)
-          for i in range(len(volumes)) for j in range(i + 1, len(volumes))]
+    rs = [
+        pearson_in(volumes[i], volumes[j], region_of(i, j) if region_of else None)
+        for i in range(len(volumes))
+        for j in range(i + 1, len(volumes))
+    ]
     return float(np.nanmean(rs)) if rs else float("nan")
 
 

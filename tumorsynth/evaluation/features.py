@@ -28,19 +28,41 @@ class FeatureNet(nn.Module):
     """3D conv blocks (MONAI ``Convolution``: conv, instance norm, PReLU; all but the first strided), global average
     pool, linear head. Each spatial size must be at least ``2 ** len(channels)``."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, channels: Sequence[int] = (8, 16, 32, 64),
-                 spatial_dims: int = 3, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        channels: Sequence[int] = (8, 16, 32, 64),
+        spatial_dims: int = 3,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if in_channels < 1 or num_classes < 2 or not channels or min(channels) < 1:
-            raise ValueError(f"need in_channels >= 1, num_classes >= 2 and positive channels; got {in_channels}, "
-                             f"{num_classes}, {list(channels)}")
-        self.config = {"in_channels": in_channels, "num_classes": num_classes, "channels": list(channels),
-                       "spatial_dims": spatial_dims, "dropout": dropout}
+            raise ValueError(
+                f"need in_channels >= 1, num_classes >= 2 and positive channels; got {in_channels}, "
+                f"{num_classes}, {list(channels)}"
+            )
+        self.config = {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "channels": list(channels),
+            "spatial_dims": spatial_dims,
+            "dropout": dropout,
+        }
         blocks, previous = [], in_channels
         # the first block keeps the resolution, so a 16³ input still has 2³ voxels to normalise in the last one
         for k, width in enumerate(channels):
-            blocks.append(Convolution(spatial_dims, previous, width, strides=1 if k == 0 else 2, kernel_size=3,
-                                      act="PRELU", norm=("instance", {"affine": True})))
+            blocks.append(
+                Convolution(
+                    spatial_dims,
+                    previous,
+                    width,
+                    strides=1 if k == 0 else 2,
+                    kernel_size=3,
+                    act="PRELU",
+                    norm=("instance", {"affine": True}),
+                )
+            )
             previous = width
         self.blocks = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(dropout)
@@ -58,8 +80,16 @@ class FeatureNet(nn.Module):
         return self.head(self.dropout(self.features(x)))  # (B, num_classes) logits
 
 
-def train_feature_classifier(images, labels, epochs: int = 10, seed: int = 0, channels: Sequence[int] = (8, 16, 32, 64),
-                             batch_size: int = 4, lr: float = 1e-3, weight_decay: float = 1e-4) -> FeatureNet:
+def train_feature_classifier(
+    images,
+    labels,
+    epochs: int = 10,
+    seed: int = 0,
+    channels: Sequence[int] = (8, 16, 32, 64),
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+) -> FeatureNet:
     """A ``FeatureNet`` trained with cross-entropy on ``images`` (N, C, X, Y, Z) and integer ``labels`` (N,).
 
     Initialisation and batch order come from ``seed`` alone (torch's global RNG is left as it was), so the same data
@@ -97,15 +127,22 @@ def load_medicalnet(path: str | Path) -> nn.Module:
         raise FileNotFoundError(f"no MedicalNet weights at {path}; give the path of a resnet_10 .pth file")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith(
-        "conv_seg")}
+    state = {
+        k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("conv_seg")
+    }
     bias_downsample, shortcut_type = get_medicalnet_pretrained_resnet_args(10)
-    net = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type=shortcut_type,
-                   bias_downsample=bias_downsample)
+    net = resnet10(
+        spatial_dims=3,
+        n_input_channels=1,
+        feed_forward=False,
+        shortcut_type=shortcut_type,
+        bias_downsample=bias_downsample,
+    )
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path} is not a MedicalNet resnet_10 state dict: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path} is not a MedicalNet resnet_10 state dict: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return net.eval()
 
 
@@ -125,7 +162,7 @@ def extract_features(extractor: nn.Module, images, batch_size: int = 8) -> torch
     extractor.eval()
     try:
         if in_channels == 1 and x.shape[1] > 1:
-            return torch.cat([extract_features(extractor, x[:, c:c + 1], batch_size) for c in range(x.shape[1])], 1)
+            return torch.cat([extract_features(extractor, x[:, c : c + 1], batch_size) for c in range(x.shape[1])], 1)
         out = torch.cat([extract(b).flatten(1) for b in x.split(batch_size)])
     finally:
         extractor.train(was_training)
@@ -139,8 +176,9 @@ def fid(real_features, fake_features) -> float:
     real = torch.as_tensor(np.asarray(real_features) if not isinstance(real_features, torch.Tensor) else real_features)
     fake = torch.as_tensor(np.asarray(fake_features) if not isinstance(fake_features, torch.Tensor) else fake_features)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"need two (N, D) feature sets with the same D, got {tuple(real.shape)} and "
-                         f"{tuple(fake.shape)}")
+        raise ValueError(
+            f"need two (N, D) feature sets with the same D, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
     if min(len(real), len(fake)) < 2:
         raise ValueError("need at least two feature vectors per set to estimate a covariance")
     # rounding can leave a tiny negative distance for identical sets

@@ -17,12 +17,20 @@ from torch import nn
 from ..imaging.labels import REGIONS, to_regions
 
 
-def build_segmenter(in_channels: int, channels: Sequence[int] = (8, 16, 32), strides: Sequence[int] = (2, 2),
-                    num_res_units: int = 1) -> nn.Module:
+def build_segmenter(
+    in_channels: int, channels: Sequence[int] = (8, 16, 32), strides: Sequence[int] = (2, 2), num_res_units: int = 1
+) -> nn.Module:
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=len(REGIONS), channels=tuple(channels),
-                strides=tuple(strides), num_res_units=num_res_units, norm=("instance", {"affine": True}))
+    return UNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=len(REGIONS),
+        channels=tuple(channels),
+        strides=tuple(strides),
+        num_res_units=num_res_units,
+        norm=("instance", {"affine": True}),
+    )
 
 
 def metric_tensor(result: torch.Tensor | Sequence) -> torch.Tensor:
@@ -42,8 +50,16 @@ def as_regions(masks) -> torch.Tensor:
     raise ValueError(f"masks must be label maps (N, X, Y, Z) or regions (N, 3, X, Y, Z), got {tuple(m.shape)}")
 
 
-def train_segmenter(images, labels, epochs: int = 20, seed: int = 0, channels: Sequence[int] = (8, 16, 32),
-                    strides: Sequence[int] = (2, 2), batch_size: int = 2, lr: float = 1e-3) -> nn.Module:
+def train_segmenter(
+    images,
+    labels,
+    epochs: int = 20,
+    seed: int = 0,
+    channels: Sequence[int] = (8, 16, 32),
+    strides: Sequence[int] = (2, 2),
+    batch_size: int = 2,
+    lr: float = 1e-3,
+) -> nn.Module:
     """A UNet trained with Dice + cross-entropy (sigmoid, per region) on ``images`` (N, C, X, Y, Z) and ``labels``.
 
     ``labels`` are BraTS 2023 label maps (N, X, Y, Z) or regions (N, 3, X, Y, Z). Each spatial size must be divisible
@@ -57,8 +73,9 @@ def train_segmenter(images, labels, epochs: int = 20, seed: int = 0, channels: S
         raise ValueError(f"images {tuple(x.shape)} and masks {tuple(y.shape)} must match in number and grid")
     factor = int(np.prod(strides))
     if any(n % factor for n in x.shape[2:]):
-        raise ValueError(f"each spatial size must be divisible by {factor} (the product of strides), got "
-                         f"{tuple(x.shape[2:])}")
+        raise ValueError(
+            f"each spatial size must be divisible by {factor} (the product of strides), got {tuple(x.shape[2:])}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build_segmenter(x.shape[1], channels, strides)

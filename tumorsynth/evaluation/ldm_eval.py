@@ -42,10 +42,19 @@ def held_out(entry: ModelEntry, data_dir, n: int):
     return chosen[:n]
 
 
-
-def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 2, sampler: str | None = None,
-                 steps: int | None = None, device: str = "cpu", seed: int = 0, fidelity_epochs: int = 0,
-                 feature_weights: str | None = None, options: dict | None = None) -> dict:
+def evaluate_ldm(
+    entry: ModelEntry,
+    data_dir,
+    subjects: int = 8,
+    samples: int = 2,
+    sampler: str | None = None,
+    steps: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    fidelity_epochs: int = 0,
+    feature_weights: str | None = None,
+    options: dict | None = None,
+) -> dict:
     from monai.metrics import (
         MAEMetric,
         MMDMetric,
@@ -73,7 +82,7 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
         recon = torch.cat([net.autoencoder.reconstruct(b) for b in real.split(2)])
     recon_table = {}
     for c, m in enumerate(mods):
-        t, r = real[:, c:c + 1].float(), recon[:, c:c + 1].float()
+        t, r = real[:, c : c + 1].float(), recon[:, c : c + 1].float()
         rng = float(t.max() - t.min())
         recon_table[m] = {
             "psnr": float(metric_tensor(PSNRMetric(max_val=rng)(r, t)).mean()),
@@ -86,12 +95,20 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
     generated, diversity, contrast, sample_r = [], [], [], []
 
     def sample(lab, n, seed_, tumor_class):
-        params = GenerationParams(num_samples=n, seed=seed_, sampler=sampler, steps=steps, modalities=tuple(mods),
-                                  output_grid="model", tumor_class=tumor_class,
-                                  options=dict(options or {}) if tumor_class else {})
+        params = GenerationParams(
+            num_samples=n,
+            seed=seed_,
+            sampler=sampler,
+            steps=steps,
+            modalities=tuple(mods),
+            output_grid="model",
+            tumor_class=tumor_class,
+            options=dict(options or {}) if tumor_class else {},
+        )
         outs = gen.generate(params, {"mask": GridMask(lab, affine)}, lambda done, total: None)
-        return torch.stack([torch.from_numpy(np.stack([o.data for o in outs if o.sample_index == k]))
-                            for k in range(n)])  # (n, C, X, Y, Z)
+        return torch.stack(
+            [torch.from_numpy(np.stack([o.data for o in outs if o.sample_index == k])) for k in range(n)]
+        )  # (n, C, X, Y, Z)
 
     classes = [s.tumor_class if s.tumor_class in entry.classes else None for s in chosen]
     for i, lab in enumerate(labels):
@@ -103,11 +120,13 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
             v = vols.numpy()
             sample_r.append(mean_pairwise_r(v, lambda a, b: tissue_region(v[a]) | tissue_region(v[b])))
     fake = torch.stack(generated)
-    anatomy_report = anatomy_and_effects(sample, real.cpu().numpy(), fake.numpy(), labels, classes, entry,
-                                         seed, sample_r)
+    anatomy_report = anatomy_and_effects(
+        sample, real.cpu().numpy(), fake.numpy(), labels, classes, entry, seed, sample_r
+    )
     pool = lambda x: torch.nn.functional.avg_pool3d(x.float(), 2)
-    mmd = {m: float(MMDMetric(y_mapping=pool)(fake[:, c:c + 1], real[:, c:c + 1].cpu()))
-           for c, m in enumerate(mods)}
+    mmd = {
+        m: float(MMDMetric(y_mapping=pool)(fake[:, c : c + 1], real[:, c : c + 1].cpu())) for c, m in enumerate(mods)
+    }
     fidelity, fid_value = None, None
     if feature_weights and len(chosen) > 1:
         from .features import extract_features, fid, load_medicalnet
@@ -128,28 +147,40 @@ def evaluate_ldm(entry: ModelEntry, data_dir, subjects: int = 8, samples: int = 
         segmenter = train_segmenter(real.cpu(), masks, epochs=fidelity_epochs, seed=seed)
         fidelity = {"synthetic": mask_dice(segmenter, fake, masks), "real": mask_dice(segmenter, real.cpu(), masks)}
         classes = [entry.classes.index(s.tumor_class) if s.tumor_class in entry.classes else 0 for s in chosen]
-        extractor = train_feature_classifier(real.cpu(), torch.tensor(classes), epochs=fidelity_epochs, seed=seed,
-                                             channels=(4, 8, 8, 8))
+        extractor = train_feature_classifier(
+            real.cpu(), torch.tensor(classes), epochs=fidelity_epochs, seed=seed, channels=(4, 8, 8, 8)
+        )
         if len(chosen) > 8 and fid_value is None:  # the Fréchet distance needs more samples than features
             fid_value = fid(extract_features(extractor, real.cpu()), extract_features(extractor, fake))
     return {
-        "model": entry.id, "trained_on": entry.trained_on, "subjects": [s.id for s in chosen],
+        "model": entry.id,
+        "trained_on": entry.trained_on,
+        "subjects": [s.id for s in chosen],
         "options": dict(options or {}),
-        "mask_fidelity_dice": fidelity, "fid": fid_value,
+        "mask_fidelity_dice": fidelity,
+        "fid": fid_value,
         "fid_features": ("MedicalNet resnet10 (local weights)" if feature_weights else "in-house LGG/HGG classifier")
-        if fid_value is not None else None,
-        "mask_contrast": {k: float(np.nanmean([c.get(k, np.nan) for c in contrast]))
-                          for k in ("flair_edema_vs_shell", "t1c_enhancing_vs_necrosis")},
+        if fid_value is not None
+        else None,
+        "mask_contrast": {
+            k: float(np.nanmean([c.get(k, np.nan) for c in contrast]))
+            for k in ("flair_edema_vs_shell", "t1c_enhancing_vs_necrosis")
+        },
         "reconstruction": recon_table,
         "anatomy": anatomy_report,
-        "samples": {"sampler": sampler, "steps": steps, "per_mask": samples,
-                    "ms_ssim_between_samples": float(np.mean(diversity)) if diversity else None,
-                    "mmd_vs_real": mmd},
+        "samples": {
+            "sampler": sampler,
+            "steps": steps,
+            "per_mask": samples,
+            "ms_ssim_between_samples": float(np.mean(diversity)) if diversity else None,
+            "mmd_vs_real": mmd,
+        },
     }
 
 
-def anatomy_and_effects(sample, real: np.ndarray, fake: np.ndarray, labels, classes, entry, seed: int,
-                        sample_r: list[float]) -> dict:
+def anatomy_and_effects(
+    sample, real: np.ndarray, fake: np.ndarray, labels, classes, entry, seed: int, sample_r: list[float]
+) -> dict:
     """``evaluation.anatomy``'s figures for the real subjects and for one sample of each of their masks, plus
     diversity, mask effect and class effect, each beside its real baseline."""
     spacing = entry.output_spacing
@@ -178,11 +209,18 @@ def anatomy_and_effects(sample, real: np.ndarray, fake: np.ndarray, labels, clas
             core_flair["LGG"].append(float(lgg[f][lab == 1].mean()) if (lab == 1).any() else np.nan)
             core_flair["HGG"].append(float(hgg[f][lab == 1].mean()) if (lab == 1).any() else np.nan)
             class_r.append(pearson_in(lgg, hgg, lab > 0))
-    real_core = {c: [float(x[f][lab == 1].mean()) for x, lab, k in zip(real, labels, classes)
-                     if k == c and (lab == 1).any()] for c in ("LGG", "HGG")} if f is not None else {}
+    real_core = (
+        {
+            c: [float(x[f][lab == 1].mean()) for x, lab, k in zip(real, labels, classes) if k == c and (lab == 1).any()]
+            for c in ("LGG", "HGG")
+        }
+        if f is not None
+        else {}
+    )
     nanmean = lambda v: float(np.nanmean(v)) if len(v) and not np.all(np.isnan(v)) else float("nan")
     return {
-        "real": summarise(real_rows), "generated": summarise(fake_rows),
+        "real": summarise(real_rows),
+        "generated": summarise(fake_rows),
         "between_samples_r": {"generated_same_mask": nanmean(sample_r), "real_between_subjects": real_r},
         "mask_effect_r": {"where_masks_differ": nanmean(mask_r), "whole_volume": nanmean(mask_r_all)},
         "class_effect": {
@@ -194,25 +232,35 @@ def anatomy_and_effects(sample, real: np.ndarray, fake: np.ndarray, labels, clas
 
 
 ANATOMY_TARGETS = {
-    "tissue_litres": "0.9–2.4", "box_fill": "0.35–0.75", "background_abs_z": "< 0.1", "tumour_inside_tissue": "1",
-    "fluid_minus_brain_t1": "< 0", "fluid_minus_brain_flair": "< 0", "flair_edema_over_shell": "> 1.15",
-    "t1c_enhancing_over_necrosis": "> 1.15", "t1c_enhancing_over_shell": "> 1", "enhancement_z": "≥ 1.0",
+    "tissue_litres": "0.9–2.4",
+    "box_fill": "0.35–0.75",
+    "background_abs_z": "< 0.1",
+    "tumour_inside_tissue": "1",
+    "fluid_minus_brain_t1": "< 0",
+    "fluid_minus_brain_flair": "< 0",
+    "flair_edema_over_shell": "> 1.15",
+    "t1c_enhancing_over_necrosis": "> 1.15",
+    "t1c_enhancing_over_shell": "> 1",
+    "enhancement_z": "≥ 1.0",
 }
 
 
 def format_anatomy(a: dict) -> list[str]:
     lines = ["", f"{'anatomy (model grid)':30} {'real':>9} {'generated':>10}  target"]
     for k, target in ANATOMY_TARGETS.items():
-        lines.append(f"{k:30} {a['real'].get(k, float('nan')):9.3f} {a['generated'].get(k, float('nan')):10.3f}"
-                     f"  {target}")
+        lines.append(
+            f"{k:30} {a['real'].get(k, float('nan')):9.3f} {a['generated'].get(k, float('nan')):10.3f}  {target}"
+        )
     d, m, c = a["between_samples_r"], a["mask_effect_r"], a["class_effect"]
-    lines += [f"{'r between samples (in tissue)':30} {d['real_between_subjects']:9.3f} "
-              f"{d['generated_same_mask']:10.3f}  real: two subjects; generated: two seeds, one mask",
-              f"{'r, one seed on two masks':30} {'':9} {m['where_masks_differ']:10.3f}  < 0.9 where the masks "
-              f"differ (whole volume {m['whole_volume']:.3f})",
-              f"{'core FLAIR, LGG − HGG (z)':30} {c['real_core_flair_lgg_minus_hgg']:9.3f} "
-              f"{c['generated_core_flair_lgg_minus_hgg']:10.3f}  same sign and size as real; LGG/HGG r in tumour "
-              f"{c['generated_lgg_vs_hgg_r_in_tumour']:.3f}"]
+    lines += [
+        f"{'r between samples (in tissue)':30} {d['real_between_subjects']:9.3f} "
+        f"{d['generated_same_mask']:10.3f}  real: two subjects; generated: two seeds, one mask",
+        f"{'r, one seed on two masks':30} {'':9} {m['where_masks_differ']:10.3f}  < 0.9 where the masks "
+        f"differ (whole volume {m['whole_volume']:.3f})",
+        f"{'core FLAIR, LGG − HGG (z)':30} {c['real_core_flair_lgg_minus_hgg']:9.3f} "
+        f"{c['generated_core_flair_lgg_minus_hgg']:10.3f}  same sign and size as real; LGG/HGG r in tumour "
+        f"{c['generated_lgg_vs_hgg_r_in_tumour']:.3f}",
+    ]
     return lines
 
 
@@ -236,8 +284,12 @@ def follows_mask(images: dict[str, np.ndarray], labels: np.ndarray, affine: np.n
     shell = (dist > 3) & (dist < 15)
     out = {}
     for m, img in images.items():
-        for name, region in (("edema", labels == 2), ("enhancing", labels == 3), ("necrosis", labels == 1),
-                             ("shell", shell)):
+        for name, region in (
+            ("edema", labels == 2),
+            ("enhancing", labels == 3),
+            ("necrosis", labels == 1),
+            ("shell", shell),
+        ):
             if region.any():
                 out[f"{m}_{name}"] = float(img[region].mean())
     return out
@@ -256,20 +308,29 @@ def mask_contrast(images: dict[str, np.ndarray], labels: np.ndarray, affine: np.
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{report['model']}  (trained on: {report['trained_on']})",
-             f"held-out subjects: {len(report['subjects'])}", "",
-             f"{'contrast':9} {'PSNR':>7} {'SSIM':>7} {'MAE':>7} {'MMD':>9}"]
+    lines = [
+        f"{report['model']}  (trained on: {report['trained_on']})",
+        f"held-out subjects: {len(report['subjects'])}",
+        "",
+        f"{'contrast':9} {'PSNR':>7} {'SSIM':>7} {'MAE':>7} {'MMD':>9}",
+    ]
     for m, row in report["reconstruction"].items():
-        lines.append(f"{m:9} {row['psnr']:7.2f} {row['ssim']:7.3f} {row['mae']:7.3f} "
-                     f"{report['samples']['mmd_vs_real'][m]:9.3g}")
+        lines.append(
+            f"{m:9} {row['psnr']:7.2f} {row['ssim']:7.3f} {row['mae']:7.3f} {report['samples']['mmd_vs_real'][m]:9.3g}"
+        )
     s = report["samples"]
     div = s["ms_ssim_between_samples"]
-    lines += ["", f"samples: {s['sampler']} {s['steps']} steps, {s['per_mask']} per mask; MS-SSIM between samples "
-                  f"{'n/a' if div is None else f'{div:.3f}'} (lower = more diverse)"]
+    lines += [
+        "",
+        f"samples: {s['sampler']} {s['steps']} steps, {s['per_mask']} per mask; MS-SSIM between samples "
+        f"{'n/a' if div is None else f'{div:.3f}'} (lower = more diverse)",
+    ]
     if report.get("mask_fidelity_dice"):
         f = report["mask_fidelity_dice"]
-        lines.append("mask fidelity (Dice of a segmenter trained on the real volumes): " + ", ".join(
-            f"{r} synthetic {f['synthetic'][r]:.3f} / real {f['real'][r]:.3f}" for r in f["synthetic"]))
+        lines.append(
+            "mask fidelity (Dice of a segmenter trained on the real volumes): "
+            + ", ".join(f"{r} synthetic {f['synthetic'][r]:.3f} / real {f['real'][r]:.3f}" for r in f["synthetic"])
+        )
     if report.get("fid") is not None:
         lines.append(f"FID ({report['fid_features']} features): {report['fid']:.3f}")
     c = report.get("mask_contrast") or {}
@@ -277,4 +338,3 @@ def format_report(report: dict) -> str:
     if report.get("anatomy"):
         lines += format_anatomy(report["anatomy"])
     return "\n".join(lines)
-

@@ -32,10 +32,15 @@ def ldm_montage(entry: ModelEntry, data_dir, out: Path, subjects: int = 2, seed:
     pictures = []
     for i, s in enumerate(find_subjects(data_dir)[-subjects:]):
         image, labels = prepare_subject(s, grid, fov, tuple(mods))
-        params = GenerationParams(num_samples=1, seed=seed + i, sampler=entry.default_sampler,
-                                  steps=entry.sampler(None).default_steps, modalities=tuple(mods),
-                                  output_grid="model", tumor_class=s.tumor_class if s.tumor_class in entry.classes
-                                  else None)
+        params = GenerationParams(
+            num_samples=1,
+            seed=seed + i,
+            sampler=entry.default_sampler,
+            steps=entry.sampler(None).default_steps,
+            modalities=tuple(mods),
+            output_grid="model",
+            tumor_class=s.tumor_class if s.tumor_class in entry.classes else None,
+        )
         outs = gen.generate(params, {"mask": GridMask(labels, affine)}, lambda done, total: None)
         rows = [(f"real {m}", image[c], spacing) for c, m in enumerate(mods)]
         rows += [(f"generated {o.modality}", o.data, spacing) for o in outs]

@@ -29,8 +29,15 @@ def _grid_mask(labels: np.ndarray, affine: np.ndarray) -> Volume:
     reads of a mask at ``output_grid="model"``), an empty header, and the digest and size of its voxels (there is no
     uploaded file)."""
     raw = np.ascontiguousarray(labels).tobytes()
-    return Volume(data=labels, affine=affine, header=nib.Nifti1Header(), nifti_version=1, compressed=False,
-                  sha256=hashlib.sha256(raw).hexdigest(), size=len(raw))
+    return Volume(
+        data=labels,
+        affine=affine,
+        header=nib.Nifti1Header(),
+        nifti_version=1,
+        compressed=False,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        size=len(raw),
+    )
 
 
 def real_on_model_grid(entry: ModelEntry, data_dir, modality: str, max_subjects: int | None = None):
@@ -41,8 +48,9 @@ def real_on_model_grid(entry: ModelEntry, data_dir, modality: str, max_subjects:
 
     subjects = [s for s in find_subjects(data_dir) if s.tumor_class in entry.classes][:max_subjects]
     if entry.task == "class_to_roi":
-        rois = load_rois(data_dir, entry.classes, entry.output_shape, entry.output_spacing, (modality,),
-                         max_subjects=max_subjects)
+        rois = load_rois(
+            data_dir, entry.classes, entry.output_shape, entry.output_spacing, (modality,), max_subjects=max_subjects
+        )
         keep = rois.classes > 0
         return rois.rois[keep], (rois.classes[keep] - 1).numpy(), None, None
     grid, fov = tuple(entry.output_shape), tuple(entry.config["fov_mm"])
@@ -50,7 +58,7 @@ def real_on_model_grid(entry: ModelEntry, data_dir, modality: str, max_subjects:
     images, labels, segs = [], [], []
     for s in subjects:
         image, seg = prepare_subject(s, grid, fov, tuple(entry.modalities))
-        images.append(image[c:c + 1])
+        images.append(image[c : c + 1])
         segs.append(seg)
         labels.append(entry.classes.index(s.tumor_class))
     stacked = np.stack(images)
@@ -58,9 +66,18 @@ def real_on_model_grid(entry: ModelEntry, data_dir, modality: str, max_subjects:
     return torch.from_numpy(stacked), np.asarray(labels), segs, brain
 
 
-def synthesise(entry: ModelEntry, per_class: int, modality: str, segs, labels, brain, seed: int,
-               steps: int | None = None, device: str = "cpu",
-               progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, np.ndarray]:
+def synthesise(
+    entry: ModelEntry,
+    per_class: int,
+    modality: str,
+    segs,
+    labels,
+    brain,
+    seed: int,
+    steps: int | None = None,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
     gen = load_generator(entry, device)
     out, out_labels = [], []
     total, done = per_class * len(entry.classes), 0
@@ -77,9 +94,15 @@ def synthesise(entry: ModelEntry, per_class: int, modality: str, segs, labels, b
             masks = generate_bank_masks(sources, brain, spacing, per_class, seed + 1000 * k)
         for i in range(per_class):
             sampler = entry.default_sampler
-            params = GenerationParams(num_samples=1, seed=seed + 1000 * k + i, sampler=sampler,
-                                      steps=steps or entry.sampler(sampler).default_steps, modalities=(modality,),
-                                      tumor_class=cls, output_grid="model")
+            params = GenerationParams(
+                num_samples=1,
+                seed=seed + 1000 * k + i,
+                sampler=sampler,
+                steps=steps or entry.sampler(sampler).default_steps,
+                modalities=(modality,),
+                tumor_class=cls,
+                output_grid="model",
+            )
             inputs = {"mask": _grid_mask(masks[i], affine)} if masks[i] is not None else {}
             (vol,) = gen.generate(params, inputs, lambda a, b: None)
             out.append(torch.from_numpy(np.asarray(vol.data, dtype=np.float32))[None])
@@ -90,25 +113,46 @@ def synthesise(entry: ModelEntry, per_class: int, modality: str, segs, labels, b
     return torch.stack(out), np.asarray(out_labels)
 
 
-def utility_protocol(entry: ModelEntry, data_dir, out_dir, per_class: int = 20, folds: int = 5, epochs: int = 10,
-                     seed: int = 0, modality: str = "flair", steps: int | None = None, device: str = "cpu",
-                     max_subjects: int | None = None, progress=None) -> dict:
+def utility_protocol(
+    entry: ModelEntry,
+    data_dir,
+    out_dir,
+    per_class: int = 20,
+    folds: int = 5,
+    epochs: int = 10,
+    seed: int = 0,
+    modality: str = "flair",
+    steps: int | None = None,
+    device: str = "cpu",
+    max_subjects: int | None = None,
+    progress=None,
+) -> dict:
     real, labels, segs, brain = real_on_model_grid(entry, data_dir, modality, max_subjects)
     synth, synth_labels = synthesise(entry, per_class, modality, segs, labels, brain, seed, steps, device, progress)
-    result = run_utility(real, labels, synth, synth_labels, folds=folds, epochs=epochs, seed=seed,
-                         classes=tuple(entry.classes))
-    result["protocol"] |= {"model": entry.id, "trained_on": entry.trained_on, "modality": modality,
-                           "data": str(Path(data_dir)), "synthetic_per_class": per_class}
+    result = run_utility(
+        real, labels, synth, synth_labels, folds=folds, epochs=epochs, seed=seed, classes=tuple(entry.classes)
+    )
+    result["protocol"] |= {
+        "model": entry.id,
+        "trained_on": entry.trained_on,
+        "modality": modality,
+        "data": str(Path(data_dir)),
+        "synthetic_per_class": per_class,
+    }
     result["report"] = {k: str(v) for k, v in write_report(result, out_dir).items()}
     return result
 
 
 def format_utility(result: dict) -> str:
     arms = result["arms"]
-    lines = [f"downstream utility ({result['protocol'].get('model')}, {result['protocol'].get('folds', '?')} folds)",
-             f"{'metric':10} {'real only':>17} {'real + synthetic':>17} {'difference':>11}"]
+    lines = [
+        f"downstream utility ({result['protocol'].get('model')}, {result['protocol'].get('folds', '?')} folds)",
+        f"{'metric':10} {'real only':>17} {'real + synthetic':>17} {'difference':>11}",
+    ]
     for m in result["metrics"]:
         a, b = arms["real_only"][m], arms["real_plus_synthetic"][m]
-        lines.append(f"{m:10} {a['mean']:8.3f} ± {a['std']:5.3f}  {b['mean']:8.3f} ± {b['std']:5.3f} "
-                     f"{result['difference'][m]:+10.3f}")
+        lines.append(
+            f"{m:10} {a['mean']:8.3f} ± {a['std']:5.3f}  {b['mean']:8.3f} ± {b['std']:5.3f} "
+            f"{result['difference'][m]:+10.3f}"
+        )
     return "\n".join(lines)

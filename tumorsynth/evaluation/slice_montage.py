@@ -30,8 +30,15 @@ def _tile(img: torch.Tensor) -> Image.Image:
     return pic.resize((pic.width * SCALE, pic.height * SCALE), Image.Resampling.NEAREST)
 
 
-def stylegan2_montage(entry: ModelEntry, real: SliceSet, out: Path, per_class: int = 6, truncation: float = 1.0,
-                      seed: int = 0, device: str = "cpu") -> Path:
+def stylegan2_montage(
+    entry: ModelEntry,
+    real: SliceSet,
+    out: Path,
+    per_class: int = 6,
+    truncation: float = 1.0,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Path:
     """Write the PNG to ``out`` and return it; ``real`` holds slices labelled by ``entry.classes``."""
     classes = list(entry.classes)
     res = int(real.images.shape[-1])

@@ -37,8 +37,9 @@ class SliceClassifier(nn.Module):
         super().__init__()
         blocks, previous = [], 1
         for k, width in enumerate(channels):
-            blocks.append(Convolution(2, previous, width, strides=1 if k == 0 else 2, kernel_size=3, act="PRELU",
-                                      norm="BATCH"))
+            blocks.append(
+                Convolution(2, previous, width, strides=1 if k == 0 else 2, kernel_size=3, act="PRELU", norm="BATCH")
+            )
             previous = width
         self.blocks = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(dropout)
@@ -71,8 +72,15 @@ class SliceScores:
         return asdict(self)
 
 
-def train_slice_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, epochs: int = 15,
-                           seed: int = 0, batch_size: int = 32, lr: float = 1e-3) -> SliceClassifier:
+def train_slice_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    epochs: int = 15,
+    seed: int = 0,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+) -> SliceClassifier:
     """A ``SliceClassifier`` trained with cross-entropy on (N, 1, R, R) slices, with left-right flips.
 
     Initialisation, batch order, flips and dropout all come from ``seed`` (torch's global RNG is left as it was).
@@ -143,9 +151,19 @@ def generate_like(entry: ModelEntry, labels: torch.Tensor, truncation: float, se
     return out
 
 
-def score_slices(entry: ModelEntry, real_images: torch.Tensor, real_labels: torch.Tensor, data_name: str, *,
-                 samples: int = 300, truncation: float = 1.0, epochs: int = 15, heldout_fraction: float = 0.5,
-                 seed: int = 0, device: str = "cpu") -> SliceScores:
+def score_slices(
+    entry: ModelEntry,
+    real_images: torch.Tensor,
+    real_labels: torch.Tensor,
+    data_name: str,
+    *,
+    samples: int = 300,
+    truncation: float = 1.0,
+    epochs: int = 15,
+    heldout_fraction: float = 0.5,
+    seed: int = 0,
+    device: str = "cpu",
+) -> SliceScores:
     """The comparison above, for a checkpoint and real slices (N, 1, R, R) in [0, 1] labelled by its classes."""
     train, held = split_real(real_labels, heldout_fraction, seed)
     held = held[np.random.default_rng(seed + 1).permutation(len(held))[:samples]]
@@ -161,29 +179,41 @@ def score_slices(entry: ModelEntry, real_images: torch.Tensor, real_labels: torc
     agree_real = (p_real.argmax(1) == real_labels[held]).double()
     agree_fake = (p_fake.argmax(1) == fake_labels).double()
     return SliceScores(
-        model=entry.id, data=data_name, resolution=int(real_images.shape[-1]), classes=classes,
-        truncation=truncation, real_train=len(train), real_heldout=len(held), generated=len(fake),
+        model=entry.id,
+        data=data_name,
+        resolution=int(real_images.shape[-1]),
+        classes=classes,
+        truncation=truncation,
+        real_train=len(train),
+        real_heldout=len(held),
+        generated=len(fake),
         classifier_accuracy=float(agree_real.mean()),
         inception_score={"baseline": inception_score(p_real), "generator": inception_score(p_fake)},
         fid={"baseline": fid(f_train, f_real), "generator": fid(f_real, f_fake)},
         class_agreement={"baseline": float(agree_real.mean()), "generator": float(agree_fake.mean())},
-        per_class_agreement={c: float(agree_fake[fake_labels == k].mean()) if (fake_labels == k).any() else None
-                             for k, c in enumerate(classes)},
+        per_class_agreement={
+            c: float(agree_fake[fake_labels == k].mean()) if (fake_labels == k).any() else None
+            for k, c in enumerate(classes)
+        },
     )
 
 
 def format_scores(s: SliceScores) -> str:
     """The table the command prints (plain text, so it can be pasted into a report)."""
-    rows = [("", "baseline (real, held out)", f"generator (ψ = {s.truncation:g})"),
-            ("Inception Score", f"{s.inception_score['baseline']:.3f}", f"{s.inception_score['generator']:.3f}"),
-            ("FID (in-house features)", f"{s.fid['baseline']:.3f}", f"{s.fid['generator']:.3f}"),
-            ("class agreement", f"{s.class_agreement['baseline']:.3f}", f"{s.class_agreement['generator']:.3f}")]
+    rows = [
+        ("", "baseline (real, held out)", f"generator (ψ = {s.truncation:g})"),
+        ("Inception Score", f"{s.inception_score['baseline']:.3f}", f"{s.inception_score['generator']:.3f}"),
+        ("FID (in-house features)", f"{s.fid['baseline']:.3f}", f"{s.fid['generator']:.3f}"),
+        ("class agreement", f"{s.class_agreement['baseline']:.3f}", f"{s.class_agreement['generator']:.3f}"),
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows]
     per = ", ".join(f"{c} {v:.2f}" for c, v in s.per_class_agreement.items() if v is not None)
-    lines += [f"{s.model} on {s.data}: {s.resolution} px, classes {', '.join(s.classes)}; classifier trained on "
-              f"{s.real_train} real slices; scored on {s.real_heldout} held-out real and {s.generated} generated",
-              f"IS ratio generator/baseline {s.inception_score['generator'] / s.inception_score['baseline']:.2f} "
-              f"(max IS = {len(s.classes)}); FID baseline = classifier's training slices vs held-out real; "
-              f"generator class agreement per class: {per}"]
+    lines += [
+        f"{s.model} on {s.data}: {s.resolution} px, classes {', '.join(s.classes)}; classifier trained on "
+        f"{s.real_train} real slices; scored on {s.real_heldout} held-out real and {s.generated} generated",
+        f"IS ratio generator/baseline {s.inception_score['generator'] / s.inception_score['baseline']:.2f} "
+        f"(max IS = {len(s.classes)}); FID baseline = classifier's training slices vs held-out real; "
+        f"generator class agreement per class: {per}",
+    ]
     return "\n".join(lines)

@@ -65,8 +65,11 @@ def held_out(entry: ModelEntry, data_dir, n: int):
     subjects = [s for s in find_subjects(data_dir) if s.seg is not None]
     training = entry.config.get("training") or {}
     source = training.get("data")
-    same = Path(source).resolve() == Path(data_dir).resolve() if source else \
-        str(entry.trained_on).endswith(f"(from {Path(data_dir).name})")
+    same = (
+        Path(source).resolve() == Path(data_dir).resolve()
+        if source
+        else str(entry.trained_on).endswith(f"(from {Path(data_dir).name})")
+    )
     if not same:
         return subjects[:n]
     val_ids = set(training.get("validation_ids", []))
@@ -84,8 +87,9 @@ def ssim_map(pred: np.ndarray, true: np.ndarray, data_range: float, sigma: float
     return ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
 
 
-def region_metrics(pred: np.ndarray, true: np.ndarray, region: np.ndarray, data_range: float,
-                   ssim: np.ndarray | None = None) -> dict[str, float]:
+def region_metrics(
+    pred: np.ndarray, true: np.ndarray, region: np.ndarray, data_range: float, ssim: np.ndarray | None = None
+) -> dict[str, float]:
     """NMSE, PSNR, NCC and SSIM of ``pred`` against ``true`` over the voxels of ``region``; NaN for an empty one."""
     if not region.any():
         return {m: float("nan") for m in METRICS}
@@ -125,12 +129,16 @@ def evaluate_subject(gen: TAViTGenerator, subject, use_true_mask: bool = False, 
     tumour = brain & (seg > 0)
     enhancing = brain & (seg == 3)
     data_range = float(true[brain].max() - true[brain].min()) if brain.any() else 1.0
-    row = {"id": subject.id, "rim": {"model": rim_contrast(pred, t1, enhancing),
-                                     "truth": rim_contrast(true, t1, enhancing)}}
+    row = {
+        "id": subject.id,
+        "rim": {"model": rim_contrast(pred, t1, enhancing), "truth": rim_contrast(true, t1, enhancing)},
+    }
     for source, image in zip(SOURCES, (pred, t1)):
         ssim = ssim_map(image, true, data_range)
-        row[source] = {"tumour": region_metrics(image, true, tumour, data_range, ssim),
-                       "healthy": region_metrics(image, true, brain & ~tumour, data_range, ssim)}
+        row[source] = {
+            "tumour": region_metrics(image, true, tumour, data_range, ssim),
+            "healthy": region_metrics(image, true, brain & ~tumour, data_range, ssim),
+        }
     row |= row["model"]  # the model's rows also at the top level, as before
     if keep:
         row["volumes"] = {"t1": t1, "t1c": true, "pred": pred, "seg": seg}
@@ -140,12 +148,22 @@ def evaluate_subject(gen: TAViTGenerator, subject, use_true_mask: bool = False, 
 def _mean_std(values) -> dict:
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
-    return {"mean": float(values.mean()) if values.size else float("nan"),
-            "std": float(values.std()) if values.size else float("nan"), "n": int(values.size)}
+    return {
+        "mean": float(values.mean()) if values.size else float("nan"),
+        "std": float(values.std()) if values.size else float("nan"),
+        "n": int(values.size),
+    }
 
 
-def evaluate_tavit(entry: ModelEntry, data_dir, subjects: int = 8, device: str = "cpu",
-                   use_true_mask: bool = False, montage: Path | None = None, montage_subjects: int = 2) -> dict:
+def evaluate_tavit(
+    entry: ModelEntry,
+    data_dir,
+    subjects: int = 8,
+    device: str = "cpu",
+    use_true_mask: bool = False,
+    montage: Path | None = None,
+    montage_subjects: int = 2,
+) -> dict:
     """Per-region metrics of ``entry`` and of the T1-copy baseline on up to ``subjects`` held-out subjects;
     ``use_true_mask`` conditions on the subjects' own segmentations instead of the predicted ones. ``montage``: a PNG
     of the first ``montage_subjects`` subjects with an enhancing tumour (T1, true T1C, predicted T1C)."""
@@ -163,28 +181,44 @@ def evaluate_tavit(entry: ModelEntry, data_dir, subjects: int = 8, device: str =
         rows.append(row)
     if montage is not None and shown:
         write_montage(shown, montage)
-    summary = {source: {region: {m: _mean_std([r[source][region][m] for r in rows]) for m in METRICS}
-                        for region in REGIONS} for source in SOURCES}
+    summary = {
+        source: {region: {m: _mean_std([r[source][region][m] for r in rows]) for m in METRICS} for region in REGIONS}
+        for source in SOURCES
+    }
     rim = {k: _mean_std([r["rim"][k] for r in rows]) for k in ("model", "truth")}
-    return {"model": entry.id, "trained_on": entry.trained_on, "subjects": [s.id for s in chosen],
-            "segmentation": "true" if use_true_mask else "predicted", "per_subject": rows,
-            "summary": summary["model"], "baseline": summary["t1 copy"], "rim": rim, "ssim": SSIM_NAME,
-            "montage": str(montage) if montage is not None and shown else None}
+    return {
+        "model": entry.id,
+        "trained_on": entry.trained_on,
+        "subjects": [s.id for s in chosen],
+        "segmentation": "true" if use_true_mask else "predicted",
+        "per_subject": rows,
+        "summary": summary["model"],
+        "baseline": summary["t1 copy"],
+        "rim": rim,
+        "ssim": SSIM_NAME,
+        "montage": str(montage) if montage is not None and shown else None,
+    }
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{report['model']}  (trained on: {report['trained_on']})",
-             f"held-out subjects: {len(report['subjects'])}; segmentation: {report['segmentation']}",
-             report["ssim"], "",
-             f"{'region':8} {'source':8} {'n':>3} " + " ".join(f"{m.upper():>21}" for m in METRICS)]
+    lines = [
+        f"{report['model']}  (trained on: {report['trained_on']})",
+        f"held-out subjects: {len(report['subjects'])}; segmentation: {report['segmentation']}",
+        report["ssim"],
+        "",
+        f"{'region':8} {'source':8} {'n':>3} " + " ".join(f"{m.upper():>21}" for m in METRICS),
+    ]
     for region in REGIONS:
         for source, summary in (("model", report["summary"]), ("T1 copy", report["baseline"])):
             row = summary[region]
             cells = [f"{row[m]['mean']:10.4g} ± {row[m]['std']:<8.3g}" for m in METRICS]
             lines.append(f"{region:8} {source:8} {row['nmse']['n']:>3} " + " ".join(f"{c:>21}" for c in cells))
     rim = report["rim"]
-    lines += ["", f"enhancing rim, T1C − T1 (z), n {rim['truth']['n']}: predicted {rim['model']['mean']:.3g} ± "
-                  f"{rim['model']['std']:.3g}, true {rim['truth']['mean']:.3g} ± {rim['truth']['std']:.3g}"]
+    lines += [
+        "",
+        f"enhancing rim, T1C − T1 (z), n {rim['truth']['n']}: predicted {rim['model']['mean']:.3g} ± "
+        f"{rim['model']['std']:.3g}, true {rim['truth']['mean']:.3g} ± {rim['truth']['std']:.3g}",
+    ]
     if report.get("montage"):
         lines.append(f"montage: {report['montage']}")
     return "\n".join(lines)
@@ -217,8 +251,9 @@ def write_montage(subjects: list[tuple[str, dict]], path: Path) -> Path:
         top = head + r * (side + head + gap)
         draw.text((4, top + 2), label + f"   window {WINDOW[0]:g} to {WINDOW[1]:g} z", fill=255)
         for c, p in enumerate(panels):
-            canvas.paste(Image.fromarray(p), (c * (side + gap) + (side - p.shape[1]) // 2,
-                                              top + head + (side - p.shape[0]) // 2))
+            canvas.paste(
+                Image.fromarray(p), (c * (side + gap) + (side - p.shape[1]) // 2, top + head + (side - p.shape[0]) // 2)
+            )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)

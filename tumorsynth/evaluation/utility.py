@@ -72,22 +72,39 @@ def classification_metrics(probabilities, labels) -> dict[str, float]:
     return out
 
 
-def run_utility(real_images, real_labels, synth_images, synth_labels, folds: int = 5, epochs: int = 10,
-                seed: int = 0, batch_size: int = 4, lr: float = 1e-3, channels: Sequence[int] = (8, 16, 32, 64),
-                classes: Sequence[str] = CLASSES, progress: Callable[[int, int], None] | None = None) -> dict:
+def run_utility(
+    real_images,
+    real_labels,
+    synth_images,
+    synth_labels,
+    folds: int = 5,
+    epochs: int = 10,
+    seed: int = 0,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    channels: Sequence[int] = (8, 16, 32, 64),
+    classes: Sequence[str] = CLASSES,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Both arms over ``folds`` folds; see the module. Labels are class names from ``classes`` or their indices."""
     real_x, synth_x = _images(real_images, "real_images"), _images(synth_images, "synth_images")
     real_y, synth_y = _labels(real_labels, classes, "real_labels"), _labels(synth_labels, classes, "synth_labels")
     if len(real_x) != len(real_y) or len(synth_x) != len(synth_y):
-        raise ValueError(f"got {len(real_x)} real images for {len(real_y)} labels and {len(synth_x)} synthetic "
-                         f"images for {len(synth_y)} labels")
+        raise ValueError(
+            f"got {len(real_x)} real images for {len(real_y)} labels and {len(synth_x)} synthetic "
+            f"images for {len(synth_y)} labels"
+        )
     if len(synth_x) and real_x.shape[1:] != synth_x.shape[1:]:
-        raise ValueError(f"real {tuple(real_x.shape[1:])} and synthetic {tuple(synth_x.shape[1:])} images must "
-                         "share channels and grid")
+        raise ValueError(
+            f"real {tuple(real_x.shape[1:])} and synthetic {tuple(synth_x.shape[1:])} images must "
+            "share channels and grid"
+        )
     counts = np.bincount(real_y.numpy(), minlength=2)
     if folds < 2 or counts.min() < folds:
-        raise ValueError(f"{folds} stratified folds need at least {max(folds, 2)} real subjects per class; got "
-                         f"{dict(zip(classes, counts.tolist()))}")
+        raise ValueError(
+            f"{folds} stratified folds need at least {max(folds, 2)} real subjects per class; got "
+            f"{dict(zip(classes, counts.tolist()))}"
+        )
     per_fold: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
     splits = stratified_folds(real_y.numpy(), folds, seed)
     for fold, test_idx in enumerate(splits):
@@ -108,13 +125,20 @@ def run_utility(real_images, real_labels, synth_images, synth_labels, folds: int
     arms = {arm: {m: _summary([f[m] for f in per_fold[arm]]) for m in METRICS} for arm in ARMS}
     return {
         "protocol": {
-            "task": f"{classes[0]} vs {classes[1]} (positive: {classes[1]})", "classes": list(classes),
-            "folds": folds, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+            "task": f"{classes[0]} vs {classes[1]} (positive: {classes[1]})",
+            "classes": list(classes),
+            "folds": folds,
+            "epochs": epochs,
+            "seed": seed,
+            "batch_size": batch_size,
+            "lr": lr,
             "classifier": {"name": "FeatureNet", "channels": list(channels)},
-            "n_real": len(real_y), "n_synthetic": len(synth_y),
+            "n_real": len(real_y),
+            "n_synthetic": len(synth_y),
             "real_per_class": dict(zip(classes, counts.tolist())),
             "synthetic_per_class": dict(zip(classes, np.bincount(synth_y.numpy(), minlength=2).tolist())),
-            "threshold": 0.5, "std": "sample standard deviation over folds (ddof=1)",
+            "threshold": 0.5,
+            "std": "sample standard deviation over folds (ddof=1)",
             "test_folds": [s.tolist() for s in splits],
         },
         "metrics": list(METRICS),
@@ -170,11 +194,20 @@ def draw_chart(result: dict):
             draw.line([(xc, lo), (xc, hi)], fill="black", width=2)
             for y in (lo, hi):
                 draw.line([(xc - bar_w / 4, y), (xc + bar_w / 4, y)], fill="black", width=2)
-        draw.text((centre, height - bottom + 14), metric.upper() if metric == "auc" else metric, fill="black",
-                  font=font, anchor="mt")
+        draw.text(
+            (centre, height - bottom + 14),
+            metric.upper() if metric == "auc" else metric,
+            fill="black",
+            font=font,
+            anchor="mt",
+        )
     protocol = result["protocol"]
-    draw.text((left, 16), f"Downstream utility: {protocol['task']}, {protocol['folds']}-fold, mean ± std",
-              fill="black", font=font)
+    draw.text(
+        (left, 16),
+        f"Downstream utility: {protocol['task']}, {protocol['folds']}-fold, mean ± std",
+        fill="black",
+        font=font,
+    )
     for j, arm in enumerate(ARMS):
         x = width - right - 190
         y = 14 + 16 * j

@@ -53,16 +53,24 @@ def psnr(recon: torch.Tensor, x: torch.Tensor, peak_to_peak: float = 2.0) -> tor
 
 def load_held_out(entry: ModelEntry, data_dir: str | Path, max_subjects: int | None = None) -> ROISet:
     out = entry.config["output"]
-    return load_rois(data_dir, list(entry.classes), out["shape"], out["spacing"], list(entry.modalities),
-                     entry.config["intensity"]["z_clip"], max_subjects)
+    return load_rois(
+        data_dir,
+        list(entry.classes),
+        out["shape"],
+        out["spacing"],
+        list(entry.modalities),
+        entry.config["intensity"]["z_clip"],
+        max_subjects,
+    )
 
 
 def _network(gen: VQGANGenerator) -> ClassConditionalVQGAN:
     """The generator's network, as the VQGAN it is (the runner types it as any ``nn.Module``)."""
     net = gen.network
     if not isinstance(net, ClassConditionalVQGAN):
-        raise TypeError(f"{gen.entry.id}: the VQGAN generator holds a {type(net).__name__}, not a "
-                        "ClassConditionalVQGAN")
+        raise TypeError(
+            f"{gen.entry.id}: the VQGAN generator holds a {type(net).__name__}, not a ClassConditionalVQGAN"
+        )
     return net
 
 
@@ -81,8 +89,14 @@ def reconstruct(gen: VQGANGenerator, rois: torch.Tensor, batch: int = 4) -> tupl
 def generate(gen: VQGANGenerator, tumor_class: str, n: int, seed: int, steps: int | None = None) -> torch.Tensor:
     """``n`` ROIs (n, C, *grid) of one class from the default (maskgit) sampler, through the service's runner."""
     spec = next(s for s in gen.entry.config["samplers"] if s["name"] == "maskgit")
-    params = GenerationParams(num_samples=n, seed=seed, sampler="maskgit", steps=steps or spec["default_steps"],
-                              modalities=tuple(gen.entry.modalities), tumor_class=tumor_class)
+    params = GenerationParams(
+        num_samples=n,
+        seed=seed,
+        sampler="maskgit",
+        steps=steps or spec["default_steps"],
+        modalities=tuple(gen.entry.modalities),
+        tumor_class=tumor_class,
+    )
     volumes = gen.generate(params, {}, lambda done, total: None)
     out = np.zeros((n, len(gen.entry.modalities), *gen.grid_shape), dtype=np.float32)
     for v in volumes:
@@ -90,9 +104,17 @@ def generate(gen: VQGANGenerator, tumor_class: str, n: int, seed: int, steps: in
     return torch.from_numpy(out)
 
 
-def evaluate_vqgan(entry: ModelEntry, data_dir: str | Path, samples: int = 20, steps: int | None = None,
-                   seed: int = 0, device: str | torch.device = "cpu", max_subjects: int | None = None,
-                   montage_path: str | Path | None = None, montage_per_class: int = 4) -> dict:
+def evaluate_vqgan(
+    entry: ModelEntry,
+    data_dir: str | Path,
+    samples: int = 20,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    max_subjects: int | None = None,
+    montage_path: str | Path | None = None,
+    montage_per_class: int = 4,
+) -> dict:
     """The report: ``reconstruction``, ``codebook``, ``diversity`` (one row per class and source) and ``targets``."""
     gen = VQGANGenerator(entry, device)
     held = load_held_out(entry, data_dir, max_subjects)
@@ -103,13 +125,24 @@ def evaluate_vqgan(entry: ModelEntry, data_dir: str | Path, samples: int = 20, s
     probs = counts / counts.sum()
     perplexity = float(torch.exp(-(probs * torch.log(probs.clamp_min(1e-30))).sum()))
     report: dict = {
-        "model": entry.id, "data": str(data_dir), "subjects": len(held.ids),
-        "reconstruction": {"psnr": float(p.mean()), "psnr_std": float(p.std()) if len(p) > 1 else 0.0,
-                           "r": float(r.mean()), "r_std": float(r.std()) if len(r) > 1 else 0.0,
-                           "r_min": float(r.min())},
-        "codebook": {"perplexity": perplexity, "codes_used": int((counts > 0).sum()),
-                     "num_codes": int(num_codes), "tokens": int(counts.sum())},
-        "diversity": [], "targets": dict(TARGETS),
+        "model": entry.id,
+        "data": str(data_dir),
+        "subjects": len(held.ids),
+        "reconstruction": {
+            "psnr": float(p.mean()),
+            "psnr_std": float(p.std()) if len(p) > 1 else 0.0,
+            "r": float(r.mean()),
+            "r_std": float(r.std()) if len(r) > 1 else 0.0,
+            "r_min": float(r.min()),
+        },
+        "codebook": {
+            "perplexity": perplexity,
+            "codes_used": int((counts > 0).sum()),
+            "num_codes": int(num_codes),
+            "tokens": int(counts.sum()),
+        },
+        "diversity": [],
+        "targets": dict(TARGETS),
     }
     generated: dict[str, torch.Tensor] = {}
     for k, name in enumerate(entry.classes):
@@ -118,17 +151,24 @@ def evaluate_vqgan(entry: ModelEntry, data_dir: str | Path, samples: int = 20, s
         generated[name] = fake
         real_r, fake_r = mean_pairwise_r(real), mean_pairwise_r(fake)
         report["diversity"].append({"class": name, "source": "real", "n": len(real), "pairwise_r": real_r})
-        report["diversity"].append({"class": name, "source": "generated (maskgit)", "n": samples,
-                                    "pairwise_r": fake_r, "gap": fake_r - real_r})
+        report["diversity"].append(
+            {"class": name, "source": "generated (maskgit)", "n": samples, "pairwise_r": fake_r, "gap": fake_r - real_r}
+        )
     report["pass"] = {
         "recon_r": report["reconstruction"]["r"] >= TARGETS["recon_r"],
         "perplexity": perplexity >= TARGETS["perplexity"],
-        "diversity": all(abs(row["gap"]) <= TARGETS["diversity_gap"] for row in report["diversity"]
-                         if "gap" in row and not math.isnan(row["gap"])),
+        "diversity": all(
+            abs(row["gap"]) <= TARGETS["diversity_gap"]
+            for row in report["diversity"]
+            if "gap" in row and not math.isnan(row["gap"])
+        ),
     }
     if montage_path is not None:
-        montage(montage_path, {c: generated[c][:montage_per_class] for c in entry.classes},
-                {c: held.rois[held.classes == k + 1][:montage_per_class] for k, c in enumerate(entry.classes)})
+        montage(
+            montage_path,
+            {c: generated[c][:montage_per_class] for c in entry.classes},
+            {c: held.rois[held.classes == k + 1][:montage_per_class] for k, c in enumerate(entry.classes)},
+        )
         report["montage"] = str(montage_path)
     return report
 
@@ -152,12 +192,23 @@ def table(report: dict):
         tab.add_column(col, justify="left" if col in ("metric", "class") else "right")
     ok = report["pass"]
     yes = {True: "[green]yes[/green]", False: "[red]NO[/red]"}
-    tab.add_row("recon PSNR (dB)", "all", str(report["subjects"]), f"{rec['psnr']:.2f} ± {rec['psnr_std']:.2f}", "",
-                "")
-    tab.add_row("recon Pearson r", "all", str(report["subjects"]), f"{rec['r']:.3f} ± {rec['r_std']:.3f}",
-                f"≥ {t['recon_r']:g}", yes[ok["recon_r"]])
-    tab.add_row("codebook perplexity", "all", str(cb["tokens"]), f"{cb['perplexity']:.1f}", f"≥ {t['perplexity']:g}",
-                yes[ok["perplexity"]])
+    tab.add_row("recon PSNR (dB)", "all", str(report["subjects"]), f"{rec['psnr']:.2f} ± {rec['psnr_std']:.2f}", "", "")
+    tab.add_row(
+        "recon Pearson r",
+        "all",
+        str(report["subjects"]),
+        f"{rec['r']:.3f} ± {rec['r_std']:.3f}",
+        f"≥ {t['recon_r']:g}",
+        yes[ok["recon_r"]],
+    )
+    tab.add_row(
+        "codebook perplexity",
+        "all",
+        str(cb["tokens"]),
+        f"{cb['perplexity']:.1f}",
+        f"≥ {t['perplexity']:g}",
+        yes[ok["perplexity"]],
+    )
     tab.add_row("codes used", "all", str(cb["tokens"]), f"{cb['codes_used']} / {cb['num_codes']}", "", "")
     for row in report["diversity"]:
         gap = row.get("gap")
@@ -167,13 +218,15 @@ def table(report: dict):
             target, mark = "no baseline", ""
         else:
             target, mark = f"|Δ| ≤ {t['diversity_gap']:g} (Δ {gap:+.3f})", yes[abs(gap) <= t["diversity_gap"]]
-        tab.add_row(f"pairwise r, {row['source']}", row["class"], str(row["n"]), f"{row['pairwise_r']:.3f}", target,
-                    mark)
+        tab.add_row(
+            f"pairwise r, {row['source']}", row["class"], str(row["n"]), f"{row['pairwise_r']:.3f}", target, mark
+        )
     return tab
 
 
-def montage(path: str | Path, generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor],
-            pixels: int = 3) -> Path:
+def montage(
+    path: str | Path, generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], pixels: int = 3
+) -> Path:
     """One PNG: a row per (class, source), each ROI as its axial | coronal | sagittal centre slices (channel 0),
     every voxel ``pixels`` pixels wide. One grey window for every tile, from the real ROIs' 0.5th to 99.5th
     percentiles, so that generated and real ROIs are shown alike."""
@@ -195,8 +248,7 @@ def montage(path: str | Path, generated: dict[str, torch.Tensor], real: dict[str
     height = head + len(rows) * (tile + 2 * gap)
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
-    draw.text((4, 2), f"each ROI: axial | coronal | sagittal centre slice; grey window [{lo:.2f}, {hi:.2f}]",
-              fill=200)
+    draw.text((4, 2), f"each ROI: axial | coronal | sagittal centre slice; grey window [{lo:.2f}, {hi:.2f}]", fill=200)
     for i, (label, vols) in enumerate(rows):
         y = head + i * (tile + 2 * gap)
         draw.text((4, y + tile // 2 - 6), label, fill=255)

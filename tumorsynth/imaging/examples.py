@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def example_mask(shape: tuple[int, int, int] = (240, 240, 155), centre: tuple[float, float, float] | None = None,
-                 radius_mm: float = 22.0, seed: int = 0) -> np.ndarray:
+def example_mask(
+    shape: tuple[int, int, int] = (240, 240, 155),
+    centre: tuple[float, float, float] | None = None,
+    radius_mm: float = 22.0,
+    seed: int = 0,
+) -> np.ndarray:
     """Nested, lumpy tumour: edema (2) around an enhancing rim (3) around a necrotic core (1)."""
     rng = np.random.default_rng(seed)
     centre = centre or (shape[0] * 0.62, shape[1] * 0.45, shape[2] * 0.55)

@@ -93,6 +93,13 @@ def _resample(array, src_shape, dst_shape, matrix, offset, order: int, src_name:
     if array.ndim == 4:
         return np.stack([_resample(c, src_shape, dst_shape, matrix, offset, order, src_name) for c in array])
     return ndimage.affine_transform(
-        array, np.asarray(matrix), offset=np.asarray(offset), output_shape=tuple(dst_shape), output=dtype,
-        order=order, mode="constant", cval=0.0, prefilter=False,
+        array,
+        np.asarray(matrix),
+        offset=np.asarray(offset),
+        output_shape=tuple(dst_shape),
+        output=dtype,
+        order=order,
+        mode="constant",
+        cval=0.0,
+        prefilter=False,
     )

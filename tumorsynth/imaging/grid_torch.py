@@ -33,8 +33,9 @@ def from_grid(mapping: GridMapping, volume: torch.Tensor, order: int = 1) -> tor
     return resample(volume, mapping.grid_shape, mapping.in_shape, inv, -mapping.offset * inv, order)
 
 
-def resample(volume: torch.Tensor, src_shape, dst_shape, step: np.ndarray, offset: np.ndarray,
-             order: int) -> torch.Tensor:
+def resample(
+    volume: torch.Tensor, src_shape, dst_shape, step: np.ndarray, offset: np.ndarray, order: int
+) -> torch.Tensor:
     """Sample ``volume`` (on ``src_shape``) at ``step * j + offset`` for each voxel j of ``dst_shape``."""
     if order not in (0, 1):
         raise ValueError(f"order must be 0 (labels) or 1 (images), got {order}")

@@ -52,15 +52,19 @@ def scale_errors(config: dict, model_id: str, scale: str, modalities) -> str | N
     if native == "unit" and scale != "unit":
         return f"{model_id} writes slices in [0, 1] only; ask for intensity 'unit' or leave it out"
     if scale == "scanner" and (missing := missing_scanner_contrasts(config, modalities)):
-        return (f"checkpoint {model_id} records no scanner-scale statistics for {missing} (config.json "
-                "intensity.scanner, written by the trainer from its training data); ask for 'zscore' or 'unit'")
+        return (
+            f"checkpoint {model_id} records no scanner-scale statistics for {missing} (config.json "
+            "intensity.scanner, written by the trainer from its training data); ask for 'zscore' or 'unit'"
+        )
     return None
 
 
 def offered_scales(config: dict, modalities) -> dict:
     """What ``GET /v1/models`` declares: the default scale and those a job may ask for."""
-    return {"default": native_scale(config)[0],
-            "scales": [s for s in SCALES if scale_errors(config, "", s, modalities) is None]}
+    return {
+        "default": native_scale(config)[0],
+        "scales": [s for s in SCALES if scale_errors(config, "", s, modalities) is None],
+    }
 
 
 def scanner_stats(config: dict) -> dict[str, dict[str, float]] | None:
@@ -74,30 +78,45 @@ def missing_scanner_contrasts(config: dict, modalities) -> list[str]:
     return [m for m in modalities if m not in stats]
 
 
-def apply_scale(data: np.ndarray, scale: str, region: np.ndarray, modality: str, config: dict
-                ) -> tuple[np.ndarray, dict]:
+def apply_scale(
+    data: np.ndarray, scale: str, region: np.ndarray, modality: str, config: dict
+) -> tuple[np.ndarray, dict]:
     """(one generated volume on ``scale``, the sidecar fields stating it); ``config`` is its checkpoint's."""
     native, factor = native_scale(config)
     if native == "unit":
         if scale != "unit":
             raise ValueError(scale_errors(config, config.get("name", "this model"), scale, [modality]))
         return np.asarray(data, dtype=np.float32), {
-            "IntensityScale": "unit", "IntensityUnits": "arbitrary units in [0, 1]",
-            "IntensityParameters": {"Normalisation": (config.get("intensity") or {}).get("normalisation"),
-                                    "Background": 0.0}}
+            "IntensityScale": "unit",
+            "IntensityUnits": "arbitrary units in [0, 1]",
+            "IntensityParameters": {
+                "Normalisation": (config.get("intensity") or {}).get("normalisation"),
+                "Background": 0.0,
+            },
+        }
     z = np.asarray(data, dtype=np.float32)
     z = z if factor == 1.0 else z * np.float32(factor)  # no copy of the default: a 64-sample job is gigabytes
     if scale == "zscore":
-        return z, {"IntensityScale": "zscore", "IntensityUnits": "z-score (standard deviations from the brain mean)",
-                   "IntensityParameters": {"Background": 0.0} | ({"ClippedAt": factor} if factor != 1.0 else {})}
+        return z, {
+            "IntensityScale": "zscore",
+            "IntensityUnits": "z-score (standard deviations from the brain mean)",
+            "IntensityParameters": {"Background": 0.0} | ({"ClippedAt": factor} if factor != 1.0 else {}),
+        }
     if scale == "unit":
-        lo, hi = (np.percentile(z[region], UNIT_PERCENTILES) if region.any() else (0.0, 1.0))
+        lo, hi = np.percentile(z[region], UNIT_PERCENTILES) if region.any() else (0.0, 1.0)
         span = max(float(hi - lo), 1e-6)
         out = np.where(region, np.clip((z - lo) / span, 0.0, 1.0), 0.0).astype(np.float32)
-        return out, {"IntensityScale": "unit", "IntensityUnits": "arbitrary units in [0, 1]",
-                     "IntensityParameters": {"LowPercentile": UNIT_PERCENTILES[0],
-                                             "HighPercentile": UNIT_PERCENTILES[1], "LowZ": round(float(lo), 6),
-                                             "HighZ": round(float(hi), 6), "Background": 0.0}}
+        return out, {
+            "IntensityScale": "unit",
+            "IntensityUnits": "arbitrary units in [0, 1]",
+            "IntensityParameters": {
+                "LowPercentile": UNIT_PERCENTILES[0],
+                "HighPercentile": UNIT_PERCENTILES[1],
+                "LowZ": round(float(lo), 6),
+                "HighZ": round(float(hi), 6),
+                "Background": 0.0,
+            },
+        }
     if scale == "scanner":
         stats = scanner_stats(config) or {}
         if modality not in stats:
@@ -105,8 +124,14 @@ def apply_scale(data: np.ndarray, scale: str, region: np.ndarray, modality: str,
         mean, std = float(stats[modality]["mean"]), float(stats[modality]["std"])
         values = np.clip(np.rint(mean + std * z), 0, INT16_MAX)
         out = np.where(region, values, 0).astype(np.int16)
-        return out, {"IntensityScale": "scanner", "IntensityUnits": "arbitrary units (scanner-like, int16)",
-                     "IntensityParameters": {"Mean": mean, "StandardDeviation": std, "Background": 0,
-                                             "Source": "brain mean and standard deviation of this contrast in the "
-                                                       "checkpoint's training data"}}
+        return out, {
+            "IntensityScale": "scanner",
+            "IntensityUnits": "arbitrary units (scanner-like, int16)",
+            "IntensityParameters": {
+                "Mean": mean,
+                "StandardDeviation": std,
+                "Background": 0,
+                "Source": "brain mean and standard deviation of this contrast in the checkpoint's training data",
+            },
+        }
     raise ValueError(f"unknown intensity scale {scale!r}; one of {SCALES}")

@@ -41,11 +41,17 @@ def _labels_of(data: np.ndarray, field: str) -> tuple[np.ndarray, np.ndarray]:
 def check_label_values(fractional: bool, lo: float, hi: float, field: str) -> None:
     """Labels are whole numbers within 0…255 (checked here on an array, and chunk by chunk by the NIfTI reader)."""
     if fractional:
-        raise InvalidUpload.for_field(field, "the mask holds non-integer values; a mask holds integer labels "
-                                             "(BraTS 2019 {0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1})")
+        raise InvalidUpload.for_field(
+            field,
+            "the mask holds non-integer values; a mask holds integer labels "
+            "(BraTS 2019 {0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1})",
+        )
     if lo < 0 or hi > 255:
-        raise InvalidUpload.for_field(field, f"the mask holds labels from {lo:g} to {hi:g}; allowed are BraTS 2019 "
-                                             "{0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1}")
+        raise InvalidUpload.for_field(
+            field,
+            f"the mask holds labels from {lo:g} to {hi:g}; allowed are BraTS 2019 "
+            "{0,1,2,4}, BraTS 2023 {0,1,2,3} or binary {0,1}",
+        )
 
 
 SMALL_LABEL_MAX = 15  # up to this label, count by comparison; beyond, one bincount
@@ -90,12 +96,16 @@ def validate_mask(vol, field: str = "mask") -> MaskInfo:
     convention = detect_convention(present_set)
     if convention is None:
         extra = sorted(present_set - CONVENTIONS["brats2019"] - CONVENTIONS["brats2023"])
-        detail = (f"labels {extra} are not tumour labels" if extra else
-                  "labels 3 and 4 together mix BraTS 2023 and BraTS 2019")
+        detail = (
+            f"labels {extra} are not tumour labels"
+            if extra
+            else "labels 3 and 4 together mix BraTS 2023 and BraTS 2019"
+        )
         if present_set == {0, 255}:
             detail = "a 0/255 mask; binary masks use 0/1"
-        raise InvalidUpload.for_field(field, f"{detail}; use BraTS 2019 {{0,1,2,4}}, BraTS 2023 {{0,1,2,3}} or "
-                                             "binary {0,1} labels")
+        raise InvalidUpload.for_field(
+            field, f"{detail}; use BraTS 2019 {{0,1,2,4}}, BraTS 2023 {{0,1,2,3}} or binary {{0,1}} labels"
+        )
     tumour = int(counts[1:].sum())
     if tumour == 0:
         raise InvalidUpload.for_field(field, "the mask is empty (no tumour voxels); upload a mask with a tumour")

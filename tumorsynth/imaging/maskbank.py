@@ -52,8 +52,9 @@ class MaskStats:
             raise ValueError(f"need 0 <= min_ml <= max_ml, got {self.min_ml} and {self.max_ml}")
 
     @classmethod
-    def from_masks(cls, masks: Sequence[np.ndarray], spacing: Sequence[float] | np.ndarray,
-                   margin: float = 0.0) -> MaskStats:
+    def from_masks(
+        cls, masks: Sequence[np.ndarray], spacing: Sequence[float] | np.ndarray, margin: float = 0.0
+    ) -> MaskStats:
         """The observed range of ``masks``, widened by ``margin`` on a ratio scale: [min / (1 + m), max · (1 + m)]."""
         if not masks:
             raise ValueError("need at least one mask to compute the volume range")
@@ -66,8 +67,9 @@ class MaskStats:
         return self.min_ml <= volume_ml <= self.max_ml
 
 
-def stats_per_class(masks: Sequence[np.ndarray], classes: Sequence[str], spacing: Sequence[float],
-                    margin: float = 0.0) -> dict[str, MaskStats]:
+def stats_per_class(
+    masks: Sequence[np.ndarray], classes: Sequence[str], spacing: Sequence[float], margin: float = 0.0
+) -> dict[str, MaskStats]:
     """``MaskStats`` of each class's masks; ``classes[i]`` is the class of ``masks[i]``."""
     if len(masks) != len(classes):
         raise ValueError(f"got {len(masks)} masks but {len(classes)} classes")
@@ -93,8 +95,14 @@ def core_exposure(labels: np.ndarray) -> float:
     return float(exposed.sum()) / float(surface.sum())
 
 
-def augment_mask(labels: np.ndarray, brain: np.ndarray, spacing: Sequence[float] | np.ndarray, rng: np.random.Generator,
-                 stats: MaskStats | None = None, max_tries: int = 20) -> np.ndarray:
+def augment_mask(
+    labels: np.ndarray,
+    brain: np.ndarray,
+    spacing: Sequence[float] | np.ndarray,
+    rng: np.random.Generator,
+    stats: MaskStats | None = None,
+    max_tries: int = 20,
+) -> np.ndarray:
     """A new plausible mask (uint8, BraTS 2023 labels, on ``brain``'s grid) made from ``labels``; see the module."""
     labels, brain, sp = _check_inputs(labels, brain, spacing)
     source = _Source.of(labels, sp)
@@ -116,12 +124,21 @@ def augment_mask(labels: np.ndarray, brain: np.ndarray, spacing: Sequence[float]
             continue
         return placed
     reasons = ", ".join(f"{why} ({n}×)" for why, n in failures.items())
-    raise ValueError(f"no plausible mask in {max_tries} tries from a {source.volume_ml:.1f} ml tumour: {reasons}. "
-                     "Give a larger brain, a wider volume range (MaskStats) or more tries")
+    raise ValueError(
+        f"no plausible mask in {max_tries} tries from a {source.volume_ml:.1f} ml tumour: {reasons}. "
+        "Give a larger brain, a wider volume range (MaskStats) or more tries"
+    )
 
 
-def generate_bank_masks(sources: Sequence[np.ndarray], brain: np.ndarray, spacing: Sequence[float] | np.ndarray,
-                        n: int, seed: int, stats: MaskStats | None = None, max_tries: int = 20) -> list[np.ndarray]:
+def generate_bank_masks(
+    sources: Sequence[np.ndarray],
+    brain: np.ndarray,
+    spacing: Sequence[float] | np.ndarray,
+    n: int,
+    seed: int,
+    stats: MaskStats | None = None,
+    max_tries: int = 20,
+) -> list[np.ndarray]:
     """``n`` masks: mask ``i`` augments ``sources[i % len(sources)]`` with ``np.random.default_rng([seed, i])``.
 
     Without ``stats`` the volume range is the sources' own, widened by ``DEFAULT_MARGIN`` (a single source would
@@ -132,12 +149,13 @@ def generate_bank_masks(sources: Sequence[np.ndarray], brain: np.ndarray, spacin
     if n < 0 or seed < 0:
         raise ValueError(f"need n >= 0 and seed >= 0, got {n} and {seed}")
     stats = stats or MaskStats.from_masks(sources, spacing, DEFAULT_MARGIN)
-    return [augment_mask(sources[i % len(sources)], brain, spacing, np.random.default_rng([seed, i]), stats,
-                         max_tries) for i in range(n)]
+    return [
+        augment_mask(sources[i % len(sources)], brain, spacing, np.random.default_rng([seed, i]), stats, max_tries)
+        for i in range(n)
+    ]
 
 
-def brain_template(shape: Sequence[int], affine: np.ndarray, align: str = "centre",
-                   cache_dir=None) -> np.ndarray:
+def brain_template(shape: Sequence[int], affine: np.ndarray, align: str = "centre", cache_dir=None) -> np.ndarray:
     """The ICBM152 2009c brain mask (bool) on a grid of ``shape`` voxels with ``affine`` (voxel → world mm).
 
     ``align="centre"`` puts the template brain's centre at the grid's centre (what suits BraTS files and the model
@@ -162,8 +180,15 @@ def brain_template(shape: Sequence[int], affine: np.ndarray, align: str = "centr
     if align == "centre":
         shift[:3, 3] = _grid_centre_mm(t_affine, templates.shape) - _grid_centre_mm(affine, shape)
     voxel_map = np.linalg.inv(t_affine) @ shift @ affine
-    resampled = ndimage.affine_transform(templates.brain_mask.astype(np.float32), voxel_map[:3, :3], voxel_map[:3, 3],
-                                         output_shape=shape, order=1, mode="constant", cval=0.0)
+    resampled = ndimage.affine_transform(
+        templates.brain_mask.astype(np.float32),
+        voxel_map[:3, :3],
+        voxel_map[:3, 3],
+        output_shape=shape,
+        order=1,
+        mode="constant",
+        cval=0.0,
+    )
     return resampled > 0.5
 
 
@@ -199,8 +224,9 @@ def _check_inputs(labels, brain, spacing) -> tuple[np.ndarray, np.ndarray, np.nd
         raise ValueError(f"spacing must be three positive lengths in mm, got {spacing.tolist()}")
     present = set(np.unique(labels).tolist())
     if not present <= {0, NECROSIS, EDEMA, ENHANCING}:
-        raise ValueError(f"labels must be BraTS 2023 {{0,1,2,3}}, got {sorted(present)}; convert with "
-                         "imaging.labels.to_brats2023")
+        raise ValueError(
+            f"labels must be BraTS 2023 {{0,1,2,3}}, got {sorted(present)}; convert with imaging.labels.to_brats2023"
+        )
     if present <= {0}:
         raise ValueError("the source mask is empty (no tumour voxels)")
     return labels, brain, spacing
@@ -213,8 +239,10 @@ def _scale_range(volume_ml: float, stats: MaskStats | None) -> tuple[float, floa
         lo = max(lo, (stats.min_ml / volume_ml) ** (1 / 3))
         hi = min(hi, (stats.max_ml / volume_ml) ** (1 / 3))
         if lo > hi:
-            raise ValueError(f"a {volume_ml:.1f} ml tumour cannot be scaled by {SCALE_RANGE[0]}–{SCALE_RANGE[1]} "
-                             f"into the class's range {stats.min_ml:.1f}–{stats.max_ml:.1f} ml")
+            raise ValueError(
+                f"a {volume_ml:.1f} ml tumour cannot be scaled by {SCALE_RANGE[0]}–{SCALE_RANGE[1]} "
+                f"into the class's range {stats.min_ml:.1f}–{stats.max_ml:.1f} ml"
+            )
     return lo, hi
 
 
@@ -251,8 +279,7 @@ def _bspline_weights(n: int, cell: float) -> np.ndarray:
     return (w / np.sqrt((w**2).sum(1, keepdims=True))).astype(np.float32)
 
 
-def _deform(source: _Source, spacing: np.ndarray, rng: np.random.Generator,
-            scales: tuple[float, float]) -> np.ndarray:
+def _deform(source: _Source, spacing: np.ndarray, rng: np.random.Generator, scales: tuple[float, float]) -> np.ndarray:
     """The source tumour rotated, scaled and elastically deformed, as labels on its own tight crop."""
     rotation = _random_rotation(rng)
     scale = float(np.exp(rng.uniform(np.log(scales[0]), np.log(scales[1]))))
@@ -311,6 +338,7 @@ def _pool(mask: np.ndarray, step: np.ndarray, reduce) -> np.ndarray:
     padded_shape = [int(np.ceil(n / s)) * s for n, s in zip(mask.shape, step)]
     padded = np.zeros(padded_shape, bool)
     padded[tuple(slice(0, n) for n in mask.shape)] = mask
-    blocks = padded.reshape(padded_shape[0] // step[0], step[0], padded_shape[1] // step[1], step[1],
-                            padded_shape[2] // step[2], step[2])
+    blocks = padded.reshape(
+        padded_shape[0] // step[0], step[0], padded_shape[1] // step[1], step[1], padded_shape[2] // step[2], step[2]
+    )
     return reduce(blocks, axis=(1, 3, 5))

@@ -40,18 +40,43 @@ NIFTI2_PAIR_MAGIC = b"ni2\x00\r\n\x1a\n"
 
 # NIfTI datatype codes read as images. Complex, RGB and "binary" codes are refused.
 ALLOWED_DTYPES = {
-    2: np.uint8, 4: np.int16, 8: np.int32, 16: np.float32, 64: np.float64,
-    256: np.int8, 512: np.uint16, 768: np.uint32, 1024: np.int64, 1280: np.uint64,
+    2: np.uint8,
+    4: np.int16,
+    8: np.int32,
+    16: np.float32,
+    64: np.float64,
+    256: np.int8,
+    512: np.uint16,
+    768: np.uint32,
+    1024: np.int64,
+    1280: np.uint64,
 }
-DTYPE_NAMES = {1: "binary", 32: "complex64", 128: "RGB24", 1536: "float128", 1792: "complex128",
-               2048: "complex256", 2304: "RGBA32"}
+DTYPE_NAMES = {
+    1: "binary",
+    32: "complex64",
+    128: "RGB24",
+    1536: "float128",
+    1792: "complex128",
+    2048: "complex256",
+    2304: "RGBA32",
+}
 # Read past the declared end to find the gzip trailer (CRC check); more than this is data the header does not admit.
 TRAILER_SLACK = 64 * 1024
 GZIP_SLICE = 16 * 1024
 INFLATE_PIECE = 1024 * 1024  # decompressed bytes handed on at a time
-OTHER_COMPRESSION = ((GZIP_MAGIC, "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
-                     (b"\x04\x22\x4d\x18", "lz4"), (b"PK\x03\x04", "zip"), (b"7z\xbc\xaf\x27\x1c", "7-zip"),
-                     (b"\x78\x01", "zlib"), (b"\x78\x5e", "zlib"), (b"\x78\x9c", "zlib"), (b"\x78\xda", "zlib"))
+OTHER_COMPRESSION = (
+    (GZIP_MAGIC, "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+    (b"PK\x03\x04", "zip"),
+    (b"7z\xbc\xaf\x27\x1c", "7-zip"),
+    (b"\x78\x01", "zlib"),
+    (b"\x78\x5e", "zlib"),
+    (b"\x78\x9c", "zlib"),
+    (b"\x78\xda", "zlib"),
+)
 XFORM_CODES = range(6)  # unknown, scanner, aligned, Talairach, MNI152, template
 SPATIAL_UNITS_REFUSED = {1: "metres", 3: "micrometres"}  # everything downstream is millimetres
 VOXEL_MM = (1e-3, 1e3)
@@ -125,7 +150,7 @@ def _inflate(raw: bytes, max_out: int, state: dict):
         if d.unconsumed_tail:
             chunk = d.unconsumed_tail
         else:
-            chunk = view[pos:pos + GZIP_SLICE]
+            chunk = view[pos : pos + GZIP_SLICE]
             pos += len(chunk)
         if not chunk:
             raise zlib.error("the compressed stream ends early")
@@ -136,7 +161,7 @@ def _inflate(raw: bytes, max_out: int, state: dict):
         if not d.eof:
             continue
         pos -= len(d.unused_data)
-        if raw[pos:pos + 2] != GZIP_MAGIC:  # the last member; gzip(1) too skips zero padding, and nothing else
+        if raw[pos : pos + 2] != GZIP_MAGIC:  # the last member; gzip(1) too skips zero padding, and nothing else
             if np.frombuffer(view[pos:], np.uint8).any():
                 raise zlib.error(f"{len(raw) - pos} bytes after the end of the gzip stream are not gzip data")
             state["ended"] = True
@@ -153,30 +178,40 @@ def _prefix(raw: bytes, n: int, compressed: bool, field_name: str) -> tuple[byte
     try:
         return _gunzip(raw, n)
     except (zlib.error, EOFError) as exc:
-        raise _bad(field_name, f"the gzip stream is truncated or corrupt ({exc}); upload the complete .nii.gz "
-                               "file") from exc
+        raise _bad(
+            field_name, f"the gzip stream is truncated or corrupt ({exc}); upload the complete .nii.gz file"
+        ) from exc
 
 
 def _refuse_other_compression(raw: bytes, field_name: str, where: str) -> None:
     for magic, name in OTHER_COMPRESSION:
         if raw.startswith(magic) and (where or magic != GZIP_MAGIC):
-            raise _bad(field_name, f"{where}{name} data; NIfTI is read uncompressed (.nii) or gzip-compressed once "
-                                   "(.nii.gz): decompress it and upload the .nii or .nii.gz")
+            raise _bad(
+                field_name,
+                f"{where}{name} data; NIfTI is read uncompressed (.nii) or gzip-compressed once "
+                "(.nii.gz): decompress it and upload the .nii or .nii.gz",
+            )
 
 
 def _parse_header(head: bytes, field_name: str) -> tuple[np.ndarray, int, Literal["<", ">"]]:
     """The header record (numpy structured scalar), the NIfTI version and the byte order."""
     if len(head) < 348:
-        raise _bad(field_name, f"only {len(head)} bytes: too short for a NIfTI header (348 bytes at least); "
-                               "upload a NIfTI-1 or NIfTI-2 .nii/.nii.gz file")
+        raise _bad(
+            field_name,
+            f"only {len(head)} bytes: too short for a NIfTI header (348 bytes at least); "
+            "upload a NIfTI-1 or NIfTI-2 .nii/.nii.gz file",
+        )
     order: Literal["<", ">"]
     for order in ("<", ">"):
         sizeof = int(np.frombuffer(head[:4], dtype=f"{order}i4")[0])
         if sizeof in (348, 540):
             break
     else:
-        raise _bad(field_name, "not a NIfTI file (the header size field is neither 348 nor 540); upload a "
-                               "NIfTI-1 or NIfTI-2 .nii/.nii.gz volume (DICOM, PNG, Analyze and others are not read)")
+        raise _bad(
+            field_name,
+            "not a NIfTI file (the header size field is neither 348 nor 540); upload a "
+            "NIfTI-1 or NIfTI-2 .nii/.nii.gz volume (DICOM, PNG, Analyze and others are not read)",
+        )
     if sizeof == 540:
         if len(head) < 540:
             raise _bad(field_name, "the NIfTI-2 header is truncated; upload the complete file")
@@ -191,8 +226,11 @@ def _parse_header(head: bytes, field_name: str) -> tuple[np.ndarray, int, Litera
     if magic == NIFTI1_PAIR_MAGIC:
         raise _bad(field_name, "a NIfTI-1 .hdr/.img pair header; upload a single-file .nii or .nii.gz")
     if magic != NIFTI1_MAGIC:
-        raise _bad(field_name, "a 348-byte header without the NIfTI-1 magic 'n+1' (Analyze 7.5 or corrupt); "
-                               "convert it to NIfTI (.nii.gz) first")
+        raise _bad(
+            field_name,
+            "a 348-byte header without the NIfTI-1 magic 'n+1' (Analyze 7.5 or corrupt); "
+            "convert it to NIfTI (.nii.gz) first",
+        )
     hdr = np.frombuffer(head[:348], dtype=nib.nifti1.header_dtype.newbyteorder(order))[0]
     return hdr, 1, order
 
@@ -202,21 +240,26 @@ def _check_geometry(hdr, field_name: str, limits: VolumeLimits) -> tuple[tuple[i
     ndim = dim[0]
     if not 1 <= ndim <= 7:
         raise _bad(field_name, f"dim[0] is {ndim}, not a valid number of dimensions (1..7); the header is corrupt")
-    dims = dim[1:ndim + 1]
+    dims = dim[1 : ndim + 1]
     if any(n <= 0 for n in dims):
         raise _bad(field_name, f"dimensions {dims} include zero or negative sizes; the header is corrupt")
     while len(dims) > 3 and dims[-1] == 1:
         dims = dims[:-1]
     if len(dims) != 3:
-        raise _bad(field_name, f"a {len(dims)}D image of shape {dims}; upload a single 3D volume "
-                               "(split 4D series, stack 2D slices)")
+        raise _bad(
+            field_name,
+            f"a {len(dims)}D image of shape {dims}; upload a single 3D volume (split 4D series, stack 2D slices)",
+        )
     if max(dims) > limits.max_dim:
-        raise _bad(field_name, f"shape {dims} exceeds the limit of {limits.max_dim} voxels per axis; "
-                               "crop or resample the volume")
+        raise _bad(
+            field_name,
+            f"shape {dims} exceeds the limit of {limits.max_dim} voxels per axis; crop or resample the volume",
+        )
     voxels = int(np.prod(dims, dtype=np.int64))
     if voxels > limits.max_voxels:
-        raise PayloadTooLarge.for_field(field_name, f"{voxels} voxels exceed the limit of {limits.max_voxels}; "
-                                                    "crop or resample the volume")
+        raise PayloadTooLarge.for_field(
+            field_name, f"{voxels} voxels exceed the limit of {limits.max_voxels}; crop or resample the volume"
+        )
     code = int(hdr["datatype"])
     if code not in ALLOWED_DTYPES:
         name = DTYPE_NAMES.get(code, f"code {code}")
@@ -225,8 +268,9 @@ def _check_geometry(hdr, field_name: str, limits: VolumeLimits) -> tuple[tuple[i
     offset = float(hdr["vox_offset"])
     min_offset = int(hdr["sizeof_hdr"]) + 4
     if not np.isfinite(offset) or offset < min_offset or offset != int(offset):
-        raise _bad(field_name, f"vox_offset {offset} is invalid (must be a whole number ≥ {min_offset}); "
-                               "the header is corrupt")
+        raise _bad(
+            field_name, f"vox_offset {offset} is invalid (must be a whole number ≥ {min_offset}); the header is corrupt"
+        )
     for name in ("scl_slope", "scl_inter"):
         v = float(hdr[name])
         if np.isinf(v):
@@ -237,8 +281,10 @@ def _check_geometry(hdr, field_name: str, limits: VolumeLimits) -> tuple[tuple[i
         raise _bad(field_name, f"voxel sizes (pixdim) {pixdim} are not finite; the header is corrupt")
     if int(hdr["sform_code"]) == 0 and min(abs(v) for v in pixdim) == 0:
         # nibabel would silently read 0 as 1 mm; with no sform the geometry comes from pixdim, so refuse
-        raise _bad(field_name, f"voxel sizes (pixdim) {pixdim} include zero and there is no sform; set the "
-                               "voxel sizes or an sform")
+        raise _bad(
+            field_name,
+            f"voxel sizes (pixdim) {pixdim} include zero and there is no sform; set the voxel sizes or an sform",
+        )
     return tuple(dims), dtype, int(offset)
 
 
@@ -246,16 +292,22 @@ def _check_codes(hdr, field_name: str, code: int, dtype: np.dtype) -> None:
     """Fields nibabel would silently "fix" (so the volume would be read differently from what the file says)."""
     bitpix = int(hdr["bitpix"])
     if bitpix != dtype.itemsize * 8:
-        raise _bad(field_name, f"bitpix {bitpix} contradicts the voxel type {dtype.name} ({dtype.itemsize * 8} "
-                               "bits); the header is corrupt, rewrite the file with a NIfTI library")
+        raise _bad(
+            field_name,
+            f"bitpix {bitpix} contradicts the voxel type {dtype.name} ({dtype.itemsize * 8} "
+            "bits); the header is corrupt, rewrite the file with a NIfTI library",
+        )
     for name in ("qform_code", "sform_code"):
         if int(hdr[name]) not in XFORM_CODES:
-            raise _bad(field_name, f"{name} {int(hdr[name])} is not a NIfTI transform code (0-5); the header is "
-                                   "corrupt")
+            raise _bad(
+                field_name, f"{name} {int(hdr[name])} is not a NIfTI transform code (0-5); the header is corrupt"
+            )
     units = int(hdr["xyzt_units"]) & 0x07
     if units in SPATIAL_UNITS_REFUSED:
-        raise _bad(field_name, f"voxel sizes are in {SPATIAL_UNITS_REFUSED[units]} (xyzt_units); store the volume "
-                               "in millimetres")
+        raise _bad(
+            field_name,
+            f"voxel sizes are in {SPATIAL_UNITS_REFUSED[units]} (xyzt_units); store the volume in millimetres",
+        )
     slope, inter = float(hdr["scl_slope"]), float(hdr["scl_inter"])
     if slope != 0 and np.isfinite(slope) and not np.isfinite(inter):
         raise _bad(field_name, f"scl_slope is {slope:g} but scl_inter is {inter}; fix the intensity scaling")
@@ -271,12 +323,17 @@ def _affine(img, field_name: str) -> np.ndarray:
     with np.errstate(all="ignore"):
         det = np.linalg.det(aff[:3, :3])
     if not np.isfinite(det) or abs(det) < 1e-6:
-        raise _bad(field_name, "the affine (sform/qform) is singular (a zero voxel size or collapsed axes); fix the "
-                               "orientation header")
+        raise _bad(
+            field_name,
+            "the affine (sform/qform) is singular (a zero voxel size or collapsed axes); fix the orientation header",
+        )
     sizes = np.linalg.norm(aff[:3, :3], axis=0)
     if sizes.min() < VOXEL_MM[0] or sizes.max() > VOXEL_MM[1]:
-        raise _bad(field_name, f"voxel sizes {[round(float(v), 6) for v in sizes]} mm are outside "
-                               f"{VOXEL_MM[0]}-{VOXEL_MM[1]} mm; fix the voxel sizes (pixdim) or the sform")
+        raise _bad(
+            field_name,
+            f"voxel sizes {[round(float(v), 6) for v in sizes]} mm are outside "
+            f"{VOXEL_MM[0]}-{VOXEL_MM[1]} mm; fix the voxel sizes (pixdim) or the sform",
+        )
     return aff
 
 
@@ -288,8 +345,11 @@ def read_volume(raw: bytes, field: str = "file", limits: VolumeLimits | None = N
     """
     limits = limits or VolumeLimits()
     if len(raw) > limits.max_file_bytes:
-        raise PayloadTooLarge.for_field(field, f"{len(raw)} bytes exceed the per-file limit of "
-                                               f"{limits.max_file_bytes}; compress (.nii.gz) or crop the volume")
+        raise PayloadTooLarge.for_field(
+            field,
+            f"{len(raw)} bytes exceed the per-file limit of "
+            f"{limits.max_file_bytes}; compress (.nii.gz) or crop the volume",
+        )
     if not raw:
         raise _bad(field, "the file is empty; upload a NIfTI volume")
     _refuse_other_compression(raw, field, "")
@@ -301,8 +361,11 @@ def read_volume(raw: bytes, field: str = "file", limits: VolumeLimits | None = N
     dims, dtype, offset = _check_geometry(hdr, field, limits)
     needed = offset + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if needed > limits.max_decompressed_bytes:
-        raise PayloadTooLarge.for_field(field, f"the volume holds {needed} bytes uncompressed, over the limit of "
-                                               f"{limits.max_decompressed_bytes}; crop or resample it")
+        raise PayloadTooLarge.for_field(
+            field,
+            f"the volume holds {needed} bytes uncompressed, over the limit of "
+            f"{limits.max_decompressed_bytes}; crop or resample it",
+        )
     sink = VoxelSink(dims, dtype.newbyteorder(order), *_scaling(hdr), labels=labels)
     prefix = _stream_body(raw, compressed, offset, needed, sink, field)
     klass = nib.Nifti2Image if version == 2 else nib.Nifti1Image
@@ -315,8 +378,15 @@ def read_volume(raw: bytes, field: str = "file", limits: VolumeLimits | None = N
         raise _bad(field, f"{sink.nonfinite} voxels are NaN or infinite; replace them with finite values")
     if labels:
         check_label_values(sink.fractional, sink.lo, sink.hi, field)
-    return Volume(data=sink.array, affine=affine, header=img.header, nifti_version=version, compressed=compressed,
-                  sha256=hashlib.sha256(raw).hexdigest(), size=len(raw))
+    return Volume(
+        data=sink.array,
+        affine=affine,
+        header=img.header,
+        nifti_version=version,
+        compressed=compressed,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        size=len(raw),
+    )
 
 
 def _scaling(hdr) -> tuple[float | None, float | None]:
@@ -333,7 +403,7 @@ def _pieces(raw: bytes, compressed: bool, max_out: int, state: dict):
         return
     view = memoryview(raw)
     for start in range(0, len(raw), INFLATE_PIECE):
-        yield view[start:start + INFLATE_PIECE]
+        yield view[start : start + INFLATE_PIECE]
     state["ended"] = True
 
 
@@ -350,23 +420,28 @@ def _stream_body(raw: bytes, compressed: bool, offset: int, needed: int, sink: V
         for piece in _pieces(raw, compressed, needed + TRAILER_SLACK, state):
             start, total = total, total + len(piece)
             if start < offset:
-                prefix += piece[:offset - start]
+                prefix += piece[: offset - start]
             lo, hi = max(start, offset), min(total, needed)
             if lo < hi:
-                sink.feed(piece[lo - start:hi - start])
+                sink.feed(piece[lo - start : hi - start])
             if total > needed and not trailing_nonzero:
-                trailing_nonzero = bool(np.frombuffer(piece[max(needed - start, 0):], np.uint8).any())
+                trailing_nonzero = bool(np.frombuffer(piece[max(needed - start, 0) :], np.uint8).any())
     except (zlib.error, EOFError) as exc:
-        raise _bad(field, f"the gzip stream is truncated or corrupt ({exc}); upload the complete .nii.gz "
-                          "file") from exc
+        raise _bad(field, f"the gzip stream is truncated or corrupt ({exc}); upload the complete .nii.gz file") from exc
     if compressed and total > needed and not state["ended"]:
         raise _bad(field, "the gzip stream holds far more data than the header declares; upload the volume alone")
     if total < needed:
-        raise _bad(field, f"the file is truncated: the header declares {needed} bytes, the file holds {total}; "
-                          "upload the complete file")
+        raise _bad(
+            field,
+            f"the file is truncated: the header declares {needed} bytes, the file holds {total}; "
+            "upload the complete file",
+        )
     if trailing_nonzero:
-        raise _bad(field, f"{total - needed} bytes follow the end of the volume the header declares (two files "
-                          "joined, or a header that understates the size); upload one complete volume per file")
+        raise _bad(
+            field,
+            f"{total - needed} bytes follow the end of the volume the header declares (two files "
+            "joined, or a header that understates the size); upload one complete volume per file",
+        )
     return bytes(prefix)
 
 

@@ -61,7 +61,7 @@ def montage(volumes: list[tuple[str, np.ndarray, tuple[float, ...]]], mask: np.n
     for _, vol, sp in volumes:
         outlines = _views(edge, centre) if edge is not None else [None] * 3
         spacings = [(sp[0], sp[1]), (sp[0], sp[2]), (sp[1], sp[2])]
-        views = _views(vol, centre)[:1 if vol.shape[2] == 1 else 3]  # a single slice has only its axial view
+        views = _views(vol, centre)[: 1 if vol.shape[2] == 1 else 3]  # a single slice has only its axial view
         rows.append([_tile(v, o, s) for v, o, s in zip(views, outlines, spacings)])
     width = sum(t.size[0] for t in rows[0]) + 4 * len(rows[0])
     height = sum(max(t.size[1] for t in r) + 4 for r in rows)

@@ -151,14 +151,22 @@ def _resample(img: Any, affine: np.ndarray, shape: tuple[int, int, int]) -> np.n
     sigma = np.sqrt(np.maximum((dst_spacing / src_spacing) ** 2 - 1, 0)) / 2.355
     if np.any(sigma > 0.1):
         data = ndimage.gaussian_filter(data, sigma, mode="constant")
-    return ndimage.affine_transform(data, voxel_map[:3, :3], voxel_map[:3, 3], output_shape=shape, order=1,
-                                    mode="constant", cval=0.0, output=np.float32)
+    return ndimage.affine_transform(
+        data,
+        voxel_map[:3, :3],
+        voxel_map[:3, 3],
+        output_shape=shape,
+        order=1,
+        mode="constant",
+        cval=0.0,
+        output=np.float32,
+    )
 
 
 def _is_voxel_copy(voxel_map: np.ndarray) -> bool:
     """Whether every grid voxel falls on a source voxel: axes matched one to one, unit steps, whole-voxel shifts."""
     linear, shift = voxel_map[:3, :3], voxel_map[:3, 3]
-    return (np.allclose(np.abs(linear), np.eye(3), atol=1e-6) and np.allclose(shift, np.round(shift), atol=1e-6))
+    return np.allclose(np.abs(linear), np.eye(3), atol=1e-6) and np.allclose(shift, np.round(shift), atol=1e-6)
 
 
 def _copy_voxels(data: np.ndarray, voxel_map: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:

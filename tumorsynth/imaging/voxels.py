@@ -23,8 +23,7 @@ CHUNK_VOXELS = 1 << 18  # 256 Ki voxels: 2 MiB of float64 at a time
 class VoxelSink:
     """Receives the voxel bytes in order (any chunking) and fills ``array`` (Fortran order, as NIfTI stores it)."""
 
-    def __init__(self, dims: tuple[int, ...], dtype: np.dtype, slope: float | None, inter: float | None,
-                 labels: bool):
+    def __init__(self, dims: tuple[int, ...], dtype: np.dtype, slope: float | None, inter: float | None, labels: bool):
         self.dtype, self.labels = dtype, labels
         self.scaled = slope is not None and (slope, inter) != (1.0, 0.0)
         self.slope, self.inter = (slope or 1.0), (inter or 0.0)
@@ -57,7 +56,7 @@ class VoxelSink:
             count = min(CHUNK_VOXELS, whole - start)
             values = np.frombuffer(buf, dtype=self.dtype, count=count, offset=start * size)
             self._put(values)
-        self._carry = bytes(buf[whole * size:])
+        self._carry = bytes(buf[whole * size :])
 
     def _put(self, raw: np.ndarray) -> None:
         values = raw.astype(np.float64) * self.slope + self.inter if self.scaled else raw
@@ -70,7 +69,7 @@ class VoxelSink:
             self._check_labels(values)
             values = np.clip(values, 0, 255)  # refused later if clipped; no wrap-around meanwhile
         end = self._pos + values.size
-        self._flat[self._pos:end] = values if self.labels else values.astype(self.array.dtype, copy=False)
+        self._flat[self._pos : end] = values if self.labels else values.astype(self.array.dtype, copy=False)
         self._pos = end
 
     def _check_labels(self, values: np.ndarray) -> None:

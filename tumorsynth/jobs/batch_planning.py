@@ -47,8 +47,10 @@ class BatchPlanner:
             return "not planning"
         try:
             if rec.plan_attempts > self.max_attempts:
-                raise PlanningFailed(f"planning stopped its worker {rec.plan_attempts - 1} times (killed, out of "
-                                     "memory); ask for fewer subjects, or contact the operators")
+                raise PlanningFailed(
+                    f"planning stopped its worker {rec.plan_attempts - 1} times (killed, out of "
+                    "memory); ask for fewer subjects, or contact the operators"
+                )
             outcome = self._plan(rec)
         except TumorsynthError as exc:
             outcome = self._fail(rec, exc.message)
@@ -75,8 +77,9 @@ class BatchPlanner:
                 i += 1
         return self._finish(rec.id, "planned")
 
-    def _submit(self, rec: BatchRecord, req: BatchRequest, model: str, cls: str, k: int, i: int,
-                mask: bytes | None) -> None:
+    def _submit(
+        self, rec: BatchRecord, req: BatchRequest, model: str, cls: str, k: int, i: int, mask: bytes | None
+    ) -> None:
         seed = req.seed * 100003 + i
         body = {"model": model, "num_samples": 1, "seed": seed, "tumor_class": cls}
         if req.modalities:
@@ -99,8 +102,9 @@ class BatchPlanner:
 
     def _masks(self, rec: BatchRecord, req: BatchRequest, cls: str, n: int) -> list[bytes]:
         if req.masks == "upload":
-            uploads = [with_retries(functools.partial(self.batches.store.get_bytes, key), attempts=4)
-                       for key in rec.uploads]
+            uploads = [
+                with_retries(functools.partial(self.batches.store.get_bytes, key), attempts=4) for key in rec.uploads
+            ]
             if not uploads:
                 raise PlanningFailed("the masks uploaded with the batch are gone from storage; submit it again")
             return [uploads[k % len(uploads)] for k in range(n)]
@@ -110,8 +114,10 @@ class BatchPlanner:
             return self.batches.masks(rec.tenant, cls, n, req.seed)
         except ValueError as exc:  # the bank's masks of this class cannot be placed in the template brain
             raise InvalidRequest.for_field(
-                "masks", f"class {cls}: no bank mask of this class could be placed ({exc}); list the bank with "
-                "GET /v1/masks and delete the masks that are too large, or upload masks with the batch") from exc
+                "masks",
+                f"class {cls}: no bank mask of this class could be placed ({exc}); list the bank with "
+                "GET /v1/masks and delete the masks that are too large, or upload masks with the batch",
+            ) from exc
 
     def _canceled(self, batch_id: str) -> bool:
         rec = self.batches.load(batch_id)

@@ -40,9 +40,23 @@ log = logging.getLogger(__name__)
 
 ClassName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MAX_BATCH_JOBS = 2000
-MANIFEST_COLUMNS = ("subject_id", "class", "modality", "image", "mask", "model", "checkpoint_sha256", "sampler",
-                    "steps", "seed", "synthetic", "intensity",
-                    "participant_id", "bids_image", "bids_mask")  # where the row sits in the batch's BIDS dataset
+MANIFEST_COLUMNS = (
+    "subject_id",
+    "class",
+    "modality",
+    "image",
+    "mask",
+    "model",
+    "checkpoint_sha256",
+    "sampler",
+    "steps",
+    "seed",
+    "synthetic",
+    "intensity",
+    "participant_id",
+    "bids_image",
+    "bids_mask",
+)  # where the row sits in the batch's BIDS dataset
 
 
 class BatchRequest(BaseModel):
@@ -73,8 +87,6 @@ def plan(class_counts: dict[str, int], target: str | None, total_per_class: int 
 
 
 counts_key = redis_keys.batch_counts
-
-
 
 
 PLANNING = redis_keys.BATCHES_PLANNING  # zset: batch id → when it was queued for planning (reconciliation reads it)
@@ -143,8 +155,12 @@ class BatchService:
         counts = cast(dict[bytes, bytes], self.r.hgetall(counts_key(rec.id)))
         raw = {k.decode(): int(v) for k, v in counts.items()}
         total = sum(rec.plan.values()) if rec.state == "planning" else len(rec.subjects)
-        return {"total": total, "succeeded": raw.get("succeeded", 0), "failed": raw.get("failed", 0),
-                "canceled": raw.get("canceled", 0)}
+        return {
+            "total": total,
+            "succeeded": raw.get("succeeded", 0),
+            "failed": raw.get("failed", 0),
+            "canceled": raw.get("canceled", 0),
+        }
 
     @staticmethod
     def status(rec: BatchRecord, counts: dict[str, int]) -> str:
@@ -165,24 +181,34 @@ class BatchService:
         entry = self.registry.get(req.model)
         unknown = sorted(set(req.class_counts) - set(entry.classes))
         if unknown:
-            raise InvalidRequest.for_field("class_counts", f"{unknown} are not classes of {entry.id}; it makes "
-                                                           f"{list(entry.classes)}")
+            raise InvalidRequest.for_field(
+                "class_counts", f"{unknown} are not classes of {entry.id}; it makes {list(entry.classes)}"
+            )
         wanted = plan(req.class_counts, req.target, req.total_per_class)
         total = sum(wanted.values())
         if total == 0:
             raise InvalidRequest.for_field("class_counts", "the classes are already balanced: nothing to make")
         if total > MAX_BATCH_JOBS:
-            raise InvalidRequest.for_field("class_counts", f"{total} subjects planned, over the limit of "
-                                                           f"{MAX_BATCH_JOBS} per batch; ask for fewer")
+            raise InvalidRequest.for_field(
+                "class_counts", f"{total} subjects planned, over the limit of {MAX_BATCH_JOBS} per batch; ask for fewer"
+            )
         check_options(entry.options, req.options, entry.id)  # a 422 before anything is stored, as for a job
-        if req.intensity and (why := scale_errors(entry.config, entry.id, req.intensity,
-                                                  req.modalities or entry.modalities)):
+        if req.intensity and (
+            why := scale_errors(entry.config, entry.id, req.intensity, req.modalities or entry.modalities)
+        ):
             raise InvalidRequest.for_field("intensity", why)
         uploads = self._checked_uploads(req, uploaded) if needs_mask(entry) else []
         if needs_mask(entry) and req.masks == "bank" and self.masks is None:
             raise ServiceUnavailable("this service has no mask bank configured; upload masks with the batch")
-        rec = BatchRecord(id=new_id("batch"), tenant=tenant, model=entry.id, request=req.model_dump(),
-                          plan=wanted, created_at=now(), state="planning")
+        rec = BatchRecord(
+            id=new_id("batch"),
+            tenant=tenant,
+            model=entry.id,
+            request=req.model_dump(),
+            plan=wanted,
+            created_at=now(),
+            state="planning",
+        )
         rec.uploads = [batch_key(tenant, rec.id, f"upload-{k}.nii.gz") for k in range(len(uploads))]
         try:
             for key, raw in zip(rec.uploads, uploads, strict=True):
@@ -194,8 +220,9 @@ class BatchService:
         except Exception as exc:
             self._undo(rec)
             log.exception("batch submission failed after validation")
-            raise ServiceUnavailable(f"could not queue the batch ({type(exc).__name__}); nothing was kept, "
-                                     "retry") from exc
+            raise ServiceUnavailable(
+                f"could not queue the batch ({type(exc).__name__}); nothing was kept, retry"
+            ) from exc
         return rec
 
     def _checked_uploads(self, req: BatchRequest, uploaded: list[bytes] | None) -> list[bytes]:
@@ -205,8 +232,7 @@ class BatchService:
         if not uploaded:
             raise InvalidRequest.for_field("masks", "masks: upload needs file parts named 'mask'")
         for raw in uploaded:
-            validate_mask(read_volume(raw, field="mask", limits=self.submissions.limits, labels=True),
-                          field="mask")
+            validate_mask(read_volume(raw, field="mask", limits=self.submissions.limits, labels=True), field="mask")
         return uploaded
 
     def _undo(self, rec: BatchRecord) -> None:
@@ -257,11 +283,15 @@ class BatchService:
             if fresh.manifest is not None:
                 return fresh
             rows = self.manifest_rows(fresh)
-            keys = {"csv": batch_key(rec.tenant, rec.id, "manifest.csv"),
-                    "json": batch_key(rec.tenant, rec.id, "manifest.json")}
+            keys = {
+                "csv": batch_key(rec.tenant, rec.id, "manifest.csv"),
+                "json": batch_key(rec.tenant, rec.id, "manifest.json"),
+            }
             with_retries(lambda: self.store.put_bytes(keys["csv"], to_csv(rows), "text/csv"), attempts=4)
-            with_retries(lambda: self.store.put_bytes(keys["json"], json.dumps(rows, indent=1).encode(),
-                                                      "application/json"), attempts=4)
+            with_retries(
+                lambda: self.store.put_bytes(keys["json"], json.dumps(rows, indent=1).encode(), "application/json"),
+                attempts=4,
+            )
             fresh.manifest = keys
             self._save(fresh)
             return fresh
@@ -280,11 +310,22 @@ class BatchService:
             for o in job.outputs:
                 if o.kind != "image":
                     continue
-                rows.append({"subject_id": s["subject_id"], "class": s["class"], "modality": o.modality,
-                             "image": o.key, "mask": mask, "model": entry.id,
-                             "checkpoint_sha256": entry.weights_sha256, "sampler": sampler.get("name"),
-                             "steps": sampler.get("steps"), "seed": job.request.get("seed"), "synthetic": True,
-                             "intensity": job.request.get("intensity") or native_scale(entry.config)[0]})
+                rows.append(
+                    {
+                        "subject_id": s["subject_id"],
+                        "class": s["class"],
+                        "modality": o.modality,
+                        "image": o.key,
+                        "mask": mask,
+                        "model": entry.id,
+                        "checkpoint_sha256": entry.weights_sha256,
+                        "sampler": sampler.get("name"),
+                        "steps": sampler.get("steps"),
+                        "seed": job.request.get("seed"),
+                        "synthetic": True,
+                        "intensity": job.request.get("intensity") or native_scale(entry.config)[0],
+                    }
+                )
         return add_bids_columns(rows, participant_labels(rec.subjects))
 
     def dataset(self, rec: BatchRecord) -> list[DatasetFile]:
@@ -317,9 +358,19 @@ def to_csv(rows: list[dict]) -> bytes:
 
 def view(service: BatchService, rec: BatchRecord) -> dict:
     counts = service.counts(rec)
-    out = {"id": rec.id, "model": rec.model, "status": service.status(rec, counts), "request": rec.request,
-           "plan": rec.plan, "request_counts": counts, "created_at": rfc3339(rec.created_at), "error": rec.error,
-           "jobs": [s["job_id"] for s in rec.subjects], "manifest": None, "dataset": None}
+    out = {
+        "id": rec.id,
+        "model": rec.model,
+        "status": service.status(rec, counts),
+        "request": rec.request,
+        "plan": rec.plan,
+        "request_counts": counts,
+        "created_at": rfc3339(rec.created_at),
+        "error": rec.error,
+        "jobs": [s["job_id"] for s in rec.subjects],
+        "manifest": None,
+        "dataset": None,
+    }
     if rec.manifest:
         out["manifest"] = {"csv": f"/v1/batches/{rec.id}/manifest.csv", "json": f"/v1/batches/{rec.id}/manifest.json"}
         out["dataset"] = {"files": f"/v1/batches/{rec.id}/dataset", "zip": f"/v1/batches/{rec.id}/dataset.zip"}

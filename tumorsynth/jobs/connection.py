@@ -38,15 +38,17 @@ def parse_sentinel(url: str) -> SentinelTarget | None:
     naming what to change (``Settings`` reports it at start-up)."""
     if not url.startswith(f"{SCHEME}://"):
         return None
-    rest = url[len(SCHEME) + 3:]
+    rest = url[len(SCHEME) + 3 :]
     userinfo, at, hosts_and_path = rest.rpartition("@")
     if not at:
         userinfo, hosts_and_path = "", rest
     hosts, _, path = hosts_and_path.partition("/")
     parts = [p for p in path.split("/") if p]
     if not parts or len(parts) > 2:
-        raise ValueError(f"TUMORSYNTH_REDIS_URL {redacted(url)!r}: name the master group after the sentinels, "
-                         "e.g. sentinel://h1:26379,h2:26379,h3:26379/mymaster (optionally /db after it)")
+        raise ValueError(
+            f"TUMORSYNTH_REDIS_URL {redacted(url)!r}: name the master group after the sentinels, "
+            "e.g. sentinel://h1:26379,h2:26379,h3:26379/mymaster (optionally /db after it)"
+        )
     sentinels = []
     for item in filter(None, hosts.split(",")):
         split = urlsplit(f"//{item}")
@@ -58,8 +60,13 @@ def parse_sentinel(url: str) -> SentinelTarget | None:
     if len(parts) == 2 and not parts[1].isdigit():
         raise ValueError(f"TUMORSYNTH_REDIS_URL: database {parts[1]!r} after the master group must be a number")
     user, _, password = userinfo.partition(":")
-    return SentinelTarget(sentinels, unquote(parts[0]), int(parts[1]) if len(parts) == 2 else 0,
-                          unquote(user) or None, unquote(password) or None)
+    return SentinelTarget(
+        sentinels,
+        unquote(parts[0]),
+        int(parts[1]) if len(parts) == 2 else 0,
+        unquote(user) or None,
+        unquote(password) or None,
+    )
 
 
 def redacted(url: str) -> str:
@@ -82,8 +89,7 @@ def connect(url: str, **kw) -> redis.Redis:
     if target is None:
         return redis.Redis.from_url(url, **kw)
     sentinel = Sentinel(target.sentinels, sentinel_kwargs=_sentinel_kwargs(kw))
-    return sentinel.master_for(target.master, db=target.db, username=target.username, password=target.password,
-                               **kw)
+    return sentinel.master_for(target.master, db=target.db, username=target.username, password=target.password, **kw)
 
 
 def connect_async(url: str, **kw) -> aioredis.Redis:
@@ -91,8 +97,7 @@ def connect_async(url: str, **kw) -> aioredis.Redis:
     if target is None:
         return aioredis.Redis.from_url(url, **kw)
     sentinel = AsyncSentinel(target.sentinels, sentinel_kwargs=_sentinel_kwargs(kw))
-    return sentinel.master_for(target.master, db=target.db, username=target.username, password=target.password,
-                               **kw)
+    return sentinel.master_for(target.master, db=target.db, username=target.username, password=target.password, **kw)
 
 
 def celery_broker(url: str, timeout_seconds: float) -> tuple[str, dict]:
@@ -105,9 +110,12 @@ def celery_broker(url: str, timeout_seconds: float) -> tuple[str, dict]:
     if target.password:
         auth = f"{target.username or ''}:{target.password}@"
     broker = ";".join(f"{SCHEME}://{auth}{h}:{p}/{target.db}" for h, p in target.sentinels)
-    options = {"master_name": target.master, "socket_timeout": timeout_seconds,
-               "socket_connect_timeout": timeout_seconds,
-               "sentinel_kwargs": {"socket_timeout": timeout_seconds, "socket_connect_timeout": timeout_seconds}}
+    options = {
+        "master_name": target.master,
+        "socket_timeout": timeout_seconds,
+        "socket_connect_timeout": timeout_seconds,
+        "sentinel_kwargs": {"socket_timeout": timeout_seconds, "socket_connect_timeout": timeout_seconds},
+    }
     return broker, options
 
 

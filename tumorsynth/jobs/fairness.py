@@ -76,9 +76,13 @@ def check_caps(r, tenant: str, work: int, max_jobs: int, max_work: int) -> None:
     """
     jobs, queued_work = outstanding(r, tenant)
     if jobs + 1 > max_jobs:
-        raise TenantBusy(f"you have {jobs} jobs queued or running, the most one tenant may have; wait for some to "
-                         "finish (or cancel them) and submit again")
+        raise TenantBusy(
+            f"you have {jobs} jobs queued or running, the most one tenant may have; wait for some to "
+            "finish (or cancel them) and submit again"
+        )
     if queued_work + work > max_work:
-        raise TenantBusy(f"this job's {work} sample-steps (num_samples × steps) with the {queued_work} you have "
-                         f"queued or running exceed the {max_work} one tenant may have; wait for jobs to finish, or "
-                         "ask for fewer samples or steps")
+        raise TenantBusy(
+            f"this job's {work} sample-steps (num_samples × steps) with the {queued_work} you have "
+            f"queued or running exceed the {max_work} one tenant may have; wait for jobs to finish, or "
+            "ask for fewer samples or steps"
+        )

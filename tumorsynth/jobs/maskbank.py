@@ -38,22 +38,37 @@ class MaskBank:
         vol = read_volume(raw, field="mask", limits=self.limits, labels=True)
         info = validate_mask(vol, field="mask")
         if vol.shape != BANK_SHAPE:
-            raise InvalidUpload.for_field("mask", f"bank masks are on the BraTS grid {list(BANK_SHAPE)} (1 mm); this "
-                                                  f"one is {list(vol.shape)}: resample it to the BraTS grid first")
+            raise InvalidUpload.for_field(
+                "mask",
+                f"bank masks are on the BraTS grid {list(BANK_SHAPE)} (1 mm); this "
+                f"one is {list(vol.shape)}: resample it to the BraTS grid first",
+            )
         if info.convention == "binary":
-            raise InvalidUpload.for_field("mask", "bank masks need tumour sub-regions (BraTS 2019 or 2023 labels), "
-                                                  "not a binary mask")
+            raise InvalidUpload.for_field(
+                "mask", "bank masks need tumour sub-regions (BraTS 2019 or 2023 labels), not a binary mask"
+            )
         if (ml := info.tumour_voxels / 1000) > MAX_TUMOUR_ML:
-            raise InvalidUpload.for_field("mask", f"the tumour is {ml:.0f} ml, more than the {MAX_TUMOUR_ML:.0f} ml "
-                                                  "that can be placed inside the template brain; upload a real "
-                                                  "tumour mask, not a brain or head mask")
+            raise InvalidUpload.for_field(
+                "mask",
+                f"the tumour is {ml:.0f} ml, more than the {MAX_TUMOUR_ML:.0f} ml "
+                "that can be placed inside the template brain; upload a real "
+                "tumour mask, not a brain or head mask",
+            )
         mask_id = new_id("mask")
         key = mask_bank_key(tenant, mask_id, "mask.nii.gz")
         labels = to_brats2023(np.asarray(vol.data), info.convention)
-        with_retries(lambda: self.store.put_bytes(key, write_nifti(labels.astype(np.float32), vol.affine),
-                                                  "application/gzip", {"class": tumor_class}), attempts=4)
-        return {"id": mask_id, "class": tumor_class, "label_convention": info.convention,
-                "tumour_voxels": info.tumour_voxels}
+        with_retries(
+            lambda: self.store.put_bytes(
+                key, write_nifti(labels.astype(np.float32), vol.affine), "application/gzip", {"class": tumor_class}
+            ),
+            attempts=4,
+        )
+        return {
+            "id": mask_id,
+            "class": tumor_class,
+            "label_convention": info.convention,
+            "tumour_voxels": info.tumour_voxels,
+        }
 
     def list(self, tenant: str) -> list[dict]:
         """The tenant's bank masks: id, class and size (one stat per mask: S3 listings carry no metadata)."""
@@ -61,8 +76,7 @@ class MaskBank:
         for obj in self.store.list(f"{tenant_prefix(tenant)}masks/"):
             mask_id = obj.key.split("/")[-2]
             info = self.store.stat(obj.key)
-            out.append({"id": mask_id, "class": (info.metadata or {}).get("class") if info else None,
-                        "size": obj.size})
+            out.append({"id": mask_id, "class": (info.metadata or {}).get("class") if info else None, "size": obj.size})
         return out
 
     def delete(self, tenant: str, mask_id: str) -> None:
@@ -89,8 +103,10 @@ class MaskBank:
         sources = self.sources(tenant, tumor_class) or builtin_sources(tumor_class)
         placeable = [m for m in sources if np.count_nonzero(m) / 1000 <= MAX_TUMOUR_ML]
         if not placeable:  # masks banked before the size check: refuse at once rather than after every try
-            raise ValueError(f"every bank mask of class {tumor_class} has a tumour over {MAX_TUMOUR_ML:.0f} ml, "
-                             "too large to place inside the template brain")
+            raise ValueError(
+                f"every bank mask of class {tumor_class} has a tumour over {MAX_TUMOUR_ML:.0f} ml, "
+                "too large to place inside the template brain"
+            )
         sources = placeable
         brain, spacing = template_brain()
         masks = generate_bank_masks(sources, brain, spacing, n, seed)
@@ -104,11 +120,14 @@ def check_class(tumor_class: object, declared: set[str]) -> str:
     if not isinstance(tumor_class, str) or not 0 < len(tumor_class) <= 64:
         raise InvalidRequest.for_field("tumor_class", 'send {"tumor_class": "<class>"} as the request field')
     if not tumor_class.isprintable() or tumor_class != tumor_class.strip():
-        raise InvalidRequest.for_field("tumor_class", "has control, format or space characters; send a class name "
-                                                      f"as the models list it: {sorted(declared)}")
+        raise InvalidRequest.for_field(
+            "tumor_class",
+            f"has control, format or space characters; send a class name as the models list it: {sorted(declared)}",
+        )
     if tumor_class not in declared:
-        raise InvalidRequest.for_field("tumor_class", f"no installed model makes class {tumor_class!r}; use one "
-                                                      f"of {sorted(declared)}")
+        raise InvalidRequest.for_field(
+            "tumor_class", f"no installed model makes class {tumor_class!r}; use one of {sorted(declared)}"
+        )
     return tumor_class
 
 
@@ -135,6 +154,5 @@ def builtin_sources(tumor_class: str, n: int = 4) -> list[np.ndarray]:
             rng = np.random.default_rng([7919, i, zlib.crc32(tumor_class.encode())])
             subject = make_subject(small, rng, tumor_class)
             zoom = [b / s for b, s in zip(BANK_SHAPE, subject["seg"].shape)]
-            out.append(ndimage.zoom(subject["seg"], zoom, order=0)[:BANK_SHAPE[0], :BANK_SHAPE[1], :BANK_SHAPE[2]])
+            out.append(ndimage.zoom(subject["seg"], zoom, order=0)[: BANK_SHAPE[0], : BANK_SHAPE[1], : BANK_SHAPE[2]])
         return out
-

@@ -37,6 +37,8 @@ def check_output_memory(shape: tuple[int, ...], modalities: int, samples: int, l
         per_sample = planned_output_bytes(shape, modalities, 1) - planned_output_bytes(shape, 0, 1)
         fits = max(0, (limit - planned_output_bytes(shape, 0, 1)) // per_sample)
         raise JobTooLarge.for_field(
-            "num_samples", f"{samples} samples of {modalities} contrasts on a {'×'.join(map(str, shape))} grid need "
+            "num_samples",
+            f"{samples} samples of {modalities} contrasts on a {'×'.join(map(str, shape))} grid need "
             f"{need / 2**30:.2f} GiB of output volumes, over this service's {limit / 2**30:.2f} GiB per job; ask for "
-            f"at most {fits} samples per job (or fewer contrasts, or a smaller volume)")
+            f"at most {fits} samples per job (or fewer contrasts, or a smaller volume)",
+        )

@@ -47,11 +47,27 @@ def event_for(before: str | None, rec: JobRecord) -> str | None:
 def payload(event: str, rec: JobRecord) -> dict:
     """The body: what happened and the job's state; fetch ``GET /v1/jobs/{id}`` for fresh download URLs."""
     data = {
-        "id": rec.id, "status": rec.status, "model": rec.model, "created_at": rfc3339(rec.created_at),
-        "started_at": rfc3339(rec.started_at), "completed_at": rfc3339(rec.completed_at), "attempts": rec.attempts,
-        "error": rec.error, "batch_id": rec.batch_id, "metadata": rec.request.get("metadata"),
-        "outputs": [{"name": o.name, "modality": o.modality, "sample_index": o.sample_index, "kind": o.kind,
-                     "size": o.size, "sha256": o.sha256} for o in rec.outputs],
+        "id": rec.id,
+        "status": rec.status,
+        "model": rec.model,
+        "created_at": rfc3339(rec.created_at),
+        "started_at": rfc3339(rec.started_at),
+        "completed_at": rfc3339(rec.completed_at),
+        "attempts": rec.attempts,
+        "error": rec.error,
+        "batch_id": rec.batch_id,
+        "metadata": rec.request.get("metadata"),
+        "outputs": [
+            {
+                "name": o.name,
+                "modality": o.modality,
+                "sample_index": o.sample_index,
+                "kind": o.kind,
+                "size": o.size,
+                "sha256": o.sha256,
+            }
+            for o in rec.outputs
+        ],
     }
     # the tenant is signed with the body: a receiver shared by tenants (or a URL one tenant points at another's
     # receiver) can tell whose job this is, and the webhook-tenant header cannot be changed without the body
@@ -66,9 +82,21 @@ def on_transition(pipe, before: str | None, rec: JobRecord) -> None:
         return
     delivery_id = f"msg_{secrets.token_hex(12)}"
     body = json.dumps(payload(event, rec), separators=(",", ":"))
-    record = {"id": delivery_id, "job_id": rec.id, "tenant": rec.tenant, "url": url, "type": event, "body": body,
-              "state": "pending", "attempts": 0, "created_at": time.time(), "next_attempt_at": time.time(),
-              "last_status": None, "last_error": None, "delivered_at": None}
+    record = {
+        "id": delivery_id,
+        "job_id": rec.id,
+        "tenant": rec.tenant,
+        "url": url,
+        "type": event,
+        "body": body,
+        "state": "pending",
+        "attempts": 0,
+        "created_at": time.time(),
+        "next_attempt_at": time.time(),
+        "last_status": None,
+        "last_error": None,
+        "delivered_at": None,
+    }
     pipe.set(delivery_key(delivery_id), json.dumps(record))
     pipe.rpush(job_deliveries_key(rec.id), delivery_id)
     pipe.zadd(DUE, {delivery_id: record["next_attempt_at"]})

@@ -55,8 +55,9 @@ class Submission:
     replayed: bool  # an Idempotency-Key matched an earlier identical request
 
 
-def read_inputs(files: dict[str, bytes], limits: VolumeLimits,
-                masks: frozenset[str] = frozenset()) -> dict[str, Volume]:
+def read_inputs(
+    files: dict[str, bytes], limits: VolumeLimits, masks: frozenset[str] = frozenset()
+) -> dict[str, Volume]:
     """Every file through the safe reader (``masks``: the names read as uint8 labels); co-registered files must share
     shape and affine."""
     vols = {name: read_volume(raw, field=name, limits=limits, labels=name in masks) for name, raw in files.items()}
@@ -68,52 +69,88 @@ def read_inputs(files: dict[str, bytes], limits: VolumeLimits,
         ref_name, ref = reference
         if vol.shape != ref.shape:
             raise InvalidUpload.for_field(
-                name, f"shape {list(vol.shape)} differs from {ref_name}'s {list(ref.shape)}; upload co-registered "
-                "volumes on the same grid")
+                name,
+                f"shape {list(vol.shape)} differs from {ref_name}'s {list(ref.shape)}; upload co-registered "
+                "volumes on the same grid",
+            )
         if not np.allclose(vol.affine, ref.affine, atol=1e-3):
             raise InvalidUpload.for_field(
-                name, f"affine differs from {ref_name}'s; upload co-registered volumes with the same affine")
+                name, f"affine differs from {ref_name}'s; upload co-registered volumes with the same affine"
+            )
     return vols
 
 
 class JobService:
-    def __init__(self, jobs: JobStore, store: ObjectStore, registry: ModelRegistry, dispatcher: Dispatcher,
-                 settings: Settings):
+    def __init__(
+        self, jobs: JobStore, store: ObjectStore, registry: ModelRegistry, dispatcher: Dispatcher, settings: Settings
+    ):
         self.jobs, self.store, self.registry, self.dispatcher = jobs, store, registry, dispatcher
         self.settings, self.limits = settings, VolumeLimits.from_settings(settings)
         self.retries, self.idem_ttl = settings.storage_retries, settings.idempotency_ttl_seconds
 
-    def submit(self, tenant: str, request_json: str | bytes | None, files: dict[str, bytes],
-               idempotency_key: str | None = None, batch_id: str | None = None) -> Submission:
+    def submit(
+        self,
+        tenant: str,
+        request_json: str | bytes | None,
+        files: dict[str, bytes],
+        idempotency_key: str | None = None,
+        batch_id: str | None = None,
+    ) -> Submission:
         req = parse_request(request_json)
         entry = self.registry.get(req.model)
-        raise_if(check_against_model(req, entry) + check_files(sorted(files), entry)
-                 + check_webhook(req, tenant, self.settings)
-                 + delivery_errors(req, tenant, self.settings))
+        raise_if(
+            check_against_model(req, entry)
+            + check_files(sorted(files), entry)
+            + check_webhook(req, tenant, self.settings)
+            + delivery_errors(req, tenant, self.settings)
+        )
         vols = read_inputs(files, self.limits, frozenset(i.name for i in entry.inputs if i.kind == "mask"))
-        check_output_memory(output_shape([v.shape for v in vols.values()], req.output_grid, entry.output_shape),
-                            len(req.modalities or entry.modalities), req.num_samples,
-                            self.settings.max_job_output_bytes)
+        check_output_memory(
+            output_shape([v.shape for v in vols.values()], req.output_grid, entry.output_shape),
+            len(req.modalities or entry.modalities),
+            req.num_samples,
+            self.settings.max_job_output_bytes,
+        )
         inputs: list[StoredInput] = []
         job_id = new_id("job")
         for name, vol in vols.items():
             spec = entry.input(name)
             info = validate_mask(vol, field=name) if spec and spec.kind == "mask" else None
             suffix = ".nii.gz" if vol.compressed else ".nii"
-            inputs.append(StoredInput(
-                name=name, key=input_key(tenant, job_id, name + suffix), sha256=vol.sha256, size=vol.size,
-                shape=list(vol.shape), spacing=[float(s) for s in vol.spacing], compressed=vol.compressed,
-                label_convention=info.convention if info else None, labels=info.labels if info else None))
+            inputs.append(
+                StoredInput(
+                    name=name,
+                    key=input_key(tenant, job_id, name + suffix),
+                    sha256=vol.sha256,
+                    size=vol.size,
+                    shape=list(vol.shape),
+                    spacing=[float(s) for s in vol.spacing],
+                    compressed=vol.compressed,
+                    label_convention=info.convention if info else None,
+                    labels=info.labels if info else None,
+                )
+            )
         body_sha = hashlib.sha256(
-            json.dumps({"request": req.model_dump(mode="json"), "files": {i.name: i.sha256 for i in inputs}},
-                       sort_keys=True).encode()).hexdigest()
+            json.dumps(
+                {"request": req.model_dump(mode="json"), "files": {i.name: i.sha256 for i in inputs}}, sort_keys=True
+            ).encode()
+        ).hexdigest()
         if idempotency_key is not None:
             earlier = self._claim_key(tenant, idempotency_key, body_sha, job_id)
             if earlier is not None:
                 return Submission(earlier, replayed=True)
-        rec = JobRecord(id=job_id, tenant=tenant, model=entry.id, family=entry.family,
-                        queue=self.settings.queue_for(entry.family), request=normalised(req, entry),
-                        inputs=inputs, idempotency_key=idempotency_key, body_sha256=body_sha, batch_id=batch_id)
+        rec = JobRecord(
+            id=job_id,
+            tenant=tenant,
+            model=entry.id,
+            family=entry.family,
+            queue=self.settings.queue_for(entry.family),
+            request=normalised(req, entry),
+            inputs=inputs,
+            idempotency_key=idempotency_key,
+            body_sha256=body_sha,
+            batch_id=batch_id,
+        )
         if batch_id is None:  # a batch's jobs are bounded by the batch limit, and queue behind the tenant's others
             self._check_caps(tenant, rec, idempotency_key)
         try:
@@ -129,8 +166,9 @@ class JobService:
         except Exception as exc:
             self._undo(tenant, rec, idempotency_key)
             log.exception("job submission failed after validation")
-            raise ServiceUnavailable(f"could not queue the job ({type(exc).__name__}); nothing was kept, retry") \
-                from exc
+            raise ServiceUnavailable(
+                f"could not queue the job ({type(exc).__name__}); nothing was kept, retry"
+            ) from exc
         return Submission(rec, replayed=False)
 
     def _on_replicas(self, job_id: str) -> None:
@@ -140,17 +178,20 @@ class JobService:
         wanted = s.ack_replicas
         timeout = min(s.redis_ack_timeout_seconds, 0.8 * s.redis_timeout_seconds)  # WAIT ends before the socket does
         if wanted and wait_for_replicas(self.jobs.r, wanted, timeout) < wanted:
-            log.warning("job %s: not on %d replica(s) within %.1f s; undone, 503", job_id, wanted,
-                        s.redis_ack_timeout_seconds)
+            log.warning(
+                "job %s: not on %d replica(s) within %.1f s; undone, 503", job_id, wanted, s.redis_ack_timeout_seconds
+            )
             raise NotReplicated(
                 f"the job store could not copy the job to {wanted} replica(s) within {s.redis_ack_timeout_seconds} "
-                "s (a failover or a lagging replica); nothing was kept, retry after the Retry-After seconds")
+                "s (a failover or a lagging replica); nothing was kept, retry after the Retry-After seconds"
+            )
 
     def _check_caps(self, tenant: str, rec: JobRecord, idempotency_key: str | None) -> None:
         s = self.settings
         try:
-            fairness.check_caps(self.jobs.r, tenant, fairness.work_of(rec), s.max_active_jobs_per_tenant,
-                                s.max_active_work_per_tenant)
+            fairness.check_caps(
+                self.jobs.r, tenant, fairness.work_of(rec), s.max_active_jobs_per_tenant, s.max_active_work_per_tenant
+            )
         except fairness.TenantBusy:
             if idempotency_key is not None:
                 self.jobs.release_idempotency(tenant, idempotency_key)
@@ -172,14 +213,16 @@ class JobService:
                 return rec
             if time.monotonic() > deadline:
                 raise IdempotencyInProgress(
-                    "a request with this Idempotency-Key is still being processed; retry it in a moment")
+                    "a request with this Idempotency-Key is still being processed; retry it in a moment"
+                )
             time.sleep(0.05)
 
     def _store_inputs(self, inputs: list[StoredInput], files: dict[str, bytes]) -> None:
         for item in inputs:
             kind = "application/gzip" if item.compressed else "application/octet-stream"
-            with_retries(functools.partial(self.store.put_bytes, item.key, files[item.name], kind),
-                         attempts=self.retries)
+            with_retries(
+                functools.partial(self.store.put_bytes, item.key, files[item.name], kind), attempts=self.retries
+            )
 
     def _undo(self, tenant: str, rec: JobRecord, idempotency_key: str | None) -> None:
         for item in rec.inputs:
@@ -193,8 +236,9 @@ class JobService:
             # The job store went away mid-submission (a failover): the record may survive on a replica and be run
             # although the client was told 503. Keep trying in the background until the store answers again.
             log.warning("could not undo job record %s yet; retrying in the background", rec.id)
-            threading.Thread(target=self._forget_later, args=(tenant, rec, idempotency_key), daemon=True,
-                             name=f"undo-{rec.id}").start()
+            threading.Thread(
+                target=self._forget_later, args=(tenant, rec, idempotency_key), daemon=True, name=f"undo-{rec.id}"
+            ).start()
 
     def _forget(self, tenant: str, rec: JobRecord, idempotency_key: str | None) -> None:
         self.jobs.delete(rec)
@@ -211,6 +255,8 @@ class JobService:
                 return
             except Exception:
                 continue
-        log.error("job record %s could not be undone in %d s: it may run although its client got a 503", rec.id,
-                  UNDO_RETRY_SECONDS)
-
+        log.error(
+            "job record %s could not be undone in %d s: it may run although its client got a 503",
+            rec.id,
+            UNDO_RETRY_SECONDS,
+        )

@@ -53,7 +53,12 @@ class JobStore:
         return rec
 
     def list(
-        self, tenant: str, *, status: str | None = None, model: str | None = None, cursor: str | None = None,
+        self,
+        tenant: str,
+        *,
+        status: str | None = None,
+        model: str | None = None,
+        cursor: str | None = None,
         limit: int = 50,
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first. The cursor is the (created ms, id) of the last job returned."""
@@ -65,8 +70,10 @@ class JobStore:
         seen_after = after_id is None
         offset = 0
         while len(out) < limit:
-            ids = cast(builtins.list[bytes],
-                       self.r.zrevrangebyscore(keys.tenant_jobs(tenant), max_score, "-inf", start=offset, num=200))
+            ids = cast(
+                builtins.list[bytes],
+                self.r.zrevrangebyscore(keys.tenant_jobs(tenant), max_score, "-inf", start=offset, num=200),
+            )
             if not ids:
                 break
             offset += len(ids)
@@ -140,8 +147,13 @@ class JobStore:
             return rec
 
     def _publish(self, rec: JobRecord) -> None:
-        event = {"id": rec.id, "status": rec.status, "completed_steps": rec.completed_steps,
-                 "total_steps": rec.total_steps, "updated_at": rec.updated_at}
+        event = {
+            "id": rec.id,
+            "status": rec.status,
+            "completed_steps": rec.completed_steps,
+            "total_steps": rec.total_steps,
+            "updated_at": rec.updated_at,
+        }
         self.r.publish(events_channel(rec.id), json.dumps(event))
 
     # ----- the worker's side -------------------------------------------------------------------------------------
@@ -266,9 +278,13 @@ class JobStore:
                 return None
             if rec.resends >= max_resends:
                 rec.move("failed")
-                rec.error = {"code": "lost_in_queue", "message": (
-                    f"the job's queue message was lost {rec.resends} times (broker failures); it is not queued "
-                    "again. Submit it again, or contact the operators.")}
+                rec.error = {
+                    "code": "lost_in_queue",
+                    "message": (
+                        f"the job's queue message was lost {rec.resends} times (broker failures); it is not queued "
+                        "again. Submit it again, or contact the operators."
+                    ),
+                }
                 return rec
             rec.resends += 1
             return rec
@@ -276,8 +292,9 @@ class JobStore:
         return self.update(job_id, resend)
 
     # ----- idempotency -------------------------------------------------------------------------------------------
-    def reserve_idempotency(self, tenant: str, key: str, body_sha256: str, job_id: str,
-                            ttl: int) -> IdempotencyBinding | None:
+    def reserve_idempotency(
+        self, tenant: str, key: str, body_sha256: str, job_id: str, ttl: int
+    ) -> IdempotencyBinding | None:
         """The binding already made for this key (same body), or None after binding the key to ``job_id``.
 
         The binding is one ``SET NX``, so of many concurrent requests exactly one gets None. It stays ``pending``
@@ -331,4 +348,3 @@ def attempts_exhausted(attempts: int) -> dict[str, str]:
             "it is not retried again. Try fewer samples or a smaller model, or contact the operators."
         ),
     }
-

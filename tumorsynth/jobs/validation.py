@@ -92,8 +92,11 @@ def from_pydantic(exc: ValidationError, prefix: str = "") -> InvalidRequest:
         msg = "this field is not accepted" if e["type"] == "extra_forbidden" else e["msg"]
         errors.append(FieldError(prefix + field, msg))
     for field, kinds in unions.items():
-        errors.append(FieldError(field, f"must be {', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1
-                                 else f"must be {kinds[0]}"))
+        errors.append(
+            FieldError(
+                field, f"must be {', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1 else f"must be {kinds[0]}"
+            )
+        )
     return InvalidRequest("; ".join(f"{e.field}: {e.message}" for e in errors), errors=errors)
 
 
@@ -106,8 +109,12 @@ DETERMINISTIC_TASKS = {"contrast_synthesis"}
 def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
     errs: list[FieldError] = []
     if req.tumor_class is None and entry.task in CLASS_TASKS:
-        errs.append(FieldError("tumor_class", f"{entry.id} generates a chosen tumour class; set tumor_class to one of "
-                                              f"{list(entry.classes)}"))
+        errs.append(
+            FieldError(
+                "tumor_class",
+                f"{entry.id} generates a chosen tumour class; set tumor_class to one of {list(entry.classes)}",
+            )
+        )
     if entry.task in DETERMINISTIC_TASKS and req.num_samples != 1:
         errs.append(FieldError("num_samples", f"{entry.id} is deterministic (one output per input); ask for 1"))
     if req.tumor_class is not None:
@@ -116,14 +123,16 @@ def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
         elif req.tumor_class not in entry.classes:
             errs.append(FieldError("tumor_class", f"'{req.tumor_class}' is not one of {list(entry.classes)}"))
     errs += option_errors(req, entry)
-    if req.intensity is not None and (why := scale_errors(entry.config, entry.id, req.intensity,
-                                                          req.modalities or entry.modalities)):
+    if req.intensity is not None and (
+        why := scale_errors(entry.config, entry.id, req.intensity, req.modalities or entry.modalities)
+    ):
         errs.append(FieldError("intensity", why))
     if req.modalities:
         unknown = [m for m in req.modalities if m not in entry.modalities]
         if unknown:
-            errs.append(FieldError("modalities",
-                                   f"{unknown} not made by {entry.id}; it makes {list(entry.modalities)}"))
+            errs.append(
+                FieldError("modalities", f"{unknown} not made by {entry.id}; it makes {list(entry.modalities)}")
+            )
     if req.sampler is not None:
         names = [s.name for s in entry.samplers]
         if req.sampler.name is not None and req.sampler.name not in names:
@@ -131,8 +140,9 @@ def check_against_model(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
         elif req.sampler.steps is not None:
             spec = entry.sampler(req.sampler.name)
             if not spec.min_steps <= req.sampler.steps <= spec.max_steps:
-                errs.append(FieldError(
-                    "sampler.steps", f"{spec.name} takes {spec.min_steps} to {spec.max_steps} steps"))
+                errs.append(
+                    FieldError("sampler.steps", f"{spec.name} takes {spec.min_steps} to {spec.max_steps} steps")
+                )
     return errs
 
 
@@ -149,11 +159,17 @@ def option_errors(req: JobRequest, entry: ModelEntry) -> list[FieldError]:
     names = {o.name for o in entry.options}
     if req.truncation is not None:
         if "truncation" not in names:
-            return [FieldError("truncation", f"{entry.id} takes no truncation (only StyleGAN2 models do); leave it "
-                                             "out")]
+            return [
+                FieldError("truncation", f"{entry.id} takes no truncation (only StyleGAN2 models do); leave it out")
+            ]
         if req.options and "truncation" in req.options and req.options["truncation"] != req.truncation:
-            return [FieldError("truncation", f"differs from options.truncation ({req.options['truncation']}); send "
-                                             "options.truncation only (top-level truncation is deprecated)")]
+            return [
+                FieldError(
+                    "truncation",
+                    f"differs from options.truncation ({req.options['truncation']}); send "
+                    "options.truncation only (top-level truncation is deprecated)",
+                )
+            ]
     _, errs = resolve_options(entry.options, requested_options(req), entry.id)
     aliased = req.truncation is not None and "truncation" not in (req.options or {})
     return [FieldError("truncation", e.message) if aliased and e.field == "options.truncation" else e for e in errs]
@@ -167,8 +183,13 @@ def delivery_errors(req: JobRequest, tenant: str, settings) -> list[FieldError]:
     if "dicom" not in (req.formats or []):
         errs.append(FieldError("send_to", 'a PACS receives DICOM: add "dicom" to formats (["nifti", "dicom"])'))
     if tenant not in settings.pacs_destinations:
-        errs.append(FieldError("send_to", f"tenant {tenant!r} has no PACS destination configured "
-                                          "(TUMORSYNTH_PACS_DESTINATIONS); leave send_to out or ask the operators"))
+        errs.append(
+            FieldError(
+                "send_to",
+                f"tenant {tenant!r} has no PACS destination configured "
+                "(TUMORSYNTH_PACS_DESTINATIONS); leave send_to out or ask the operators",
+            )
+        )
     return errs
 
 

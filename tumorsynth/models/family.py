@@ -57,8 +57,10 @@ class Family:
             raise ValueError(f"family {self.name}: every family has a 'tiny' preset (the contract test runs it)")
         unknown = [o for o in self.runtime_options if o not in SERVING_OPTIONS]
         if unknown:
-            raise ValueError(f"family {self.name}: runtime_options {unknown} are not serving options a worker passes; "
-                             f"choose from {', '.join(SERVING_OPTIONS)}")
+            raise ValueError(
+                f"family {self.name}: runtime_options {unknown} are not serving options a worker passes; "
+                f"choose from {', '.join(SERVING_OPTIONS)}"
+            )
 
     def generator_class(self) -> Callable[..., Generator]:
         return load_object(self.generator)

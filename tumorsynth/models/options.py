@@ -40,8 +40,9 @@ class OptionSpec:
 
     @classmethod
     def from_config(cls, raw: Mapping) -> OptionSpec:
-        return cls(**{k: raw[k] for k in ("name", "type", "default", "min", "max", "nullable", "description")
-                      if k in raw})
+        return cls(
+            **{k: raw[k] for k in ("name", "type", "default", "min", "max", "nullable", "description") if k in raw}
+        )
 
     def as_config(self) -> dict:
         """What ``config.json`` and ``GET /v1/models`` carry."""
@@ -63,8 +64,11 @@ def checkpoint_options(config: Mapping) -> tuple[OptionSpec, ...]:
     """A checkpoint's options: its ``config.json`` ``"options"``, else its family's declaration (checkpoints written
     before options were recorded); each default taken from the checkpoint's ``sampling`` where it names one."""
     declared = config.get("options")
-    specs = tuple(OptionSpec.from_config(o) for o in declared) if declared is not None \
+    specs = (
+        tuple(OptionSpec.from_config(o) for o in declared)
+        if declared is not None
         else family_options(str(config.get("family", "")))
+    )
     sampling = config.get("sampling") or {}
     return tuple(s.with_default(sampling[s.name]) if s.name in sampling else s for s in specs)
 
@@ -78,7 +82,8 @@ def _type_error(spec: OptionSpec, value: object) -> str | None:
     if spec.type == "int" and not isinstance(value, int):
         return f"must be an integer, not {value!r}"
     if not math.isfinite(value if isinstance(value, float) else 0.0) or (
-            spec.type == "float" and isinstance(value, int) and abs(value) > sys.float_info.max):
+        spec.type == "float" and isinstance(value, int) and abs(value) > sys.float_info.max
+    ):
         return f"must be a finite number, not {value!r}"
     return None
 
@@ -88,13 +93,17 @@ def _bounds_error(spec: OptionSpec, value: Number) -> str | None:
     high = math.inf if spec.max is None else spec.max
     if low <= value <= high:
         return None
-    where = f"within [{spec.min}, {spec.max}]" if spec.min is not None and spec.max is not None else \
-        (f">= {spec.min}" if spec.min is not None else f"<= {spec.max}")
+    where = (
+        f"within [{spec.min}, {spec.max}]"
+        if spec.min is not None and spec.max is not None
+        else (f">= {spec.min}" if spec.min is not None else f"<= {spec.max}")
+    )
     return f"must be {where}, got {value}"
 
 
-def resolve_options(specs: Sequence[OptionSpec], given: Mapping | None,
-                    model_id: str) -> tuple[dict[str, Number | None], list[FieldError]]:
+def resolve_options(
+    specs: Sequence[OptionSpec], given: Mapping | None, model_id: str
+) -> tuple[dict[str, Number | None], list[FieldError]]:
     """(every option with the given value or its default, ``[]``) or (``{}``, the problems with ``given``, each
     naming ``options.<name>``)."""
     if given is None:

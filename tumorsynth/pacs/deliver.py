@@ -31,10 +31,16 @@ def backoff(settings, attempts: int) -> float:
 
 def summary(d: dict) -> dict:
     """What the job shows (``Job.delivery``)."""
-    return {"target": d["target"], "destination": d["destination"], "state": d["state"], "attempts": d["attempts"],
-            "instances": d["instances"], "last_error": d["last_error"],
-            "delivered_at": rfc3339(d["delivered_at"]),
-            "next_attempt_at": rfc3339(d["next_attempt_at"]) if d["state"] == "pending" else None}
+    return {
+        "target": d["target"],
+        "destination": d["destination"],
+        "state": d["state"],
+        "attempts": d["attempts"],
+        "instances": d["instances"],
+        "last_error": d["last_error"],
+        "delivered_at": rfc3339(d["delivered_at"]),
+        "next_attempt_at": rfc3339(d["next_attempt_at"]) if d["state"] == "pending" else None,
+    }
 
 
 class PacsDeliverer:
@@ -66,8 +72,9 @@ class PacsDeliverer:
             d["last_error"] = (str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}")[:500]
             if d["attempts"] >= s.pacs_max_attempts or dest is None:
                 d["state"] = "failed"
-                log.warning("PACS delivery of job %s failed after %d attempts: %s", d["job_id"], d["attempts"],
-                            d["last_error"])
+                log.warning(
+                    "PACS delivery of job %s failed after %d attempts: %s", d["job_id"], d["attempts"], d["last_error"]
+                )
             else:
                 d["next_attempt_at"] = time.time() + backoff(s, d["attempts"])
         self.outbox.save(d, outcome)
@@ -101,8 +108,14 @@ class PacsDeliverer:
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Claim due deliveries as pool threads free up (``webhooks.claim_loop``)."""
-        run_claim_loop(lambda limit: self.outbox.claim_due(self.claim_seconds, limit=limit), self.attempt, PARALLEL,
-                       self.settings.webhook_poll_seconds, "pacs", stop)
+        run_claim_loop(
+            lambda limit: self.outbox.claim_due(self.claim_seconds, limit=limit),
+            self.attempt,
+            PARALLEL,
+            self.settings.webhook_poll_seconds,
+            "pacs",
+            stop,
+        )
 
 
 def start_pacs_deliverer(r, store, settings) -> threading.Thread:

@@ -50,12 +50,15 @@ Destination = Annotated[DimseDestination | StowDestination, Field(discriminator=
 def check_uid_root(root: str) -> str:
     """An organisation root for fresh UIDs: dotted decimal components without leading zeros, ending with '.'."""
     if not UID_ROOT.match(root):
-        raise ValueError(f"TUMORSYNTH_DICOM_UID_ROOT {root!r} is not a UID root: digits in dot-separated "
-                         "components without leading zeros, ending with '.', e.g. '1.2.826.0.1.3680043.8.498.'")
+        raise ValueError(
+            f"TUMORSYNTH_DICOM_UID_ROOT {root!r} is not a UID root: digits in dot-separated "
+            "components without leading zeros, ending with '.', e.g. '1.2.826.0.1.3680043.8.498.'"
+        )
     if len(root) > MAX_UID_ROOT:
-        raise ValueError(f"TUMORSYNTH_DICOM_UID_ROOT is {len(root)} characters; at most {MAX_UID_ROOT}, so UIDs "
-                         "under it keep enough random digits")
+        raise ValueError(
+            f"TUMORSYNTH_DICOM_UID_ROOT is {len(root)} characters; at most {MAX_UID_ROOT}, so UIDs "
+            "under it keep enough random digits"
+        )
     if root.split(".")[0] not in ("0", "1", "2"):
         raise ValueError(f"TUMORSYNTH_DICOM_UID_ROOT {root!r} must start with 0, 1 or 2 (an ISO/ITU-T arc)")
     return root
-

@@ -37,9 +37,19 @@ def on_transition(pipe, before: str | None, rec: JobRecord) -> None:
     if rec.request.get("send_to") != "pacs" or rec.status != "succeeded" or before == "succeeded":
         return
     t = time.time()
-    record = {"job_id": rec.id, "tenant": rec.tenant, "target": "pacs", "destination": "", "state": "pending",
-              "attempts": 0, "instances": None, "created_at": t, "next_attempt_at": t, "last_error": None,
-              "delivered_at": None}
+    record = {
+        "job_id": rec.id,
+        "tenant": rec.tenant,
+        "target": "pacs",
+        "destination": "",
+        "state": "pending",
+        "attempts": 0,
+        "instances": None,
+        "created_at": t,
+        "next_attempt_at": t,
+        "last_error": None,
+        "delivered_at": None,
+    }
     pipe.set(delivery_key(rec.id), json.dumps(record))
     pipe.zadd(DUE, {rec.id: t})
 
@@ -82,10 +92,12 @@ class PacsOutbox:
 def metrics(r):
     """Prometheus families for ``/metrics``: finished deliveries by outcome, attempts by result, pending now."""
     counts = {k.decode(): float(v) for k, v in r.hgetall(COUNTS).items()}
-    deliveries = CounterMetricFamily("tumorsynth_pacs_deliveries", "PACS deliveries finished, by outcome",
-                                     labels=["outcome"])
-    attempts = CounterMetricFamily("tumorsynth_pacs_delivery_attempts", "PACS delivery attempts, by result",
-                                   labels=["result"])
+    deliveries = CounterMetricFamily(
+        "tumorsynth_pacs_deliveries", "PACS deliveries finished, by outcome", labels=["outcome"]
+    )
+    attempts = CounterMetricFamily(
+        "tumorsynth_pacs_delivery_attempts", "PACS delivery attempts, by result", labels=["result"]
+    )
     for outcome in ("delivered", "failed"):
         deliveries.add_metric([outcome], counts.get(f"deliveries:{outcome}", 0.0))
     for result in ("ok", "error"):

@@ -47,18 +47,24 @@ def send_dimse(dest: DimseDestination, archive: zipfile.ZipFile, names: list[str
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.called_ae)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
-        raise DeliveryError(f"{dest.describe()}: association {why} (check host, port and the called AE title "
-                            f"{dest.called_ae!r}; calling AE {dest.calling_ae!r})")
+        raise DeliveryError(
+            f"{dest.describe()}: association {why} (check host, port and the called AE title "
+            f"{dest.called_ae!r}; calling AE {dest.calling_ae!r})"
+        )
     try:
         for n, name in enumerate(names, start=1):
             status = assoc.send_c_store(pydicom.dcmread(io.BytesIO(archive.read(name))))
             code = getattr(status, "Status", None)
             if code is None:
-                raise DeliveryError(f"{dest.describe()}: no C-STORE response for instance {n} of {len(names)} "
-                                    "(connection lost or timed out)")
+                raise DeliveryError(
+                    f"{dest.describe()}: no C-STORE response for instance {n} of {len(names)} "
+                    "(connection lost or timed out)"
+                )
             if code != 0x0000 and not 0xB000 <= code <= 0xBFFF:
-                raise DeliveryError(f"{dest.describe()}: C-STORE of instance {n} of {len(names)} ({name}) failed "
-                                    f"with status 0x{code:04X}")
+                raise DeliveryError(
+                    f"{dest.describe()}: C-STORE of instance {n} of {len(names)} ({name}) failed "
+                    f"with status 0x{code:04X}"
+                )
     finally:
         if assoc.is_established:
             assoc.release()
@@ -72,13 +78,18 @@ def send_stow(dest: StowDestination, archive: zipfile.ZipFile, names: list[str],
     with httpx.Client(auth=auth, timeout=timeout, follow_redirects=False, trust_env=False) as client:
         for start in range(0, len(names), STOW_BATCH):
             boundary = f"tumorsynth-{secrets.token_hex(12)}"
-            body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-                            + archive.read(n) + b"\r\n" for n in names[start:start + STOW_BATCH])
-            headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                       "Accept": "application/dicom+json"}
+            body = b"".join(
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + archive.read(n) + b"\r\n"
+                for n in names[start : start + STOW_BATCH]
+            )
+            headers = {
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": "application/dicom+json",
+            }
             try:
-                resp = client.post(f"{dest.url.rstrip('/')}/studies", content=body + f"--{boundary}--\r\n".encode(),
-                                   headers=headers)
+                resp = client.post(
+                    f"{dest.url.rstrip('/')}/studies", content=body + f"--{boundary}--\r\n".encode(), headers=headers
+                )
             except httpx.HTTPError as exc:
                 raise DeliveryError(f"{dest.describe()}: {type(exc).__name__}: {exc}") from exc
             if resp.status_code != 200:

@@ -18,7 +18,13 @@ __all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "S3Store", "make_store"]
 def make_store(settings: Settings) -> ObjectStore:
     """S3 when an endpoint is configured, else a folder (``storage_dir``) with links signed by this service."""
     if settings.s3_endpoint:
-        return S3Store(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key, settings.s3_bucket,
-                       region=settings.s3_region, secure=settings.s3_secure)
+        return S3Store(
+            settings.s3_endpoint,
+            settings.s3_access_key,
+            settings.s3_secret_key,
+            settings.s3_bucket,
+            region=settings.s3_region,
+            secure=settings.s3_secure,
+        )
     key = settings.url_signing_key or _PROCESS_SIGNING_KEY
     return LocalStore(settings.storage_dir, base_url=settings.public_url, signing_key=key.encode())

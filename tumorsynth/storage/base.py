@@ -28,11 +28,21 @@ class ObjectStore(Protocol):
     User metadata keys are lower-cased, as S3 does.
     """
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
-                  metadata: dict[str, str] | None = None) -> ObjectInfo: ...
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> ObjectInfo: ...
 
-    def put_file(self, key: str, path: Path | str, content_type: str = "application/octet-stream",
-                 metadata: dict[str, str] | None = None) -> ObjectInfo: ...
+    def put_file(
+        self,
+        key: str,
+        path: Path | str,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> ObjectInfo: ...
 
     def get_bytes(self, key: str) -> bytes: ...
 

@@ -114,12 +114,22 @@ class LocalStore:
             meta = {}
         return ObjectInfo(key, size, meta.get("etag"), meta.get("content_type"), dict(meta.get("metadata") or {}))
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
-                  metadata: dict[str, str] | None = None) -> ObjectInfo:
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> ObjectInfo:
         return self._write(key, io.BytesIO(data), content_type, metadata)
 
-    def put_file(self, key: str, path: Path | str, content_type: str = "application/octet-stream",
-                 metadata: dict[str, str] | None = None) -> ObjectInfo:
+    def put_file(
+        self,
+        key: str,
+        path: Path | str,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> ObjectInfo:
         with open(path, "rb") as source:
             return self._write(key, source, content_type, metadata)
 

@@ -25,8 +25,15 @@ from .keys import object_kind
 PART_SIZE = 16 * 1024**2
 MISSING = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
 # Codes that a later try may not see; anything else (AccessDenied, NoSuchBucket, ...) needs a person to fix it.
-BUSY = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
-        "XMinioServerNotInitialized", "XMinioStorageFull"}
+BUSY = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "XMinioServerNotInitialized",
+    "XMinioStorageFull",
+}
 META_PREFIX = "x-amz-meta-"
 
 
@@ -65,24 +72,39 @@ class S3Store:
     # The API's signed-link route serves local folders only; S3 presigns its own links.
     signing_key: bytes | None = None
 
-    def __init__(self, endpoint: str, access_key: str | None, secret_key: str | None, bucket: str,
-                 region: str = "us-east-1", secure: bool = False, *, connect_timeout: float = 5.0,
-                 read_timeout: float = 60.0):
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str | None,
+        secret_key: str | None,
+        bucket: str,
+        region: str = "us-east-1",
+        secure: bool = False,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+    ):
         host, secure = parse_endpoint(endpoint, secure)
         self.bucket, self.region = bucket, region
         # No retries here: callers retry transient errors with backoff, and an unreachable S3 must fail fast.
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-                                   retries=False, maxsize=16)
-        self.client = Minio(host, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
-                            http_client=http)
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout), retries=False, maxsize=16
+        )
+        self.client = Minio(
+            host, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http
+        )
 
     def _info(self, key: str, obj: Object) -> ObjectInfo:
-        meta = {k.lower()[len(META_PREFIX):]: v for k, v in (obj.metadata or {}).items()
-                if k.lower().startswith(META_PREFIX)}
+        meta = {
+            k.lower()[len(META_PREFIX) :]: v
+            for k, v in (obj.metadata or {}).items()
+            if k.lower().startswith(META_PREFIX)
+        }
         return ObjectInfo(key, int(obj.size or 0), obj.etag, obj.content_type, meta)
 
-    def _put(self, key: str, data: BinaryIO, length: int, content_type: str,
-             metadata: dict[str, str] | None) -> ObjectInfo:
+    def _put(
+        self, key: str, data: BinaryIO, length: int, content_type: str, metadata: dict[str, str] | None
+    ) -> ObjectInfo:
         meta = normalize_metadata(metadata)
         tags = None
         if kind := object_kind(key):  # lifecycle rules expire objects by this tag (docker/minio-init.sh)
@@ -90,16 +112,34 @@ class S3Store:
             tags["kind"] = kind
         with _translate(key):
             minio_meta = cast("dict[str, str | list[str] | tuple[str]]", meta) or None
-            result = self.client.put_object(self.bucket, key, data, length, content_type=content_type,
-                                            metadata=minio_meta, part_size=PART_SIZE, tags=tags)
+            result = self.client.put_object(
+                self.bucket,
+                key,
+                data,
+                length,
+                content_type=content_type,
+                metadata=minio_meta,
+                part_size=PART_SIZE,
+                tags=tags,
+            )
         return ObjectInfo(key, length, result.etag, content_type, meta)
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream",
-                  metadata: dict[str, str] | None = None) -> ObjectInfo:
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> ObjectInfo:
         return self._put(key, io.BytesIO(data), len(data), content_type, metadata)
 
-    def put_file(self, key: str, path: Path | str, content_type: str = "application/octet-stream",
-                 metadata: dict[str, str] | None = None) -> ObjectInfo:
+    def put_file(
+        self,
+        key: str,
+        path: Path | str,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> ObjectInfo:
         # Opened here, not by the SDK, so a missing local file is not mistaken for an unreachable S3.
         with open(path, "rb") as f:
             return self._put(key, f, os.fstat(f.fileno()).st_size, content_type, metadata)
@@ -131,8 +171,9 @@ class S3Store:
     def list(self, prefix: str) -> list[ObjectInfo]:
         with _translate(prefix):
             objects = list(self.client.list_objects(self.bucket, prefix=prefix, recursive=True))
-        return sorted((ObjectInfo(o.object_name, int(o.size or 0), o.etag) for o in objects if not o.is_dir),
-                      key=lambda i: i.key)
+        return sorted(
+            (ObjectInfo(o.object_name, int(o.size or 0), o.etag) for o in objects if not o.is_dir), key=lambda i: i.key
+        )
 
     def delete(self, key: str) -> None:
         with _translate(key):
@@ -157,8 +198,9 @@ class S3Store:
         with _translate(self.bucket):
             exists = self.client.bucket_exists(self.bucket)
         if not exists:
-            raise _unavailable(f"S3 bucket {self.bucket!r} does not exist; create it (tumorsynth's bucket-init step)",
-                               transient=False)
+            raise _unavailable(
+                f"S3 bucket {self.bucket!r} does not exist; create it (tumorsynth's bucket-init step)", transient=False
+            )
 
     def ensure_bucket(self) -> None:
         with _translate(self.bucket):

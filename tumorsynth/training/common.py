@@ -50,6 +50,7 @@ def epoch_rng(seed: int, *stream: int, rank: int = 0) -> np.random.Generator:
 
 def ema_with_warmup(decay: float):
     """``AveragedModel``'s ``avg_fn``: an exponential average whose decay grows to ``decay`` with the update count."""
+
     def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
         n = float(num_averaged)
         d = min(decay, (1 + n) / (10 + n))
@@ -67,8 +68,13 @@ def perceptual_loss(weights_path: str | None, weight: float, device):
     path = Path(weights_path)
     if not path.is_file():
         raise FileNotFoundError(f"perceptual_weights {path} does not exist (no weights are downloaded)")
-    return PerceptualLoss(spatial_dims=3, network_type="medicalnet_resnet10_23datasets", is_fake_3d=False,
-                          pretrained=True, pretrained_path=str(path)).to(device)
+    return PerceptualLoss(
+        spatial_dims=3,
+        network_type="medicalnet_resnet10_23datasets",
+        is_fake_3d=False,
+        pretrained=True,
+        pretrained_path=str(path),
+    ).to(device)
 
 
 class ResumableTrainer(Generic[ConfigT]):
@@ -126,8 +132,10 @@ class ResumableTrainer(Generic[ConfigT]):
 
         entry = entry_at(Path(checkpoint_dir))
         if entry.config.get("network") != model_config["network"]:
-            raise ValueError(f"init_from {checkpoint_dir}: its network differs from this config's (preset "
-                             f"'{getattr(self.cfg, 'preset', '?')}'); start from a checkpoint of the same preset")
+            raise ValueError(
+                f"init_from {checkpoint_dir}: its network differs from this config's (preset "
+                f"'{getattr(self.cfg, 'preset', '?')}'); start from a checkpoint of the same preset"
+            )
         load_into(module, entry, self.device)
         log.info("initialised from %s (%s)", entry.id, entry.weights_sha256[:12])
         return entry

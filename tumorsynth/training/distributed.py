@@ -49,7 +49,7 @@ class World:
         if not self.enabled:
             return batches
         usable = len(batches) - len(batches) % self.size or len(batches)
-        return batches[self.rank:usable:self.size]
+        return batches[self.rank : usable : self.size]
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """``module`` under DDP when distributed (gradients averaged across ranks), else itself."""

@@ -33,8 +33,11 @@ def scanner_stats(subjects: Sequence[Subject], modalities: Sequence[str] = MODAL
         rows = [s for s in (subject_stats(sub, m) for sub in subjects if m in sub.paths) if s is not None]
         if rows:
             means, stds = np.array(rows).T
-            out[m] = {"mean": round(float(np.median(means)), 2), "std": round(float(np.median(stds)), 2),
-                      "subjects": len(rows)}
+            out[m] = {
+                "mean": round(float(np.median(means)), 2),
+                "std": round(float(np.median(stds)), 2),
+                "subjects": len(rows),
+            }
     return out
 
 

@@ -133,12 +133,18 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
 
 
-def prepare(data_dir: Path, config: dict, classes: list[str], max_subjects: int | None = None,
-            progress: Callable[[int, int], None] | None = None) -> Prepared:
+def prepare(
+    data_dir: Path,
+    config: dict,
+    classes: list[str],
+    max_subjects: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Prepared:
     subjects = find_subjects(data_dir)
     if not subjects:
-        raise FileNotFoundError(f"no BraTS-format subjects under {data_dir} (expected <id>/<id>_t1.nii.gz … or "
-                                "<id>/<id>-t1n.nii.gz …)")
+        raise FileNotFoundError(
+            f"no BraTS-format subjects under {data_dir} (expected <id>/<id>_t1.nii.gz … or <id>/<id>-t1n.nii.gz …)"
+        )
     subjects = subjects[:max_subjects] if max_subjects else subjects
     grid, fov = tuple(config["output"]["shape"]), tuple(config["fov_mm"])
     images, regions, labels = [], [], []
@@ -160,8 +166,15 @@ def augment(images: torch.Tensor, regions: torch.Tensor, cfg: LDMTrainConfig) ->
     if cfg.flip:
         transforms.append(tio.RandomFlip(axes=(0,), flip_probability=0.5))
     if cfg.scale_range > 0:
-        transforms.append(tio.RandomAffine(scales=cfg.scale_range, degrees=0, translation=0,
-                                           image_interpolation="linear", label_interpolation="nearest"))
+        transforms.append(
+            tio.RandomAffine(
+                scales=cfg.scale_range,
+                degrees=0,
+                translation=0,
+                image_interpolation="linear",
+                label_interpolation="nearest",
+            )
+        )
     if not transforms:
         return images, regions
     t = tio.Compose(transforms)
@@ -194,8 +207,9 @@ def region_weights(regions: torch.Tensor, weights) -> torch.Tensor:
     return 1 + (regions * w).sum(dim=1, keepdim=True)
 
 
-def random_crops(images: torch.Tensor, regions: torch.Tensor, size, tumour_fraction: float,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_crops(
+    images: torch.Tensor, regions: torch.Tensor, size, tumour_fraction: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One crop of ``size`` per (image, regions) pair; with probability ``tumour_fraction`` centred on a random
     tumour voxel, otherwise on a random brain voxel (non-zero in any contrast); windows are kept inside the grid."""
     size = tuple(int(n) for n in size)
@@ -229,8 +243,16 @@ def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer(ResumableTrainer[LDMTrainConfig]):
-    def __init__(self, cfg: LDMTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
-                 on_epoch: Callable[[dict], None] | None = None, progress=None):
+    def __init__(
+        self,
+        cfg: LDMTrainConfig,
+        data_dir: Path,
+        out_dir: Path,
+        work_dir: Path,
+        device: str = "cpu",
+        on_epoch: Callable[[dict], None] | None = None,
+        progress=None,
+    ):
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
         self._join_world(device, cfg.amp)  # torchrun: one process per GPU, DDP; otherwise one process
         self.on_epoch = on_epoch
@@ -249,8 +271,13 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
-            self.disc = PatchDiscriminator(spatial_dims=3, channels=cfg.disc_channels, in_channels=len(MODALITIES),
-                                           num_layers_d=cfg.disc_layers, norm="INSTANCE").to(self.device)
+            self.disc = PatchDiscriminator(
+                spatial_dims=3,
+                channels=cfg.disc_channels,
+                in_channels=len(MODALITIES),
+                num_layers_d=cfg.disc_layers,
+                norm="INSTANCE",
+            ).to(self.device)
         self.ssim = SSIMLoss(spatial_dims=3, data_range=cfg.ssim_range, win_size=5)
         self.adv = PatchAdversarialLoss(criterion="least_squares")
         self.perceptual = perceptual_loss(cfg.perceptual_weights, cfg.perceptual_weight, self.device)
@@ -271,19 +298,26 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
             if cfg.ema_warmup:
                 self.ema = AveragedModel(self.net.unet, avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
             else:
-                self.ema = AveragedModel(self.net.unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
-                                         use_buffers=True)
+                self.ema = AveragedModel(
+                    self.net.unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+                )
         self.warmup = torch.optim.lr_scheduler.LambdaLR(
-            self.opt_unet, lambda step: min(1.0, (step + 1) / max(1, cfg.diffusion_warmup_steps)))
+            self.opt_unet, lambda step: min(1.0, (step + 1) / max(1, cfg.diffusion_warmup_steps))
+        )
         self.state = {"stage": 1, "epoch": 0, "metrics": [], "scale_factor": None}
         if cfg.init_from:
             self.init_weights(Path(cfg.init_from))
         self.train_scheduler = _ddpm(make_scheduler("ddpm", 1000, self.model_config["schedule"]))
 
-
     def _resumable(self) -> dict[str, Stateful]:
-        parts: dict[str, Stateful] = {"net": self.net, "disc": self.disc, "opt_ae": self.opt_ae,
-                                      "opt_d": self.opt_d, "opt_unet": self.opt_unet, "warmup": self.warmup}
+        parts: dict[str, Stateful] = {
+            "net": self.net,
+            "disc": self.disc,
+            "opt_ae": self.opt_ae,
+            "opt_d": self.opt_d,
+            "opt_unet": self.opt_unet,
+            "warmup": self.warmup,
+        }
         return parts | ({"ema": self.ema} if self.ema is not None else {})
 
     def init_weights(self, checkpoint_dir: Path) -> None:
@@ -295,7 +329,6 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
             self.state.update(stage=2, epoch=0, init_from=str(checkpoint_dir), init_sha256=entry.weights_sha256)
         if self.cfg.ae_freeze_encoder:  # same latents: the trained UNet's scale factor stays
             self.state["scale_factor"] = float(self.net.scale_factor)
-
 
     def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, i: int, n: int) -> None:
         self.scaler.scale(loss / self.cfg.grad_accum).backward()
@@ -311,12 +344,15 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         ae.train()
         self.disc.train()
         order = rng.permutation(train_idx)
-        batches = self.world.shard([order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
+        batches = self.world.shard([order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
         ae_train, disc_train = self._wrapped("ae", ae), self._wrapped("disc", self.disc)
         sums = {"l1": 0.0, "ssim": 0.0, "kl": 0.0, "adv_g": 0.0, "disc": 0.0}
         adversarial = epoch >= cfg.adv_start_epoch and cfg.adv_weight > 0
-        task = self.progress.add_task(f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}", total=len(batches)) \
-            if self.progress else None
+        task = (
+            self.progress.add_task(f"autoencoder epoch {epoch + 1}/{cfg.ae_epochs}", total=len(batches))
+            if self.progress
+            else None
+        )
         for i, idx in enumerate(batches):
             x, r = augment(data.images[idx], data.regions[idx], cfg)
             if cfg.ae_crop:
@@ -335,17 +371,20 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
                     loss = loss + cfg.perceptual_weight * self.perceptual(recon.float(), x)
                 adv_g = torch.zeros((), device=self.device)
                 if adversarial:
-                    adv_g = self.adv(self.disc(recon.contiguous().float())[-1], target_is_real=True,
-                                     for_discriminator=False)
+                    adv_g = self.adv(
+                        self.disc(recon.contiguous().float())[-1], target_is_real=True, for_discriminator=False
+                    )
                     loss = loss + cfg.adv_weight * adv_g
             self._step(loss, self.opt_ae, i, len(batches))
             d_loss = torch.zeros(())
             if adversarial:
                 with self._autocast():  # fake and real in one forward: DDP wants one forward per backward
                     both = disc_train(torch.cat([recon.detach().float(), x]).contiguous())[-1]
-                    fake, real = both[:len(x)], both[len(x):]
-                    d_loss = 0.5 * (self.adv(fake, target_is_real=False, for_discriminator=True)
-                                    + self.adv(real, target_is_real=True, for_discriminator=True))
+                    fake, real = both[: len(x)], both[len(x) :]
+                    d_loss = 0.5 * (
+                        self.adv(fake, target_is_real=False, for_discriminator=True)
+                        + self.adv(real, target_is_real=True, for_discriminator=True)
+                    )
                 self._step(cfg.adv_weight * d_loss, self.opt_d, i, len(batches))
             for k, v in (("l1", l1), ("ssim", ssim), ("kl", kl), ("adv_g", adv_g), ("disc", d_loss)):
                 sums[k] += float(v.detach())
@@ -375,8 +414,11 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
             for b in np.array_split(idx, max(1, math.ceil(len(idx) / self.cfg.batch_size))):
                 if len(b) == 0:
                     continue
-                x, r = (data.images[b], data.regions[b]) if copy_i == 0 else augment(data.images[b],
-                                                                                      data.regions[b], self.cfg)
+                x, r = (
+                    (data.images[b], data.regions[b])
+                    if copy_i == 0
+                    else augment(data.images[b], data.regions[b], self.cfg)
+                )
                 z_mu, _ = self.net.autoencoder.encode(x.to(self.device))
                 zs.append(z_mu.float())
                 conds.append(self.net.condition(r.to(self.device)))
@@ -389,18 +431,22 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         net.unet.train()
         order = rng.permutation(len(latents))
         bs = cfg.diffusion_batch_size
-        batches = self.world.shard([order[i:i + bs] for i in range(0, len(order), bs)])
+        batches = self.world.shard([order[i : i + bs] for i in range(0, len(order), bs)])
         unet_train = self._wrapped("unet", net.unet)
         total = 0.0
         sched = self.train_scheduler
-        task = self.progress.add_task(f"diffusion epoch {epoch + 1}/{cfg.diffusion_epochs}", total=len(batches)) \
-            if self.progress else None
+        task = (
+            self.progress.add_task(f"diffusion epoch {epoch + 1}/{cfg.diffusion_epochs}", total=len(batches))
+            if self.progress
+            else None
+        )
         for i, idx in enumerate(batches):
             z0 = latents[idx] * net.scale_factor
             noise = torch.randn_like(z0)
             # diffusers annotates timesteps as the legacy IntTensor; it takes randint's int64 tensor
-            t = cast(torch.IntTensor, torch.randint(0, sched.config["num_train_timesteps"], (len(idx),),
-                                                    device=self.device))
+            t = cast(
+                torch.IntTensor, torch.randint(0, sched.config["num_train_timesteps"], (len(idx),), device=self.device)
+            )
             z_t = sched.add_noise(z0, noise, t)
             y = labels[idx].clone()
             y[torch.rand(len(idx), device=self.device) < cfg.class_dropout] = 0
@@ -428,14 +474,23 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         t0 = time.time()
         data = prepare(self.data_dir, self.model_config, self.classes, cfg.max_subjects)
         train_idx, val_idx = split(len(data.ids), cfg.val_fraction, cfg.seed)
-        log.info("%d subjects (%d train, %d validation), prepared in %.1fs", len(data.ids), len(train_idx),
-                 len(val_idx), time.time() - t0)
+        log.info(
+            "%d subjects (%d train, %d validation), prepared in %.1fs",
+            len(data.ids),
+            len(train_idx),
+            len(val_idx),
+            time.time() - t0,
+        )
         if self.state["stage"] == 1:
             while self.state["epoch"] < cfg.ae_epochs:
                 e = self.state["epoch"]
                 t = time.time()
-                row = {"stage": "autoencoder", "epoch": e + 1} | self.train_autoencoder_epoch(data, train_idx, e) \
-                    | self.validate_autoencoder(data, val_idx) | {"seconds": round(time.time() - t, 2)}
+                row = (
+                    {"stage": "autoencoder", "epoch": e + 1}
+                    | self.train_autoencoder_epoch(data, train_idx, e)
+                    | self.validate_autoencoder(data, val_idx)
+                    | {"seconds": round(time.time() - t, 2)}
+                )
                 self.state["epoch"] = e + 1
                 self._log(row)
                 self.save_state()
@@ -456,8 +511,11 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         while self.state["epoch"] < cfg.diffusion_epochs:
             e = self.state["epoch"]
             t = time.time()
-            row = {"stage": "diffusion", "epoch": e + 1} | self.train_diffusion_epoch(latents, conds, labels, e) \
+            row = (
+                {"stage": "diffusion", "epoch": e + 1}
+                | self.train_diffusion_epoch(latents, conds, labels, e)
                 | {"seconds": round(time.time() - t, 2)}
+            )
             self.state["epoch"] = e + 1
             self._log(row)
             self.save_state()
@@ -472,16 +530,26 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         config = copy.deepcopy(self.model_config)
         trained_on = describe_data(self.data_dir, data, train_idx)
         last = {r["stage"]: r for r in self.state["metrics"]}
-        config.update(trained=True, trained_on=trained_on,
-                      training={"config": asdict(cfg), "subjects": {"train": len(train_idx), "val": len(val_idx)},
-                                "validation_ids": [data.ids[i] for i in val_idx],
-                                "final": last, "seconds": round(seconds, 1),
-                                "epoch_seconds": round(sum(r.get("seconds", 0) for r in self.state["metrics"]), 1),
-                                "device": str(self.device), "processes": self.world.size,
-                                "torch": torch.__version__})
+        config.update(
+            trained=True,
+            trained_on=trained_on,
+            training={
+                "config": asdict(cfg),
+                "subjects": {"train": len(train_idx), "val": len(val_idx)},
+                "validation_ids": [data.ids[i] for i in val_idx],
+                "final": last,
+                "seconds": round(seconds, 1),
+                "epoch_seconds": round(sum(r.get("seconds", 0) for r in self.state["metrics"]), 1),
+                "device": str(self.device),
+                "processes": self.world.size,
+                "torch": torch.__version__,
+            },
+        )
         if self.state.get("init_from"):
-            config["training"]["autoencoder_from"] = {"checkpoint": self.state["init_from"],
-                                                      "sha256": self.state["init_sha256"]}
+            config["training"]["autoencoder_from"] = {
+                "checkpoint": self.state["init_from"],
+                "sha256": self.state["init_sha256"],
+            }
         if self.ema is not None:  # the checkpoint serves the averaged weights
             self.net.unet.load_state_dict(self.ema.module.state_dict())
         record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_idx], config["modalities"])

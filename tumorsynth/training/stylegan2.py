@@ -115,8 +115,16 @@ def lazy_adam(params, lr: float, betas: tuple[float, float], interval: int) -> t
 
 
 class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
-    def __init__(self, cfg: StyleGAN2TrainConfig, data_dir: Path, out_dir: Path, work_dir: Path,
-                 device: str = "cpu", on_epoch: Callable[[dict], None] | None = None, progress=None):
+    def __init__(
+        self,
+        cfg: StyleGAN2TrainConfig,
+        data_dir: Path,
+        out_dir: Path,
+        work_dir: Path,
+        device: str = "cpu",
+        on_epoch: Callable[[dict], None] | None = None,
+        progress=None,
+    ):
         if cfg.preset not in PRESETS:
             raise ValueError(f"unknown preset '{cfg.preset}'; choose one of {', '.join(PRESETS)}")
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
@@ -148,8 +156,15 @@ class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
     def load_data(self) -> SliceSet:
         cfg = self.cfg
         res = PRESETS[cfg.preset]["network"]["resolution"]
-        return load_slices(self.data_dir, res, cfg.classes, modality=cfg.modality, class_map=cfg.class_map,
-                           per_subject=cfg.slices_per_subject, max_per_class=cfg.max_per_class)
+        return load_slices(
+            self.data_dir,
+            res,
+            cfg.classes,
+            modality=cfg.modality,
+            class_map=cfg.class_map,
+            per_subject=cfg.slices_per_subject,
+            max_per_class=cfg.max_per_class,
+        )
 
     def _resumable(self) -> dict[str, Stateful]:
         return {"G": self.G, "G_ema": self.G_ema, "D": self.D, "opt_g": self.opt_g, "opt_d": self.opt_d}
@@ -235,8 +250,11 @@ class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
             class_logits = self.D.last_class_logits
             fake_logits = self._D(fake, fake_labels).float()
         loss = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
-        out = {"loss_d": float(loss.detach()), "d_real": float(real_logits.detach().mean()),
-               "d_fake": float(fake_logits.detach().mean())}
+        out = {
+            "loss_d": float(loss.detach()),
+            "d_real": float(real_logits.detach().mean()),
+            "d_fake": float(fake_logits.detach().mean()),
+        }
         if cfg.ac_weight > 0:  # on reals only: D learns the classes from true labels, not from G's attempts
             assert class_logits is not None
             ac = F.cross_entropy(class_logits.float(), labels)
@@ -275,12 +293,16 @@ class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
         self.G.train()
         self.D.train()
         order = rng.permutation(len(self.data.labels))
-        batches = self.world.shard([order[i:i + cfg.batch_size]
-                                    for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)])
+        batches = self.world.shard(
+            [order[i : i + cfg.batch_size] for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)]
+        )
         sums: dict[str, float] = {}
         seen: dict[str, int] = {}
-        task = self.progress.add_task(f"StyleGAN2 epoch {epoch + 1}/{cfg.epochs}", total=len(batches)) \
-            if self.progress else None
+        task = (
+            self.progress.add_task(f"StyleGAN2 epoch {epoch + 1}/{cfg.epochs}", total=len(batches))
+            if self.progress
+            else None
+        )
         for idx in batches:
             real = self.data.images[idx].to(self.device) * 2 - 1  # (B, 1, R, R) in [-1, 1]
             if cfg.xflip:
@@ -308,11 +330,15 @@ class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
         while self.state["epoch"] < cfg.epochs:
             e = self.state["epoch"]
             t, cpu = time.time(), time.process_time()
-            row = {"epoch": e + 1} | self.train_epoch(e) | {"seconds": round(time.time() - t, 2),
-                                                             "cpu_seconds": round(time.process_time() - cpu, 2)}
+            row = (
+                {"epoch": e + 1}
+                | self.train_epoch(e)
+                | {"seconds": round(time.time() - t, 2), "cpu_seconds": round(time.process_time() - cpu, 2)}
+            )
             if not all(np.isfinite(v) for v in row.values() if isinstance(v, float)):
-                raise FloatingPointError(f"epoch {e + 1}: a loss is not finite ({row}); lower lr_g/lr_d or raise "
-                                         "r1_gamma")
+                raise FloatingPointError(
+                    f"epoch {e + 1}: a loss is not finite ({row}); lower lr_g/lr_d or raise r1_gamma"
+                )
             self.state["epoch"] = e + 1
             self._log(row)
             self.save_state()
@@ -330,16 +356,30 @@ class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
         config = copy.deepcopy(self.model_config)
         trained_on = describe_data(self.data_dir, self.data)
         last = self.state["metrics"][-1] if self.state["metrics"] else {}
-        config.update(trained=True, trained_on=trained_on,
-                      training={"config": asdict(cfg), "slices": len(self.data.labels), "final": last,
-                                "images_seen": self.state["images_seen"], "epoch_seconds": round(seconds, 1),
-                                "epoch_cpu_seconds": round(cpu, 1),
-                                "device": str(self.device), "processes": self.world.size,
-                                "torch": torch.__version__})
+        config.update(
+            trained=True,
+            trained_on=trained_on,
+            training={
+                "config": asdict(cfg),
+                "slices": len(self.data.labels),
+                "final": last,
+                "images_seen": self.state["images_seen"],
+                "epoch_seconds": round(seconds, 1),
+                "epoch_cpu_seconds": round(cpu, 1),
+                "device": str(self.device),
+                "processes": self.world.size,
+                "torch": torch.__version__,
+            },
+        )
         if self.state.get("init_from"):
-            config["training"]["init_from"] = {"checkpoint": self.state["init_from"],
-                                               "sha256": self.state["init_sha256"]}
+            config["training"]["init_from"] = {
+                "checkpoint": self.state["init_from"],
+                "sha256": self.state["init_sha256"],
+            }
         self.G_ema.eval()
-        return save_checkpoint(self.out_dir, config=config, module=self.G_ema,
-                               card=model_card(config, cfg, last, trained_on, self.data_dir,
-                                               self.state["images_seen"]))
+        return save_checkpoint(
+            self.out_dir,
+            config=config,
+            module=self.G_ema,
+            card=model_card(config, cfg, last, trained_on, self.data_dir, self.state["images_seen"]),
+        )

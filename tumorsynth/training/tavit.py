@@ -124,20 +124,32 @@ def subject_slices(subject, config: dict, min_brain_fraction: float = 0.0) -> tu
     """One BraTS subject → (inputs (S, C, H, W), t1c (S, 1, H, W), labels (S, H, W)) for its brain slices."""
     if subject.seg is None:
         raise ValueError(f"subject {subject.id!r} has no segmentation; the segmenter needs one per subject")
-    grid, labels = prepare_subject(subject, config["output"]["shape"], config["fov_mm"],
-                                   (*image_inputs(config), "t1c"), to_grid=slice_mapping, crop=False)
+    grid, labels = prepare_subject(
+        subject,
+        config["output"]["shape"],
+        config["fov_mm"],
+        (*image_inputs(config), "t1c"),
+        to_grid=slice_mapping,
+        crop=False,
+    )
     keep = brain_slices(grid[0], min_brain_fraction)  # grid: (C + 1, H, W, Z), labels: (H, W, Z)
     slices = to_slices(grid)[keep]  # (S, C + 1, H, W)
     return slices[:, :-1], slices[:, -1:], np.moveaxis(labels, -1, 0)[keep]
 
 
-def prepare(data_dir: Path, config: dict, max_subjects: int | None = None, min_brain_fraction: float = 0.0,
-            progress: Callable[[int, int], None] | None = None) -> SliceData:
+def prepare(
+    data_dir: Path,
+    config: dict,
+    max_subjects: int | None = None,
+    min_brain_fraction: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> SliceData:
     k = int(config["network"].get("slice_context", 0))
     subjects = find_subjects(data_dir)
     if not subjects:
-        raise FileNotFoundError(f"no BraTS-format subjects under {data_dir} (expected <id>/<id>_t1.nii.gz … or "
-                                "<id>/<id>-t1n.nii.gz …)")
+        raise FileNotFoundError(
+            f"no BraTS-format subjects under {data_dir} (expected <id>/<id>_t1.nii.gz … or <id>/<id>-t1n.nii.gz …)"
+        )
     subjects = subjects[:max_subjects] if max_subjects else subjects
     inputs, targets, labels, owner, context = [], [], [], [], []
     start = 0
@@ -151,8 +163,14 @@ def prepare(data_dir: Path, config: dict, max_subjects: int | None = None, min_b
         start += len(x)
         if progress:
             progress(i + 1, len(subjects))
-    return SliceData([s.id for s in subjects], torch.cat(inputs), torch.cat(targets), torch.cat(labels),
-                     torch.cat(owner), torch.cat(context).long())
+    return SliceData(
+        [s.id for s in subjects],
+        torch.cat(inputs),
+        torch.cat(targets),
+        torch.cat(labels),
+        torch.cat(owner),
+        torch.cat(context).long(),
+    )
 
 
 def split_subjects(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -172,8 +190,16 @@ def dice(pred: torch.Tensor, true: torch.Tensor) -> float:
 
 
 class Trainer(ResumableTrainer[TAViTTrainConfig]):
-    def __init__(self, cfg: TAViTTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
-                 on_epoch: Callable[[dict], None] | None = None, progress=None):
+    def __init__(
+        self,
+        cfg: TAViTTrainConfig,
+        data_dir: Path,
+        out_dir: Path,
+        work_dir: Path,
+        device: str = "cpu",
+        on_epoch: Callable[[dict], None] | None = None,
+        progress=None,
+    ):
         from monai.losses import DiceCELoss, SSIMLoss
 
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
@@ -187,13 +213,17 @@ class Trainer(ResumableTrainer[TAViTTrainConfig]):
             self.net = build_network(self.model_config).to(self.device)
         self.net.check_grid(self.model_config["output"]["shape"])
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        class_weights = None if cfg.seg_class_weights is None else torch.tensor(cfg.seg_class_weights,
-                                                                                 dtype=torch.float32)
+        class_weights = (
+            None if cfg.seg_class_weights is None else torch.tensor(cfg.seg_class_weights, dtype=torch.float32)
+        )
         if class_weights is not None and len(class_weights) != len(self.model_config["labels"]):
-            raise ValueError(f"seg_class_weights needs {len(self.model_config['labels'])} weights, one per label "
-                             f"({', '.join(self.model_config['labels'])}); got {len(class_weights)}")
-        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True,
-                                   weight=None if class_weights is None else class_weights.to(self.device))
+            raise ValueError(
+                f"seg_class_weights needs {len(self.model_config['labels'])} weights, one per label "
+                f"({', '.join(self.model_config['labels'])}); got {len(class_weights)}"
+            )
+        self.seg_loss = DiceCELoss(
+            to_onehot_y=True, softmax=True, weight=None if class_weights is None else class_weights.to(self.device)
+        )
         self.ssim = SSIMLoss(spatial_dims=2, data_range=cfg.ssim_range, win_size=7) if cfg.ssim_weight > 0 else None
         self.state = {"epoch": 0, "metrics": []}
         if cfg.init_from:
@@ -224,10 +254,9 @@ class Trainer(ResumableTrainer[TAViTTrainConfig]):
         rng = epoch_rng(cfg.seed, epoch, rank=self.world.rank)
         net.train()
         order = rng.permutation(train_slices)
-        batches = self.world.shard([order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
+        batches = self.world.shard([order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
         sums = {"l1": 0.0, "l1_tumour": 0.0, "ssim": 0.0, "seg": 0.0, "skipped": 0}
-        task = self.progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches)) if self.progress \
-            else None
+        task = self.progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches)) if self.progress else None
         for step, idx in enumerate(batches):
             self._set_lr(epoch + step / len(batches))
             x, y, labels = self._batch(data, idx)
@@ -260,16 +289,16 @@ class Trainer(ResumableTrainer[TAViTTrainConfig]):
         if task is not None:
             self.progress.remove_task(task)
         skipped = sums.pop("skipped")
-        return {k: self.world.mean(v / max(1, len(batches) - skipped)) for k, v in sums.items()} \
-            | {"skipped_steps": skipped}
+        return {k: self.world.mean(v / max(1, len(batches) - skipped)) for k, v in sums.items()} | {
+            "skipped_steps": skipped
+        }
 
     def _l1(self, pred: torch.Tensor, y: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Plain L1, L1 over the whole tumour (0 without tumour), and the tumour-weighted L1 that is trained on."""
         err = (pred - y).abs()[:, 0]  # (B, H, W)
         tumour = (labels > 0).float()
         weights = 1 + self.cfg.tumour_weight * tumour + self.cfg.enhancing_weight * (labels == ENHANCING).float()
-        return (err.mean(), (err * tumour).sum() / tumour.sum().clamp(min=1),
-                (err * weights).sum() / weights.sum())
+        return (err.mean(), (err * tumour).sum() / tumour.sum().clamp(min=1), (err * weights).sum() / weights.sum())
 
     def _set_lr(self, epochs_done: float) -> None:
         lr = self.cfg.lr
@@ -295,9 +324,11 @@ class Trainer(ResumableTrainer[TAViTTrainConfig]):
             wt_pred.append(logits.argmax(1).cpu() > 0)
             wt_true.append(data.labels[idx] > 0)
         n_tumour = int(torch.cat(wt_true).sum())
-        return {"val_l1": l1 / data.target[val_slices].numel(),
-                "val_l1_tumour": l1_tumour / max(1, n_tumour),
-                "val_dice_wt": dice(torch.cat(wt_pred), torch.cat(wt_true))}
+        return {
+            "val_l1": l1 / data.target[val_slices].numel(),
+            "val_l1_tumour": l1_tumour / max(1, n_tumour),
+            "val_dice_wt": dice(torch.cat(wt_pred), torch.cat(wt_true)),
+        }
 
     # ----- the whole run -------------------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:
@@ -309,13 +340,23 @@ class Trainer(ResumableTrainer[TAViTTrainConfig]):
         train_ids, val_ids = split_subjects(len(data.ids), cfg.val_fraction, cfg.seed)
         train_slices = data.selection(train_ids, cfg.healthy_slice_step, cfg.tumour_slice_step)
         val_slices = data.selection(val_ids, cfg.healthy_slice_step, cfg.tumour_slice_step)
-        log.info("%d subjects (%d train, %d validation), %d slices, prepared in %.1fs", len(data.ids),
-                 len(train_ids), len(val_ids), len(data.subject), time.time() - t0)
+        log.info(
+            "%d subjects (%d train, %d validation), %d slices, prepared in %.1fs",
+            len(data.ids),
+            len(train_ids),
+            len(val_ids),
+            len(data.subject),
+            time.time() - t0,
+        )
         while self.state["epoch"] < cfg.epochs:
             e = self.state["epoch"]
             t = time.time()
-            row = {"epoch": e + 1} | self.train_epoch(data, train_slices, e) | self.validate(data, val_slices) \
+            row = (
+                {"epoch": e + 1}
+                | self.train_epoch(data, train_slices, e)
+                | self.validate(data, val_slices)
                 | {"seconds": round(time.time() - t, 2)}
+            )
             self.state["epoch"] = e + 1
             self._log(row)
             self.save_state()
@@ -331,24 +372,41 @@ class Trainer(ResumableTrainer[TAViTTrainConfig]):
         config = copy.deepcopy(self.model_config)
         trained_on = describe_data(self.data_dir, data, train_ids, n_slices)
         last = self.state["metrics"][-1] if self.state["metrics"] else {}
-        config.update(trained=True, trained_on=trained_on,
-                      training={"config": asdict(cfg), "data": str(self.data_dir.resolve()), "subjects": {"train": len(train_ids), "val": len(val_ids)},
-                                "validation_ids": [data.ids[i] for i in val_ids], "final": last,
-                                "seconds": round(seconds, 1), "device": str(self.device), "processes": self.world.size,
-                                "threads": torch.get_num_threads(), "torch": torch.__version__})
+        config.update(
+            trained=True,
+            trained_on=trained_on,
+            training={
+                "config": asdict(cfg),
+                "data": str(self.data_dir.resolve()),
+                "subjects": {"train": len(train_ids), "val": len(val_ids)},
+                "validation_ids": [data.ids[i] for i in val_ids],
+                "final": last,
+                "seconds": round(seconds, 1),
+                "device": str(self.device),
+                "processes": self.world.size,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            },
+        )
         if self.state.get("init_from"):
-            config["training"]["init_from"] = {"checkpoint": self.state["init_from"],
-                                               "sha256": self.state["init_sha256"]}
+            config["training"]["init_from"] = {
+                "checkpoint": self.state["init_from"],
+                "sha256": self.state["init_sha256"],
+            }
         record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_ids], config["modalities"])
         self.net.eval()
-        return save_checkpoint(self.out_dir, config=config, module=self.net, card=model_card(config, cfg, last,
-                                                                                             trained_on))
+        return save_checkpoint(
+            self.out_dir, config=config, module=self.net, card=model_card(config, cfg, last, trained_on)
+        )
 
 
 def describe_data(data_dir: Path, data: SliceData, train_ids, n_slices: int) -> str:
     phantom = (Path(data_dir) / "PHANTOMS.md").is_file() or all(i.startswith("Phantom") for i in data.ids)
-    kind = "phantom subjects generated by `tumorsynth phantoms` from the MNI152/ICBM152 templates (NOT patients)" \
-        if phantom else "BraTS-format subjects"
+    kind = (
+        "phantom subjects generated by `tumorsynth phantoms` from the MNI152/ICBM152 templates (NOT patients)"
+        if phantom
+        else "BraTS-format subjects"
+    )
     return f"{len(train_ids)} {kind}, {n_slices} slices (from {Path(data_dir).name})"
 
 
@@ -359,54 +417,89 @@ def model_card(config: dict, cfg: TAViTTrainConfig, last: dict, trained_on: str)
     network = config["network"]
     training = config.get("training", {})
     k = int(network.get("slice_context", 0))
-    warning = ("**Trained on phantoms for demonstration only.** Its anatomy comes from brain templates and its tumours "
-               "and their enhancement are simulated; it shows that the service works end to end. It is not a model of "
-               "real contrast enhancement: do not use its T1C for anything clinical. Train on real data with "
-               "`tumorsynth.training.tavit` on a BraTS folder.\n\n") if "phantom" in trained_on else ""
+    warning = (
+        (
+            "**Trained on phantoms for demonstration only.** Its anatomy comes from brain templates and its tumours "
+            "and their enhancement are simulated; it shows that the service works end to end. It is not a model of "
+            "real contrast enhancement: do not use its T1C for anything clinical. Train on real data with "
+            "`tumorsynth.training.tavit` on a BraTS folder.\n\n"
+        )
+        if "phantom" in trained_on
+        else ""
+    )
     metrics = ", ".join(f"{key} {v:.4g}" for key, v in last.items() if isinstance(v, float))
-    departures = ["- Segmentation predictor: MONAI residual UNet in place of the paper's MPR-ViT (not specified "
-                  "closely enough to rebuild); a user's mask replaces its prediction."]
+    departures = [
+        "- Segmentation predictor: MONAI residual UNet in place of the paper's MPR-ViT (not specified "
+        "closely enough to rebuild); a user's mask replaces its prediction."
+    ]
     if network.get("residual"):
-        departures.append("- Residual output (our choice, not the paper's): the network predicts T1C − T1 and the "
-                          "z-scored T1 is added back, at the input's own resolution when served. Healthy tissue is "
-                          "then right from the first step and the capacity goes to enhancement, and the slice grid's "
-                          "resampling no longer blurs the anatomy.")
+        departures.append(
+            "- Residual output (our choice, not the paper's): the network predicts T1C − T1 and the "
+            "z-scored T1 is added back, at the input's own resolution when served. Healthy tissue is "
+            "then right from the first step and the capacity goes to enhancement, and the slice grid's "
+            "resampling no longer blurs the anatomy."
+        )
     if k:
-        departures.append(f"- 2.5D input (our choice; the paper uses single 2D slices): each slice comes with {k} "
-                          f"neighbour{'s' if k > 1 else ''} either side as extra channels, so neighbouring outputs "
-                          "agree and coronal or sagittal views show no slice streaks.")
+        departures.append(
+            f"- 2.5D input (our choice; the paper uses single 2D slices): each slice comes with {k} "
+            f"neighbour{'s' if k > 1 else ''} either side as extra channels, so neighbouring outputs "
+            "agree and coronal or sagittal views show no slice streaks."
+        )
     if network.get("regions_in_input"):
-        departures.append("- Tumour regions also as full-resolution input channels of TA-ViT's encoder (our choice; "
-                          "the paper conditions only through the latent segmentation, which is kept): through 12×12 "
-                          "latent tokens alone a rim a few voxels thick cannot be drawn, and a first demo trained "
-                          "that way predicted no enhancement at all (rim T1C − T1 +0.03 z, truth +3.35 z).")
+        departures.append(
+            "- Tumour regions also as full-resolution input channels of TA-ViT's encoder (our choice; "
+            "the paper conditions only through the latent segmentation, which is kept): through 12×12 "
+            "latent tokens alone a rim a few voxels thick cannot be drawn, and a first demo trained "
+            "that way predicted no enhancement at all (rim T1C − T1 +0.03 z, truth +3.35 z)."
+        )
     if cfg.tumour_weight:
-        departures.append(f"- Tumour-weighted L1 (our choice; the paper's tumour awareness is its segmentation "
-                          f"conditioning, which is kept): whole-tumour voxels weigh {1 + cfg.tumour_weight:g}× a "
-                          "healthy voxel" + (f", enhancing-tumour voxels {1 + cfg.tumour_weight + cfg.enhancing_weight:g}×"
-                                             if cfg.enhancing_weight else "") + ".")
+        departures.append(
+            f"- Tumour-weighted L1 (our choice; the paper's tumour awareness is its segmentation "
+            f"conditioning, which is kept): whole-tumour voxels weigh {1 + cfg.tumour_weight:g}× a "
+            "healthy voxel"
+            + (
+                f", enhancing-tumour voxels {1 + cfg.tumour_weight + cfg.enhancing_weight:g}×"
+                if cfg.enhancing_weight
+                else ""
+            )
+            + "."
+        )
     if cfg.seg_class_weights:
-        departures.append("- Segmenter's Dice + cross-entropy weighted per label (our choice; the enhancing rim is a small "
-                          "share of the tumour and an unweighted segmenter never predicted it): "
-                          + ", ".join(f"{name} {w:g}" for name, w in zip(config["labels"], cfg.seg_class_weights))
-                          + ".")
+        departures.append(
+            "- Segmenter's Dice + cross-entropy weighted per label (our choice; the enhancing rim is a small "
+            "share of the tumour and an unweighted segmenter never predicted it): "
+            + ", ".join(f"{name} {w:g}" for name, w in zip(config["labels"], cfg.seg_class_weights))
+            + "."
+        )
     if cfg.healthy_slice_step > 1 or cfg.tumour_slice_step > 1:
+
         def every(n: int) -> str:
             return "every" if n <= 1 else f"every {n}{'nd' if n == 2 else 'rd' if n == 3 else 'th'}"
 
-        departures.append(f"- Slices: {every(cfg.tumour_slice_step)} slice holding tumour and "
-                          f"{every(cfg.healthy_slice_step)} of the others (a CPU budget).")
+        departures.append(
+            f"- Slices: {every(cfg.tumour_slice_step)} slice holding tumour and "
+            f"{every(cfg.healthy_slice_step)} of the others (a CPU budget)."
+        )
     if config["output"]["shape"] != [240, 240]:
-        departures.append(f"- Slice grid {grid} at {spacing} mm, coarser than the paper's 240×240 at 1 mm, and a "
-                          f"{sum(1 for _ in network.get('channels', []))}-level encoder narrower than the paper's "
-                          "(a CPU budget).")
-    where = (f"{training['device']}, {training.get('processes', 1)} process(es) of {training.get('threads', '?')} "
-             f"thread(s), {training['seconds'] / 60:.1f} min in all (data preparation included)") \
-        if "seconds" in training else "see config.json"
+        departures.append(
+            f"- Slice grid {grid} at {spacing} mm, coarser than the paper's 240×240 at 1 mm, and a "
+            f"{sum(1 for _ in network.get('channels', []))}-level encoder narrower than the paper's "
+            "(a CPU budget)."
+        )
+    where = (
+        (
+            f"{training['device']}, {training.get('processes', 1)} process(es) of {training.get('threads', '?')} "
+            f"thread(s), {training['seconds'] / 60:.1f} min in all (data preparation included)"
+        )
+        if "seconds" in training
+        else "see config.json"
+    )
     if training.get("init_from"):
-        where += (f", starting from the weights of `{training['init_from']['checkpoint']}` "
-                  f"(sha256 {training['init_from']['sha256'][:12]})")
-    return f"""# tavit/{config['name']}@{config['version']}
+        where += (
+            f", starting from the weights of `{training['init_from']['checkpoint']}` "
+            f"(sha256 {training['init_from']['sha256'][:12]})"
+        )
+    return f"""# tavit/{config["name"]}@{config["version"]}
 
 {warning}- Method: tumour-aware ViT (TA-ViT, arXiv 2409.01622): {inputs} → T1C on 2D slices; a residual encoder, a
   bottleneck of ViT blocks with adaLN-Zero modulation from the feature tokens plus latent segmentation tokens, a
@@ -416,8 +509,8 @@ def model_card(config: dict, cfg: TAViTTrainConfig, last: dict, trained_on: str)
   and serving; the output is 0 outside the T1's brain.
 - Trained on: {trained_on}.
 - Training: preset `{cfg.preset}`, {cfg.epochs} epochs, batch {cfg.batch_size} slices, lr {cfg.lr:g}\
-{' (half-cosine decay to 0)' if cfg.cosine else ''}, losses L1{' (tumour ×' + format(1 + cfg.tumour_weight, 'g') + ')' if cfg.tumour_weight else ''} \
-{'+ ' + format(cfg.ssim_weight, 'g') + '·SSIM ' if cfg.ssim_weight else ''}(T1C) and {cfg.seg_weight:g}·(Dice + CE)
+{" (half-cosine decay to 0)" if cfg.cosine else ""}, losses L1{" (tumour ×" + format(1 + cfg.tumour_weight, "g") + ")" if cfg.tumour_weight else ""} \
+{"+ " + format(cfg.ssim_weight, "g") + "·SSIM " if cfg.ssim_weight else ""}(T1C) and {cfg.seg_weight:g}·(Dice + CE)
   (segmentation), teacher forcing {cfg.teacher_forcing:g}, seed {cfg.seed}; on {where}.
 - Final epoch: {metrics}
 - Deterministic: one input gives one T1C.

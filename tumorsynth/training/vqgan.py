@@ -120,8 +120,16 @@ def flip_some(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 class Trainer(ResumableTrainer[VQGANTrainConfig]):
-    def __init__(self, cfg: VQGANTrainConfig, data_dir: Path, out_dir: Path, work_dir: Path, device: str = "cpu",
-                 on_epoch: Callable[[dict], None] | None = None, progress=None):
+    def __init__(
+        self,
+        cfg: VQGANTrainConfig,
+        data_dir: Path,
+        out_dir: Path,
+        work_dir: Path,
+        device: str = "cpu",
+        on_epoch: Callable[[dict], None] | None = None,
+        progress=None,
+    ):
         if cfg.preset not in PRESETS:
             raise ValueError(f"unknown preset '{cfg.preset}'; choose one of {', '.join(PRESETS)}")
         self.cfg, self.data_dir, self.out_dir, self.work_dir = cfg, Path(data_dir), Path(out_dir), Path(work_dir)
@@ -139,16 +147,21 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
-            self.disc = PatchDiscriminator(spatial_dims=3, channels=cfg.disc_channels,
-                                           in_channels=len(cfg.modalities), num_layers_d=cfg.disc_layers,
-                                           norm="INSTANCE").to(self.device)
+            self.disc = PatchDiscriminator(
+                spatial_dims=3,
+                channels=cfg.disc_channels,
+                in_channels=len(cfg.modalities),
+                num_layers_d=cfg.disc_layers,
+                norm="INSTANCE",
+            ).to(self.device)
         self.adv = PatchAdversarialLoss(criterion="least_squares")
         self.perceptual = perceptual_loss(cfg.perceptual_weights, cfg.perceptual_weight, self.device)
         vq_params = [p for p in self.net.vqgan.parameters() if p.requires_grad]  # EMA codes are not trained by Adam
         self.opt_vq = torch.optim.Adam(vq_params, lr=cfg.vq_lr, betas=(0.5, 0.9))
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9))
-        self.opt_tf = torch.optim.AdamW(self._transformer_params(), lr=cfg.transformer_lr, betas=(0.9, 0.95),
-                                        weight_decay=0.01)
+        self.opt_tf = torch.optim.AdamW(
+            self._transformer_params(), lr=cfg.transformer_lr, betas=(0.9, 0.95), weight_decay=0.01
+        )
         self.state = {"stage": 1, "epoch": 0, "metrics": []}
         if cfg.init_skip_vqgan and not cfg.init_from:
             raise ValueError("init_skip_vqgan needs init_from (the checkpoint whose VQGAN to keep)")
@@ -160,7 +173,6 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
     def _transformer_params(self) -> list[torch.nn.Parameter]:
         params = list(self.net.maskgit.parameters())
         return params + (list(self.net.ar.parameters()) if self.net.ar is not None else [])
-
 
     def _resumable(self) -> dict[str, Stateful]:
         return {"net": self.net, "disc": self.disc, "opt_vq": self.opt_vq, "opt_d": self.opt_d, "opt_tf": self.opt_tf}
@@ -174,8 +186,9 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
         self.progress.remove_task(task) if done else self.progress.advance(task)
 
     # ----- stage 1 -------------------------------------------------------------------------------------------------
-    def vq_losses(self, x: torch.Tensor, adversarial: bool, vq: torch.nn.Module | None = None
-                  ) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    def vq_losses(
+        self, x: torch.Tensor, adversarial: bool, vq: torch.nn.Module | None = None
+    ) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """The VQGAN's loss on ``x``; ``vq`` is the VQGAN or its DDP wrapper."""
         cfg = self.cfg
         out = (vq or self.net.vqgan)(x)
@@ -194,8 +207,15 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
             adv_g = self.adv(logits.float(), target_is_real=True, for_discriminator=False)
             adv_scale = cfg.adv_weight * self.adaptive_weight(l1 + cfg.grad_weight * grad, adv_g)
             loss = loss + adv_scale * adv_g
-        parts = {"l1": l1, "grad": grad, "vq": out.quantized.loss, "importance": importance, "adv_g": adv_g,
-                 "adv_scale": adv_scale, "perplexity": out.quantized.perplexity}
+        parts = {
+            "l1": l1,
+            "grad": grad,
+            "vq": out.quantized.loss,
+            "importance": importance,
+            "adv_g": adv_g,
+            "adv_scale": adv_scale,
+            "perplexity": out.quantized.perplexity,
+        }
         return loss, parts, out.recon
 
     def adaptive_weight(self, rec: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
@@ -211,7 +231,7 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
         self.net.vqgan.train()
         self.disc.train()
         order = rng.permutation(train_idx)
-        batches = self.world.shard([order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
+        batches = self.world.shard([order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)])
         vq_train, disc_train = self._wrapped("vqgan", self.net.vqgan), self._wrapped("disc", self.disc)
         quantizer = self.net.vqgan.quantizer
         adversarial = epoch >= cfg.adv_start_epoch and cfg.adv_weight > 0
@@ -230,9 +250,11 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
             if adversarial:
                 with self._autocast():  # fake and real in one forward: DDP wants one forward per backward
                     both = disc_train(torch.cat([recon.detach(), x]).contiguous())[-1].float()
-                fake, real = both[:len(x)], both[len(x):]
-                d_loss = 0.5 * (self.adv(fake, target_is_real=False, for_discriminator=True)
-                                + self.adv(real, target_is_real=True, for_discriminator=True))
+                fake, real = both[: len(x)], both[len(x) :]
+                d_loss = 0.5 * (
+                    self.adv(fake, target_is_real=False, for_discriminator=True)
+                    + self.adv(real, target_is_real=True, for_discriminator=True)
+                )
                 self.opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 self.opt_d.step()
@@ -269,15 +291,28 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
         labels = classes[idx].to(self.device).repeat(len(copies))
         return torch.cat(tokens), torch.cat(scores), labels
 
-    def transformer_losses(self, tokens: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                           maskgit: torch.nn.Module | None = None, ar: torch.nn.Module | None = None) -> dict:
+    def transformer_losses(
+        self,
+        tokens: torch.Tensor,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        maskgit: torch.nn.Module | None = None,
+        ar: torch.nn.Module | None = None,
+    ) -> dict:
         """Masked-token and next-token losses; ``maskgit`` and ``ar`` are the transformers or their DDP wrappers."""
         cfg, net = self.cfg, self.net
         maskgit, ar = maskgit or net.maskgit, ar or net.ar
         y = labels.clone()
         y[torch.rand(len(y), device=self.device) < cfg.class_dropout] = 0
-        m = hybrid_mask(tokens, scores, net.latent_shape, mask_id=net.mask_id, num_codes=net.num_codes,
-                        topk_ratio=cfg.topk_ratio, replace_prob=cfg.replace_prob)
+        m = hybrid_mask(
+            tokens,
+            scores,
+            net.latent_shape,
+            mask_id=net.mask_id,
+            num_codes=net.num_codes,
+            topk_ratio=cfg.topk_ratio,
+            replace_prob=cfg.replace_prob,
+        )
         with self._autocast():
             logits = maskgit(m.inputs, y).float()  # (B, N, K)
         where = m.loss_positions
@@ -297,7 +332,7 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
             self.net.ar.train()
         order = rng.permutation(len(tokens))
         bs = cfg.transformer_batch_size
-        batches = self.world.shard([order[i:i + bs] for i in range(0, len(order), bs)])
+        batches = self.world.shard([order[i : i + bs] for i in range(0, len(order), bs)])
         maskgit = self._wrapped("maskgit", self.net.maskgit)
         ar = self._wrapped("ar", self.net.ar) if self.net.ar is not None else None
         sums: dict[str, float] = {}
@@ -318,8 +353,15 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
     # ----- the whole run -------------------------------------------------------------------------------------------
     def load_data(self) -> ROISet:
         out = self.model_config["output"]
-        return load_rois(self.data_dir, self.classes, out["shape"], out["spacing"], self.cfg.modalities,
-                         self.model_config["intensity"]["z_clip"], self.cfg.max_subjects)
+        return load_rois(
+            self.data_dir,
+            self.classes,
+            out["shape"],
+            out["spacing"],
+            self.cfg.modalities,
+            self.model_config["intensity"]["z_clip"],
+            self.cfg.max_subjects,
+        )
 
     def run(self, resume: bool = False) -> TrainResult:
         cfg = self.cfg
@@ -328,17 +370,22 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
         t0 = time.time()
         data = self.load_data()
         train_idx, val_idx = split(len(data.ids), cfg.val_fraction, cfg.seed)
-        log.info("%d ROIs (%d train, %d validation) in %.1fs", len(data.ids), len(train_idx), len(val_idx),
-                 time.time() - t0)
+        log.info(
+            "%d ROIs (%d train, %d validation) in %.1fs", len(data.ids), len(train_idx), len(val_idx), time.time() - t0
+        )
         if self.state["stage"] == 1:
-            self._run_stage("vqgan", cfg.vq_epochs, lambda e: self.train_vq_epoch(data.rois, train_idx, e)
-                            | self.validate_vq(data.rois, val_idx))
+            self._run_stage(
+                "vqgan",
+                cfg.vq_epochs,
+                lambda e: self.train_vq_epoch(data.rois, train_idx, e) | self.validate_vq(data.rois, val_idx),
+            )
             self.state.update(stage=2, epoch=0)
             self.save_state()
         self.net.vqgan.requires_grad_(False)
         tokens, scores, labels = self.cache_tokens(data.rois, data.classes, train_idx)
-        self._run_stage("transformer", cfg.transformer_epochs,
-                        lambda e: self.train_transformer_epoch(tokens, scores, labels, e))
+        self._run_stage(
+            "transformer", cfg.transformer_epochs, lambda e: self.train_transformer_epoch(tokens, scores, labels, e)
+        )
         entry = self.write_checkpoint(data, train_idx, val_idx, time.time() - t0)
         return TrainResult(entry, self.state["metrics"])
 
@@ -361,20 +408,32 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
         config["samplers"] = sampler_specs(self.net.num_tokens, self.net.ar is not None)
         trained_on = describe_data(self.data_dir, data, train_idx, self.classes)
         last = {r["stage"]: r for r in self.state["metrics"]}
-        config.update(trained=True, trained_on=trained_on,
-                      training={"config": asdict(cfg), "subjects": {"train": len(train_idx), "val": len(val_idx)},
-                                "validation_ids": [data.ids[i] for i in val_idx], "final": last,
-                                "seconds": round(seconds, 1), "device": str(self.device),
-                                "processes": self.world.size, "threads": torch.get_num_threads(),
-                                "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in self.state["metrics"]), 1),
-                                "torch": torch.__version__})
+        config.update(
+            trained=True,
+            trained_on=trained_on,
+            training={
+                "config": asdict(cfg),
+                "subjects": {"train": len(train_idx), "val": len(val_idx)},
+                "validation_ids": [data.ids[i] for i in val_idx],
+                "final": last,
+                "seconds": round(seconds, 1),
+                "device": str(self.device),
+                "processes": self.world.size,
+                "threads": torch.get_num_threads(),
+                "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in self.state["metrics"]), 1),
+                "torch": torch.__version__,
+            },
+        )
         if self.state.get("init_from"):
-            config["training"]["vqgan_from"] = {"checkpoint": self.state["init_from"],
-                                                "sha256": self.state["init_sha256"]}
+            config["training"]["vqgan_from"] = {
+                "checkpoint": self.state["init_from"],
+                "sha256": self.state["init_sha256"],
+            }
         record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_idx], config["modalities"])
         self.net.eval()
-        return save_checkpoint(self.out_dir, config=config, module=self.net,
-                               card=model_card(config, cfg, last, trained_on))
+        return save_checkpoint(
+            self.out_dir, config=config, module=self.net, card=model_card(config, cfg, last, trained_on)
+        )
 
 
 def describe_data(data_dir: Path, data: ROISet, train_idx, classes: list[str]) -> str:
@@ -384,60 +443,86 @@ def describe_data(data_dir: Path, data: ROISet, train_idx, classes: list[str]) -
         counts[int(data.classes[i])] = counts.get(int(data.classes[i]), 0) + 1
     parts = ", ".join(f"{n} {names[c]}" for c, n in sorted(counts.items()))
     phantom = (Path(data_dir) / "PHANTOMS.md").is_file() or all(i.startswith("Phantom") for i in data.ids)
-    kind = "phantom subjects generated by `tumorsynth phantoms` from the MNI152/ICBM152 templates (NOT patients)" \
-        if phantom else "BraTS-format subjects"
+    kind = (
+        "phantom subjects generated by `tumorsynth phantoms` from the MNI152/ICBM152 templates (NOT patients)"
+        if phantom
+        else "BraTS-format subjects"
+    )
     return f"{len(train_idx)} {kind}: {parts} (from {Path(data_dir).name})"
 
 
 def init_note(training: dict) -> str:
     source = training.get("vqgan_from")
-    return (f" The VQGAN was taken unchanged from `{source['checkpoint']}` (weights sha256 {source['sha256'][:12]}); "
-            "only the transformers were trained.") if source else ""
+    return (
+        (
+            f" The VQGAN was taken unchanged from `{source['checkpoint']}` (weights sha256 {source['sha256'][:12]}); "
+            "only the transformers were trained."
+        )
+        if source
+        else ""
+    )
 
 
 def model_card(config: dict, cfg: VQGANTrainConfig, last: dict, trained_on: str) -> str:
     grid = "×".join(map(str, config["output"]["shape"]))
     spacing = "×".join(f"{s:g}" for s in config["output"]["spacing"])
     net = config["network"]
-    warning = ("**Trained on phantoms for demonstration only.** Its tumours are simulated on brain templates; it "
-               "shows that the service works end to end. It is not a model of real tumours: do not use its volumes "
-               "to train or evaluate anything clinical. Train on real data with a BraTS folder.\n\n") \
-        if "phantom" in trained_on else ""
-    metrics = "\n".join(f"- {stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
-                        for stage, row in last.items())
+    warning = (
+        (
+            "**Trained on phantoms for demonstration only.** Its tumours are simulated on brain templates; it "
+            "shows that the service works end to end. It is not a model of real tumours: do not use its volumes "
+            "to train or evaluate anything clinical. Train on real data with a BraTS folder.\n\n"
+        )
+        if "phantom" in trained_on
+        else ""
+    )
+    metrics = "\n".join(
+        f"- {stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
+        for stage, row in last.items()
+    )
     samplers = ", ".join(s["name"] for s in config["samplers"])
     training = config.get("training", {})
-    adv = (f" + adversarial (adaptive weight × {cfg.adv_weight:g}, epochs {cfg.adv_start_epoch + 1}-{cfg.vq_epochs})"
-           if cfg.adv_weight and cfg.adv_start_epoch < cfg.vq_epochs else "")
-    codes = f"{net.get('code_dim') or net['embed_dim']}-dimensional" + \
-        (", l2-normalised" if net.get("normalise_codes", True) else "")
-    hardware = (f"on `{training.get('device', '?')}` ({training.get('processes', 1)} process(es), "
-                f"{training.get('threads', '?')} thread(s) each), "
-                f"{training.get('epoch_seconds', training.get('seconds', 0)) / 60:.0f} min of epochs "
-                f"(torch {training.get('torch', '?')})") if training else "untrained"
-    return f"""# vqgan/{config['name']}@{config['version']}
+    adv = (
+        f" + adversarial (adaptive weight × {cfg.adv_weight:g}, epochs {cfg.adv_start_epoch + 1}-{cfg.vq_epochs})"
+        if cfg.adv_weight and cfg.adv_start_epoch < cfg.vq_epochs
+        else ""
+    )
+    codes = f"{net.get('code_dim') or net['embed_dim']}-dimensional" + (
+        ", l2-normalised" if net.get("normalise_codes", True) else ""
+    )
+    hardware = (
+        (
+            f"on `{training.get('device', '?')}` ({training.get('processes', 1)} process(es), "
+            f"{training.get('threads', '?')} thread(s) each), "
+            f"{training.get('epoch_seconds', training.get('seconds', 0)) / 60:.0f} min of epochs "
+            f"(torch {training.get('torch', '?')})"
+        )
+        if training
+        else "untrained"
+    )
+    return f"""# vqgan/{config["name"]}@{config["version"]}
 
 {warning}- Method: class-conditional 3D VQGAN (Zhou et al. 2023) with an importance-guided masked transformer (the
-  poster's hybrid masking, top-k ratio {cfg.topk_ratio:g}); codebook of {net['num_codes']} codes, a
-  {'×'.join(str(n // 2 ** (len(net['channels']) - 1)) for n in net['grid'])} token grid; classes
-  {', '.join(config['classes'])}.
-- Output: a {grid} voxel ROI of {spacing} mm centred on the tumour, contrasts {', '.join(config['modalities'])},
-  intensities in [-1, 1] ({config['intensity']['normalisation']}).
+  poster's hybrid masking, top-k ratio {cfg.topk_ratio:g}); codebook of {net["num_codes"]} codes, a
+  {"×".join(str(n // 2 ** (len(net["channels"]) - 1)) for n in net["grid"])} token grid; classes
+  {", ".join(config["classes"])}.
+- Output: a {grid} voxel ROI of {spacing} mm centred on the tumour, contrasts {", ".join(config["modalities"])},
+  intensities in [-1, 1] ({config["intensity"]["normalisation"]}).
 - Trained on: {trained_on}.
 - Training: preset `{cfg.preset}`, {cfg.vq_epochs} VQGAN epochs (batch {cfg.batch_size}, Adam lr {cfg.vq_lr:g}; L1 +
-  3D gradient + commitment{adv}{' + perceptual' if cfg.perceptual_weights else ''}), {cfg.transformer_epochs}
+  3D gradient + commitment{adv}{" + perceptual" if cfg.perceptual_weights else ""}), {cfg.transformer_epochs}
   transformer epochs, seed {cfg.seed}, {hardware}.{init_note(training)}
 - Changed from the paper, and why:
   - Codebook ({codes} codes, initialised from encoder outputs, dead codes restarted below
-    {net.get('restart_threshold', 0.1):g} × their uniform share on the worst-represented encoder outputs): ViT-VQGAN's factorised normalised codes and Jukebox's initialisation and
+    {net.get("restart_threshold", 0.1):g} × their uniform share on the worst-represented encoder outputs): ViT-VQGAN's factorised normalised codes and Jukebox's initialisation and
     restarts. The paper does not say how it kept its codebook alive; the first demo checkpoint, without these,
     collapsed (issue 13: 27 of 256 codes on held-out ROIs, the same blob for every ROI and every sample).
   - Decoder upsampling by nearest neighbour + 3×3 convolution (taming-transformers) instead of stride-2 transposed
     convolutions, which are prone to checkerboard artefacts (Odena et al. 2016), as the collapsed checkpoint showed.
   - The adversarial weight is taming-transformers' adaptive one (‖∇L_rec‖ / ‖∇L_adv‖ at the last decoder layer), so
     the discriminator cannot outweigh the reconstruction.
-  - Demo scale for a CPU: {grid} at {spacing} mm instead of 128³ at 1 mm, {len(net['channels']) - 1} downsamplings,
-    {net['num_codes']} codes, {net['transformer_depth']}-layer transformers of width {net['transformer_dim']}; no
+  - Demo scale for a CPU: {grid} at {spacing} mm instead of 128³ at 1 mm, {len(net["channels"]) - 1} downsamplings,
+    {net["num_codes"]} codes, {net["transformer_depth"]}-layer transformers of width {net["transformer_dim"]}; no
     perceptual loss (no weights are downloaded).
 - Final epoch metrics:
 {metrics}

@@ -12,8 +12,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 log = logging.getLogger(__name__)
 
 
-def run_claim_loop(claim_due: Callable[[int], list[dict]], attempt: Callable[[dict], object], parallel: int,
-                   poll_seconds: float, name: str, stop: threading.Event | None = None) -> None:
+def run_claim_loop(
+    claim_due: Callable[[int], list[dict]],
+    attempt: Callable[[dict], object],
+    parallel: int,
+    poll_seconds: float,
+    name: str,
+    stop: threading.Event | None = None,
+) -> None:
     """``claim_due(limit)`` → deliveries claimed for this worker; ``attempt(d)`` makes and records one."""
     stop = stop or threading.Event()
     in_flight: set[Future] = set()
@@ -22,8 +28,9 @@ def run_claim_loop(claim_due: Callable[[int], list[dict]], attempt: Callable[[di
         try:
             attempt(d)
         except Exception as exc:
-            log.warning("%s delivery for job %s: attempt not recorded (%s: %s)", name, d.get("job_id"),
-                        type(exc).__name__, exc)
+            log.warning(
+                "%s delivery for job %s: attempt not recorded (%s: %s)", name, d.get("job_id"), type(exc).__name__, exc
+            )
 
     with ThreadPoolExecutor(parallel, thread_name_prefix=name) as pool:
         while not stop.is_set():

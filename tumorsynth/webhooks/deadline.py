@@ -52,8 +52,9 @@ class _Stream(httpcore.NetworkStream):
     def close(self) -> None:
         self.inner.close()
 
-    def start_tls(self, ssl_context, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
+    def start_tls(
+        self, ssl_context, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
         return _Stream(self.inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)))
 
     def get_extra_info(self, info: str) -> typing.Any:
@@ -64,10 +65,12 @@ class _Backend(httpcore.NetworkBackend):
     def __init__(self):
         self.inner = httpcore.SyncBackend()
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options=None) -> httpcore.NetworkStream:
-        return _Stream(self.inner.connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout), local_address,
-                                              socket_options))
+    def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options=None
+    ) -> httpcore.NetworkStream:
+        return _Stream(
+            self.inner.connect_tcp(host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options)
+        )
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
         raise httpcore.ConnectError("webhooks go over TCP")
@@ -85,5 +88,8 @@ class DeadlineTransport(httpx.HTTPTransport):
     def __init__(self, max_connections: int):
         super().__init__(trust_env=False)
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False), max_connections=max_connections,
-            max_keepalive_connections=0, network_backend=_Backend())
+            ssl_context=httpx.create_ssl_context(trust_env=False),
+            max_connections=max_connections,
+            max_keepalive_connections=0,
+            network_backend=_Backend(),
+        )

@@ -48,8 +48,12 @@ class Deliverer:
     def __init__(self, outbox: DeliveryQueue, settings, resolve=system_resolver):
         self.settings, self.resolve = settings, resolve
         self.outbox = outbox
-        self.client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False,
-                                   transport=DeadlineTransport(max_connections=PARALLEL))
+        self.client = httpx.Client(
+            timeout=settings.webhook_timeout_seconds,
+            follow_redirects=False,
+            trust_env=False,
+            transport=DeadlineTransport(max_connections=PARALLEL),
+        )
 
     @property
     def claim_seconds(self) -> float:
@@ -78,8 +82,13 @@ class Deliverer:
             d.update(state="delivered", delivered_at=time.time())
         elif d["attempts"] >= s.webhook_max_attempts:
             d["state"] = "failed"
-            log.warning("webhook %s for job %s failed after %d attempts: %s", d["id"], d["job_id"], d["attempts"],
-                        d["last_error"])
+            log.warning(
+                "webhook %s for job %s failed after %d attempts: %s",
+                d["id"],
+                d["job_id"],
+                d["attempts"],
+                d["last_error"],
+            )
         else:
             d["next_attempt_at"] = time.time() + backoff(s, d["attempts"])
         self.outbox.save(d)
@@ -92,23 +101,34 @@ class Deliverer:
         target = check_target(d["url"], self.settings.webhook_allow_private_targets, self.resolve)
         body = d["body"].encode()
         headers = signing.headers(secret, d["id"], int(time.time()), body) | {
-            "content-type": "application/json", "user-agent": f"tumorsynth-webhooks/{__version__}",
-            "webhook-tenant": d["tenant"]}  # also inside the signed body, which is what a receiver should trust
+            "content-type": "application/json",
+            "user-agent": f"tumorsynth-webhooks/{__version__}",
+            "webhook-tenant": d["tenant"],
+        }  # also inside the signed body, which is what a receiver should trust
         extensions = {}
         if target.address is not None:
             headers["host"] = target.host_header
             if target.scheme == "https":
                 extensions["sni_hostname"] = target.host
         # The request goes to the address just checked, not to a fresh DNS answer; TLS still verifies the name.
-        with deadline(self.settings.webhook_timeout_seconds), \
-                self.client.stream("POST", target.pinned_url(), content=body, headers=headers,
-                                   extensions=extensions) as resp:
+        with (
+            deadline(self.settings.webhook_timeout_seconds),
+            self.client.stream(
+                "POST", target.pinned_url(), content=body, headers=headers, extensions=extensions
+            ) as resp,
+        ):
             return resp.status_code
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         """Claim due deliveries as pool threads free up (``webhooks.claim_loop``)."""
-        run_claim_loop(lambda limit: self.outbox.claim_due(self.claim_seconds, limit=limit), self.attempt, PARALLEL,
-                       self.settings.webhook_poll_seconds, "webhook", stop)
+        run_claim_loop(
+            lambda limit: self.outbox.claim_due(self.claim_seconds, limit=limit),
+            self.attempt,
+            PARALLEL,
+            self.settings.webhook_poll_seconds,
+            "webhook",
+            stop,
+        )
 
 
 def start_deliverer(outbox: DeliveryQueue, settings) -> threading.Thread:

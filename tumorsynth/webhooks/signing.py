@@ -17,7 +17,7 @@ def parse_secret(secret: str) -> bytes:
     if not secret.startswith(PREFIX):
         raise ValueError("a webhook secret looks like 'whsec_' + the base64 of 32 random bytes")
     try:
-        key = base64.b64decode(secret[len(PREFIX):], validate=True)
+        key = base64.b64decode(secret[len(PREFIX) :], validate=True)
     except binascii.Error as exc:
         raise ValueError("the part of a webhook secret after 'whsec_' must be base64") from exc
     if not 24 <= len(key) <= 64:
@@ -36,5 +36,8 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 def headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(secret, msg_id, timestamp, body)}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }

@@ -63,7 +63,7 @@ def _rfc6052(ip: ipaddress.IPv6Address, prefix_len: int) -> ipaddress.IPv4Addres
     if prefix_len == 96:
         return ipaddress.IPv4Address(b[12:16])
     rest = b[:8] + b[9:]
-    return ipaddress.IPv4Address(rest[prefix_len // 8:prefix_len // 8 + 4])
+    return ipaddress.IPv4Address(rest[prefix_len // 8 : prefix_len // 8 + 4])
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -82,8 +82,15 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
 
 
 def _is_public_one(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-                or ip.is_unspecified or not ip.is_global)
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or not ip.is_global
+    )
 
 
 def is_public(address: str) -> bool:
@@ -103,8 +110,10 @@ def check_characters(url: str) -> None:
     character has no place in a URL sent on the wire, and parsers disagree on what they mean."""
     for i, ch in enumerate(url):
         if not "\x21" <= ch <= "\x7e":
-            raise TargetRefused(f"the URL has the character U+{ord(ch):04X} at position {i}; percent-encode it "
-                                "(and write an international host name in its xn-- form)")
+            raise TargetRefused(
+                f"the URL has the character U+{ord(ch):04X} at position {i}; percent-encode it "
+                "(and write an international host name in its xn-- form)"
+            )
 
 
 def check_target(url: str, allow_private: bool, resolve: Resolver = system_resolver) -> Target:
@@ -137,8 +146,10 @@ def check_target(url: str, allow_private: bool, resolve: Resolver = system_resol
             raise TargetRefused(f"the host '{host}' does not resolve") from None
     bad = [a for a in addresses if not is_public(a)]
     if bad:
-        raise TargetRefused(f"'{host}' is (or resolves to) the non-public address {bad[0]}; webhooks go to "
-                            "public addresses only (operators can allow private ones)")
+        raise TargetRefused(
+            f"'{host}' is (or resolves to) the non-public address {bad[0]}; webhooks go to "
+            "public addresses only (operators can allow private ones)"
+        )
     return Target(url=url, scheme=scheme, host=host, port=port, address=addresses[0])
 
 
@@ -147,12 +158,16 @@ def check_request(req, tenant: str, settings, resolve: Resolver = system_resolve
     from ..errors import FieldError
 
     if req.webhook is None:
-        return [FieldError("webhook_events", "name a webhook URL to send the events to")] if req.webhook_events \
-            else []
+        return [FieldError("webhook_events", "name a webhook URL to send the events to")] if req.webhook_events else []
     errs = []
     if settings.webhook_secret_for(tenant) is None:
-        errs.append(FieldError("webhook", "this service has no webhook signing secret for your tenant; ask the "
-                                          "operators to set TUMORSYNTH_WEBHOOK_SECRET, or leave webhook out"))
+        errs.append(
+            FieldError(
+                "webhook",
+                "this service has no webhook signing secret for your tenant; ask the "
+                "operators to set TUMORSYNTH_WEBHOOK_SECRET, or leave webhook out",
+            )
+        )
     try:
         check_target(req.webhook, settings.webhook_allow_private_targets, resolve)
     except TargetRefused as exc:

@@ -125,8 +125,7 @@ class Batcher:
             while True:
                 partners = [w for w in self._waiting if w.joins(head)]
                 waited = time.monotonic() - head.since
-                if (sum(w.samples for w in partners) >= limit or self._preparing == 0
-                        or waited >= self.max_wait_s):
+                if sum(w.samples for w in partners) >= limit or self._preparing == 0 or waited >= self.max_wait_s:
                     break
                 self._cond.wait(timeout=self.max_wait_s - waited)
             batch: list[_Waiting] = []
@@ -148,8 +147,12 @@ class Batcher:
             before = torch.cuda.memory_allocated(cuda)
         started = time.monotonic()
         results = generator.sample_batch([w.job for w in batch], [w.progress for w in batch])
-        log.info("sampled %d jobs (%d samples) as one batch in %.3f s", len(batch), sum(w.samples for w in batch),
-                 time.monotonic() - started)
+        log.info(
+            "sampled %d jobs (%d samples) as one batch in %.3f s",
+            len(batch),
+            sum(w.samples for w in batch),
+            time.monotonic() - started,
+        )
         if cuda is not None:
             per_sample = (torch.cuda.max_memory_allocated(cuda) - before) / sum(w.samples for w in batch)
             key = id(generator)

@@ -59,8 +59,12 @@ def create_celery(settings: Settings | None = None, publish_timeout: float | Non
     )
     if publish_timeout is not None:
         # one quick retry on a fresh connection (a restarted broker), then the submission is a 503
-        app.conf.task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.1,
-                                              "interval_max": 0.1}
+        app.conf.task_publish_retry_policy = {
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.1,
+            "interval_max": 0.1,
+        }
         app.conf.broker_connection_timeout = publish_timeout
     return app
 
@@ -82,8 +86,12 @@ class CeleryDispatcher:
     def send(self, job_id: str, family: str, queue: str | None = None, priority: int = 0) -> None:
         """Queue a job id; ``queue`` (a requeue) is the one recorded on the job, else the family's. ``priority``:
         0 runs first, 9 last (see ``jobs.fairness``)."""
-        self.celery.send_task(RUN_JOB, args=[job_id], queue=queue or self.settings.queue_for(family),
-                              priority=max(0, min(int(priority), PRIORITY_STEPS[-1])))
+        self.celery.send_task(
+            RUN_JOB,
+            args=[job_id],
+            queue=queue or self.settings.queue_for(family),
+            priority=max(0, min(int(priority), PRIORITY_STEPS[-1])),
+        )
 
     def send_plan(self, batch_id: str, family: str) -> None:
         """Plan a batch (make its masks, submit its jobs) in a worker of the model's queue, ahead of jobs."""

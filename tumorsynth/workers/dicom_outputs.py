@@ -37,8 +37,12 @@ def _bytes(ds) -> bytes:
     return buf.getvalue()
 
 
-def dicom_archive(items: list[tuple[GeneratedVolume, np.ndarray]], mask: tuple[np.ndarray, np.ndarray, str] | None,
-                  study: Study, path: Path) -> DicomArchive:
+def dicom_archive(
+    items: list[tuple[GeneratedVolume, np.ndarray]],
+    mask: tuple[np.ndarray, np.ndarray, str] | None,
+    study: Study,
+    path: Path,
+) -> DicomArchive:
     """Write the zip to ``path`` (a file, not memory: 64 samples on the BraTS grid are ~40,000 instances).
 
     ``items``: each generated volume with its data on the job's intensity scale; ``mask``: (labels, affine,
@@ -48,8 +52,14 @@ def dicom_archive(items: list[tuple[GeneratedVolume, np.ndarray]], mask: tuple[n
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         for number, (v, data) in enumerate(items, start=1):
             name = CONTRAST_NAMES.get(v.modality, v.modality)
-            datasets = mr_series(data, v.affine, study, modality=v.modality, series_number=number,
-                                 description=f"{name} sample {v.sample_index}")
+            datasets = mr_series(
+                data,
+                v.affine,
+                study,
+                modality=v.modality,
+                series_number=number,
+                description=f"{name} sample {v.sample_index}",
+            )
             for k, ds in enumerate(datasets, start=1):
                 zf.writestr(f"sample-{v.sample_index}/{v.modality}/IM{k:05d}.dcm", _bytes(ds))
             instances, series = instances + len(datasets), series + 1
@@ -63,4 +73,3 @@ def dicom_archive(items: list[tuple[GeneratedVolume, np.ndarray]], mask: tuple[n
             else:
                 log.info("job %s: mask not on the outputs' grid; no DICOM SEG", study.job_id)
     return DicomArchive(Path(path), instances, series)
-

@@ -39,10 +39,15 @@ def finish(ctx: WorkerContext, job_id: str, token: int, status: str, **fields) -
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if time.monotonic() > deadline:
                 raise
-            log.warning("job %s: job store unreachable while ending attempt %d (%s); retrying", job_id, token,
-                        type(exc).__name__)
+            log.warning(
+                "job %s: job store unreachable while ending attempt %d (%s); retrying",
+                job_id,
+                token,
+                type(exc).__name__,
+            )
         if time.monotonic() > deadline and rec is not None:
-            log.warning("job %s: its end is on the primary only (no replica acknowledged in %.0f s)", job_id,
-                        s.lease_seconds)
+            log.warning(
+                "job %s: its end is on the primary only (no replica acknowledged in %.0f s)", job_id, s.lease_seconds
+            )
             return rec
         time.sleep(0.2)

@@ -37,9 +37,15 @@ def sample() -> list[dict]:
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return []
     # get_device_properties reads the size without creating a CUDA context (mem_get_info would, on every device)
-    return [{"device": f"cuda:{i}", "allocated": int(torch.cuda.memory_allocated(i)),
-             "reserved": int(torch.cuda.memory_reserved(i)),
-             "total": int(torch.cuda.get_device_properties(i).total_memory)} for i in range(torch.cuda.device_count())]
+    return [
+        {
+            "device": f"cuda:{i}",
+            "allocated": int(torch.cuda.memory_allocated(i)),
+            "reserved": int(torch.cuda.memory_reserved(i)),
+            "total": int(torch.cuda.get_device_properties(i).total_memory),
+        }
+        for i in range(torch.cuda.device_count())
+    ]
 
 
 def publish(r, worker_id: str, pid: int, readings: list[dict], ttl_seconds: float) -> None:
@@ -60,7 +66,7 @@ def read_all(r) -> dict[tuple[str, str, str], float]:
     for key, raw in zip(keys, r.mget(keys) if keys else []):
         if not raw:
             continue
-        worker = key.decode()[len(P):].rsplit(":", 1)[0]
+        worker = key.decode()[len(P) :].rsplit(":", 1)[0]
         for reading in json.loads(raw):
             for kind in (k for k in KINDS if k in reading):  # a worker of an older version sends no total
                 k, n = (worker, str(reading["device"]), kind), float(reading[kind])

@@ -32,8 +32,13 @@ def gpus() -> list[dict]:
     if smi is None:
         return []
     try:
-        out = subprocess.run([smi, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            [smi, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         log.warning("nvidia-smi did not answer; announcing no GPU", exc_info=True)
         return []
@@ -73,14 +78,20 @@ def resolve_queues(spec: str, settings: Settings, registry: ModelRegistry) -> li
     installed = {e.family for e in registry.list()}
     if spec.strip() == "auto":
         if not installed:
-            raise ValueError(f"no checkpoint under {settings.model_dir}: install one (tumorsynth models) or name the "
-                             "queues with --queues")
+            raise ValueError(
+                f"no checkpoint under {settings.model_dir}: install one (tumorsynth models) or name the "
+                "queues with --queues"
+            )
         return queues_for_models(settings, registry)
     named = [q.strip() for q in spec.split(",") if q.strip()]
     for family in family_names():
         queue = settings.queue_for(family)
         if queue in named and family not in installed:
-            log.warning("queue %s carries %s jobs but this worker has no %s checkpoint: they fail here; give each "
-                        "family its own queue (TUMORSYNTH_FAMILY_QUEUES) and start workers with --queues auto",
-                        queue, family, family)
+            log.warning(
+                "queue %s carries %s jobs but this worker has no %s checkpoint: they fail here; give each "
+                "family its own queue (TUMORSYNTH_FAMILY_QUEUES) and start workers with --queues auto",
+                queue,
+                family,
+                family,
+            )
     return named

@@ -40,8 +40,9 @@ def requeue_orphans(ctx: WorkerContext, dispatcher: Dispatcher, after_seconds: f
     r, sent = ctx.redis, []
     horizon = time.time() - after_seconds
     for queue in sorted(set(queues)):
-        stale = [j.decode() if isinstance(j, bytes) else str(j)
-                 for j in r.zrangebyscore(keys.queued(queue), "-inf", horizon)]
+        stale = [
+            j.decode() if isinstance(j, bytes) else str(j) for j in r.zrangebyscore(keys.queued(queue), "-inf", horizon)
+        ]
         if not stale:
             continue
         messages = _waiting(r, queue)
@@ -51,8 +52,12 @@ def requeue_orphans(ctx: WorkerContext, dispatcher: Dispatcher, after_seconds: f
             rec = ctx.jobs.get(job_id)
             if rec is None or rec.status != "queued" or rec.updated_at > horizon:
                 continue
-            log.warning("job %s: queued %.0f s with no message in %s (lost in a failover?); sending it again",
-                        job_id, time.time() - rec.updated_at, queue)
+            log.warning(
+                "job %s: queued %.0f s with no message in %s (lost in a failover?); sending it again",
+                job_id,
+                time.time() - rec.updated_at,
+                queue,
+            )
             dispatcher.send(rec.id, rec.family, rec.queue)
             sent.append(rec.id)
     return sent

@@ -67,8 +67,16 @@ def intensity_of(rec: JobRecord, entry: ModelEntry) -> str:
 
 
 class OutputWriter:
-    def __init__(self, store: ObjectStore, rec: JobRecord, entry: ModelEntry, params: GenerationParams, retries: int,
-                 pool: Executor | None = None, dicom_uid_root: str | None = None):
+    def __init__(
+        self,
+        store: ObjectStore,
+        rec: JobRecord,
+        entry: ModelEntry,
+        params: GenerationParams,
+        retries: int,
+        pool: Executor | None = None,
+        dicom_uid_root: str | None = None,
+    ):
         self.store, self.rec, self.entry, self.params, self.retries = store, rec, entry, params, retries
         self.pool = pool  # None: one volume after the other, in this thread
         self.dicom_uid_root = dicom_uid_root
@@ -97,25 +105,59 @@ class OutputWriter:
             self.written.append(out)
         return out
 
-    def _volume(self, stem: str, data: np.ndarray, affine: np.ndarray, reference: Volume | None, *, modality: str,
-                sample_index: int | None, kind: str, extra: dict | None = None) -> list[StoredOutput]:
+    def _volume(
+        self,
+        stem: str,
+        data: np.ndarray,
+        affine: np.ndarray,
+        reference: Volume | None,
+        *,
+        modality: str,
+        sample_index: int | None,
+        kind: str,
+        extra: dict | None = None,
+    ) -> list[StoredOutput]:
         dtype = np.int16 if data.dtype == np.int16 else np.float32  # the "scanner" scale is int16
         nifti = write_nifti(data.astype(dtype, copy=False), affine, reference=reference, dtype=dtype)
         geo = {"shape": list(data.shape), "spacing": _spacing(affine)}
-        image = self._put(f"{stem}.nii.gz", nifti, "application/gzip", modality=modality, sample_index=sample_index,
-                          kind=kind, **geo)
+        image = self._put(
+            f"{stem}.nii.gz", nifti, "application/gzip", modality=modality, sample_index=sample_index, kind=kind, **geo
+        )
         side = provenance(self.rec, self.entry, self.params) | {"Modality": modality, "SampleIndex": sample_index}
-        sidecar = self._put(f"{stem}.json", write_sidecar(side | (extra or {})), "application/json",
-                            modality=modality, sample_index=sample_index, kind="sidecar")
+        sidecar = self._put(
+            f"{stem}.json",
+            write_sidecar(side | (extra or {})),
+            "application/json",
+            modality=modality,
+            sample_index=sample_index,
+            kind="sidecar",
+        )
         return [image, sidecar]
 
     def _image(self, v: GeneratedVolume, data: np.ndarray, fields: dict) -> list[StoredOutput]:
         stem = f"sample-{v.sample_index}_{v.modality}"
-        out = self._volume(stem, data, v.affine, v.reference, modality=v.modality, sample_index=v.sample_index,
-                           kind="image", extra=fields)
+        out = self._volume(
+            stem,
+            data,
+            v.affine,
+            v.reference,
+            modality=v.modality,
+            sample_index=v.sample_index,
+            kind="image",
+            extra=fields,
+        )
         if is_slice(v.data):  # 2D outputs also come as a PNG, for a glance or a 2D pipeline
-            out.append(self._put(f"{stem}.png", slice_png(v.data), "image/png", modality=v.modality,
-                                 sample_index=v.sample_index, kind="preview", shape=list(v.data.shape[:2])))
+            out.append(
+                self._put(
+                    f"{stem}.png",
+                    slice_png(v.data),
+                    "image/png",
+                    modality=v.modality,
+                    sample_index=v.sample_index,
+                    kind="preview",
+                    shape=list(v.data.shape[:2]),
+                )
+            )
         return out
 
     @staticmethod
@@ -125,17 +167,30 @@ class OutputWriter:
 
     def _mask(self, vol: Volume, convention: str) -> list[StoredOutput]:
         labels, out_convention = self._labels(vol, convention)
-        return self._volume("mask", labels, vol.affine, vol, modality="seg", sample_index=None, kind="mask",
-                            extra={"LabelConvention": out_convention, "SourceLabelConvention": convention,
-                                   "IntensityScale": "labels", "IntensityUnits": f"label values ({out_convention})",
-                                   "Description": f"the conditioning mask, labels {out_convention}"})
+        return self._volume(
+            "mask",
+            labels,
+            vol.affine,
+            vol,
+            modality="seg",
+            sample_index=None,
+            kind="mask",
+            extra={
+                "LabelConvention": out_convention,
+                "SourceLabelConvention": convention,
+                "IntensityScale": "labels",
+                "IntensityUnits": f"label values ({out_convention})",
+                "Description": f"the conditioning mask, labels {out_convention}",
+            },
+        )
 
     def write(self, volumes: list[GeneratedVolume], mask: tuple[Volume, str] | None) -> list[StoredOutput]:
         """Every volume (and the mask) with its sidecar. After a failure no volume not yet begun is written, and
         the failure is raised once every upload in flight has ended, so ``discard`` sees all that was stored."""
         scaled = self._scaled(volumes)
         tasks: list[tuple[Callable[..., list[StoredOutput]], tuple]] = [
-            (self._image, (v, data, fields)) for v, (data, fields) in zip(volumes, scaled, strict=True)]
+            (self._image, (v, data, fields)) for v, (data, fields) in zip(volumes, scaled, strict=True)
+        ]
         tasks += [(self._mask, mask)] if mask is not None else []
         if self.pool is None:
             parts = [fn(*args) for fn, args in tasks]
@@ -174,8 +229,10 @@ class OutputWriter:
             for i in sorted({v.sample_index for v in volumes}):
                 regions[i] = brain_region([v.data * factor for v in volumes if v.sample_index == i])
         empty = np.zeros((1,), bool)
-        return [apply_scale(v.data, self.scale, regions.get(v.sample_index, empty), v.modality, self.entry.config)
-                for v in volumes]
+        return [
+            apply_scale(v.data, self.scale, regions.get(v.sample_index, empty), v.modality, self.entry.config)
+            for v in volumes
+        ]
 
     def _dicom(self, items: list[tuple[GeneratedVolume, np.ndarray]], labels) -> None:
         if self.dicom_uid_root is None:
@@ -183,8 +240,9 @@ class OutputWriter:
         study = Study.new(self.dicom_uid_root, self.rec.id, self.entry.id, self.entry.weights_sha256)
         with tempfile.TemporaryDirectory(prefix="tumorsynth-dicom-") as tmp:
             archive = dicom_archive(items, labels, study, Path(tmp) / ARCHIVE_NAME)
-            self._put_file(ARCHIVE_NAME, archive.path, "application/zip", modality="dicom", sample_index=None,
-                           kind="dicom")
+            self._put_file(
+                ARCHIVE_NAME, archive.path, "application/zip", modality="dicom", sample_index=None, kind="dicom"
+            )
 
     def sweep_other_attempts(self) -> None:
         """After this attempt owns the finished job: delete what earlier attempts (killed mid-upload) left behind."""

@@ -82,8 +82,9 @@ def read_inputs(ctx: WorkerContext, rec: JobRecord) -> dict[str, Volume]:
     for item in rec.inputs:
         fetch = functools.partial(ctx.store.get_bytes, item.key)
         raw = with_retries(fetch, attempts=ctx.settings.storage_retries)
-        out[item.name] = read_volume(raw, field=item.name, limits=ctx.limits,
-                                     labels=item.label_convention is not None)  # a mask: uint8 labels
+        out[item.name] = read_volume(
+            raw, field=item.name, limits=ctx.limits, labels=item.label_convention is not None
+        )  # a mask: uint8 labels
     return out
 
 
@@ -110,6 +111,7 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
     writer: OutputWriter | None = None
     with heartbeat(ctx, job_id, token):
         try:
+
             def progress(done: int, of: int) -> None:
                 now = ctx.jobs.progress(job_id, token, done, of, s.lease_seconds)
                 if now.status == "canceling":
@@ -120,9 +122,12 @@ def _run_attempt(ctx: WorkerContext, rec: JobRecord, token: int) -> str:
                 params = params_for(rec, entry)
                 generator = load_generator(entry, s.device, precision=s.precision, batch_invariant=s.batch_invariant)
                 inputs = read_inputs(ctx, rec)
-                check_output_memory(output_shape([v.shape for v in inputs.values()], params.output_grid,
-                                                 entry.output_shape),
-                                    len(params.modalities), params.num_samples, s.max_job_output_bytes)
+                check_output_memory(
+                    output_shape([v.shape for v in inputs.values()], params.output_grid, entry.output_shape),
+                    len(params.modalities),
+                    params.num_samples,
+                    s.max_job_output_bytes,
+                )
                 total = generator.total_steps(params)
                 ctx.jobs.progress(job_id, token, 0, total, s.lease_seconds)
                 if batches(generator, s):  # workers/batching.py: sampled with whatever partners are waiting

@@ -99,8 +99,11 @@ def _count_resend(rec: BatchRecord, max_resends: int) -> BatchRecord | None:
         return None
     if rec.resends >= max_resends:
         rec.state = "failed"
-        rec.error = {"code": "lost_in_queue", "message": f"the batch's planning task was lost {rec.resends} times "
-                                                         "(broker failures); submit the batch again"}
+        rec.error = {
+            "code": "lost_in_queue",
+            "message": f"the batch's planning task was lost {rec.resends} times "
+            "(broker failures); submit the batch again",
+        }
     else:
         rec.resends += 1
     return rec

@@ -30,8 +30,14 @@ worker_key = keys.worker
 def announce(ctx: WorkerContext, queues: list[str], has: dict | None = None) -> None:
     """The heartbeat record: who, which queues, and what it has (GPUs, models, versions: ``inventory``)."""
     s = ctx.settings
-    info = {"id": ctx.worker_id, "queues": queues, "device": s.device, "pid": os.getpid(), "host": socket.gethostname(),
-            "seen_at": time.time()} | (has or {})
+    info = {
+        "id": ctx.worker_id,
+        "queues": queues,
+        "device": s.device,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "seen_at": time.time(),
+    } | (has or {})
     with ctx.redis.pipeline() as p:
         p.set(worker_key(ctx.worker_id), json.dumps(info), ex=max(5, int(s.lease_seconds)))
         p.zadd(WORKERS, {ctx.worker_id: time.time()})

@@ -63,8 +63,9 @@ def planner():
         ctx, s = context(), settings
         submissions = JobService(ctx.jobs, ctx.store, ctx.registry, CeleryDispatcher(app, s), s)
         bank = MaskBank(ctx.store, ctx.limits)
-        _planner = BatchPlanner(BatchService(ctx.jobs, submissions, ctx.store, ctx.registry, masks=bank.make),
-                                s.max_attempts)
+        _planner = BatchPlanner(
+            BatchService(ctx.jobs, submissions, ctx.store, ctx.registry, masks=bank.make), s.max_attempts
+        )
     return _planner
 
 

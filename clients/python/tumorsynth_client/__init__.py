@@ -56,10 +56,12 @@ class Client:
                 raise TimeoutError(f"the service was not ready within {timeout:.0f}s")
             time.sleep(0.5)
 
-    def submit(self, request: dict, files: dict[str, Path | bytes] | None = None,
-               idempotency_key: str | None = None) -> dict:
+    def submit(
+        self, request: dict, files: dict[str, Path | bytes] | None = None, idempotency_key: str | None = None
+    ) -> dict:
         parts: dict[str, tuple[str | None, str | bytes, str]] = {
-            "request": (None, json.dumps(request), "application/json")}
+            "request": (None, json.dumps(request), "application/json")
+        }
         for name, f in (files or {}).items():
             data = f if isinstance(f, bytes) else Path(f).read_bytes()
             parts[name] = (f"{name}.nii.gz", data, "application/octet-stream")
@@ -106,7 +108,8 @@ class Client:
         if not masks:
             return self._check(self.http.post("/v1/batches", json=request)).json()
         parts: list[tuple[str, tuple[str | None, str | bytes, str]]] = [
-            ("request", (None, json.dumps(request), "application/json"))]
+            ("request", (None, json.dumps(request), "application/json"))
+        ]
         for i, m in enumerate(masks):
             data = m if isinstance(m, bytes) else Path(m).read_bytes()
             parts.append(("mask", (f"mask-{i}.nii.gz", data, "application/octet-stream")))
@@ -150,8 +153,10 @@ class Client:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(self.fetch(f["url"]))
         rows = json.loads((root / "manifest.json").read_text())  # paths relative to out_dir
-        local = [row | {"image": str(root / row["image"]), "mask": str(root / row["mask"]) if row["mask"] else ""}
-                 for row in rows]
+        local = [
+            row | {"image": str(root / row["image"]), "mask": str(root / row["mask"]) if row["mask"] else ""}
+            for row in rows
+        ]
         return self._write_manifest(local, root)
 
     def _download_flat(self, batch: dict, out_dir: Path) -> Path:

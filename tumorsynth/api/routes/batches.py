@@ -23,20 +23,49 @@ def _form(properties: dict, required: list[str]) -> dict:
     return {"type": "object", "required": required, "properties": properties}
 
 
-MASK_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _form({
-    "request": {"type": "string", "description": 'JSON: {"tumor_class": "LGG"}'},
-    "mask": {"type": "string", "format": "binary", "description": "tumour mask, NIfTI, BraTS labels"}},
-    ["request", "mask"])}}}}
-BATCH_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": BatchRequest.model_json_schema()},
-    "multipart/form-data": {"schema": _form({
-        "request": {"type": "string", "description": "BatchRequest as JSON, with \"masks\": \"upload\""},
-        "mask": {"type": "array", "items": {"type": "string", "format": "binary"}}}, ["request"])}}}}
+MASK_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": _form(
+                    {
+                        "request": {"type": "string", "description": 'JSON: {"tumor_class": "LGG"}'},
+                        "mask": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "tumour mask, NIfTI, BraTS labels",
+                        },
+                    },
+                    ["request", "mask"],
+                )
+            }
+        },
+    }
+}
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": BatchRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": _form(
+                    {
+                        "request": {"type": "string", "description": 'BatchRequest as JSON, with "masks": "upload"'},
+                        "mask": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    },
+                    ["request"],
+                )
+            },
+        },
+    }
+}
 
 
 @masks_router.post("", status_code=201, response_model=BankMask, openapi_extra=MASK_FORM)
-async def add_mask(request: Request, tenant: TenantDep, bank: BankDep, settings: SettingsDep,
-                   registry: RegistryDep) -> dict:
+async def add_mask(
+    request: Request, tenant: TenantDep, bank: BankDep, settings: SettingsDep, registry: RegistryDep
+) -> dict:
     """Multipart: ``request`` = {"tumor_class": "LGG"} and a ``mask`` file on the BraTS grid (BraTS labels)."""
     raw, files = await read_job_form(request, settings)
     body = load_json(raw or "null")
@@ -61,8 +90,9 @@ def delete_mask(mask_id: MaskIdDep, tenant: TenantDep, bank: BankDep) -> Respons
 
 
 @router.post("", status_code=202, response_model=Batch, openapi_extra=BATCH_BODY)
-async def submit_batch(request: Request, response: Response, tenant: TenantDep, batches: BatchesDep,
-                       settings: SettingsDep) -> dict:
+async def submit_batch(
+    request: Request, response: Response, tenant: TenantDep, batches: BatchesDep, settings: SettingsDep
+) -> dict:
     """JSON body (masks from the bank), or multipart with a ``request`` JSON field and ``mask`` file parts."""
     uploaded: list[bytes] = []
     raw: str | bytes | None

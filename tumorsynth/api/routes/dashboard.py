@@ -19,10 +19,16 @@ from ..deps import SettingsDep
 router = APIRouter(include_in_schema=False)
 STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 # Scripts and styles from this origin only; previews arrive as blob: URLs made by the page's own script.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-           "Cache-Control": "no-cache"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 @cache
@@ -38,10 +44,12 @@ def dashboard(settings: SettingsDep) -> HTMLResponse:
         auth = "none"
         note = "No API keys are configured: this service answers loopback clients only, as tenant 'local'."
     queues = settings.queues(FAMILIES)
-    rows = "".join(f'<tr data-queue="{html.escape(q)}"><td>{html.escape(q)}</td>' + "<td>…</td>" * 5 + "</tr>"
-                   for q in queues)
+    rows = "".join(
+        f'<tr data-queue="{html.escape(q)}"><td>{html.escape(q)}</td>' + "<td>…</td>" * 5 + "</tr>" for q in queues
+    )
     page = Template(_file("index.html")).safe_substitute(
-        auth=auth, auth_note=html.escape(note), version=html.escape(__version__), queue_rows=rows)
+        auth=auth, auth_note=html.escape(note), version=html.escape(__version__), queue_rows=rows
+    )
     return HTMLResponse(page, headers=HEADERS)
 
 

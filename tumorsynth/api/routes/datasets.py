@@ -46,12 +46,14 @@ def dataset_index(batch_id: BatchIdDep, tenant: TenantDep, batches: BatchesDep) 
 
 
 @router.get("/{batch_id}/dataset/{path:path}", responses={307: {"description": "Redirect to a presigned URL"}})
-def dataset_file(batch_id: BatchIdDep, path: str, tenant: TenantDep, batches: BatchesDep, store: StoreDep,
-                 settings: SettingsDep):
+def dataset_file(
+    batch_id: BatchIdDep, path: str, tenant: TenantDep, batches: BatchesDep, store: StoreDep, settings: SettingsDep
+):
     f = next((f for f in batches.dataset(batches.get(tenant, batch_id)) if f.path == path), None)
     if f is None:
-        raise NotFound(f"batch {batch_id}'s dataset has no file '{path}'; GET /v1/batches/{batch_id}/dataset "
-                       "lists them")
+        raise NotFound(
+            f"batch {batch_id}'s dataset has no file '{path}'; GET /v1/batches/{batch_id}/dataset lists them"
+        )
     if f.key is not None:
         return object_response(store, settings, f.key, path.rsplit("/", 1)[-1], _media(path))
     return Response(_made(store, f), media_type=_media(path))
@@ -72,5 +74,8 @@ async def dataset_zip(batch_id: BatchIdDep, tenant: TenantDep, batches: BatchesD
     zs = ZipStream(sized=False)
     for f in files:
         zs.add(_lazy(store, f), f"{batch_id}/{f.path}")
-    return StreamingResponse(iter(zs), media_type="application/zip",
-                             headers={"Content-Disposition": f'attachment; filename="{batch_id}-bids.zip"'})
+    return StreamingResponse(
+        iter(zs),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{batch_id}-bids.zip"'},
+    )

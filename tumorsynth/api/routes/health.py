@@ -43,5 +43,6 @@ def _checks(services) -> dict[str, str]:
 async def readyz(services: ServicesDep):
     checks = await run_in_threadpool(_checks, services)
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )

@@ -19,11 +19,22 @@ from ..uploads import JOB_FORM_SCHEMA, read_job_form
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=202, response_model=Job, openapi_extra=JOB_FORM_SCHEMA,
-             responses={413: {"description": "Request too large"}, 422: {"description": "Invalid request"}})
-async def submit_job(request: Request, response: Response, tenant: TenantDep, submissions: SubmissionsDep,
-                     store: StoreDep, settings: SettingsDep,
-                     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None) -> Job:
+@router.post(
+    "",
+    status_code=202,
+    response_model=Job,
+    openapi_extra=JOB_FORM_SCHEMA,
+    responses={413: {"description": "Request too large"}, 422: {"description": "Invalid request"}},
+)
+async def submit_job(
+    request: Request,
+    response: Response,
+    tenant: TenantDep,
+    submissions: SubmissionsDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Job:
     """Multipart: a JSON field ``request`` and one NIfTI file part per model input (``mask``, ``t1``, ...)."""
     request_json, files = await read_job_form(request, settings)
     sub = await run_in_threadpool(submissions.submit, tenant, request_json, files, idempotency_key)
@@ -34,11 +45,16 @@ async def submit_job(request: Request, response: Response, tenant: TenantDep, su
 
 
 @router.get("", response_model=JobList)
-def list_jobs(tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep,
-              status: Literal["queued", "running", "succeeded", "failed", "canceling", "canceled"] | None = None,
-              model: Annotated[str | None, Query(max_length=128)] = None,
-              cursor: Annotated[str | None, Query(max_length=256)] = None,
-              limit: Annotated[int, Query(ge=1, le=200)] = 50) -> JobList:
+def list_jobs(
+    tenant: TenantDep,
+    jobs: JobsDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    status: Literal["queued", "running", "succeeded", "failed", "canceling", "canceled"] | None = None,
+    model: Annotated[str | None, Query(max_length=128)] = None,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobList:
     records, next_cursor = jobs.list(tenant, status=status, model=model, cursor=cursor, limit=limit)
     return JobList(jobs=[job_view(r, store, settings) for r in records], next_cursor=next_cursor)
 
@@ -55,8 +71,9 @@ def cancel_job(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreD
 
 
 @router.get("/{job_id}/preview.png", responses={200: {"content": {"image/png": {}}}})
-def preview(job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep,
-            services: ServicesDep) -> Response:
+def preview(
+    job_id: JobIdDep, tenant: TenantDep, jobs: JobsDep, store: StoreDep, settings: SettingsDep, services: ServicesDep
+) -> Response:
     """Axial/coronal/sagittal montage of sample 0's outputs through the tumour, the mask outlined (drawn once)."""
     rec = jobs.get_for_tenant(tenant, job_id)
     if rec.status != "succeeded":
@@ -71,9 +88,12 @@ async def events(job_id: JobIdDep, request: Request, tenant: TenantDep, jobs: Jo
     slots = services.stream_slots
     slots.take(tenant)
     try:
-        return EventStream(job_events(services.settings, jobs, rec, request), lambda: slots.give_back(tenant),
-                           media_type="text/event-stream", headers={"Cache-Control": "no-cache",
-                                                                    "X-Accel-Buffering": "no"})
+        return EventStream(
+            job_events(services.settings, jobs, rec, request),
+            lambda: slots.give_back(tenant),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     except Exception:
         slots.give_back(tenant)
         raise

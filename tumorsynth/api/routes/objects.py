@@ -13,8 +13,13 @@ router = APIRouter(tags=["objects"])
 
 
 @router.get("/v1/objects/{key:path}")
-def signed_object(key: str, store: StoreDep, settings: SettingsDep, expires: int = Query(...),
-                  signature: str = Query(..., max_length=128)):
+def signed_object(
+    key: str,
+    store: StoreDep,
+    settings: SettingsDep,
+    expires: int = Query(...),
+    signature: str = Query(..., max_length=128),
+):
     """The signature covers the key and expiry: it is the authorisation, scoped to one object."""
     # S3 stores presign their own links: they have no signing key, and verify() refuses every link then
     verify(key, expires, signature, getattr(store, "signing_key", None))
@@ -22,6 +27,8 @@ def signed_object(key: str, store: StoreDep, settings: SettingsDep, expires: int
     if info is None:
         raise NotFound("no such object")
     name = key.rsplit("/", 1)[-1]
-    return StreamingResponse(store.iter_chunks(key), media_type=info.content_type or "application/octet-stream",
-                             headers={"Content-Disposition": f'attachment; filename="{name}"',
-                                      "Content-Length": str(info.size)})
+    return StreamingResponse(
+        store.iter_chunks(key),
+        media_type=info.content_type or "application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "Content-Length": str(info.size)},
+    )

@@ -30,7 +30,10 @@ async def api_metrics(services: ServicesDep) -> Response:
 @router.get("/v1/queues")
 def queues(services: ServicesDep, tenant: TenantDep) -> dict:
     """Per queue: depth, oldest queued age, running jobs, workers online (the same for every tenant)."""
-    return {"queues": queues_view(services.redis, services.settings),
-            "workers": [{k: w.get(k) for k in ("id", "queues", "device", "host", "seen_at", "gpus", "models",
-                                                     "versions")}
-                        for w in online_workers(services.redis, services.settings)]}
+    return {
+        "queues": queues_view(services.redis, services.settings),
+        "workers": [
+            {k: w.get(k) for k in ("id", "queues", "device", "host", "seen_at", "gpus", "models", "versions")}
+            for w in online_workers(services.redis, services.settings)
+        ],
+    }

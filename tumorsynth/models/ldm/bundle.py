@@ -38,10 +38,15 @@ REGIONS = "$lambda x: torch.cat([x > 0, ((x == 1) | (x >= 3)) & (x > 1).any(), x
 def _scheduler(schedule: dict) -> dict:
     if schedule.get("beta_schedule", "linear") != "linear":
         raise ValueError(f"MONAI's DDIMScheduler has no '{schedule['beta_schedule']}' beta schedule to export")
-    return {"_target_": "monai.networks.schedulers.DDIMScheduler",
-            "num_train_timesteps": int(schedule.get("num_train_timesteps", 1000)), "schedule": "linear_beta",
-            "beta_start": float(schedule.get("beta_start", 1e-4)), "beta_end": float(schedule.get("beta_end", 0.02)),
-            "prediction_type": schedule.get("prediction_type", "epsilon"), "clip_sample": False}
+    return {
+        "_target_": "monai.networks.schedulers.DDIMScheduler",
+        "num_train_timesteps": int(schedule.get("num_train_timesteps", 1000)),
+        "schedule": "linear_beta",
+        "beta_start": float(schedule.get("beta_start", 1e-4)),
+        "beta_end": float(schedule.get("beta_end", 0.02)),
+        "prediction_type": schedule.get("prediction_type", "epsilon"),
+        "clip_sample": False,
+    }
 
 
 def inference_config(entry: ModelEntry, net, scale_factor: float) -> dict:
@@ -68,30 +73,45 @@ def inference_config(entry: ModelEntry, net, scale_factor: float) -> dict:
         "autoencoder": "$@autoencoder_def.to(@device).eval()",
         "network": "$@network_def.to(@device).eval()",
         "load_autoencoder": "$@autoencoder.load_state_dict(torch.load(@model_dir + '/model_autoencoder.pt', "
-                            "map_location=@device, weights_only=True))",
+        "map_location=@device, weights_only=True))",
         "load_network": "$@network.load_state_dict(torch.load(@model_dir + '/model.pt', map_location=@device, "
-                        "weights_only=True))",
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "mask", "image_only": True},
-            {"_target_": "EnsureChannelFirstd", "keys": "mask"},
-            {"_target_": "Spacingd", "keys": "mask", "pixdim": "@grid_spacing", "mode": "nearest"},
-            {"_target_": "ResizeWithPadOrCropd", "keys": "mask", "spatial_size": "@grid_shape"},
-            {"_target_": "Lambdad", "keys": "mask", "func": REGIONS}]},
+        "weights_only=True))",
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "mask", "image_only": True},
+                {"_target_": "EnsureChannelFirstd", "keys": "mask"},
+                {"_target_": "Spacingd", "keys": "mask", "pixdim": "@grid_spacing", "mode": "nearest"},
+                {"_target_": "ResizeWithPadOrCropd", "keys": "mask", "spatial_size": "@grid_shape"},
+                {"_target_": "Lambdad", "keys": "mask", "func": REGIONS},
+            ],
+        },
         "regions": "$@preprocessing({'mask': @mask_path})['mask']",
         "condition": "$torch.nn.functional.interpolate(@regions[None].as_tensor().to(@device), size=@latent_shape, "
-                     "mode='area')",
+        "mode='area')",
         "scheduler": _scheduler(entry.config.get("schedule", {})),
         "inferer": {"_target_": "LatentDiffusionInferer", "scheduler": "@scheduler", "scale_factor": "@scale_factor"},
         "denoiser": "$functools.partial(@network, class_labels=torch.tensor([@class_index], device=@device))",
         "noise": "$torch.randn([1, @latent_channels] + @latent_shape, "
-                 "generator=torch.Generator().manual_seed(@seed)).to(@device)",
+        "generator=torch.Generator().manual_seed(@seed)).to(@device)",
         "sample": "$@inferer.sample(input_noise=@noise, autoencoder_model=@autoencoder, diffusion_model=@denoiser, "
-                  "scheduler=@scheduler, conditioning=@condition, mode='concat', verbose=False)",
+        "scheduler=@scheduler, conditioning=@condition, mode='concat', verbose=False)",
         "image": f"$monai.data.MetaTensor(@sample[0].clamp(-{Z_LIMIT}, {Z_LIMIT}).cpu(), meta=@regions.meta)",
-        "saver": {"_target_": "SaveImage", "output_dir": "@output_dir", "output_postfix": "synthetic",
-                  "separate_folder": False, "resample": False, "output_dtype": "$np.float32"},
-        "run": ["$@load_autoencoder", "$@load_network", "$@scheduler.set_timesteps(@num_inference_steps)",
-                "$torch.set_grad_enabled(False)", "$@saver(@image)"],
+        "saver": {
+            "_target_": "SaveImage",
+            "output_dir": "@output_dir",
+            "output_postfix": "synthetic",
+            "separate_folder": False,
+            "resample": False,
+            "output_dtype": "$np.float32",
+        },
+        "run": [
+            "$@load_autoencoder",
+            "$@load_network",
+            "$@scheduler.set_timesteps(@num_inference_steps)",
+            "$torch.set_grad_enabled(False)",
+            "$@saver(@image)",
+        ],
     }
 
 
@@ -101,7 +121,7 @@ def metadata(entry: ModelEntry) -> dict:
     channels = {str(i): m.upper() for i, m in enumerate(entry.modalities)}
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
-                  "meta_schema_20220324.json",
+        "meta_schema_20220324.json",
         "version": version,
         "changelog": {version: f"exported by tumorsynth {__version__} from {entry.id}"},
         "monai_version": monai.__version__,
@@ -111,27 +131,50 @@ def metadata(entry: ModelEntry) -> dict:
         "name": f"tumorsynth {entry.id}",
         "task": "Mask-conditioned synthesis of brain-tumour MRI (" + ", ".join(entry.modalities) + ")",
         "description": "Latent diffusion model: a tumour mask (and optionally a class) in, SYNTHETIC multi-contrast "
-                       "MRI out, as z-scores over the brain (background 0). Every output is synthetic.",
+        "MRI out, as z-scores over the brain (background 0). Every output is synthetic.",
         "authors": "tumorsynth",
         "copyright": "tumorsynth contributors",
         "data_source": entry.trained_on,
         "data_type": "nibabel",
         "intended_use": "Research and data augmentation only; the outputs are synthetic, not for diagnosis.",
-        "references": ["Truong et al., mask-conditioned 3D latent diffusion for multi-contrast brain-tumour MRI, "
-                       "SPIE Medical Imaging 2024"],
+        "references": [
+            "Truong et al., mask-conditioned 3D latent diffusion for multi-contrast brain-tumour MRI, "
+            "SPIE Medical Imaging 2024"
+        ],
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "segmentation", "modality": "MR", "num_channels": 1,
-                                 "spatial_shape": grid, "dtype": "float32", "value_range": [0, 4],
-                                 "is_patch_data": False,
-                                 "channel_def": {"0": "tumour labels: BraTS 2023 {0,1,2,3}, 2019 {0,1,2,4} or "
-                                                      "binary {0,1}"}}},
-            "outputs": {"pred": {"type": "image", "format": "magnitude", "modality": "MR",
-                                 "num_channels": len(entry.modalities), "spatial_shape": grid, "dtype": "float32",
-                                 "value_range": [-Z_LIMIT, Z_LIMIT], "is_patch_data": False,
-                                 "channel_def": channels}},
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "modality": "MR",
+                    "num_channels": 1,
+                    "spatial_shape": grid,
+                    "dtype": "float32",
+                    "value_range": [0, 4],
+                    "is_patch_data": False,
+                    "channel_def": {"0": "tumour labels: BraTS 2023 {0,1,2,3}, 2019 {0,1,2,4} or binary {0,1}"},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "MR",
+                    "num_channels": len(entry.modalities),
+                    "spatial_shape": grid,
+                    "dtype": "float32",
+                    "value_range": [-Z_LIMIT, Z_LIMIT],
+                    "is_patch_data": False,
+                    "channel_def": channels,
+                }
+            },
         },
-        "tumorsynth": {"model": entry.id, "checkpoint_sha256": entry.weights_sha256, "trained": entry.trained,
-                       "synthetic": True},
+        "tumorsynth": {
+            "model": entry.id,
+            "checkpoint_sha256": entry.weights_sha256,
+            "trained": entry.trained,
+            "synthetic": True,
+        },
     }
 
 
@@ -151,13 +194,15 @@ def export_bundle(entry: ModelEntry, out: Path) -> Path:
     (out / "configs" / "inference.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "configs" / "metadata.json").write_text(json.dumps(metadata(entry), indent=2) + "\n")
     card = entry.path / "MODEL_CARD.md"
-    head = (f"# {entry.id} as a MONAI bundle\n\nRun: `python -m monai.bundle run --config_file configs/inference.json "
-            f"--meta_file configs/metadata.json --bundle_root . [--mask_path M.nii.gz] [--tumor_class "
-            f"{entry.classes[0] if entry.classes else 'X'}] [--seed N]` (the command line needs `pip install fire`; "
-            "or call `monai.bundle.run(run_id='run', config_file=..., meta_file=..., bundle_root=...)`); writes "
-            f"`eval/<mask>_synthetic.nii.gz`, "
-            f"channels {', '.join(entry.modalities)}, on the model grid ({list(entry.output_shape)} voxels of "
-            f"{list(entry.output_spacing)} mm). DDIM, {DEFAULT_STEPS} steps. SYNTHETIC images.\n\n")
+    head = (
+        f"# {entry.id} as a MONAI bundle\n\nRun: `python -m monai.bundle run --config_file configs/inference.json "
+        f"--meta_file configs/metadata.json --bundle_root . [--mask_path M.nii.gz] [--tumor_class "
+        f"{entry.classes[0] if entry.classes else 'X'}] [--seed N]` (the command line needs `pip install fire`; "
+        "or call `monai.bundle.run(run_id='run', config_file=..., meta_file=..., bundle_root=...)`); writes "
+        f"`eval/<mask>_synthetic.nii.gz`, "
+        f"channels {', '.join(entry.modalities)}, on the model grid ({list(entry.output_shape)} voxels of "
+        f"{list(entry.output_spacing)} mm). DDIM, {DEFAULT_STEPS} steps. SYNTHETIC images.\n\n"
+    )
     (out / "docs" / "README.md").write_text(head + (card.read_text() if card.is_file() else "(no model card)\n"))
     mask = example_mask().astype(np.float32)  # BraTS 2023 labels on the 1 mm BraTS grid, as make run's example
     (out / "sample_data" / "mask.nii.gz").write_bytes(write_nifti(mask, affine_1mm()))

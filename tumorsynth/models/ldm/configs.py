@@ -125,17 +125,23 @@ def create_untrained(
         raise ValueError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     config = copy.deepcopy(PRESETS[preset])
     config.update(
-        name=name or f"untrained-{preset}", version=str(version), trained=False,
+        name=name or f"untrained-{preset}",
+        version=str(version),
+        trained=False,
         trained_on="nothing (random initialisation)",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = build_network(config)
     card = UNTRAINED_CARD.format(
-        model_id=f"ldm/{config['name']}@{config['version']}", preset=preset,
+        model_id=f"ldm/{config['name']}@{config['version']}",
+        preset=preset,
         shape="×".join(map(str, config["output"]["shape"])),
         spacing="×".join(f"{s:g}" for s in config["output"]["spacing"]),
-        fov="×".join(f"{f:g}" for f in config["fov_mm"]), modalities=", ".join(config["modalities"]), seed=seed,
+        fov="×".join(f"{f:g}" for f in config["fov_mm"]),
+        modalities=", ".join(config["modalities"]),
+        seed=seed,
     )
-    return save_checkpoint(Path(out_dir) / f"{config['name']}@{config['version']}", config=config, module=network,
-                           card=card)
+    return save_checkpoint(
+        Path(out_dir) / f"{config['name']}@{config['version']}", config=config, module=network, card=card
+    )

@@ -8,7 +8,7 @@ from .options import OPTIONS
 FAMILY = Family(
     name="ldm",
     task="mask_to_volume",
-    presets=('tiny', 'demo', 'paper'),
+    presets=("tiny", "demo", "paper"),
     configs="tumorsynth.models.ldm.configs",
     generator="tumorsynth.models.ldm.runner:LDMGenerator",
     trainer="tumorsynth.training.ldm:Trainer",

@@ -74,8 +74,9 @@ class MaskConditionedLDM(nn.Module):
             channels=list(unet_channels),
             num_res_blocks=unet_num_res_blocks if isinstance(unet_num_res_blocks, int) else list(unet_num_res_blocks),
             attention_levels=list(unet_attention_levels),
-            num_head_channels=(unet_num_head_channels if isinstance(unet_num_head_channels, int)
-                               else list(unet_num_head_channels)),
+            num_head_channels=(
+                unet_num_head_channels if isinstance(unet_num_head_channels, int) else list(unet_num_head_channels)
+            ),
             norm_num_groups=unet_norm_num_groups,
             num_class_embeds=num_classes + 1,
             use_flash_attention=True,
@@ -110,7 +111,11 @@ class MaskConditionedLDM(nn.Module):
         return F.interpolate(mask, size=self.latent_shape(mask.shape[2:]), mode="area")
 
     def denoise(
-        self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, class_labels: torch.Tensor,
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        class_labels: torch.Tensor,
         unet: nn.Module | None = None,
     ) -> torch.Tensor:
         """Predicted noise ε for noisy latents ``z_t`` (B, L, x, y, z) at timesteps ``t`` (B,); ``unet``: the same

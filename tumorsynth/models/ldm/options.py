@@ -12,7 +12,13 @@ from __future__ import annotations
 from ..options import OptionSpec
 
 OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("guidance", "float", 0.0, 0.0, 20.0,
-               description="classifier-free guidance weight w on the tumour class: (1 + w)·conditional − "
-                           "w·unconditional; 0 = off (one UNet pass per step); no effect without a tumor_class"),
+    OptionSpec(
+        "guidance",
+        "float",
+        0.0,
+        0.0,
+        20.0,
+        description="classifier-free guidance weight w on the tumour class: (1 + w)·conditional − "
+        "w·unconditional; 0 = off (one UNet pass per step); no effect without a tumor_class",
+    ),
 )

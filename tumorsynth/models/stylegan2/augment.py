@@ -57,8 +57,9 @@ def cutout(x: torch.Tensor, ratio: float = 0.5, generator: torch.Generator | Non
     return torch.where(inside.unsqueeze(1), torch.full_like(x, BACKGROUND), x)
 
 
-def diff_augment(x: torch.Tensor, policy: tuple[str, ...] | list[str] = POLICIES,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def diff_augment(
+    x: torch.Tensor, policy: tuple[str, ...] | list[str] = POLICIES, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``x`` (N, C, H, W) in [-1, 1] through each policy in turn, a fresh draw per image; differentiable in x."""
     unknown = set(policy) - set(POLICIES)
     if unknown:

@@ -42,26 +42,41 @@ def _preset(resolution: int, generator: dict, discriminator: dict) -> dict:
         "classes": list(CLASSES),
         "modalities": ["slice"],
         "inputs": [],
-        "output": {"shape": [resolution, resolution, 1], "spacing": [FOV_MM / resolution] * 2 + [SLICE_MM],
-                   "note": "one 2D slice per sample, stored as an (H, W, 1) NIfTI volume; the spacing is nominal"},
+        "output": {
+            "shape": [resolution, resolution, 1],
+            "spacing": [FOV_MM / resolution] * 2 + [SLICE_MM],
+            "note": "one 2D slice per sample, stored as an (H, W, 1) NIfTI volume; the spacing is nominal",
+        },
         "fov_mm": FOV_MM,
         "samplers": [{"name": "direct", "default_steps": 1, "min_steps": 1, "max_steps": 1}],
         "default_sampler": "direct",
         "sampling": {"truncation": DEFAULT_TRUNCATION, "noise_mode": "random"},
-        "intensity": {"normalisation": "each slice divided by its 99.5th percentile of non-zero pixels, clipped to "
-                                       "[0, 1]; the network works on 2x - 1", "range": [0.0, 1.0]},
+        "intensity": {
+            "normalisation": "each slice divided by its 99.5th percentile of non-zero pixels, clipped to "
+            "[0, 1]; the network works on 2x - 1",
+            "range": [0.0, 1.0],
+        },
         "network": common | generator,
         "discriminator": common | discriminator,
     }
 
 
 PRESETS: dict[str, dict] = {
-    "tiny": _preset(16, {"z_dim": 32, "w_dim": 32, "mapping_layers": 2, "channel_base": 256, "channel_max": 32},
-                    {"channel_base": 256, "channel_max": 32}),
-    "demo": _preset(64, {"z_dim": 64, "w_dim": 64, "mapping_layers": 2, "channel_base": 1024, "channel_max": 64},
-                    {"channel_base": 1024, "channel_max": 64}),
-    "paper": _preset(256, {"z_dim": 512, "w_dim": 512, "mapping_layers": 8, "channel_base": 16384,
-                           "channel_max": 512}, {"channel_base": 16384, "channel_max": 512}),
+    "tiny": _preset(
+        16,
+        {"z_dim": 32, "w_dim": 32, "mapping_layers": 2, "channel_base": 256, "channel_max": 32},
+        {"channel_base": 256, "channel_max": 32},
+    ),
+    "demo": _preset(
+        64,
+        {"z_dim": 64, "w_dim": 64, "mapping_layers": 2, "channel_base": 1024, "channel_max": 64},
+        {"channel_base": 1024, "channel_max": 64},
+    ),
+    "paper": _preset(
+        256,
+        {"z_dim": 512, "w_dim": 512, "mapping_layers": 8, "channel_base": 16384, "channel_max": 512},
+        {"channel_base": 16384, "channel_max": 512},
+    ),
 }
 
 UNTRAINED_CARD = """\
@@ -100,14 +115,22 @@ def create_untrained(
 ) -> ModelEntry:
     """Write a randomly initialised checkpoint to ``out_dir/{name}@{version}`` and return its registry entry."""
     config = model_config(preset)
-    config.update(name=name or f"untrained-{preset}", version=str(version), trained=False,
-                  trained_on="nothing (random initialisation)")
+    config.update(
+        name=name or f"untrained-{preset}",
+        version=str(version),
+        trained=False,
+        trained_on="nothing (random initialisation)",
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = build_network(config)
     card = UNTRAINED_CARD.format(
-        model_id=f"stylegan2/{config['name']}@{config['version']}", preset=preset,
-        shape="×".join(map(str, config["output"]["shape"][:2])), classes=", ".join(config["classes"]), seed=seed,
+        model_id=f"stylegan2/{config['name']}@{config['version']}",
+        preset=preset,
+        shape="×".join(map(str, config["output"]["shape"][:2])),
+        classes=", ".join(config["classes"]),
+        seed=seed,
     )
-    return save_checkpoint(Path(out_dir) / f"{config['name']}@{config['version']}", config=config, module=network,
-                           card=card)
+    return save_checkpoint(
+        Path(out_dir) / f"{config['name']}@{config['version']}", config=config, module=network, card=card
+    )

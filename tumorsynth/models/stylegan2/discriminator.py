@@ -20,14 +20,19 @@ from .layers import Conv2d, FullyConnected, normalize_2nd_moment
 
 
 class DiscriminatorBlock(nn.Module):
-    def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, img_channels: int,
-                 conv_clamp: float | None = None):
+    def __init__(
+        self, in_channels: int, tmp_channels: int, out_channels: int, img_channels: int, conv_clamp: float | None = None
+    ):
         super().__init__()
-        self.fromrgb = Conv2d(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp) \
-            if in_channels == 0 else None
+        self.fromrgb = (
+            Conv2d(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
+            if in_channels == 0
+            else None
+        )
         self.conv0 = Conv2d(tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
-        self.conv1 = Conv2d(tmp_channels, out_channels, 3, activation="lrelu", down=True, conv_clamp=conv_clamp,
-                            gain=math.sqrt(0.5))
+        self.conv1 = Conv2d(
+            tmp_channels, out_channels, 3, activation="lrelu", down=True, conv_clamp=conv_clamp, gain=math.sqrt(0.5)
+        )
         self.skip = Conv2d(tmp_channels, out_channels, 1, bias=False, down=True, gain=math.sqrt(0.5))
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor) -> torch.Tensor:
@@ -58,18 +63,29 @@ class MinibatchStd(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, resolution: int = 256, num_classes: int = 3, img_channels: int = 1, channel_base: int = 32768,
-                 channel_max: int = 512, cmap_dim: int | None = None, mbstd_group_size: int = 4,
-                 mbstd_num_channels: int = 1, conv_clamp: float | None = 256.0, aux_classifier: bool = False):
+    def __init__(
+        self,
+        resolution: int = 256,
+        num_classes: int = 3,
+        img_channels: int = 1,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        cmap_dim: int | None = None,
+        mbstd_group_size: int = 4,
+        mbstd_num_channels: int = 1,
+        conv_clamp: float | None = 256.0,
+        aux_classifier: bool = False,
+    ):
         super().__init__()
         if resolution < 8 or resolution & (resolution - 1):
             raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
         self.num_classes = num_classes
-        resolutions = [2 ** i for i in range(int(np.log2(resolution)), 2, -1)]
+        resolutions = [2**i for i in range(int(np.log2(resolution)), 2, -1)]
         channels = {r: min(channel_base // r, channel_max) for r in [*resolutions, 4]}
         self.blocks = nn.ModuleList(
-            DiscriminatorBlock(channels[r] if r < resolution else 0, channels[r], channels[r // 2], img_channels,
-                               conv_clamp)
+            DiscriminatorBlock(
+                channels[r] if r < resolution else 0, channels[r], channels[r // 2], img_channels, conv_clamp
+            )
             for r in resolutions
         )
         c4 = channels[4]

@@ -8,7 +8,7 @@ from .options import OPTIONS
 FAMILY = Family(
     name="stylegan2",
     task="class_to_slice",
-    presets=('tiny', 'demo', 'paper'),
+    presets=("tiny", "demo", "paper"),
     configs="tumorsynth.models.stylegan2.configs",
     generator="tumorsynth.models.stylegan2.runner:StyleGAN2Generator",
     trainer="tumorsynth.training.stylegan2:Trainer",

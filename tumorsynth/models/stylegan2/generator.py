@@ -25,8 +25,16 @@ from .layers import FullyConnected, bias_act, modulated_conv2d, normalize_2nd_mo
 class MappingNetwork(nn.Module):
     w_avg: torch.Tensor  # (max(1, classes), W) buffer
 
-    def __init__(self, z_dim: int, num_classes: int, w_dim: int, num_ws: int, num_layers: int = 8,
-                 lr_multiplier: float = 0.01, w_avg_beta: float = 0.995):
+    def __init__(
+        self,
+        z_dim: int,
+        num_classes: int,
+        w_dim: int,
+        num_ws: int,
+        num_layers: int = 8,
+        lr_multiplier: float = 0.01,
+        w_avg_beta: float = 0.995,
+    ):
         super().__init__()
         self.z_dim, self.num_classes, self.w_dim, self.num_ws = z_dim, num_classes, w_dim, num_ws
         self.w_avg_beta = w_avg_beta
@@ -38,8 +46,9 @@ class MappingNetwork(nn.Module):
         )
         self.register_buffer("w_avg", torch.zeros(max(1, num_classes), w_dim))
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None, truncation_psi: float = 1.0,
-                update_w_avg: bool = False) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, labels: torch.Tensor | None, truncation_psi: float = 1.0, update_w_avg: bool = False
+    ) -> torch.Tensor:
         x = normalize_2nd_moment(z)  # (B, Z)
         if self.embed is not None:
             if labels is None:
@@ -48,8 +57,11 @@ class MappingNetwork(nn.Module):
             x = torch.cat([x, y], dim=1)
         for layer in self.layers:
             x = layer(x)  # (B, W)
-        rows = labels if self.embed is not None and labels is not None else \
-            torch.zeros(len(x), dtype=torch.long, device=x.device)
+        rows = (
+            labels
+            if self.embed is not None and labels is not None
+            else torch.zeros(len(x), dtype=torch.long, device=x.device)
+        )
         if update_w_avg:
             self._track(x.detach(), rows)
         if truncation_psi != 1:
@@ -68,8 +80,15 @@ class SynthesisLayer(nn.Module):
 
     noise_const: torch.Tensor  # (R, R) buffer
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: bool = False,
-                 conv_clamp: float | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        up: bool = False,
+        conv_clamp: float | None = None,
+    ):
         super().__init__()
         self.up, self.resolution, self.conv_clamp = up, resolution, conv_clamp
         self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
@@ -78,8 +97,14 @@ class SynthesisLayer(nn.Module):
         self.noise_strength = nn.Parameter(torch.zeros([]))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random",
-                generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        noise_mode: str = "random",
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``noise`` (B, 1, R, R): this layer's noise maps drawn beforehand (``noise_mode='random'``); else drawn
         here from ``generator``."""
         styles = self.affine(w)  # (B, I)
@@ -118,8 +143,15 @@ class ToImage(nn.Module):
 class SynthesisBlock(nn.Module):
     """One resolution of the skip generator: (const or ×2) → conv0 → conv1, and the image skip path summed up."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
-                 conv_clamp: float | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        conv_clamp: float | None = None,
+    ):
         super().__init__()
         self.first = in_channels == 0
         if self.first:
@@ -133,9 +165,15 @@ class SynthesisBlock(nn.Module):
     def layers(self) -> list[SynthesisLayer]:
         return [self.conv1] if self.first else [self.conv0, self.conv1]
 
-    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, noise_mode: str,
-                generator: torch.Generator | None,
-                noise: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        ws: torch.Tensor,
+        noise_mode: str,
+        generator: torch.Generator | None,
+        noise: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``noise``: one map per layer of ``layers()``, or None to draw them as the layers run."""
         w_iter = iter(ws.unbind(1))
         noise_iter = iter(noise or [])
@@ -157,24 +195,37 @@ class Generator(nn.Module):
     Channels at resolution r: ``min(channel_base // r, channel_max)``, as in the reference.
     """
 
-    def __init__(self, resolution: int = 256, num_classes: int = 3, img_channels: int = 1, z_dim: int = 512,
-                 w_dim: int = 512, mapping_layers: int = 8, mapping_lr_multiplier: float = 0.01,
-                 w_avg_beta: float = 0.995, channel_base: int = 32768, channel_max: int = 512,
-                 conv_clamp: float | None = 256.0):
+    def __init__(
+        self,
+        resolution: int = 256,
+        num_classes: int = 3,
+        img_channels: int = 1,
+        z_dim: int = 512,
+        w_dim: int = 512,
+        mapping_layers: int = 8,
+        mapping_lr_multiplier: float = 0.01,
+        w_avg_beta: float = 0.995,
+        channel_base: int = 32768,
+        channel_max: int = 512,
+        conv_clamp: float | None = 256.0,
+    ):
         super().__init__()
         if resolution < 4 or resolution & (resolution - 1):
             raise ValueError(f"resolution must be a power of two >= 4, got {resolution}")
         self.resolution, self.num_classes, self.img_channels = resolution, num_classes, img_channels
         self.z_dim, self.w_dim = z_dim, w_dim
-        self.block_resolutions = [2 ** i for i in range(2, int(np.log2(resolution)) + 1)]
+        self.block_resolutions = [2**i for i in range(2, int(np.log2(resolution)) + 1)]
         channels = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
-        blocks = [SynthesisBlock(channels[r // 2] if r > 4 else 0, channels[r], w_dim, r, img_channels, conv_clamp)
-                  for r in self.block_resolutions]
+        blocks = [
+            SynthesisBlock(channels[r // 2] if r > 4 else 0, channels[r], w_dim, r, img_channels, conv_clamp)
+            for r in self.block_resolutions
+        ]
         self.blocks = nn.ModuleList(blocks)
         # Consecutive blocks share the w of the torgb/conv0 boundary, as ``SynthesisNetwork`` counts them.
         self.num_ws = sum(b.num_ws - 1 for b in blocks) + 1
-        self.mapping = MappingNetwork(z_dim, num_classes, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier,
-                                      w_avg_beta)
+        self.mapping = MappingNetwork(
+            z_dim, num_classes, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta
+        )
         self.synthesis_dtype, self.channels_last = torch.float32, False
 
     def synthesis_blocks(self) -> list[SynthesisBlock]:
@@ -184,23 +235,35 @@ class Generator(nn.Module):
         """The layers that take a noise map, in the order they run (and draw it)."""
         return [layer for block in self.synthesis_blocks() for layer in block.layers()]
 
-    def synthesis(self, ws: torch.Tensor, noise_mode: str = "random", generator: torch.Generator | None = None,
-                  noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def synthesis(
+        self,
+        ws: torch.Tensor,
+        noise_mode: str = "random",
+        generator: torch.Generator | None = None,
+        noise: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """``noise``: maps (B, 1, r, r) for ``noise_layers()`` in order, drawn beforehand; None draws them here."""
         x: torch.Tensor | None = None
         img: torch.Tensor | None = None
         start = used = 0
         for block in self.synthesis_blocks():
             n = len(block.layers())
-            maps = noise[used:used + n] if noise is not None else None
-            x, img = block(x, img, ws[:, start:start + block.num_ws], noise_mode, generator, maps)  # img (B, C, r, r)
+            maps = noise[used : used + n] if noise is not None else None
+            x, img = block(x, img, ws[:, start : start + block.num_ws], noise_mode, generator, maps)  # img (B, C, r, r)
             start, used = start + block.num_ws - 1, used + n
         assert img is not None  # a resolution >= 4 makes at least one block
         return img
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None, truncation_psi: float = 1.0,
-                noise_mode: str = "random", generator: torch.Generator | None = None,
-                update_w_avg: bool = False, noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        labels: torch.Tensor | None,
+        truncation_psi: float = 1.0,
+        noise_mode: str = "random",
+        generator: torch.Generator | None = None,
+        update_w_avg: bool = False,
+        noise: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         ws = self.mapping(z, labels, truncation_psi, update_w_avg)  # (B, num_ws, W)
         return self.synthesis(ws, noise_mode, generator, noise)
 

@@ -24,8 +24,9 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
-def bias_act(x: torch.Tensor, bias: torch.Tensor | None, activation: str, gain: float = 1.0,
-             clamp: float | None = None) -> torch.Tensor:
+def bias_act(
+    x: torch.Tensor, bias: torch.Tensor | None, activation: str, gain: float = 1.0, clamp: float | None = None
+) -> torch.Tensor:
     """Bias, then leaky ReLU (slope 0.2, gain sqrt 2) or identity, then an optional clamp, as ``bias_act``."""
     if bias is not None:
         x = x + bias.reshape(1, -1, *[1] * (x.ndim - 2))
@@ -87,9 +88,9 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> 
     s_top, s_bottom = x.new_zeros(b, i, 3, m + 2), x.new_zeros(b, i, 3, m + 2)  # ring rows -1..1 and m-2..m
     s_top[:, :, 0], s_bottom[:, :, 2] = top, bottom
     s_top[:, :, 1:, 0], s_top[:, :, 1:, -1] = left[:, :, 1:3], right[:, :, 1:3]
-    s_bottom[:, :, :2, 0], s_bottom[:, :, :2, -1] = left[:, :, m - 1:m + 1], right[:, :, m - 1:m + 1]
+    s_bottom[:, :, :2, 0], s_bottom[:, :, :2, -1] = left[:, :, m - 1 : m + 1], right[:, :, m - 1 : m + 1]
     s_left, s_right = x.new_zeros(b, i, m, 3), x.new_zeros(b, i, m, 3)  # ring rows 0..m-1, columns -1..1, m-2..m
-    s_left[..., 0], s_right[..., 2] = left[:, :, 1:m + 1], right[:, :, 1:m + 1]
+    s_left[..., 0], s_right[..., 2] = left[:, :, 1 : m + 1], right[:, :, 1 : m + 1]
     # in place on the border only (autograd allows it: a convolution keeps its inputs, not its output)
     y[:, :, :1] -= F.conv2d(s_top, weight, groups=groups)
     y[:, :, -1:] -= F.conv2d(s_bottom, weight, groups=groups)
@@ -125,8 +126,15 @@ def _upsampled_ring(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 class FullyConnected(nn.Module):
     """Equalised-LR linear layer (``FullyConnectedLayer``)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
-                 lr_multiplier: float = 1.0, bias_init: float = 0.0):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        bias_init: float = 0.0,
+    ):
         super().__init__()
         self.activation = activation
         self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_multiplier)
@@ -143,9 +151,17 @@ class FullyConnected(nn.Module):
 class Conv2d(nn.Module):
     """Equalised-LR convolution with optional ×2 down-sampling (``Conv2dLayer``, used by the discriminator)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
-                 activation: str = "linear", down: bool = False, conv_clamp: float | None = None,
-                 gain: float = 1.0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        activation: str = "linear",
+        down: bool = False,
+        conv_clamp: float | None = None,
+        gain: float = 1.0,
+    ):
         super().__init__()
         self.activation, self.down, self.conv_clamp, self.gain = activation, down, conv_clamp, gain
         self.padding = kernel_size // 2
@@ -186,8 +202,15 @@ def fuse_modulation(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return weight[0].numel() * weight.shape[0] < (i + weight.shape[0]) * h * w
 
 
-def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool = True,
-                     padding: int = 0, fused: bool | None = None, up: bool = False) -> torch.Tensor:
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    demodulate: bool = True,
+    padding: int = 0,
+    fused: bool | None = None,
+    up: bool = False,
+) -> torch.Tensor:
     """Per-sample modulated (and demodulated) convolution, of ``upsample2d(x)`` when ``up`` (3×3, padding 1).
 
     x (B, I, H, W), weight (O, I, k, k), styles (B, I). Demodulation rescales each output channel's weights to unit

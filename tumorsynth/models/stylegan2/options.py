@@ -5,6 +5,12 @@ from __future__ import annotations
 from ..options import OptionSpec
 
 OPTIONS = (
-    OptionSpec("truncation", "float", 1.0, 0.0, 1.0,
-               description="truncation ψ: w is pulled toward the class's mean w; 1 = none, 0 = the class mean"),
+    OptionSpec(
+        "truncation",
+        "float",
+        1.0,
+        0.0,
+        1.0,
+        description="truncation ψ: w is pulled toward the class's mean w; 1 = none, 0 = the class mean",
+    ),
 )

@@ -30,8 +30,9 @@ def batch_size_for(net: Generator, device: torch.device) -> int:
     return max(1, min(GPU_BATCH, CPU_FEATURE_BYTES // largest))
 
 
-def seeded_inputs(net: Generator, seeds: list[int], noise_mode: str,
-                  device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+def seeded_inputs(
+    net: Generator, seeds: list[int], noise_mode: str, device: torch.device
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """z (N, Z) and, for ``noise_mode='random'``, one (N, 1, r, r) noise map per layer of ``net.noise_layers()``."""
     layers = net.noise_layers() if noise_mode == "random" else []
     zs, maps = [], []
@@ -43,9 +44,16 @@ def seeded_inputs(net: Generator, seeds: list[int], noise_mode: str,
     return torch.cat(zs), noise
 
 
-def sample_slices(generator: Generator, label: int, seeds: list[int], truncation: float = 1.0,
-                  noise_mode: str = "random", progress: Callable[[int, int], None] | None = None,
-                  device: str | torch.device = "cpu", batch_size: int | None = None) -> torch.Tensor:
+def sample_slices(
+    generator: Generator,
+    label: int,
+    seeds: list[int],
+    truncation: float = 1.0,
+    noise_mode: str = "random",
+    progress: Callable[[int, int], None] | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int | None = None,
+) -> torch.Tensor:
     """Images (N, C, R, R), float32, in the network's range (about [-1, 1]); sample i depends only on ``seeds[i]``.
 
     ``progress(done, total)`` is called after each batch of ``batch_size`` seeds (default ``batch_size_for``; it may
@@ -59,7 +67,7 @@ def sample_slices(generator: Generator, label: int, seeds: list[int], truncation
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = []
     for start in range(0, len(seeds), batch_size):
-        chunk = seeds[start:start + batch_size]
+        chunk = seeds[start : start + batch_size]
         z, noise = seeded_inputs(generator, chunk, noise_mode, device)
         labels = torch.full((len(chunk),), label, dtype=torch.long, device=device)
         out.append(generator(z, labels, truncation_psi=truncation, noise_mode=noise_mode, noise=noise))

@@ -45,14 +45,16 @@ def _preset(grid: list[int], network: dict, slice_batches: int) -> dict:
             "shape": list(grid),
             "spacing": [f / n for f, n in zip(FOV_MM, grid)],
             "note": "a 2D slice grid: each slice along the input's third voxel axis is resampled to this grid "
-                    "and the output is returned in the input T1's shape and affine",
+            "and the output is returned in the input T1's shape and affine",
         },
         "fov_mm": list(FOV_MM),
         "samplers": [{"name": "direct", "default_steps": 1, "min_steps": 1, "max_steps": 1}],
         "default_sampler": "direct",
         "options": [],  # request options: none (models/options.py)
-        "intensity": {"normalisation": "z-score over non-zero voxels per input volume (T1, FLAIR)",
-                      "output": "T1C as z-scores over the brain (its non-zero voxels); 0 where the input T1 is 0"},
+        "intensity": {
+            "normalisation": "z-score over non-zero voxels per input volume (T1, FLAIR)",
+            "output": "T1C as z-scores over the brain (its non-zero voxels); 0 where the input T1 is 0",
+        },
         "labels": list(LABELS),
         # total_steps = slice_batches: the brain's slices go through in this many batches, one progress step each
         "inference": {"slice_batches": slice_batches, "max_batch_slices": 16},
@@ -75,24 +77,56 @@ def image_inputs(config: dict) -> list[str]:
 PRESETS: dict[str, dict] = {
     "tiny": _preset(
         [32, 32],
-        {"seg_channels": [8, 16], "seg_strides": [2], "seg_num_res_units": 1, "channels": [8, 16, 32],
-         "cond_latent_channels": [4, 8, 16], "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "norm": "batch",
-         "residual": True, "slice_context": 1, "regions_in_input": True},
+        {
+            "seg_channels": [8, 16],
+            "seg_strides": [2],
+            "seg_num_res_units": 1,
+            "channels": [8, 16, 32],
+            "cond_latent_channels": [4, 8, 16],
+            "depth": 1,
+            "num_heads": 2,
+            "mlp_ratio": 2.0,
+            "norm": "batch",
+            "residual": True,
+            "slice_context": 1,
+            "regions_in_input": True,
+        },
         slice_batches=4,
     ),
     "demo": _preset(
         [96, 96],
-        {"seg_channels": [8, 16, 32], "seg_strides": [2, 2], "seg_num_res_units": 1, "channels": [8, 32, 64],
-         "cond_latent_channels": [4, 16, 32], "depth": 4, "num_heads": 4, "mlp_ratio": 2.0, "norm": "batch",
-         "residual": True, "slice_context": 1, "regions_in_input": True},
+        {
+            "seg_channels": [8, 16, 32],
+            "seg_strides": [2, 2],
+            "seg_num_res_units": 1,
+            "channels": [8, 32, 64],
+            "cond_latent_channels": [4, 16, 32],
+            "depth": 4,
+            "num_heads": 4,
+            "mlp_ratio": 2.0,
+            "norm": "batch",
+            "residual": True,
+            "slice_context": 1,
+            "regions_in_input": True,
+        },
         slice_batches=8,
     ),
     "paper": _preset(
         [240, 240],
-        {"seg_channels": [32, 64, 128, 256], "seg_strides": [2, 2, 2], "seg_num_res_units": 2,
-         "channels": [64, 128, 256], "cond_latent_channels": [32, 64, 128], "depth": 6, "num_heads": 8,
-         "mlp_ratio": 4.0, "norm": "batch",
-         "residual": True, "slice_context": 0, "regions_in_input": True},
+        {
+            "seg_channels": [32, 64, 128, 256],
+            "seg_strides": [2, 2, 2],
+            "seg_num_res_units": 2,
+            "channels": [64, 128, 256],
+            "cond_latent_channels": [32, 64, 128],
+            "depth": 6,
+            "num_heads": 8,
+            "mlp_ratio": 4.0,
+            "norm": "batch",
+            "residual": True,
+            "slice_context": 0,
+            "regions_in_input": True,
+        },
         slice_batches=10,
     ),
 }
@@ -126,21 +160,32 @@ def build_network(config: dict) -> TumourAwareSynthesis:
 
 
 def create_untrained(
-    out_dir: Path, preset: str = "tiny", name: str | None = None, version: str = "1", seed: int = 0,
+    out_dir: Path,
+    preset: str = "tiny",
+    name: str | None = None,
+    version: str = "1",
+    seed: int = 0,
     flair: bool = True,
 ) -> ModelEntry:
     """Write a randomly initialised checkpoint to ``out_dir/{name}@{version}`` and return its registry entry."""
     config = model_config(preset, flair)
-    config.update(name=name or f"untrained-{preset}", version=str(version), trained=False,
-                  trained_on="nothing (random initialisation)")
+    config.update(
+        name=name or f"untrained-{preset}",
+        version=str(version),
+        trained=False,
+        trained_on="nothing (random initialisation)",
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = build_network(config)
     card = UNTRAINED_CARD.format(
-        model_id=f"tavit/{config['name']}@{config['version']}", preset=preset,
+        model_id=f"tavit/{config['name']}@{config['version']}",
+        preset=preset,
         inputs=", ".join(image_inputs(config)) + " (mask optional)",
         shape="×".join(map(str, config["output"]["shape"])),
-        spacing="×".join(f"{s:g}" for s in config["output"]["spacing"]), seed=seed,
+        spacing="×".join(f"{s:g}" for s in config["output"]["spacing"]),
+        seed=seed,
     )
-    return save_checkpoint(Path(out_dir) / f"{config['name']}@{config['version']}", config=config, module=network,
-                           card=card)
+    return save_checkpoint(
+        Path(out_dir) / f"{config['name']}@{config['version']}", config=config, module=network, card=card
+    )

@@ -8,7 +8,7 @@ from .options import OPTIONS
 FAMILY = Family(
     name="tavit",
     task="contrast_synthesis",
-    presets=('tiny', 'demo', 'paper'),
+    presets=("tiny", "demo", "paper"),
     configs="tumorsynth.models.tavit.configs",
     generator="tumorsynth.models.tavit.runner:TAViTGenerator",
     trainer="tumorsynth.training.tavit:Trainer",

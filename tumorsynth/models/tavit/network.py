@@ -65,8 +65,9 @@ def sincos_position_embedding(dim: int, height: int, width: int) -> torch.Tensor
     if dim % 4:
         raise ValueError(f"the embedding width must divide by 4 for a 2D sin-cos embedding, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
     parts = [f(c.reshape(-1, 1) * omega) for c in (ys, xs) for f in (torch.sin, torch.cos)]
     return torch.cat(parts, dim=1)[None].float()  # (1, N, D)
 
@@ -134,8 +135,10 @@ class TAViT(nn.Module):
         if spatial_dims != 2:
             raise ValueError(f"TA-ViT works on 2D slices (spatial_dims=2), got spatial_dims={spatial_dims}")
         if len(channels) < 1 or len(cond_latent_channels) != len(channels):
-            raise ValueError(f"channels {list(channels)} and cond_latent_channels {list(cond_latent_channels)} need "
-                             "the same, non-zero number of levels (each level halves the side)")
+            raise ValueError(
+                f"channels {list(channels)} and cond_latent_channels {list(cond_latent_channels)} need "
+                "the same, non-zero number of levels (each level halves the side)"
+            )
         self.downsampling = 2 ** len(channels)
         self.regions_in_input = regions_in_input
         dim = channels[-1]
@@ -157,10 +160,12 @@ class TAViT(nn.Module):
         widths = [*channels[::-1][1:], channels[0]]
         prev = dim
         for c in widths:
-            self.decoder.append(nn.Sequential(
-                Convolution(spatial_dims, prev, c, strides=2, is_transposed=True, norm=norm),
-                ResidualUnit(spatial_dims, c, c, strides=1, subunits=1, norm=norm),
-            ))
+            self.decoder.append(
+                nn.Sequential(
+                    Convolution(spatial_dims, prev, c, strides=2, is_transposed=True, norm=norm),
+                    ResidualUnit(spatial_dims, c, c, strides=1, subunits=1, norm=norm),
+                )
+            )
             prev = c
         self.head = Convolution(spatial_dims, prev, out_channels, kernel_size=1, conv_only=True)
         # position codes by (height, width, device, dtype): built once, not on the host and copied at every call
@@ -238,25 +243,44 @@ class TumourAwareSynthesis(nn.Module):
         if slice_context < 0:
             raise ValueError(f"slice_context counts neighbours on each side, so it must be ≥ 0, got {slice_context}")
         if len(seg_strides) != len(seg_channels) - 1:
-            raise ValueError(f"seg_strides needs one stride per level below the top: {len(seg_channels) - 1} for "
-                             f"seg_channels {list(seg_channels)}, got {list(seg_strides)}")
+            raise ValueError(
+                f"seg_strides needs one stride per level below the top: {len(seg_channels) - 1} for "
+                f"seg_channels {list(seg_channels)}, got {list(seg_strides)}"
+            )
         self.image_channels = image_channels
         self.residual = residual
         self.slice_context = slice_context
         self.in_channels = image_channels * (2 * slice_context + 1)  # centre slice's images first, then neighbours
-        self.segmenter = UNet(spatial_dims=spatial_dims, in_channels=self.in_channels, out_channels=NUM_LABELS,
-                              channels=tuple(seg_channels), strides=tuple(seg_strides),
-                              num_res_units=seg_num_res_units, norm="instance")
-        self.tavit = TAViT(spatial_dims=spatial_dims, in_channels=self.in_channels, out_channels=1,
-                           cond_channels=NUM_REGIONS, channels=channels, cond_latent_channels=cond_latent_channels,
-                           depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, norm=norm,
-                           regions_in_input=regions_in_input)
+        self.segmenter = UNet(
+            spatial_dims=spatial_dims,
+            in_channels=self.in_channels,
+            out_channels=NUM_LABELS,
+            channels=tuple(seg_channels),
+            strides=tuple(seg_strides),
+            num_res_units=seg_num_res_units,
+            norm="instance",
+        )
+        self.tavit = TAViT(
+            spatial_dims=spatial_dims,
+            in_channels=self.in_channels,
+            out_channels=1,
+            cond_channels=NUM_REGIONS,
+            channels=channels,
+            cond_latent_channels=cond_latent_channels,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            norm=norm,
+            regions_in_input=regions_in_input,
+        )
         self.divisor = math.lcm(self.tavit.downsampling, math.prod(seg_strides))
 
     def check_grid(self, shape: Sequence[int]) -> None:
         if any(n % self.divisor for n in shape):
-            raise ValueError(f"slice grid {tuple(shape)} must be divisible by {self.divisor} on both sides "
-                             f"(the encoders downsample by {self.divisor})")
+            raise ValueError(
+                f"slice grid {tuple(shape)} must be divisible by {self.divisor} on both sides "
+                f"(the encoders downsample by {self.divisor})"
+            )
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Slices (B, C, H, W) → label logits (B, 4, H, W)."""

@@ -28,14 +28,19 @@ def zscore_brain(volume: np.ndarray) -> np.ndarray:
     return out
 
 
-def slice_mapping(shape: Sequence[int], affine: np.ndarray, grid: Sequence[int],
-                  fov_mm: Sequence[float]) -> GridMapping:
+def slice_mapping(
+    shape: Sequence[int], affine: np.ndarray, grid: Sequence[int], fov_mm: Sequence[float]
+) -> GridMapping:
     """The mapping between a volume and the model's (H, W, Z) slice grid."""
     affine = np.asarray(affine, dtype=np.float64)
     n_slices = int(shape[2])
     slice_spacing = float(np.linalg.norm(affine[:3, 2]))
-    return fit_to_grid(shape, affine, (int(grid[0]), int(grid[1]), n_slices),
-                       (float(fov_mm[0]), float(fov_mm[1]), n_slices * slice_spacing))
+    return fit_to_grid(
+        shape,
+        affine,
+        (int(grid[0]), int(grid[1]), n_slices),
+        (float(fov_mm[0]), float(fov_mm[1]), n_slices * slice_spacing),
+    )
 
 
 def to_slices(grid_array: np.ndarray) -> np.ndarray:
@@ -59,8 +64,9 @@ def with_context(slices: np.ndarray, k: int) -> np.ndarray:
     −k … −1, 1 … k (the volume's edge slices stand in for neighbours beyond it)."""
     if k == 0:
         return slices
-    return np.concatenate([slices[context_index(np.arange(len(slices)), len(slices), k)[:, j]]
-                           for j in range(2 * k + 1)], axis=1)
+    return np.concatenate(
+        [slices[context_index(np.arange(len(slices)), len(slices), k)[:, j]] for j in range(2 * k + 1)], axis=1
+    )
 
 
 def context_index(z: np.ndarray, n: int, k: int) -> np.ndarray:

@@ -85,15 +85,18 @@ def resample(volume: torch.Tensor, dst_shape: tuple[int, ...], matrix: np.ndarra
     """
     work = torch.float64 if volume.device.type == "cuda" else torch.float32
     src = volume.shape[-3:]
-    weights = [linear_weights(int(n_src), int(n_dst), float(m), float(o))
-               for n_src, n_dst, m, o in zip(src, dst_shape, matrix, offset)]
+    weights = [
+        linear_weights(int(n_src), int(n_dst), float(m), float(o))
+        for n_src, n_dst, m, o in zip(src, dst_shape, matrix, offset)
+    ]
     out = volume
     for axis, w in enumerate(weights):
         if w.shape[0] == w.shape[1] and np.array_equal(w, np.eye(len(w))):
             continue  # the slice axis, and in-plane where the grid is the input's: nothing to compute
         dim = volume.ndim - 3 + axis
-        out = torch.movedim(torch.tensordot(torch.from_numpy(w).to(out.device, work), out.to(work), dims=([1], [dim])),
-                            0, dim)
+        out = torch.movedim(
+            torch.tensordot(torch.from_numpy(w).to(out.device, work), out.to(work), dims=([1], [dim])), 0, dim
+        )
     return out.to(volume.dtype)  # ``volume`` itself where every axis is the identity
 
 

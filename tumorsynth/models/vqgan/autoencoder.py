@@ -36,18 +36,27 @@ def _norm(groups: int) -> tuple:
 
 
 def _res_units(spatial_dims: int, channels: int, count: int, groups: int) -> list[nn.Module]:
-    return [ResidualUnit(spatial_dims, channels, channels, subunits=2, act=ACT, norm=_norm(groups))
-            for _ in range(count)]
+    return [
+        ResidualUnit(spatial_dims, channels, channels, subunits=2, act=ACT, norm=_norm(groups)) for _ in range(count)
+    ]
 
 
 class Encoder(nn.Module):
-    def __init__(self, spatial_dims: int, in_channels: int, channels: Sequence[int], embed_dim: int,
-                 num_res_units: int, norm_num_groups: int) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        channels: Sequence[int],
+        embed_dim: int,
+        num_res_units: int,
+        norm_num_groups: int,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [Convolution(spatial_dims, in_channels, channels[0], kernel_size=3, conv_only=True)]
         for c_in, c_out in pairwise(channels):
-            layers.append(ResidualUnit(spatial_dims, c_in, c_out, strides=2, subunits=2, act=ACT,
-                                       norm=_norm(norm_num_groups)))
+            layers.append(
+                ResidualUnit(spatial_dims, c_in, c_out, strides=2, subunits=2, act=ACT, norm=_norm(norm_num_groups))
+            )
             layers += _res_units(spatial_dims, c_out, num_res_units - 1, norm_num_groups)
         layers += _res_units(spatial_dims, channels[-1], 1, norm_num_groups)
         layers.append(Convolution(spatial_dims, channels[-1], embed_dim, kernel_size=1, conv_only=True))
@@ -58,8 +67,15 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, spatial_dims: int, out_channels: int, channels: Sequence[int], embed_dim: int,
-                 num_res_units: int, norm_num_groups: int) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        out_channels: int,
+        channels: Sequence[int],
+        embed_dim: int,
+        num_res_units: int,
+        norm_num_groups: int,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [Convolution(spatial_dims, embed_dim, channels[-1], kernel_size=3, conv_only=True)]
         layers += _res_units(spatial_dims, channels[-1], 1, norm_num_groups)
@@ -110,14 +126,22 @@ class VQAutoencoder(nn.Module):
         if len(channels) < 2:
             raise ValueError(f"channels needs at least two levels (one downsampling), got {list(channels)}")
         if any(c % norm_num_groups for c in channels):
-            raise ValueError(f"every entry of channels {list(channels)} must divide by norm_num_groups "
-                             f"{norm_num_groups}")
+            raise ValueError(
+                f"every entry of channels {list(channels)} must divide by norm_num_groups {norm_num_groups}"
+            )
         self.spatial_dims = spatial_dims
         self.downsampling = 2 ** (len(channels) - 1)
         self.encoder = Encoder(spatial_dims, in_channels, channels, embed_dim, num_res_units, norm_num_groups)
-        self.quantizer = VectorQuantizer(num_codes, embed_dim, code_dim=code_dim, normalise=normalise_codes,
-                                         commitment=commitment, ema=ema, decay=ema_decay,
-                                         restart_threshold=restart_threshold)
+        self.quantizer = VectorQuantizer(
+            num_codes,
+            embed_dim,
+            code_dim=code_dim,
+            normalise=normalise_codes,
+            commitment=commitment,
+            ema=ema,
+            decay=ema_decay,
+            restart_threshold=restart_threshold,
+        )
         self.decoder = Decoder(spatial_dims, in_channels, channels, embed_dim, num_res_units, norm_num_groups)
         self.importance_head = nn.Sequential(
             Convolution(spatial_dims, embed_dim, embed_dim, kernel_size=1, act=ACT, norm=None),
@@ -126,8 +150,10 @@ class VQAutoencoder(nn.Module):
 
     def latent_shape(self, image_shape: Sequence[int]) -> tuple[int, ...]:
         if len(image_shape) != self.spatial_dims or any(n % self.downsampling for n in image_shape):
-            raise ValueError(f"image grid {tuple(image_shape)} must have {self.spatial_dims} sides divisible by "
-                             f"{self.downsampling} (the encoder's downsampling)")
+            raise ValueError(
+                f"image grid {tuple(image_shape)} must have {self.spatial_dims} sides divisible by "
+                f"{self.downsampling} (the encoder's downsampling)"
+            )
         return tuple(n // self.downsampling for n in image_shape)
 
     def forward(self, x: torch.Tensor) -> VQOutput:

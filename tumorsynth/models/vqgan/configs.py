@@ -46,8 +46,13 @@ def num_tokens(network: dict) -> int:
 
 
 def _preset(side: int, network: dict) -> dict:
-    network = {"spatial_dims": 3, "in_channels": len(MODALITIES), "grid": [side] * 3,
-               "num_classes": len(CLASSES), **network}
+    network = {
+        "spatial_dims": 3,
+        "in_channels": len(MODALITIES),
+        "grid": [side] * 3,
+        "num_classes": len(CLASSES),
+        **network,
+    }
     return {
         "family": "vqgan",
         "task": "class_to_roi",
@@ -60,8 +65,12 @@ def _preset(side: int, network: dict) -> dict:
         "default_sampler": "maskgit",
         "sampling": {o.name: o.default for o in OPTIONS},
         "options": [o.as_config() for o in OPTIONS],
-        "intensity": {"normalisation": f"z-score over brain voxels per modality, clipped to ±{Z_CLIP:g} and divided "
-                                       f"by {Z_CLIP:g}", "range": [-1.0, 1.0], "z_clip": Z_CLIP},
+        "intensity": {
+            "normalisation": f"z-score over brain voxels per modality, clipped to ±{Z_CLIP:g} and divided "
+            f"by {Z_CLIP:g}",
+            "range": [-1.0, 1.0],
+            "z_clip": Z_CLIP,
+        },
         "network": network,
     }
 
@@ -75,21 +84,52 @@ def with_modalities(config: dict, modalities: list[str]) -> dict:
 
 
 PRESETS: dict[str, dict] = {
-    "tiny": _preset(16, {
-        "channels": [8, 16, 16], "num_res_units": 1, "norm_num_groups": 4, "embed_dim": 8, "num_codes": 64,
-        "code_dim": 4,
-        "transformer_dim": 64, "transformer_depth": 2, "transformer_heads": 4, "ar_depth": 2,
-    }),
-    "demo": _preset(32, {
-        "channels": [8, 32, 48], "num_res_units": 1, "norm_num_groups": 8, "embed_dim": 32, "num_codes": 256,
-        "code_dim": 8,
-        "transformer_dim": 128, "transformer_depth": 4, "transformer_heads": 4, "mlp_ratio": 3.0, "ar_depth": 4,
-    }),
-    "paper": _preset(128, {
-        "channels": [32, 64, 128, 128, 256], "num_res_units": 1, "norm_num_groups": 16, "embed_dim": 64,
-        "num_codes": 1024, "code_dim": 8, "transformer_dim": 512, "transformer_depth": 8, "transformer_heads": 8,
-        "ar_depth": 8,
-    }),
+    "tiny": _preset(
+        16,
+        {
+            "channels": [8, 16, 16],
+            "num_res_units": 1,
+            "norm_num_groups": 4,
+            "embed_dim": 8,
+            "num_codes": 64,
+            "code_dim": 4,
+            "transformer_dim": 64,
+            "transformer_depth": 2,
+            "transformer_heads": 4,
+            "ar_depth": 2,
+        },
+    ),
+    "demo": _preset(
+        32,
+        {
+            "channels": [8, 32, 48],
+            "num_res_units": 1,
+            "norm_num_groups": 8,
+            "embed_dim": 32,
+            "num_codes": 256,
+            "code_dim": 8,
+            "transformer_dim": 128,
+            "transformer_depth": 4,
+            "transformer_heads": 4,
+            "mlp_ratio": 3.0,
+            "ar_depth": 4,
+        },
+    ),
+    "paper": _preset(
+        128,
+        {
+            "channels": [32, 64, 128, 128, 256],
+            "num_res_units": 1,
+            "norm_num_groups": 16,
+            "embed_dim": 64,
+            "num_codes": 1024,
+            "code_dim": 8,
+            "transformer_dim": 512,
+            "transformer_depth": 8,
+            "transformer_heads": 8,
+            "ar_depth": 8,
+        },
+    ),
 }
 
 UNTRAINED_CARD = """\
@@ -118,16 +158,23 @@ def create_untrained(
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     config = copy.deepcopy(PRESETS[preset])
-    config.update(name=name or f"untrained-{preset}", version=str(version), trained=False,
-                  trained_on="nothing (random initialisation)")
+    config.update(
+        name=name or f"untrained-{preset}",
+        version=str(version),
+        trained=False,
+        trained_on="nothing (random initialisation)",
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = build_network(config)
     card = UNTRAINED_CARD.format(
-        model_id=f"vqgan/{config['name']}@{config['version']}", preset=preset,
+        model_id=f"vqgan/{config['name']}@{config['version']}",
+        preset=preset,
         shape="×".join(map(str, config["output"]["shape"])),
-        spacing="×".join(f"{s:g}" for s in config["output"]["spacing"]), modalities=", ".join(config["modalities"]),
+        spacing="×".join(f"{s:g}" for s in config["output"]["spacing"]),
+        modalities=", ".join(config["modalities"]),
         seed=seed,
     )
-    return save_checkpoint(Path(out_dir) / f"{config['name']}@{config['version']}", config=config, module=network,
-                           card=card)
+    return save_checkpoint(
+        Path(out_dir) / f"{config['name']}@{config['version']}", config=config, module=network, card=card
+    )

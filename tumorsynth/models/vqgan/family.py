@@ -8,7 +8,7 @@ from .options import OPTIONS
 FAMILY = Family(
     name="vqgan",
     task="class_to_roi",
-    presets=('tiny', 'demo', 'paper'),
+    presets=("tiny", "demo", "paper"),
     configs="tumorsynth.models.vqgan.configs",
     generator="tumorsynth.models.vqgan.runner:VQGANGenerator",
     trainer="tumorsynth.training.vqgan:Trainer",

@@ -93,10 +93,12 @@ def hybrid_mask(
     return Masked(inputs, masked, replaced, important)
 
 
-def random_replace(tokens: torch.Tensor, num_codes: int, prob: float,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def random_replace(
+    tokens: torch.Tensor, num_codes: int, prob: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The paper's masked-token modelling for the autoregressive transformer: each input token is replaced with
     probability ``prob`` by a random code; the targets stay the true tokens."""
     where = torch.rand(tokens.shape, generator=generator, device=tokens.device) < prob
-    return torch.where(where, torch.randint(0, num_codes, tokens.shape, generator=generator, device=tokens.device),
-                       tokens)
+    return torch.where(
+        where, torch.randint(0, num_codes, tokens.shape, generator=generator, device=tokens.device), tokens
+    )

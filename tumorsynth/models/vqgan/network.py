@@ -59,15 +59,31 @@ class ClassConditionalVQGAN(nn.Module):
         self.grid = tuple(int(n) for n in grid)
         self.num_codes, self.num_classes = num_codes, num_classes
         self.vqgan = VQAutoencoder(
-            spatial_dims=spatial_dims, in_channels=in_channels, channels=channels, num_res_units=num_res_units,
-            norm_num_groups=norm_num_groups, embed_dim=embed_dim, num_codes=num_codes, code_dim=code_dim,
-            normalise_codes=normalise_codes, commitment=commitment,
-            ema=ema, ema_decay=ema_decay, restart_threshold=restart_threshold,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            channels=channels,
+            num_res_units=num_res_units,
+            norm_num_groups=norm_num_groups,
+            embed_dim=embed_dim,
+            num_codes=num_codes,
+            code_dim=code_dim,
+            normalise_codes=normalise_codes,
+            commitment=commitment,
+            ema=ema,
+            ema_decay=ema_decay,
+            restart_threshold=restart_threshold,
         )
         self.latent_shape = self.vqgan.latent_shape(self.grid)
         self.num_tokens = math.prod(self.latent_shape)
-        shared: dict[str, Any] = {"num_codes": num_codes, "num_tokens": self.num_tokens, "num_classes": num_classes,
-                  "dim": transformer_dim, "heads": transformer_heads, "mlp_ratio": mlp_ratio, "dropout": dropout}
+        shared: dict[str, Any] = {
+            "num_codes": num_codes,
+            "num_tokens": self.num_tokens,
+            "num_classes": num_classes,
+            "dim": transformer_dim,
+            "heads": transformer_heads,
+            "mlp_ratio": mlp_ratio,
+            "dropout": dropout,
+        }
         self.maskgit = TokenTransformer(depth=transformer_depth, causal=False, **shared)
         ar_depth = transformer_depth if ar_depth is None else ar_depth
         self.ar = TokenTransformer(depth=ar_depth, causal=True, **shared) if ar_depth > 0 else None

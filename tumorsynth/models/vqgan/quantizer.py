@@ -65,13 +65,15 @@ class VectorQuantizer(nn.Module):
     ) -> None:
         super().__init__()
         if num_codes < 2 or dim < 1 or (code_dim is not None and code_dim < 1):
-            raise ValueError(f"need at least 2 codes of dimension >= 1, got num_codes={num_codes}, dim={dim}, "
-                             f"code_dim={code_dim}")
+            raise ValueError(
+                f"need at least 2 codes of dimension >= 1, got num_codes={num_codes}, dim={dim}, code_dim={code_dim}"
+            )
         if not 0 < decay < 1 or not 0 < usage_decay < 1:
             raise ValueError(f"decay and usage_decay must lie in (0, 1), got {decay} and {usage_decay}")
         if restart_threshold < 0:
-            raise ValueError(f"restart_threshold must be >= 0 (a fraction of the uniform share), got "
-                             f"{restart_threshold}")
+            raise ValueError(
+                f"restart_threshold must be >= 0 (a fraction of the uniform share), got {restart_threshold}"
+            )
         self.num_codes, self.dim = num_codes, dim
         self.code_dim = dim if code_dim is None else code_dim
         self.normalise, self.data_init = normalise, data_init
@@ -103,10 +105,11 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def init_from_data(self, flat: torch.Tensor) -> None:
         """Codes := random rows of ``flat`` (M, code_dim), with replacement only when M < K (Jukebox)."""
-        picks = torch.randperm(flat.shape[0], device=flat.device)[:self.num_codes]
+        picks = torch.randperm(flat.shape[0], device=flat.device)[: self.num_codes]
         if picks.numel() < self.num_codes:
-            picks = torch.cat([picks, torch.randint(0, flat.shape[0], (self.num_codes - picks.numel(),),
-                                                    device=flat.device)])
+            picks = torch.cat(
+                [picks, torch.randint(0, flat.shape[0], (self.num_codes - picks.numel(),), device=flat.device)]
+            )
         codes = self._norm(flat[picks] + 1e-3 * torch.randn_like(flat[picks]))  # break ties between duplicates
         self.codebook.weight.copy_(codes)
         self.ema_sum.copy_(codes)

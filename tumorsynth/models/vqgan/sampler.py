@@ -47,8 +47,9 @@ def draw(logits: torch.Tensor, temperature: float, noise: torch.Tensor, top_k: i
     return (logits / temperature + noise).argmax(dim=-1)
 
 
-def guided(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], class_labels: torch.Tensor,
-           guidance: float) -> LogitsFn:
+def guided(
+    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], class_labels: torch.Tensor, guidance: float
+) -> LogitsFn:
     """Classifier-free guidance: (1 + w)·cond − w·uncond, with the unconditional pass batched alongside."""
     if guidance == 0:
         return lambda tokens: logits_fn(tokens, class_labels)

@@ -150,7 +150,7 @@ class TokenTransformer(nn.Module):
             x = self.class_embed(class_labels)[:, None]  # (B, 1, D)
         else:
             x = self.token_embed(last)[:, None]
-        x = self.drop(x + self.pos_embed[:, pos: pos + 1])
+        x = self.drop(x + self.pos_embed[:, pos : pos + 1])
         for i, block in enumerate(self.blocks):
             x = block(x, True, cache, i)
         cache.length = pos + 1
