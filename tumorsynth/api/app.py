@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,6 +28,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         description="Generation jobs for mask-conditioned, class-conditioned and contrast-synthesis models. "
         "Every output is synthetic and labelled so.",
         generate_unique_id_function=openapi.operation_id,
+        lifespan=_freeze_what_startup_built,
     )
     app.state.services = services or Services.from_settings(settings)
     problems.install(app)
@@ -37,6 +41,23 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(ConflictingFraming)  # outermost: refused before any body is read
     _document_job_request(app)
     return app
+
+
+_frozen = False
+
+
+@asynccontextmanager
+async def _freeze_what_startup_built(app: FastAPI) -> AsyncIterator[None]:
+    """Move the objects the process built to serve (~120,000: FastAPI, pydantic, the routes, the clients) out of
+    the cyclic collector's sight, once per process (CPython's ``gc.freeze``). They live as long as the process, yet
+    every full collection scanned them: ~30–60 ms on the 2-core dev machine, now and then in the middle of a request,
+    which set the submit p99. Garbage made later is collected as before."""
+    global _frozen
+    if not _frozen:
+        gc.collect()
+        gc.freeze()
+        _frozen = True
+    yield
 
 
 def _document_job_request(app: FastAPI) -> None:
