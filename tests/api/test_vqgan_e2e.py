@@ -80,7 +80,8 @@ def test_the_listing_declares_the_vqgan_options_with_the_checkpoint_defaults(cli
         assert options["top_k"]["nullable"] and options["top_k"]["min"] == 1
         assert all(o["description"] for o in options.values())
     assert [o["name"] for o in models["stylegan2/demo-phantom@1"]["options"]] == ["truncation"]
-    assert models["ldm/tiny@1"]["options"] == [] and models["tavit/tiny@1"]["options"] == []
+    assert [o["name"] for o in models["ldm/tiny@1"]["options"]] == ["guidance"]
+    assert models["tavit/tiny@1"]["options"] == []
 
 
 def test_options_reach_the_sampler_through_the_api(client, worker):

@@ -146,7 +146,11 @@ def test_prometheus_scrapes_a_running_api_and_answers_for_the_jobs_count(app, sc
                 after = succeeded_count(httpx.get(f"{base}/metrics").text)  # jobs of earlier tests may still end
                 assert before <= float(result[0]["value"][1]) <= after, (before, result, after)
                 assert float(query('up{job="tumorsynth-api"}')[0]["value"][1]) == 1
-                assert float(query('up{job="tumorsynth-api-self"}')[0]["value"][1]) == 1
+                # the second job scrapes on its own clock: wait for its first scrape too
+                self_up = wait_for(
+                    lambda: query('up{job="tumorsynth-api-self"}'), timeout=60, interval=0.5, what="the self scrape"
+                )
+                assert float(self_up[0]["value"][1]) == 1
                 assert float(query('tumorsynth_redis_up{job="tumorsynth-api-self"}')[0]["value"][1]) == 1
                 # every dashboard query is PromQL this Prometheus accepts
                 dashboard = json.loads(DASHBOARD.read_text())
