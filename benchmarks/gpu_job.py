@@ -16,8 +16,10 @@ On the CPU it is a correctness run with the demo checkpoint: it checks that both
 read back with nibabel, and that batched jobs match unbatched ones; its timings are this machine's
 (``--clock cpu`` counts this process's CPU seconds, steadier than wall time on a machine shared with other work).
 Input: examples/masks/example_brats2023_mask.nii.gz (240×240×155, BraTS 2023 labels), as a job reads it.
-Then TA-ViT (benchmarks/gpu_job_tavit.py): one 240×240×155 volume, previous path against ours; ``--family``
-picks the sections (default all).
+Then TA-ViT (benchmarks/gpu_job_tavit.py): one 240×240×155 volume, previous path against ours; then StyleGAN2
+(benchmarks/stylegan2_throughput.py, its own process: images/s previous vs ours fp32 vs bf16, paper preset on CUDA);
+``--family`` picks the sections (default all). tests/test_gpu_job_benchmark.py runs it on the CPU as a correctness
+run (its checks assert; its timings are not tested).
 """
 
 from __future__ import annotations
@@ -208,7 +210,9 @@ def main() -> None:
         help="cpu: CPU seconds of this process, for a CPU run on a machine shared with other work "
         "(threads' work adds up, so it shows work saved, not parallelism)",
     )
-    ap.add_argument("--family", choices=("all", "ldm", "tavit"), default="all", help="which families' sections")
+    ap.add_argument(
+        "--family", choices=("all", "ldm", "tavit", "stylegan2"), default="all", help="which families' sections"
+    )
     ap.add_argument("--tavit-model", default=None, help="TA-ViT checkpoint folder; default: paper on CUDA, demo on CPU")
     args = ap.parse_args()
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -217,6 +221,8 @@ def main() -> None:
     repeat, n_jobs = args.repeat or (3 if cuda else 1), args.jobs or (8 if cuda else 3)
     if args.family == "tavit":
         return tavit(device, args, repeat)
+    if args.family == "stylegan2":
+        return stylegan2(args, repeat)
     tmp = Path(tempfile.mkdtemp(prefix="ts-gpu-job-"))
     entry = load_entry(args.model, cuda, tmp)
     PARAMS = GenerationParams(
@@ -323,6 +329,17 @@ def main() -> None:
         compiled(entry, device, n_jobs, repeat, args.precision)
     if args.family == "all":
         tavit(device, args, repeat)
+        stylegan2(args, repeat)
+
+
+def stylegan2(args, repeat: int) -> None:
+    """StyleGAN2's section: its own script in its own process (it keeps its own clock and presets)."""
+    import subprocess
+
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "stylegan2_throughput.py"), "--device", args.device]
+    cmd += ["--clock", args.clock, "--repeat", str(repeat)] + (["--compile"] if args.compile else [])
+    print(flush=True)
+    subprocess.run(cmd, check=True)
 
 
 def tavit(device, args, repeat: int) -> None:
