@@ -89,11 +89,12 @@ def prev_prepare(gen: LDMGenerator, mask):
     mapping = fit_to_grid(labels.shape, mask.affine, gen.grid_shape, gen.fov_mm)
     grid_labels = mapping.to_grid(labels, order=0)  # scipy, on the host
     regions = torch.from_numpy(to_regions(grid_labels))[None].to(gen.device)
-    return mapping, gen.network.condition(regions)
+    return mapping, (gen.network.condition(regions), regions)
 
 
-def prev_sample(gen: LDMGenerator, cond, params) -> np.ndarray:
+def prev_sample(gen: LDMGenerator, cond_regions, params) -> np.ndarray:
     net, n = gen.network, params.num_samples
+    cond, regions = cond_regions
     cond = cond.expand(n, -1, -1, -1, -1)
     cls = torch.full((n,), gen._class_index(params.tumor_class), device=gen.device, dtype=torch.long)
     shape = (n, net.latent_channels, *net.latent_shape(gen.grid_shape))
@@ -101,7 +102,9 @@ def prev_sample(gen: LDMGenerator, cond, params) -> np.ndarray:
     z = reverse_process(
         lambda z, t: net.denoise(z, t, cond, cls), gen._scheduler(params), shape, gens, gen.device
     ).latents
-    return torch.cat([net.decode(c) for c in z.split(DECODE_BATCH)]).clamp_(-Z_LIMIT, Z_LIMIT).float().cpu().numpy()
+    regions = regions.to(z.dtype).expand(n, -1, -1, -1, -1)
+    parts = zip(z.split(DECODE_BATCH), regions.split(DECODE_BATCH), cls.split(DECODE_BATCH))
+    return torch.cat([net.decode(*p) for p in parts]).clamp_(-Z_LIMIT, Z_LIMIT).float().cpu().numpy()
 
 
 def prev_from_grid(mapping, images: np.ndarray) -> list[np.ndarray]:

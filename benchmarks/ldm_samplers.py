@@ -67,7 +67,8 @@ def run_method(model_id: str, method: str, n: int, workdir: Path) -> dict:
     latent_shape = (1, net.latent_channels, *net.latent_shape(entry.output_shape))
     volumes, seconds = [], []
     for i, lab in enumerate(labels):
-        cond = net.condition(torch.from_numpy(to_regions(lab, "brats2023"))[None])
+        regions = torch.from_numpy(to_regions(lab, "brats2023"))[None]
+        cond = net.condition(regions)
         g = torch.Generator().manual_seed(100 + i)
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -75,9 +76,9 @@ def run_method(model_id: str, method: str, n: int, workdir: Path) -> dict:
                 sched = make_scheduler(sampler, steps, entry.config["schedule"])
                 y = torch.zeros(1, dtype=torch.long)
                 z = reverse_process(lambda z, t: net.denoise(z, t, cond, y), sched, latent_shape, [g], "cpu").latents
-                img = net.decode(z)
+                img = net.decode(z, regions, y)
             else:
-                img = monai_reference(net, entry, cond, latent_shape, g, steps)
+                img = monai_reference(net, entry, cond, regions, latent_shape, g, steps)
         seconds.append(time.perf_counter() - t0)
         volumes.append(img[0].float())
     return {
@@ -90,7 +91,7 @@ def run_method(model_id: str, method: str, n: int, workdir: Path) -> dict:
     }
 
 
-def monai_reference(net, entry, cond, latent_shape, generator, steps):
+def monai_reference(net, entry, cond, regions, latent_shape, generator, steps):
     """MONAI's own sampling loop: LatentDiffusionInferer + its DDIMScheduler, mask concatenated ("concat" mode)."""
     from monai.inferers import LatentDiffusionInferer
     from monai.networks.schedulers import DDIMScheduler
@@ -124,6 +125,8 @@ def monai_reference(net, entry, cond, latent_shape, generator, steps):
         conditioning=cond,
         mode="concat",
         verbose=False,
+        # a SPADE decoder's label map (regions, no class); MONAI's inferer passes it to a SPADEAutoencoderKL only
+        seg=net.decoder_labels(regions, torch.zeros(1, dtype=torch.long)),
     )
 
 

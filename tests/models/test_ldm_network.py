@@ -84,3 +84,62 @@ def test_checkpoint_round_trip_and_tamper(tmp_path):
     entry.weights_path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="sha256"):
         load_into(build_network(entry.config), entry)
+
+
+def spade_pair(seed: int = 0) -> tuple[MaskConditionedLDM, MaskConditionedLDM]:
+    torch.manual_seed(seed)
+    plain = build_network(PRESETS["tiny"]).eval()
+    spade = MaskConditionedLDM(**PRESETS["tiny"]["network"], ae_decoder="spade", ae_spade_channels=8).eval()
+    return plain, spade
+
+
+def test_a_spade_decoder_starts_as_the_plain_decoder_it_was_made_from():
+    plain, spade = spade_pair()
+    with torch.no_grad():  # trained-looking norms: scale and shift away from MONAI's 1 and 0
+        for name, p in plain.autoencoder.decoder.named_parameters():
+            if ".norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    spade.spade_from_plain(plain.autoencoder.state_dict())
+    grid = tuple(PRESETS["tiny"]["output"]["shape"])
+    x, regions = torch.randn(2, 4, *grid), (torch.rand(2, 3, *grid) > 0.5).float()
+    with torch.no_grad():
+        ref = plain.autoencoder.reconstruct(x)
+        torch.testing.assert_close(spade.reconstruct(x, regions, torch.tensor([1, 2])), ref, atol=1e-4, rtol=1e-4)
+        # the label map reaches the decoder once its modulation weights are not zero
+        for name, p in spade.autoencoder.decoder.named_parameters():
+            if "mlp_" in name and name.endswith("weight"):
+                p.normal_(0, 0.1)
+        a = spade.reconstruct(x, regions, torch.tensor([1, 1]))
+        b = spade.reconstruct(x, torch.zeros_like(regions), torch.tensor([1, 1]))
+        c = spade.reconstruct(x, regions, torch.tensor([2, 2]))
+    assert (a - b).abs().max() > 1e-3 and (a - c).abs().max() > 1e-3
+
+
+def test_a_spade_decoder_refuses_to_decode_without_the_regions():
+    _, spade = spade_pair()
+    z = torch.randn(1, 8, 8, 8, 4)
+    with pytest.raises(ValueError, match="pass its regions"):
+        spade.decode(z)
+    grid = tuple(PRESETS["tiny"]["output"]["shape"])
+    with torch.no_grad():  # one mask's regions serve a batch of samples; no class = unknown
+        assert spade.decode(torch.cat([z, z]), torch.zeros(1, 3, *grid)).shape == (2, 4, *grid)
+
+
+def test_decoder_labels_are_the_regions_then_the_class_one_hot():
+    _, spade = spade_pair()
+    regions = torch.rand(3, 3, 4, 4, 2)
+    labels = spade.decoder_labels(regions, torch.tensor([0, 1, 2]))
+    assert labels.shape == (3, 5, 4, 4, 2)
+    torch.testing.assert_close(labels[:, :3], regions)
+    assert labels[0, 3:].sum() == 0  # unknown class: no channel set
+    assert bool((labels[1, 3] == 1).all() and (labels[1, 4] == 0).all())
+    assert bool((labels[2, 4] == 1).all() and (labels[2, 3] == 0).all())
+
+
+def test_spade_from_plain_refuses_a_different_autoencoder():
+    _, spade = spade_pair()
+    other = MaskConditionedLDM(**{**PRESETS["tiny"]["network"], "ae_channels": [8, 16, 32]})
+    with pytest.raises(ValueError, match="not a plain AutoencoderKL"):
+        spade.spade_from_plain(other.autoencoder.state_dict())
+    with pytest.raises(ValueError, match="ae_decoder"):
+        MaskConditionedLDM(**PRESETS["tiny"]["network"], ae_decoder="film")

@@ -143,3 +143,40 @@ def test_export_refuses_other_families_a_used_folder_and_other_formats(exported,
     create_vqgan(models / "vqgan", preset="tiny", name="tiny", version="1", seed=0)
     vq = cli("export", "vqgan/tiny@1", str(tmp_path / "z"), model_dir=models)
     assert vq.returncode != 0 and "only LDM" in vq.stderr and not (tmp_path / "z").exists()
+
+
+def test_a_spade_decoder_is_exported_as_monai_s_spade_autoencoder_and_decodes_as_ours(tmp_path):
+    from monai.bundle import ConfigParser
+
+    root = tmp_path / "models"
+    entry = create_untrained(root / "ldm", preset="tiny", name="spade", version="1", seed=0)
+    config = {k: v for k, v in entry.config.items() if k not in ("weights", "format_version")}
+    config["network"] |= {"ae_decoder": "spade", "ae_spade_channels": 8}
+    net = build_network(config)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # non-zero modulations, so that the regions and the class change the decoding
+        for p in net.parameters():
+            if p.ndim > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    entry = save_checkpoint(entry.path, config=config, module=net, card="# spade\n\nA test card: untrained.\n")
+    done = cli("export", "ldm/spade@1", "--format", "monai-bundle", str(tmp_path / "out"), model_dir=root)
+    assert done.returncode == 0, done.stderr
+    bundle = tmp_path / "out"
+    parser = ConfigParser()
+    parser.read_meta(bundle / "configs/metadata.json")
+    parser.read_config(bundle / "configs/inference.json")
+    parser["bundle_root"] = str(bundle)
+    parser["device"] = "$torch.device('cpu')"
+    parser["tumor_class"] = "LGG"
+    parser.get_parsed_content("plain_modulation")
+    parser.get_parsed_content("load_autoencoder")
+    ae = parser.get_parsed_content("autoencoder")
+    assert type(ae).__name__ == "SPADEAutoencoderKL"
+    regions = parser.get_parsed_content("regions").as_tensor()[None]
+    z = torch.randn(1, 8, *net.latent_shape(entry.output_shape), generator=gen)
+    with torch.no_grad():
+        theirs = ae.decode(z, parser.get_parsed_content("decoder_labels"))
+        ours = net.eval().decode_unscaled(z, regions, torch.tensor([1]))  # LGG: class index 1
+    torch.testing.assert_close(theirs, ours)
+    image = run_bundle(bundle, tmp_path, "a", seed=3, tumor_class="HGG")
+    assert image.shape == (*entry.output_shape, 4) and np.isfinite(image.get_fdata()).all()

@@ -339,3 +339,45 @@ def test_a_decoder_only_fine_tune_keeps_the_encoder_scale_and_unet(phantom_dir, 
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("autoencoder.decoder."))
     with pytest.raises(ValueError, match="init_from"):
         Trainer(config(ae_freeze_encoder=True), phantom_dir, tmp_path / "c", tmp_path / "wc")
+
+
+def test_a_spade_decoder_fine_tune_from_a_plain_checkpoint_is_served_from_the_mask(phantom_dir, tmp_path):
+    first = Trainer(
+        config(ae_epochs=1, diffusion_epochs=1), phantom_dir, tmp_path / "m" / "ldm" / "a@1", tmp_path / "wa"
+    ).run()
+    cfg = config(
+        ae_epochs=2,
+        diffusion_epochs=0,
+        init_from=str(first.entry.path),
+        ae_freeze_encoder=True,
+        ae_decoder="spade",
+        ae_spade_channels=8,
+        ae_region_weights=(1.0, 1.0, 3.0),
+        ae_lr=1e-3,
+        ema_decay=0.0,
+    )
+    second = Trainer(cfg, phantom_dir, tmp_path / "m" / "ldm" / "b@1", tmp_path / "wb").run()
+    assert second.entry.config["network"]["ae_decoder"] == "spade"
+    a, b = load_state_dict(first.entry), load_state_dict(second.entry)
+    for k in a:  # encoder, UNet and scale kept; the plain decoder's norms became SPADE modulations
+        if k.startswith(("autoencoder.encoder.", "autoencoder.quant_conv_mu.", "unet.", "scale_factor")):
+            assert torch.equal(a[k], b[k]), k
+    assert any(".mlp_gamma." in k for k in b) and not any(".mlp_gamma." in k for k in a)
+    assert any(not torch.equal(b[k], torch.zeros_like(b[k])) for k in b if ".mlp_gamma.conv.weight" in k)
+
+    gen = LDMGenerator(second.entry, "cpu")
+
+    class Mask:
+        data = np.zeros((40, 44, 30), np.uint8)
+        affine = np.diag([2.0, 2.0, 3.0, 1.0])
+
+    Mask.data[15:25, 18:28, 10:20] = 2
+    Mask.data[18:22, 21:25, 13:17] = 3
+
+    def t1c(tumor_class):
+        params = GenerationParams(2, 1, "dpm++", 5, modalities=("t1c",), tumor_class=tumor_class)
+        outs = gen.generate(params, {"mask": Mask}, lambda done, total: None)
+        assert len(outs) == 2 and all(np.isfinite(o.data).all() for o in outs)
+        return outs[0].data
+
+    assert not np.array_equal(t1c("HGG"), t1c(None))

@@ -18,6 +18,7 @@ from scipy import ndimage
 from ..data.brats import find_subjects
 from ..data.subjects import prepare_subject
 from ..imaging.geometry import centred_affine
+from ..imaging.labels import to_regions
 from ..models.base import GenerationParams
 from ..models.ldm.network import MaskConditionedLDM
 from ..models.ldm.runner import LDMGenerator
@@ -78,8 +79,13 @@ def evaluate_ldm(
         reals.append(torch.from_numpy(image))
         labels.append(seg)
     real = torch.stack(reals).to(device)  # (N, C, X, Y, Z)
-    with torch.inference_mode():
-        recon = torch.cat([net.autoencoder.reconstruct(b) for b in real.split(2)])
+    regions = torch.from_numpy(np.stack([to_regions(lab) for lab in labels])).float().to(device)
+    known = [s.tumor_class in entry.classes for s in chosen]
+    class_ids = torch.tensor([entry.classes.index(s.tumor_class) + 1 if k else 0 for s, k in zip(chosen, known)])
+    with torch.inference_mode():  # (a SPADE decoder draws from the subject's own regions and class)
+        recon = torch.cat(
+            [net.reconstruct(b, r, c) for b, r, c in zip(real.split(2), regions.split(2), class_ids.split(2))]
+        )
     recon_table = {}
     for c, m in enumerate(mods):
         t, r = real[:, c : c + 1].float(), recon[:, c : c + 1].float()

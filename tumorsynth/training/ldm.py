@@ -35,7 +35,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from ..data.brats import MODALITIES, find_subjects
 from ..data.subjects import prepare_subject, split
 from ..imaging.labels import to_regions
-from ..models.checkpoints import save_checkpoint
+from ..models.checkpoints import load_into, save_checkpoint
 from ..models.ldm.configs import PRESETS, build_network
 from ..models.ldm.schedulers import make_scheduler
 from ..models.registry import ModelEntry
@@ -78,6 +78,11 @@ class LDMTrainConfig:
     # Train only the decoder (and post-quantisation conv) of an --init-from autoencoder: its latents, scale factor and
     # so its diffusion UNet stay valid, and the decoder learns to bring back what the latents do hold.
     ae_freeze_encoder: bool = False
+    # "spade": a decoder conditioned on the tumour's regions and class (MONAI's SPADEAutoencoderKL; see
+    # models/ldm/network.py). From an --init-from checkpoint with a plain decoder, the SPADE decoder starts as that
+    # decoder exactly (its normalisations' scale and shift moved into the modulation's biases).
+    ae_decoder: str = "plain"
+    ae_spade_channels: int = 32
     # Train the autoencoder on random crops of this size (None: whole volumes), a fraction of them centred on a tumour
     # voxel (as MONAI's RandCropByPosNegLabel): a convolutional autoencoder learns the same maps from crops at a
     # fraction of the cost, and tumour-centred crops show it the rare tumour voxels far more often.
@@ -259,6 +264,8 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         self.progress = progress  # a rich Progress, or None
         self.model_config = copy.deepcopy(PRESETS[cfg.preset])
         self.model_config.update(name=cfg.name, version=str(cfg.version))
+        if cfg.ae_decoder != "plain":
+            self.model_config["network"].update(ae_decoder=cfg.ae_decoder, ae_spade_channels=cfg.ae_spade_channels)
         if cfg.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {cfg.prediction_type!r}")
         self.model_config["schedule"] = dict(self.model_config["schedule"], prediction_type=cfg.prediction_type)
@@ -322,13 +329,33 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
 
     def init_weights(self, checkpoint_dir: Path) -> None:
         """Weights (not optimiser state) from a servable checkpoint whose network matches this preset."""
-        entry = self._load_weights(checkpoint_dir, self.net, self.model_config)
+        entry = self._init_entry(checkpoint_dir)
         if self.ema is not None:
             self.ema.module.load_state_dict(self.net.unet.state_dict())
         if self.cfg.init_skip_autoencoder:
             self.state.update(stage=2, epoch=0, init_from=str(checkpoint_dir), init_sha256=entry.weights_sha256)
         if self.cfg.ae_freeze_encoder:  # same latents: the trained UNet's scale factor stays
             self.state["scale_factor"] = float(self.net.scale_factor)
+
+    def _init_entry(self, checkpoint_dir: Path) -> ModelEntry:
+        """Load an --init-from checkpoint; one with a plain decoder into a SPADE one of the same sizes too."""
+        from ..models.registry import entry_at
+
+        entry = entry_at(Path(checkpoint_dir))
+        theirs = dict(entry.config.get("network") or {})
+        ours = self.model_config["network"]
+        if ours.get("ae_decoder", "plain") != "spade" or theirs.get("ae_decoder", "plain") == "spade":
+            return self._load_weights(checkpoint_dir, self.net, self.model_config)
+        plain_ours = {k: v for k, v in ours.items() if k not in ("ae_decoder", "ae_spade_channels")}
+        if theirs != plain_ours:
+            raise ValueError(f"init_from {checkpoint_dir}: its network differs from preset '{self.cfg.preset}'s")
+        plain = build_network(entry.config)
+        load_into(plain, entry, "cpu")
+        self.net.spade_from_plain(plain.autoencoder.state_dict())
+        self.net.unet.load_state_dict(plain.unet.state_dict())
+        self.net.scale_factor.copy_(plain.scale_factor)
+        log.info("initialised from %s (%s), its decoder made a SPADE one", entry.id, entry.weights_sha256[:12])
+        return entry
 
     def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, i: int, n: int) -> None:
         self.scaler.scale(loss / self.cfg.grad_accum).backward()
@@ -358,8 +385,13 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
             if cfg.ae_crop:
                 x, r = random_crops(x, r, cfg.ae_crop, cfg.ae_crop_tumour_fraction, rng)
             x, r = x.to(self.device), r.to(self.device)
+            # a SPADE decoder also learns the unknown class (0), as the UNet does: requests may name none
+            labels = data.classes[idx]
+            if self.net.ae_decoder == "spade":  # (a plain one draws nothing: its runs stay as they were)
+                labels = labels * torch.from_numpy(rng.random(len(idx)) >= cfg.class_dropout)
+            labels = labels.to(self.device)
             with self._autocast():
-                recon, z_mu, z_sigma = ae_train(x)
+                recon, z_mu, z_sigma = self.net.autoencoder_forward(x, r, labels, ae_train)
                 weights = region_weights(r, cfg.ae_region_weights)
                 l1 = weighted_mean((recon.float() - x).abs(), weights)
                 if cfg.ae_enhancement_weight:
@@ -399,8 +431,9 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         if len(val_idx) == 0:
             return {}
         self.net.autoencoder.eval()
-        x = data.images[val_idx].to(self.device)
-        recon = torch.cat([self.net.autoencoder.reconstruct(b) for b in x.split(self.cfg.batch_size)])
+        x, r = data.images[val_idx].to(self.device), data.regions[val_idx].to(self.device)
+        c, n = data.classes[val_idx].to(self.device), self.cfg.batch_size
+        recon = torch.cat([self.net.reconstruct(b, rb, cb) for b, rb, cb in zip(x.split(n), r.split(n), c.split(n))])
         return {"val_l1": float(F.l1_loss(recon, x))}
 
     # ----- stage 2 -------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """An LDM checkpoint as a MONAI bundle (``tumorsynth models export ldm/NAME@V --format monai-bundle OUT/``).
 
-The bundle needs MONAI alone, not tumorsynth: both networks are MONAI's own (``AutoencoderKL``,
-``DiffusionModelUNet``, rebuilt from the constructor arguments our network keeps), sampling is MONAI's
-``LatentDiffusionInferer`` with its ``DDIMScheduler`` on the checkpoint's training schedule, the mask's regions are
+The bundle needs MONAI alone, not tumorsynth: both networks are MONAI's own (``AutoencoderKL``, or
+``SPADEAutoencoderKL`` for a tumour-conditioned decoder, and ``DiffusionModelUNet``, rebuilt from the constructor
+arguments our network keeps), sampling is MONAI's ``LatentDiffusionInferer`` (which hands a SPADE decoder its label
+map) with its ``DDIMScheduler`` on the checkpoint's training schedule, the mask's regions are
 MONAI transforms plus one expression, and the tumour class reaches the UNet through ``functools.partial`` (the
 inferer passes no class labels). What the service adds and the bundle does not: DPM-Solver++, and mapping the result
 back to the mask's own grid (the bundle writes it on the model grid, in the mask's orientation).
@@ -68,7 +69,10 @@ def inference_config(entry: ModelEntry, net, scale_factor: float) -> dict:
         "latent_shape": list(net.latent_shape(grid)),
         "latent_channels": net.latent_channels,
         "scale_factor": scale_factor,
-        "autoencoder_def": {"_target_": "monai.networks.nets.AutoencoderKL", **net.autoencoder_args},
+        "autoencoder_def": {
+            "_target_": f"monai.networks.nets.{type(net.autoencoder).__name__}",
+            **net.autoencoder_args,
+        },
         "network_def": {"_target_": "monai.networks.nets.DiffusionModelUNet", **net.unet_args},
         "autoencoder": "$@autoencoder_def.to(@device).eval()",
         "network": "$@network_def.to(@device).eval()",
@@ -89,13 +93,17 @@ def inference_config(entry: ModelEntry, net, scale_factor: float) -> dict:
         "regions": "$@preprocessing({'mask': @mask_path})['mask']",
         "condition": "$torch.nn.functional.interpolate(@regions[None].as_tensor().to(@device), size=@latent_shape, "
         "mode='area')",
+        # a SPADE decoder's label map (ignored by a plain AutoencoderKL): the regions, then the class one-hot
+        "decoder_labels": "$torch.cat([@regions[None].as_tensor(), torch.nn.functional.one_hot(torch.tensor("
+        "[@class_index]), len(@classes) + 1)[:, 1:, None, None, None].float().expand(-1, -1, *@grid_shape)], 1)"
+        ".to(@device)",
         "scheduler": _scheduler(entry.config.get("schedule", {})),
         "inferer": {"_target_": "LatentDiffusionInferer", "scheduler": "@scheduler", "scale_factor": "@scale_factor"},
         "denoiser": "$functools.partial(@network, class_labels=torch.tensor([@class_index], device=@device))",
         "noise": "$torch.randn([1, @latent_channels] + @latent_shape, "
         "generator=torch.Generator().manual_seed(@seed)).to(@device)",
         "sample": "$@inferer.sample(input_noise=@noise, autoencoder_model=@autoencoder, diffusion_model=@denoiser, "
-        "scheduler=@scheduler, conditioning=@condition, mode='concat', verbose=False)",
+        "scheduler=@scheduler, conditioning=@condition, mode='concat', verbose=False, seg=@decoder_labels)",
         "image": f"$monai.data.MetaTensor(@sample[0].clamp(-{Z_LIMIT}, {Z_LIMIT}).cpu(), meta=@regions.meta)",
         "saver": {
             "_target_": "SaveImage",
@@ -105,7 +113,11 @@ def inference_config(entry: ModelEntry, net, scale_factor: float) -> dict:
             "resample": False,
             "output_dtype": "$np.float32",
         },
+        # SPADE's γ and β as plain convolutions, as tumorsynth's decoder (models/ldm/network.plain_spade_modulation)
+        "plain_modulation": "$[setattr(m, 'adn', torch.nn.Identity()) for n, m in @autoencoder.named_modules() "
+        "if n.endswith(('mlp_gamma', 'mlp_beta'))]",
         "run": [
+            "$@plain_modulation",
             "$@load_autoencoder",
             "$@load_network",
             "$@scheduler.set_timesteps(@num_inference_steps)",

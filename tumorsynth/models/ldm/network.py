@@ -4,6 +4,10 @@ Two MONAI networks in one module so that one checkpoint holds them:
 
 - ``autoencoder``: a 3D ``AutoencoderKL`` from the four contrasts (4, X, Y, Z) to an 8-channel latent at a quarter
   of the resolution (two downsamplings: 4×128×128×64 → 8×32×32×16 in the paper).
+  With ``ae_decoder="spade"`` the autoencoder is MONAI's ``SPADEAutoencoderKL``: the same encoder, and a decoder
+  whose normalisations are modulated by the tumour's region channels and the class at every resolution (SPADE, Park
+  et al. 2019; as the brain LDMs of Fernandez et al. 2022, "brainSPADE"). A latent at a quarter of the grid cannot
+  hold a one-voxel enhancing rim; the decoder then draws it where the mask puts it.
 - ``unet``: a 3D ``DiffusionModelUNet`` predicting the noise ε of a latent. The tumour mask, as three nested region
   channels (WT, TC, ET), is area-downsampled to the latent grid and concatenated to the noisy latent. The tumour class
   enters through a class embedding added to the timestep embedding (index 0 = unconditional/unknown); the paper
@@ -20,8 +24,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, SPADEAutoencoderKL
 from torch import nn
+
+
+def plain_spade_modulation(module: nn.Module) -> int:
+    """Drop the instance normalisation MONAI's ``SPADE`` applies to its γ and β maps (its ``mlp_gamma``/``mlp_beta``
+    are ``Convolution`` blocks with the default norm), so they are plain convolutions as in Park et al.'s SPADE.
+    Normalised, γ and β have zero mean and unit variance over each volume whatever their weights: a modulation
+    cannot start at zero (a trained decoder then cannot be extended without changing its output), cannot carry a
+    learnt constant scale, and amplifies the first small weight update to full strength. No weights change name;
+    the number of blocks changed is returned."""
+    changed = 0
+    for name, child in module.named_modules():
+        if name.endswith(("mlp_gamma", "mlp_beta")) and hasattr(child, "adn"):
+            child.adn = nn.Identity()
+            changed += 1
+    return changed
 
 
 class MaskConditionedLDM(nn.Module):
@@ -44,6 +63,8 @@ class MaskConditionedLDM(nn.Module):
         unet_attention_levels: Sequence[bool] = (False, True, True),
         unet_num_head_channels: int | Sequence[int] = 64,
         unet_norm_num_groups: int = 32,
+        ae_decoder: str = "plain",
+        ae_spade_channels: int = 32,
     ) -> None:
         super().__init__()
         if len(ae_channels) < 2:
@@ -53,6 +74,9 @@ class MaskConditionedLDM(nn.Module):
         self.mask_channels = mask_channels
         self.num_classes = num_classes
         self.downsampling = 2 ** (len(ae_channels) - 1)
+        if ae_decoder not in ("plain", "spade"):
+            raise ValueError(f"ae_decoder must be 'plain' or 'spade', got {ae_decoder!r}")
+        self.ae_decoder = ae_decoder
         # The MONAI constructor arguments, kept (plain JSON values) so a MONAI bundle can rebuild the same networks.
         self.autoencoder_args: dict[str, Any] = dict(
             spatial_dims=spatial_dims,
@@ -81,7 +105,18 @@ class MaskConditionedLDM(nn.Module):
             num_class_embeds=num_classes + 1,
             use_flash_attention=True,
         )
-        self.autoencoder = AutoencoderKL(**self.autoencoder_args)
+        if ae_decoder == "spade":
+            # the decoder's label map: the region channels, then the class one-hot (all zeros: unknown class)
+            self.autoencoder_args.update(
+                label_nc=self.decoder_label_channels, spade_intermediate_channels=ae_spade_channels
+            )
+        self.autoencoder: AutoencoderKL | SPADEAutoencoderKL = (
+            SPADEAutoencoderKL(**self.autoencoder_args)
+            if ae_decoder == "spade"
+            else AutoencoderKL(**self.autoencoder_args)
+        )
+        if isinstance(self.autoencoder, SPADEAutoencoderKL):
+            plain_spade_modulation(self.autoencoder)
         self.unet = DiffusionModelUNet(**self.unet_args)
         # 1 / std of the training latents, so the diffusion sees unit-variance latents; set by the trainer.
         self.register_buffer("scale_factor", torch.tensor(1.0))
@@ -100,11 +135,93 @@ class MaskConditionedLDM(nn.Module):
         z_mu, _ = self.autoencoder.encode(x)
         return z_mu * self.scale_factor
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    @property
+    def decoder_label_channels(self) -> int:
+        return self.mask_channels + self.num_classes
+
+    def decoder_labels(self, regions: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        """The SPADE decoder's label map (B, 3 + classes, X, Y, Z): region channels at image resolution, then the
+        class (index k ≥ 1 of ``class_labels``) as a constant one-hot channel; index 0 (unknown) sets none."""
+        b, shape = regions.shape[0], regions.shape[2:]
+        onehot = F.one_hot(class_labels.long().to(regions.device), self.num_classes + 1)[:, 1:]  # (B, classes)
+        onehot = onehot.to(regions.dtype).view(b, self.num_classes, *([1] * len(shape))).expand(-1, -1, *shape)
+        return torch.cat([regions, onehot], dim=1)
+
+    def _seg(self, regions: torch.Tensor | None, class_labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if regions is None:
+            raise ValueError("this autoencoder's decoder is conditioned on the tumour (SPADE): pass its regions")
+        if regions.shape[0] != batch:
+            regions = regions.expand(batch, *regions.shape[1:])
+        if class_labels is None:
+            class_labels = torch.zeros(batch, dtype=torch.long, device=regions.device)
+        return self.decoder_labels(regions, class_labels)
+
+    def decode_unscaled(
+        self, z: torch.Tensor, regions: torch.Tensor | None = None, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Autoencoder latents (not scaled) → images; ``regions`` (B, 3, X, Y, Z) and ``class_labels`` (B,) reach a
+        SPADE decoder and are ignored by a plain one."""
+        if isinstance(self.autoencoder, SPADEAutoencoderKL):
+            seg = self._seg(regions, class_labels, z.shape[0]).to(z.dtype)
+            return self.autoencoder.decode(z, seg)
+        return self.autoencoder.decode(z)
+
+    def decode(
+        self, z: torch.Tensor, regions: torch.Tensor | None = None, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Scaled latents (B, L, x, y, z) → images (B, C, X, Y, Z). The unscaling is done in fp32 (a bf16 network
-        keeps ``scale_factor`` in fp32), then in the decoder's own dtype."""
+        keeps ``scale_factor`` in fp32), then in the decoder's own dtype. A SPADE decoder needs the tumour's
+        ``regions`` at image resolution (B or 1, 3, X, Y, Z) and takes the ``class_labels`` (B,; 0 = unknown)."""
         dtype = next(self.autoencoder.decoder.parameters()).dtype
-        return self.autoencoder.decode((z.float() / self.scale_factor.float()).to(dtype))
+        return self.decode_unscaled((z.float() / self.scale_factor.float()).to(dtype), regions, class_labels)
+
+    def reconstruct(
+        self, x: torch.Tensor, regions: torch.Tensor | None = None, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The autoencoder's reconstruction of images (B, C, X, Y, Z) from the posterior mean."""
+        z_mu, _ = self.autoencoder.encode(x)
+        return self.decode_unscaled(z_mu, regions, class_labels)
+
+    def autoencoder_forward(
+        self, x: torch.Tensor, regions: torch.Tensor, class_labels: torch.Tensor, autoencoder: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction from a posterior sample, μ, σ), as MONAI's ``forward``; ``autoencoder``: the same network
+        under a wrapper (DistributedDataParallel in training)."""
+        ae = autoencoder or self.autoencoder
+        if isinstance(self.autoencoder, SPADEAutoencoderKL):
+            return ae(x, self._seg(regions, class_labels, x.shape[0]).to(x.dtype))
+        return ae(x)
+
+    def spade_from_plain(self, plain: dict[str, torch.Tensor]) -> None:
+        """Load a plain ``AutoencoderKL`` state dict (keys without the ``autoencoder.`` prefix) into this SPADE
+        autoencoder so that it decodes exactly as the plain one did: encoder and convolutions copied, and each
+        decoder normalisation's learnt scale and shift moved into its SPADE modulation's biases (γ = w − 1, β = b)
+        with zero weights, so the label map starts with no effect (as ControlNet's zero convolutions)."""
+        if not isinstance(self.autoencoder, SPADEAutoencoderKL):
+            raise TypeError("spade_from_plain needs ae_decoder='spade'")
+        own = self.autoencoder.state_dict()
+        loaded = {k: v for k, v in plain.items() if k in own and own[k].shape == v.shape}
+        moved = 0
+        for key, value in plain.items():
+            for norm in (".norm1.", ".norm2."):
+                if key.startswith("decoder.") and norm in key and key.endswith((".weight", ".bias")):
+                    stem, kind = key.rsplit(".", 1)
+                    gamma, beta = f"{stem}.mlp_gamma.conv", f"{stem}.mlp_beta.conv"
+                    if f"{gamma}.weight" not in own:
+                        continue
+                    for name in (f"{gamma}.weight", f"{beta}.weight"):
+                        loaded[name] = torch.zeros_like(own[name])
+                    if kind == "weight":
+                        loaded[f"{gamma}.bias"] = value - 1
+                    else:
+                        loaded[f"{beta}.bias"] = value.clone()
+                    moved += 1
+        missing = [k for k in own if k not in loaded and ".mlp_shared." not in k]
+        if missing or not moved:
+            raise ValueError(
+                f"not a plain AutoencoderKL of this shape: {len(missing)} weights missing (e.g. {missing[:3]})"
+            )
+        self.autoencoder.load_state_dict(loaded, strict=False)
 
     def condition(self, mask: torch.Tensor) -> torch.Tensor:
         """Region channels at image resolution (B, 3, X, Y, Z) → their fractions per latent voxel (B, 3, x, y, z)."""

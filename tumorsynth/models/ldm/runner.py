@@ -46,6 +46,7 @@ class LDMJob:
     cond: torch.Tensor  # (1, 3, x, y, z)
     class_index: int
     guidance: float = 0.0  # classifier-free guidance weight on the class (options.py); 0 = off
+    regions: torch.Tensor | None = None  # (1, 3, X, Y, Z) on the model grid: what a SPADE decoder draws from
 
 
 class _AllStopped(Exception):
@@ -105,7 +106,8 @@ class LDMGenerator:
         class_index = self._class_index(params.tumor_class)
         # without a class both passes would be the unconditional one: (1 + w)·u − w·u = u, so skip the second
         guidance = float(options.get("guidance") or 0.0) if class_index else 0.0
-        return LDMJob(params, modalities, mapping, mask, cond, class_index, guidance)
+        spade = getattr(self.network, "ae_decoder", "plain") == "spade"
+        return LDMJob(params, modalities, mapping, mask, cond, class_index, guidance, regions if spade else None)
 
     def sample_batch(self, jobs: list[LDMJob], progress: list[ProgressFn]) -> list[torch.Tensor | BaseException]:
         """Model-grid z-scores (n, C, X, Y, Z) on the device for each job, or what its progress raised (e.g.
@@ -158,7 +160,20 @@ class LDMGenerator:
             except _AllStopped:
                 return list(stopped)  # type: ignore[arg-type]
             latents = sampled.latents.to(self.dtype)
-            chunks = [net.decode(z) for z in latents.split(DECODE_BATCH)]  # (b, C, X, Y, Z) each
+            job_regions = [j.regions for j in jobs if j.regions is not None]
+            regions = (
+                torch.cat([r.expand(n, -1, -1, -1, -1) for r, n in zip(job_regions, sizes)])
+                if len(job_regions) == len(jobs)
+                else None
+            )
+            chunks = [
+                net.decode(
+                    z,
+                    None if regions is None else regions[k : k + DECODE_BATCH],
+                    class_labels[k : k + DECODE_BATCH],
+                )
+                for k, z in zip(range(0, len(latents), DECODE_BATCH), latents.split(DECODE_BATCH))
+            ]  # (b, C, X, Y, Z) each
             images = torch.cat(chunks).float().clamp_(-Z_LIMIT, Z_LIMIT)
         return [stop or part for stop, part in zip(stopped, images.split(sizes))]
 
