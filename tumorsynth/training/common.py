@@ -48,6 +48,11 @@ def epoch_rng(seed: int, *stream: int, rank: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, *stream, 1])
 
 
+def split_record(ids: list[str], train_idx, val_idx) -> dict[str, Any]:
+    """A ``training`` record's subject counts and validation subjects (indices into ``ids``)."""
+    return {"subjects": {"train": len(train_idx), "val": len(val_idx)}, "validation_ids": [ids[i] for i in val_idx]}
+
+
 def ema_with_warmup(decay: float):
     """``AveragedModel``'s ``avg_fn``: an exponential average whose decay grows to ``decay`` with the update count."""
 
@@ -139,6 +144,41 @@ class ResumableTrainer(Generic[ConfigT]):
         load_into(module, entry, self.device)
         log.info("initialised from %s (%s)", entry.id, entry.weights_sha256[:12])
         return entry
+
+    def _initialised_from(self, checkpoint_dir: Path | str, entry: ModelEntry, **state: Any) -> None:
+        """Note in ``state`` (with any ``state`` updates) the checkpoint whose weights this run started from, for the
+        ``training`` record."""
+        self.state.update(**state, init_from=str(checkpoint_dir), init_sha256=entry.weights_sha256)
+
+    # ----- the checkpoint's record -----------------------------------------------------------------------------------
+    def epoch_seconds(self, key: str = "seconds") -> float:
+        """``key`` summed over every epoch's metrics row (across resumes), to 0.1."""
+        return round(sum(r.get(key, 0.0) for r in self.state["metrics"]), 1)
+
+    def training_record(
+        self,
+        what: dict[str, Any],
+        *,
+        threads: bool = True,
+        then: dict[str, Any] | None = None,
+        init_key: str = "init_from",
+    ) -> dict[str, Any]:
+        """The ``training`` record of a checkpoint's config: this trainer's config, ``what`` (the family's own keys:
+        its data, final metrics, timings), where it ran (device, processes and, with ``threads``, threads per
+        process), ``then`` (keys the family records after those), torch's version and, for a run started from a
+        checkpoint's weights, that checkpoint and its weights' sha256 under ``init_key``. The families' key order is
+        their own (config.json sorts keys)."""
+        record = (
+            {"config": asdict(self.cfg)}
+            | what
+            | {"device": str(self.device), "processes": self.world.size}
+            | ({"threads": torch.get_num_threads()} if threads else {})
+            | (then or {})
+            | {"torch": torch.__version__}
+        )
+        if self.state.get("init_from"):
+            record[init_key] = {"checkpoint": self.state["init_from"], "sha256": self.state["init_sha256"]}
+        return record
 
     @property
     def state_path(self) -> Path:

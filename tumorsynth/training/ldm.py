@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -39,7 +39,7 @@ from ..models.checkpoints import load_into, save_checkpoint
 from ..models.ldm.configs import PRESETS, build_network
 from ..models.ldm.schedulers import make_scheduler
 from ..models.registry import ModelEntry
-from .common import ResumableTrainer, Stateful, ema_with_warmup, epoch_rng, perceptual_loss
+from .common import ResumableTrainer, Stateful, ema_with_warmup, epoch_rng, perceptual_loss, split_record
 from .configs import load_config
 from .intensity_stats import record_scanner_stats
 from .ldm_card import describe_data, model_card
@@ -333,7 +333,7 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         if self.ema is not None:
             self.ema.module.load_state_dict(self.net.unet.state_dict())
         if self.cfg.init_skip_autoencoder:
-            self.state.update(stage=2, epoch=0, init_from=str(checkpoint_dir), init_sha256=entry.weights_sha256)
+            self._initialised_from(checkpoint_dir, entry, stage=2, epoch=0)
         if self.cfg.ae_freeze_encoder:  # same latents: the trained UNet's scale factor stays
             self.state["scale_factor"] = float(self.net.scale_factor)
 
@@ -563,26 +563,10 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         config = copy.deepcopy(self.model_config)
         trained_on = describe_data(self.data_dir, data, train_idx)
         last = {r["stage"]: r for r in self.state["metrics"]}
-        config.update(
-            trained=True,
-            trained_on=trained_on,
-            training={
-                "config": asdict(cfg),
-                "subjects": {"train": len(train_idx), "val": len(val_idx)},
-                "validation_ids": [data.ids[i] for i in val_idx],
-                "final": last,
-                "seconds": round(seconds, 1),
-                "epoch_seconds": round(sum(r.get("seconds", 0) for r in self.state["metrics"]), 1),
-                "device": str(self.device),
-                "processes": self.world.size,
-                "torch": torch.__version__,
-            },
-        )
-        if self.state.get("init_from"):
-            config["training"]["autoencoder_from"] = {
-                "checkpoint": self.state["init_from"],
-                "sha256": self.state["init_sha256"],
-            }
+        timing = {"seconds": round(seconds, 1), "epoch_seconds": self.epoch_seconds()}
+        what = split_record(data.ids, train_idx, val_idx) | {"final": last} | timing
+        training = self.training_record(what, threads=False, init_key="autoencoder_from")
+        config.update(trained=True, trained_on=trained_on, training=training)
         if self.ema is not None:  # the checkpoint serves the averaged weights
             self.net.unet.load_state_dict(self.ema.module.state_dict())
         record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_idx], config["modalities"])

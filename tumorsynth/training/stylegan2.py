@@ -34,7 +34,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +146,7 @@ class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
         if cfg.init_from:
             entry = self._load_weights(Path(cfg.init_from), self.G, self.model_config)
             self.G.train()
-            self.state.update(init_from=str(cfg.init_from), init_sha256=entry.weights_sha256)
+            self._initialised_from(cfg.init_from, entry)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = lazy_adam(self.G.parameters(), cfg.lr_g, cfg.betas, cfg.g_reg_interval)
         self.opt_d = lazy_adam(self.D.parameters(), cfg.lr_d, cfg.betas, cfg.d_reg_interval)
@@ -351,31 +351,17 @@ class Trainer(ResumableTrainer[StyleGAN2TrainConfig]):
 
     def _write_checkpoint(self) -> ModelEntry:
         cfg = self.cfg
-        rows = self.state["metrics"]  # all epochs, across resumes
-        seconds, cpu = (sum(r.get(k, 0.0) for r in rows) for k in ("seconds", "cpu_seconds"))
         config = copy.deepcopy(self.model_config)
         trained_on = describe_data(self.data_dir, self.data)
         last = self.state["metrics"][-1] if self.state["metrics"] else {}
-        config.update(
-            trained=True,
-            trained_on=trained_on,
-            training={
-                "config": asdict(cfg),
-                "slices": len(self.data.labels),
-                "final": last,
-                "images_seen": self.state["images_seen"],
-                "epoch_seconds": round(seconds, 1),
-                "epoch_cpu_seconds": round(cpu, 1),
-                "device": str(self.device),
-                "processes": self.world.size,
-                "torch": torch.__version__,
-            },
-        )
-        if self.state.get("init_from"):
-            config["training"]["init_from"] = {
-                "checkpoint": self.state["init_from"],
-                "sha256": self.state["init_sha256"],
-            }
+        what = {
+            "slices": len(self.data.labels),
+            "final": last,
+            "images_seen": self.state["images_seen"],
+            "epoch_seconds": self.epoch_seconds(),  # all epochs, across resumes
+            "epoch_cpu_seconds": self.epoch_seconds("cpu_seconds"),
+        }
+        config.update(trained=True, trained_on=trained_on, training=self.training_record(what, threads=False))
         self.G_ema.eval()
         return save_checkpoint(
             self.out_dir,

@@ -35,7 +35,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ from ..models.registry import ModelEntry
 from ..models.tavit.configs import build_network, image_inputs, model_config
 from ..models.tavit.network import regions_from_labels, regions_from_probabilities
 from ..models.tavit.slices import brain_slices, context_index, slice_mapping, to_slices
-from .common import ResumableTrainer, Stateful, epoch_rng
+from .common import ResumableTrainer, Stateful, epoch_rng, split_record
 from .configs import load_config
 from .intensity_stats import record_scanner_stats
 
@@ -228,7 +228,7 @@ class Trainer(ResumableTrainer[TAViTTrainConfig]):
         self.state = {"epoch": 0, "metrics": []}
         if cfg.init_from:
             entry = self._load_weights(Path(cfg.init_from), self.net, self.model_config)
-            self.state.update(init_from=str(cfg.init_from), init_sha256=entry.weights_sha256)
+            self._initialised_from(cfg.init_from, entry)
 
     def _resumable(self) -> dict[str, Stateful]:
         return {"net": self.net, "opt": self.opt}
@@ -372,27 +372,12 @@ class Trainer(ResumableTrainer[TAViTTrainConfig]):
         config = copy.deepcopy(self.model_config)
         trained_on = describe_data(self.data_dir, data, train_ids, n_slices)
         last = self.state["metrics"][-1] if self.state["metrics"] else {}
-        config.update(
-            trained=True,
-            trained_on=trained_on,
-            training={
-                "config": asdict(cfg),
-                "data": str(self.data_dir.resolve()),
-                "subjects": {"train": len(train_ids), "val": len(val_ids)},
-                "validation_ids": [data.ids[i] for i in val_ids],
-                "final": last,
-                "seconds": round(seconds, 1),
-                "device": str(self.device),
-                "processes": self.world.size,
-                "threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-            },
+        what = (
+            {"data": str(self.data_dir.resolve())}
+            | split_record(data.ids, train_ids, val_ids)
+            | {"final": last, "seconds": round(seconds, 1)}
         )
-        if self.state.get("init_from"):
-            config["training"]["init_from"] = {
-                "checkpoint": self.state["init_from"],
-                "sha256": self.state["init_sha256"],
-            }
+        config.update(trained=True, trained_on=trained_on, training=self.training_record(what))
         record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_ids], config["modalities"])
         self.net.eval()
         return save_checkpoint(

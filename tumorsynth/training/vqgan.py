@@ -36,7 +36,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ from ..models.vqgan.configs import (
 from ..models.vqgan.losses import gradient_loss
 from ..models.vqgan.masking import hybrid_mask, random_replace
 from ..models.vqgan.transformer import masked_token_loss
-from .common import ResumableTrainer, Stateful, epoch_rng, perceptual_loss
+from .common import ResumableTrainer, Stateful, epoch_rng, perceptual_loss, split_record
 from .configs import load_config
 from .intensity_stats import record_scanner_stats
 
@@ -168,7 +168,7 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
         if cfg.init_from:
             entry = self._load_weights(Path(cfg.init_from), self.net, self.model_config)
             if cfg.init_skip_vqgan:
-                self.state.update(stage=2, epoch=0, init_from=str(cfg.init_from), init_sha256=entry.weights_sha256)
+                self._initialised_from(cfg.init_from, entry, stage=2, epoch=0)
 
     def _transformer_params(self) -> list[torch.nn.Parameter]:
         params = list(self.net.maskgit.parameters())
@@ -408,27 +408,9 @@ class Trainer(ResumableTrainer[VQGANTrainConfig]):
         config["samplers"] = sampler_specs(self.net.num_tokens, self.net.ar is not None)
         trained_on = describe_data(self.data_dir, data, train_idx, self.classes)
         last = {r["stage"]: r for r in self.state["metrics"]}
-        config.update(
-            trained=True,
-            trained_on=trained_on,
-            training={
-                "config": asdict(cfg),
-                "subjects": {"train": len(train_idx), "val": len(val_idx)},
-                "validation_ids": [data.ids[i] for i in val_idx],
-                "final": last,
-                "seconds": round(seconds, 1),
-                "device": str(self.device),
-                "processes": self.world.size,
-                "threads": torch.get_num_threads(),
-                "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in self.state["metrics"]), 1),
-                "torch": torch.__version__,
-            },
-        )
-        if self.state.get("init_from"):
-            config["training"]["vqgan_from"] = {
-                "checkpoint": self.state["init_from"],
-                "sha256": self.state["init_sha256"],
-            }
+        what = split_record(data.ids, train_idx, val_idx) | {"final": last, "seconds": round(seconds, 1)}
+        training = self.training_record(what, then={"epoch_seconds": self.epoch_seconds()}, init_key="vqgan_from")
+        config.update(trained=True, trained_on=trained_on, training=training)
         record_scanner_stats(config, self.data_dir, [data.ids[i] for i in train_idx], config["modalities"])
         self.net.eval()
         return save_checkpoint(
