@@ -145,12 +145,12 @@ class ResumableTrainer(Generic[ConfigT]):
         log.info("initialised from %s (%s)", entry.id, entry.weights_sha256[:12])
         return entry
 
+    # ----- the checkpoint's record -----------------------------------------------------------------------------------
     def _initialised_from(self, checkpoint_dir: Path | str, entry: ModelEntry, **state: Any) -> None:
-        """Note in ``state`` (with any ``state`` updates) the checkpoint whose weights this run started from, for the
-        ``training`` record."""
+        """Apply the ``state`` updates and keep in ``self.state`` the checkpoint whose weights this run started from
+        (``training_record`` reports it)."""
         self.state.update(**state, init_from=str(checkpoint_dir), init_sha256=entry.weights_sha256)
 
-    # ----- the checkpoint's record -----------------------------------------------------------------------------------
     def epoch_seconds(self, key: str = "seconds") -> float:
         """``key`` summed over every epoch's metrics row (across resumes), to 0.1."""
         return round(sum(r.get(key, 0.0) for r in self.state["metrics"]), 1)
