@@ -50,12 +50,18 @@ test: install chromium deploy-tools dicom-tools redis-server
 # device and how long. Figures for each run are in the cards and the README.
 DEVICE ?= cpu
 demo-models: install
-	rm -rf var/phantoms/demo120 var/slices/stylegan2-demo120 var/train/*-demo-phantom@1
+	rm -rf var/phantoms/demo120 var/slices/stylegan2-demo120 var/train/*-demo-phantom@1 var/train/ldm-base var/train/out \
+		var/train/ldm-spade var/train/ldm-spade-2
 	$(VENV)/bin/tumorsynth phantoms --n 120 --seed 0 --out var/phantoms/demo120 --workers 2
 	# LDM: the shipped one kept the previous demo's autoencoder (its card: `--init-from … --skip-autoencoder`); this
 	# trains both stages from scratch with the same config
 	$(VENV)/bin/tumorsynth train ldm --data var/phantoms/demo120 --config ldm-demo --device $(DEVICE) --threads 1 \
-		--out checkpoints/ldm/demo-phantom@1 --work var/train/ldm-demo-phantom@1
+		--out var/train/ldm-base/ldm/demo-phantom@1 --work var/train/ldm-demo-phantom@1
+	# then its decoder made tumour-conditioned (SPADE) and fine-tuned in two steps, encoder and UNet kept
+	$(VENV)/bin/tumorsynth train ldm --data var/phantoms/demo120 --config ldm-demo-spade --device $(DEVICE) --threads 1 \
+		--init-from var/train/ldm-base/ldm/demo-phantom@1 --out var/train/out/ldm/demo-phantom@1 --work var/train/ldm-spade
+	$(VENV)/bin/tumorsynth train ldm --data var/phantoms/demo120 --config ldm-demo-spade-2 --device $(DEVICE) --threads 1 \
+		--init-from var/train/out/ldm/demo-phantom@1 --out checkpoints/ldm/demo-phantom@1 --work var/train/ldm-spade-2
 	$(VENV)/bin/tumorsynth train vqgan --data var/phantoms/demo120 --config vqgan-demo --device $(DEVICE) --threads 1 \
 		--out checkpoints/vqgan/demo-phantom@1 --work var/train/vqgan-demo-phantom@1
 	$(VENV)/bin/tumorsynth train tavit --data var/phantoms/demo120 --config tavit-demo --device $(DEVICE) --threads 1 \

@@ -83,11 +83,19 @@ def model_card(config: dict, cfg: LDMTrainConfig, last: dict, trained_on: str) -
         f"- {stage}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
         for stage, row in last.items()
     )
+    decoder = (
+        "\n- Decoder: conditioned on the tumour (MONAI's `SPADEAutoencoderKL`, our addition to the paper): its"
+        " normalisations are modulated by the mask's regions at image resolution and the class (one-hot), so a rim"
+        " thinner than the latent's /4 grid is drawn where the mask puts it (SPADE, Park et al. 2019; as brainSPADE,"
+        " Fernandez et al. 2022). γ and β are plain convolutions, as in SPADE (MONAI instance-normalises them)."
+        if config["network"].get("ae_decoder") == "spade"
+        else ""
+    )
     return f"""# ldm/{config["name"]}@{config["version"]}
 
 {warning}- Method: mask-conditioned 3D latent diffusion (Truong et al., SPIE Medical Imaging 2024): an `AutoencoderKL`
   (4 contrasts → 8 latent channels, /{2 ** (len(config["network"]["ae_channels"]) - 1)}) and a `DiffusionModelUNet`
-  with the tumour regions (WT, TC, ET) concatenated to the latent; class (LGG/HGG) through a class embedding.
+  with the tumour regions (WT, TC, ET) concatenated to the latent; class (LGG/HGG) through a class embedding.{decoder}
 - Grid: {grid} voxels of {spacing} mm (field of view {config["fov_mm"]} mm), contrasts {
         ", ".join(config["modalities"])
     }.
