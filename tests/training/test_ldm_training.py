@@ -358,7 +358,10 @@ def test_a_spade_decoder_fine_tune_from_a_plain_checkpoint_is_served_from_the_ma
     )
     second = Trainer(cfg, phantom_dir, tmp_path / "m" / "ldm" / "b@1", tmp_path / "wb").run()
     assert second.entry.config["network"]["ae_decoder"] == "spade"
-    assert "SPADEAutoencoderKL" in (second.entry.path / "MODEL_CARD.md").read_text()
+    card = (second.entry.path / "MODEL_CARD.md").read_text()
+    assert "SPADEAutoencoderKL" in card and "only the decoder was trained" in card
+    assert second.entry.config["training"]["decoder_trained_from"]["sha256"] == first.entry.weights_sha256
+    assert "autoencoder_from" not in second.entry.config["training"]  # its card would say the decoder was kept
     a, b = load_state_dict(first.entry), load_state_dict(second.entry)
     for k in a:  # encoder, UNet and scale kept; the plain decoder's norms became SPADE modulations
         if k.startswith(("autoencoder.encoder.", "autoencoder.quant_conv_mu.", "unet.", "scale_factor")):

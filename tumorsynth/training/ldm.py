@@ -260,7 +260,7 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         if self.cfg.init_skip_autoencoder:
             self._initialised_from(checkpoint_dir, entry, stage=2, epoch=0)
         if self.cfg.ae_freeze_encoder:  # same latents: the trained UNet's scale factor stays
-            self.state["scale_factor"] = float(self.net.scale_factor)
+            self._initialised_from(checkpoint_dir, entry, scale_factor=float(self.net.scale_factor))
 
     def _init_entry(self, checkpoint_dir: Path) -> ModelEntry:
         """Load an --init-from checkpoint; one with a plain decoder into a SPADE one of the same sizes too."""
@@ -490,7 +490,8 @@ class Trainer(ResumableTrainer[LDMTrainConfig]):
         last = {r["stage"]: r for r in self.state["metrics"]}
         timing = {"seconds": round(seconds, 1), "epoch_seconds": self.epoch_seconds()}
         what = split_record(data.ids, train_idx, val_idx) | {"final": last} | timing
-        training = self.training_record(what, threads=False, init_key="autoencoder_from")
+        kept = "decoder_trained_from" if cfg.ae_freeze_encoder and not cfg.init_skip_autoencoder else "autoencoder_from"
+        training = self.training_record(what, threads=False, init_key=kept)
         config.update(trained=True, trained_on=trained_on, training=training)
         if self.ema is not None:  # the checkpoint serves the averaged weights
             self.net.unet.load_state_dict(self.ema.module.state_dict())

@@ -55,6 +55,13 @@ def prediction_note(cfg: LDMTrainConfig) -> str:
 
 
 def init_note(config: dict) -> str:
+    decoder_run = config.get("training", {}).get("decoder_trained_from")
+    if decoder_run:
+        return (
+            f"\n- Encoder, latent scale factor and diffusion UNet: unchanged from `{decoder_run['checkpoint']}` "
+            f"(weights sha256 {decoder_run['sha256'][:12]}…; find it in the repository's history by that sha256); "
+            "only the decoder was trained in this run."
+        )
     source = config.get("training", {}).get("autoencoder_from")
     if not source:
         return ""
