@@ -385,3 +385,14 @@ def test_a_spade_decoder_fine_tune_from_a_plain_checkpoint_is_served_from_the_ma
         return outs[0].data
 
     assert not np.array_equal(t1c("HGG"), t1c(None))
+
+
+def test_a_spade_fine_tune_refuses_a_plain_checkpoint_of_other_sizes(phantom_dir, tmp_path):
+    first = Trainer(config(ae_epochs=1, diffusion_epochs=0), phantom_dir, tmp_path / "a@1", tmp_path / "wa").run()
+    with pytest.raises(ValueError, match="network differs"):
+        Trainer(
+            config(preset="demo", init_from=str(first.entry.path), ae_freeze_encoder=True, ae_decoder="spade"),
+            phantom_dir,
+            tmp_path / "b@1",
+            tmp_path / "wb",
+        )
